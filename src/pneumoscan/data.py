@@ -1,0 +1,162 @@
+"""Decoded-image cache, torch Datasets and the LightningDataModule.
+
+On 2 CPU cores, decoding JPEGs every epoch costs as much as a small model's forward pass, so each
+image is decoded and resized once (`images.read_image` -> `preprocess.resize_square`) into a uint8
+array, cached on disk, and augmented on the fly as a tensor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torchvision.transforms import v2
+
+from pneumoscan.dataset import Sample
+from pneumoscan.errors import DatasetError, InputError
+from pneumoscan.fileio import atomic_write
+from pneumoscan.images import read_image
+from pneumoscan.preprocess import PreprocessSpec, resize_square
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DecodedImages:
+    pixels: np.ndarray  # (N, size, size) uint8
+    kept: np.ndarray  # indices of the samples that decoded
+    failed: list[str]  # one message per unreadable file
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    return np.round(resize_square(read_image(path), size) * 255.0).astype(np.uint8)
+
+
+def decode_images(
+    samples: list[Sample], size: int, strict: bool = False, cache_dir: Path | None = None,
+    threads: int = 2,
+) -> DecodedImages:
+    """Decode and resize every sample once; unreadable files are listed, then skipped or fatal."""
+    cache_file = None
+    if cache_dir is not None:
+        key = hashlib.sha256()
+        for sample in samples:
+            stat = sample.path.stat()
+            key.update(f"{sample.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        cache_file = Path(cache_dir) / f"images-{size}-{key.hexdigest()[:16]}.npz"
+        if cache_file.is_file():
+            with np.load(cache_file, allow_pickle=False) as cached:
+                decoded = DecodedImages(cached["pixels"], cached["kept"], list(cached["failed"]))
+            _report_failures(decoded.failed, len(samples), strict)
+            return decoded
+
+    def attempt(sample: Sample):
+        try:
+            return _decode(sample.path, size), None
+        except InputError as error:
+            return None, str(error)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        results = list(pool.map(attempt, samples))
+    kept = np.asarray([i for i, (pixels, _) in enumerate(results) if pixels is not None], dtype=np.int64)
+    failed = [error for _, error in results if error is not None]
+    _report_failures(failed, len(samples), strict)
+    if len(kept) == 0:
+        raise DatasetError("no image could be read; see the messages above.")
+    pixels = np.stack([results[i][0] for i in kept])
+    decoded = DecodedImages(pixels, kept, failed)
+    if cache_file is not None:
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as handle:
+                np.savez(handle, pixels=pixels, kept=kept, failed=np.asarray(failed, dtype=str))
+
+        atomic_write(cache_file, write)
+    return decoded
+
+
+def _report_failures(failed: list[str], total: int, strict: bool) -> None:
+    if not failed:
+        return
+    listing = "\n  ".join(failed)
+    if strict:
+        raise DatasetError(
+            f"{len(failed)} of {total} image(s) could not be read (--strict):\n  {listing}"
+        )
+    logger.warning(
+        "skipped %d of %d unreadable image(s) (use --strict to stop instead):\n  %s",
+        len(failed), total, listing,
+    )
+
+
+def radiograph_augmentation(size: int) -> v2.Transform:
+    """Small geometric and exposure changes a real film could show; no flips (anatomy is sided)."""
+    return v2.Compose(
+        [
+            v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1)),
+            v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
+            v2.ColorJitter(brightness=0.2, contrast=0.2),
+        ]
+    )
+
+
+class ImageTensorDataset(Dataset):
+    """uint8 squares -> normalised (C, H, W) tensors, augmented when `augment` is True."""
+
+    def __init__(
+        self, pixels: np.ndarray, targets: np.ndarray, spec: PreprocessSpec, augment: bool = False
+    ) -> None:
+        self.pixels = torch.from_numpy(pixels)
+        self.targets = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+        self.spec = spec
+        self.augment = radiograph_augmentation(spec.size) if augment else None
+        self.mean = torch.tensor(spec.mean).view(-1, 1, 1)
+        self.std = torch.tensor(spec.std).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int):
+        image = self.pixels[index].unsqueeze(0).float().div_(255.0)
+        if image.shape[-1] != self.spec.size:
+            image = torch.nn.functional.interpolate(
+                image[None], size=(self.spec.size, self.spec.size), mode="bilinear",
+                antialias=True, align_corners=False,
+            )[0]
+        if self.augment is not None:
+            image = self.augment(image).clamp_(0.0, 1.0)
+        image = (image.expand(self.spec.channels, -1, -1) - self.mean) / self.std
+        return image, self.targets[index]
+
+
+class ChestXrayDataModule(L.LightningDataModule):
+    """Thin: the arrays are prepared (and split by patient) before the trainer sees them."""
+
+    def __init__(
+        self, train: Dataset, val: Dataset, batch_size: int, sampler_weights: np.ndarray | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.train_set, self.val_set = train, val
+        self.batch_size = batch_size
+        self.sampler_weights = sampler_weights
+        self.seed = seed
+
+    def train_dataloader(self) -> DataLoader:
+        if self.sampler_weights is not None:
+            sampler = WeightedRandomSampler(
+                torch.as_tensor(self.sampler_weights, dtype=torch.double),
+                num_samples=len(self.train_set), replacement=True,
+                generator=torch.Generator().manual_seed(self.seed),
+            )
+            return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler)
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=len(self.train_set) > self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.batch_size * 2, shuffle=False)

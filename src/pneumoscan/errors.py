@@ -1,0 +1,28 @@
+"""Errors that tell the user which file, what is wrong and what to do.
+
+The CLI turns every `PneumoscanError` into a one-line message without a traceback.
+"""
+
+
+class PneumoscanError(Exception):
+    """Base class: anything the user can fix."""
+
+
+class InputError(PneumoscanError):
+    """An image file that cannot be read as a radiograph."""
+
+
+class DatasetError(PneumoscanError):
+    """A data folder that does not have the expected layout or content."""
+
+
+class ConfigError(PneumoscanError):
+    """A config file or override that is not valid."""
+
+
+class ModelFileError(PneumoscanError):
+    """A model file that is missing, corrupt or of an unknown format."""
+
+
+class WeightsNotFoundError(PneumoscanError):
+    """Pretrained weights that are not available offline."""

@@ -1,0 +1,168 @@
+"""`evaluate_model`: run a model file on one split and write an honest report.
+
+metrics.json (with 95% intervals from a patient bootstrap), predictions.csv, confusion matrix,
+ROC, precision-recall and reliability PNGs, and report.md. The threshold and temperature come
+from the model file, where training put them after choosing them on validation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from pneumoscan import dataset as ds
+from pneumoscan.data import ImageTensorDataset, decode_images
+from pneumoscan.errors import DatasetError
+from pneumoscan.fileio import atomic_write, atomic_write_text
+from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE, Task
+from pneumoscan.metrics import calibrated_probabilities, compute_metrics, predict_labels
+from pneumoscan.models import load_model_file, predict_logits
+from pneumoscan.shipped import resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+def evaluate_model(
+    model_ref: str | Path, data_dir: Path, split: str, out: Path, strict: bool = False,
+    bootstrap: int = 1000,
+) -> dict:
+    model_path = resolve_model(model_ref)
+    model, info = load_model_file(model_path)
+    task = Task(info.task)
+    samples, targets = ds.targets_for(ds.scan_split(data_dir, split), task)
+    if not samples:
+        raise DatasetError(f"{data_dir}/{split}: no image has a {task.value} label.")
+    decoded = decode_images(samples, info.preprocess.size, strict=strict)
+    samples = [samples[i] for i in decoded.kept]
+    targets = targets[decoded.kept]
+    images = ImageTensorDataset(decoded.pixels, targets, info.preprocess)
+    logger.info("evaluating %s on %d %s images", model_path, len(samples), split)
+    logits = predict_logits(model.to(memory_format=torch.channels_last), DataLoader(images, batch_size=64))
+    probabilities = calibrated_probabilities(logits.numpy(), info.temperature)
+    metrics = compute_metrics(
+        probabilities, targets, info.class_names, info.threshold,
+        groups=[sample.patient for sample in samples], bootstrap=bootstrap,
+    )
+    metrics.update(
+        split=split, model=str(model_path), model_name=info.name, temperature=info.temperature,
+        skipped_files=decoded.failed,
+    )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    _write_predictions(out / "predictions.csv", samples, targets, probabilities, info)
+    plots = write_plots(out, probabilities, targets, info.class_names, info.threshold)
+    atomic_write_text(out / "report.md", render_report(metrics, plots, data_dir))
+    return metrics
+
+
+def _write_predictions(path: Path, samples, targets, probabilities, info) -> None:
+    predictions = predict_labels(probabilities, info.threshold)
+    header = ["path", "patient", "true", "predicted", *[f"p_{name}" for name in info.class_names]]
+    lines = [",".join(header)]
+    for sample, target, prediction, row in zip(samples, targets, predictions, probabilities):
+        values = [str(sample.path), sample.patient, info.class_names[target], info.class_names[prediction]]
+        lines.append(",".join(values + [f"{p:.6f}" for p in row]))
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def write_plots(
+    out: Path, probabilities: np.ndarray, targets: np.ndarray, class_names: tuple[str, ...],
+    threshold: float | None,
+) -> dict[str, str]:
+    """Confusion matrix, ROC, PR and reliability diagram as PNG; returns title -> file name."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
+
+    predictions = predict_labels(probabilities, threshold)
+    binary = len(class_names) == 2
+    curves = [(1, class_names[1])] if binary else list(enumerate(class_names))
+    files = {}
+
+    def save(figure, name: str, title: str) -> None:
+        figure.tight_layout()
+        atomic_write(out / name, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
+        plt.close(figure)
+        files[title] = name
+
+    figure, axis = plt.subplots(figsize=(4.5, 4))
+    ConfusionMatrixDisplay.from_predictions(
+        targets, predictions, labels=list(range(len(class_names))), display_labels=class_names,
+        ax=axis, colorbar=False, cmap="Blues",
+    )
+    axis.set_title("Confusion matrix")
+    save(figure, "confusion_matrix.png", "Confusion matrix")
+
+    for display, name, title in (
+        (RocCurveDisplay, "roc.png", "ROC curve"),
+        (PrecisionRecallDisplay, "pr.png", "Precision-recall curve"),
+    ):
+        figure, axis = plt.subplots(figsize=(4.5, 4))
+        for index, label in curves:
+            positives = (targets == index).astype(int)
+            if 0 < positives.sum() < len(positives):
+                display.from_predictions(positives, probabilities[:, index], name=label, ax=axis)
+        axis.set_title(title + ("" if binary else " (one vs rest)"))
+        save(figure, name, title)
+
+    figure, axis = plt.subplots(figsize=(4.5, 4))
+    axis.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
+    for index, label in curves:
+        positives = (targets == index).astype(int)
+        observed, predicted = calibration_curve(positives, probabilities[:, index], n_bins=10, strategy="quantile")
+        axis.plot(predicted, observed, "o-", label=label)
+    axis.set_xlabel("predicted probability")
+    axis.set_ylabel("observed frequency")
+    axis.set_title("Reliability diagram")
+    axis.legend(loc="upper left")
+    save(figure, "reliability.png", "Reliability diagram")
+    return files
+
+
+def _interval(metrics: dict, key: str) -> str:
+    low_high = metrics.get(f"{key}_ci")
+    value = f"{metrics[key]:.4f}"
+    return f"{value} [{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else value
+
+
+def render_report(metrics: dict, plots: dict[str, str], data_dir: Path) -> str:
+    lines = [
+        f"# Evaluation: {metrics['model_name']} on the {metrics['split']} split",
+        "",
+        f"> {NOT_DIAGNOSTIC_NOTICE}",
+        "",
+        f"- model file: `{metrics['model']}`",
+        f"- data: `{data_dir}` ({metrics['n']} images; {len(metrics['skipped_files'])} unreadable skipped)",
+        f"- temperature: {metrics['temperature']:.3f}"
+        + (f"; threshold on P(pneumonia): {metrics['threshold']:.4f} (chosen on validation)"
+           if "threshold" in metrics else ""),
+        "",
+        "| metric | value [95% CI, patient bootstrap] |",
+        "|---|---|",
+        f"| accuracy | {_interval(metrics, 'accuracy')} |",
+        f"| macro-F1 | {_interval(metrics, 'macro_f1')} |",
+        f"| ROC AUC | {_interval(metrics, 'roc_auc')} |",
+    ]
+    if "sensitivity" in metrics:
+        lines += [
+            f"| sensitivity | {metrics['sensitivity']:.4f} |",
+            f"| specificity | {metrics['specificity']:.4f} |",
+        ]
+    lines += [f"| ECE (15 bins) | {metrics['ece']:.4f} |", "", "| class | precision | recall | F1 | n |",
+              "|---|---|---|---|---|"]
+    for name, row in metrics["per_class"].items():
+        lines.append(
+            f"| {name} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']} |"
+        )
+    lines.append("")
+    lines += [f"![{title}]({name})" for title, name in plots.items()]
+    return "\n".join(lines) + "\n"

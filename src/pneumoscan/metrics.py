@@ -1,0 +1,150 @@
+"""Metric functions: probabilities and labels in, numbers out (scikit-learn, torchmetrics, SciPy).
+
+Also the two choices made on validation and stored in the model file: the temperature that
+calibrates the probabilities and, for binary, the decision threshold. Nothing is chosen on test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+    roc_auc_score,
+    roc_curve,
+)
+
+ECE_BINS = 15
+
+
+def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Temperature T minimising the negative log-likelihood of softmax(logits / T) (Guo et al. 2017)."""
+    targets = np.asarray(targets)
+
+    def nll(log_temperature: float) -> float:
+        scaled = log_softmax(logits / np.exp(log_temperature), axis=1)
+        return -float(np.mean(scaled[np.arange(len(targets)), targets]))
+
+    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
+
+
+def youden_threshold(targets: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold maximising sensitivity + specificity - 1 on validation."""
+    false_positive, true_positive, thresholds = roc_curve(targets, scores)
+    best = int(np.argmax(true_positive - false_positive))
+    return float(min(thresholds[best], 1.0))
+
+
+def threshold_at_sensitivity(targets: np.ndarray, scores: np.ndarray, sensitivity: float) -> float:
+    """The highest threshold whose validation sensitivity is at least `sensitivity`."""
+    _, true_positive, thresholds = roc_curve(targets, scores)
+    reaching = np.flatnonzero(true_positive >= sensitivity)
+    return float(min(thresholds[reaching[0]], 1.0))
+
+
+def predict_labels(probabilities: np.ndarray, threshold: float | None) -> np.ndarray:
+    """Binary with a threshold on P(class 1); otherwise the most probable class."""
+    if threshold is not None and probabilities.shape[1] == 2:
+        return (probabilities[:, 1] >= threshold).astype(np.int64)
+    return probabilities.argmax(axis=1)
+
+
+def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray) -> float:
+    """Binary: calibration of P(pneumonia); multiclass: top-label ECE. 15 equal-width bins."""
+    import torch
+    from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
+
+    probs = torch.as_tensor(probabilities, dtype=torch.float64)
+    labels = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    if probs.shape[1] == 2:
+        return float(binary_calibration_error(probs[:, 1], labels, n_bins=ECE_BINS))
+    return float(multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=ECE_BINS))
+
+
+def roc_auc(targets: np.ndarray, probabilities: np.ndarray) -> float:
+    """Binary AUC of P(class 1), or macro one-vs-rest AUC; NaN when a class is missing."""
+    present = np.unique(targets)
+    if len(present) < probabilities.shape[1]:
+        return float("nan")
+    if probabilities.shape[1] == 2:
+        return float(roc_auc_score(targets, probabilities[:, 1]))
+    return float(roc_auc_score(targets, probabilities, multi_class="ovr", average="macro"))
+
+
+def _headline(targets: np.ndarray, probabilities: np.ndarray, predictions: np.ndarray) -> dict:
+    labels = list(range(probabilities.shape[1]))
+    return {
+        "accuracy": float(accuracy_score(targets, predictions)),
+        "macro_f1": float(f1_score(targets, predictions, labels=labels, average="macro", zero_division=0)),
+        "roc_auc": roc_auc(targets, probabilities),
+    }
+
+
+def bootstrap_intervals(
+    targets: np.ndarray, probabilities: np.ndarray, predictions: np.ndarray, groups: list[str],
+    repeats: int = 1000, seed: int = 0,
+) -> dict[str, list[float]]:
+    """95% percentile intervals, resampling patients (a patient's films move together)."""
+    rng = np.random.default_rng(seed)
+    _, group_index = np.unique(np.asarray(groups), return_inverse=True)
+    members = [np.flatnonzero(group_index == g) for g in range(group_index.max() + 1)]
+    draws: dict[str, list[float]] = {"accuracy": [], "macro_f1": [], "roc_auc": []}
+    for _ in range(repeats):
+        chosen = rng.integers(0, len(members), size=len(members))
+        index = np.concatenate([members[g] for g in chosen])
+        values = _headline(targets[index], probabilities[index], predictions[index])
+        for key, value in values.items():
+            draws[key].append(value)
+    intervals = {}
+    for key, values in draws.items():
+        finite = np.asarray(values)[np.isfinite(values)]
+        intervals[key] = (
+            [float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))]
+            if len(finite) else [float("nan"), float("nan")]
+        )
+    return intervals
+
+
+def compute_metrics(
+    probabilities: np.ndarray, targets: np.ndarray, class_names: tuple[str, ...],
+    threshold: float | None = None, groups: list[str] | None = None, bootstrap: int = 1000,
+) -> dict:
+    """Everything `metrics.json` reports, for binary or multiclass probabilities."""
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    predictions = predict_labels(probabilities, threshold)
+    labels = list(range(len(class_names)))
+    result = {
+        "task": "binary" if len(class_names) == 2 else "three_class",
+        "n": int(len(targets)),
+        **_headline(targets, probabilities, predictions),
+    }
+    precision, recall, f1, support = precision_recall_fscore_support(
+        targets, predictions, labels=labels, zero_division=0
+    )
+    result["per_class"] = {
+        name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
+    }
+    matrix = confusion_matrix(targets, predictions, labels=labels)
+    result["confusion_matrix"] = matrix.tolist()
+    if len(class_names) == 2:
+        result["threshold"] = threshold if threshold is not None else 0.5
+        result["sensitivity"] = float(recall[1])
+        result["specificity"] = float(recall[0])
+    result["ece"] = expected_calibration_error(probabilities, targets)
+    if groups is not None and bootstrap > 0:
+        for key, interval in bootstrap_intervals(
+            targets, probabilities, predictions, groups, repeats=bootstrap
+        ).items():
+            result[f"{key}_ci"] = interval
+    return result

@@ -1,0 +1,332 @@
+"""`fit(config, out_dir)`: train a model and write one self-describing model file.
+
+    pneumoscan train --config configs/binary.yaml --out runs/binary
+    pneumoscan train --config configs/binary.yaml --out runs/binary --resume   # after a crash
+
+Run folder: config.yaml (resolved), split.csv (patient-grouped), phase-*/ (Lightning checkpoints,
+metrics.csv), model.pt (the result), val_metrics.json. CPU-efficient by design: images are decoded
+once, a frozen backbone's features are computed once and cached, and `train.train_size` trains at
+a lower resolution before `train.finish_epochs` at full resolution.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import DataLoader, TensorDataset
+
+from pneumoscan import dataset as ds
+from pneumoscan.config import Config, config_to_dict, load_config, save_config, trainable_blocks
+from pneumoscan.data import ChestXrayDataModule, ImageTensorDataset, decode_images
+from pneumoscan.errors import ConfigError
+from pneumoscan.fileio import atomic_write, atomic_write_text
+from pneumoscan.labels import CLASS_NAMES
+from pneumoscan.lit import LitClassifier, monitor_metric
+from pneumoscan.metrics import (
+    calibrated_probabilities,
+    compute_metrics,
+    fit_temperature,
+    threshold_at_sensitivity,
+    youden_threshold,
+)
+from pneumoscan.models import (
+    SIZE_DEPENDENT_HEADS,
+    Classifier,
+    ModelInfo,
+    create_model,
+    get_architecture,
+    package_versions,
+    predict_logits,
+    save_model_file,
+)
+from pneumoscan.preprocess import PreprocessSpec
+
+logger = logging.getLogger(__name__)
+
+MODEL_FILE = "model.pt"
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary file and renamed: a crash never leaves half a file."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
+@dataclass(frozen=True)
+class RunData:
+    samples: list[ds.Sample]
+    targets: np.ndarray
+    split: ds.PatientSplit
+    pixels: dict[int, np.ndarray]  # decoded uint8 squares per image size
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pneumoscan"
+
+
+def prepare_run_data(config: Config, sizes: set[int]) -> RunData:
+    """Scan the training pool, label it, decode it once per size, and split it by patient."""
+    data = config.data
+    samples, targets = ds.targets_for(ds.training_pool(data.root), data.task)
+    patients = [sample.patient for sample in samples]
+    if data.max_patients is not None:
+        chosen = ds.subset_patients(targets, patients, data.max_patients, config.train.seed)
+        samples, targets = [samples[i] for i in chosen], targets[chosen]
+    cache_dir = Path(data.cache_dir) if data.cache_dir else default_cache_dir()
+    pixels: dict[int, np.ndarray] = {}
+    kept = None
+    for size in sorted(sizes, reverse=True):
+        decoded = decode_images(samples, size, strict=data.strict, cache_dir=cache_dir)
+        pixels[size] = decoded.pixels
+        kept = decoded.kept
+    samples, targets = [samples[i] for i in kept], targets[kept]
+    split = ds.split_by_patient(
+        targets, [s.patient for s in samples], data.val_fraction, data.fold, config.train.seed
+    )
+    return RunData(samples, targets, split, pixels)
+
+
+def write_split(run_data: RunData, path: Path) -> None:
+    role = np.empty(len(run_data.samples), dtype=object)
+    role[run_data.split.train] = "train"
+    role[run_data.split.val] = "val"
+    lines = ["path,patient,target,subset"]
+    lines += [
+        f"{sample.path},{sample.patient},{target},{subset}"
+        for sample, target, subset in zip(run_data.samples, run_data.targets, role)
+    ]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def class_weights(targets: np.ndarray, num_classes: int) -> torch.Tensor:
+    """Inverse-frequency weights, normalised to mean 1 (pneumonia outnumbers normal 3:1)."""
+    counts = np.maximum(ds.class_counts(targets, num_classes), 1)
+    weights = counts.sum() / (num_classes * counts)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+def _feature_cache(model: Classifier, pixels: np.ndarray, spec: PreprocessSpec, pooled: bool,
+                   cache_file: Path) -> torch.Tensor:
+    """Backbone features of every image, computed once (the backbone is frozen and deterministic)."""
+    if cache_file.is_file():
+        return torch.load(cache_file, weights_only=True)
+    images = ImageTensorDataset(pixels, np.zeros(len(pixels)), spec)
+    outputs = []
+    model.eval()
+    with torch.no_grad():
+        for index, (batch, _) in enumerate(DataLoader(images, batch_size=64)):
+            features = model.forward_features(batch.contiguous(memory_format=torch.channels_last))
+            if pooled:
+                features = features.mean(dim=(2, 3), keepdim=True)
+            outputs.append(features.half())
+            logger.info("backbone features: %d / %d images", min((index + 1) * 64, len(pixels)), len(pixels))
+    features = torch.cat(outputs)
+    atomic_write(cache_file, lambda tmp: torch.save(features, tmp))
+    return features
+
+
+def _phases(config: Config, spec: PreprocessSpec) -> list[tuple[str, int, int]]:
+    """(name, image size, epochs): a low-resolution phase, then an optional full-resolution finish."""
+    train = config.train
+    if train.train_size and train.train_size != spec.size:
+        phases = [("phase-1", train.train_size, train.epochs)]
+        if train.finish_epochs:
+            phases.append(("phase-2", spec.size, train.finish_epochs))
+        return phases
+    return [("phase-1", spec.size, train.epochs)]
+
+
+def fit(
+    config: Config, out_dir: Path, resume: bool = False, callbacks: list[Callback] = (),
+    progress: bool = True,
+) -> Path:
+    """Train per `config` into `out_dir`; return the model file path. Resumable."""
+    out_dir = Path(out_dir)
+    config_file = out_dir / "config.yaml"
+    if resume:
+        if not config_file.is_file():
+            raise ConfigError(f"{out_dir}: nothing to resume (no config.yaml); start without --resume.")
+        config = load_config(config_file)
+    elif any((out_dir / name).exists() for name in ("config.yaml", MODEL_FILE)):
+        raise ConfigError(
+            f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, config_file)
+    torch.set_num_threads(config.train.threads or os.cpu_count() or 1)
+    L.seed_everything(config.train.seed, workers=True)
+
+    task, model_config, train_config = config.data.task, config.model, config.train
+    class_names = CLASS_NAMES[task]
+    architecture = get_architecture(model_config.arch)
+    spec = architecture.preprocess.with_size(model_config.image_size or architecture.preprocess.size)
+    head = model_config.head or architecture.default_head
+    frozen = trainable_blocks(model_config.strategy) == 0
+    if head in SIZE_DEPENDENT_HEADS and train_config.train_size not in (None, spec.size):
+        raise ConfigError(
+            f"head {head!r} flattens a fixed-size feature map, so it cannot train at "
+            f"train.train_size={train_config.train_size} and finish at {spec.size}; "
+            "use the linear head or drop train.train_size."
+        )
+    phases = _phases(config, spec)
+    run_data = prepare_run_data(config, {size for _, size, _ in phases})
+    write_split(run_data, out_dir / "split.csv")
+    train_index, val_index = run_data.split.train, run_data.split.val
+    logger.info(
+        "patient-grouped split: %d train images, %d validation images", len(train_index), len(val_index)
+    )
+
+    model = create_model(
+        model_config.arch, len(class_names), head=head, dropout=model_config.dropout,
+        pretrained=model_config.pretrained, image_size=spec.size,
+    )
+    model.set_trainable_blocks(trainable_blocks(model_config.strategy))
+    model = model.to(memory_format=torch.channels_last)
+    targets = run_data.targets
+    weights = class_weights(targets[train_index], len(class_names))
+
+    if frozen:
+        pixels = run_data.pixels[spec.size]
+        key = hashlib.sha256(
+            f"{model_config.arch}|{model_config.pretrained}|{spec}|{head}|".encode() + pixels.tobytes()
+        ).hexdigest()[:16]
+        cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
+        features = _feature_cache(
+            model, pixels, spec, pooled=head not in SIZE_DEPENDENT_HEADS,
+            cache_file=cache_dir / f"features-{key}.pt",
+        )
+        phases = [("phase-1", spec.size, train_config.epochs)]
+
+    monitor = monitor_metric(len(class_names))
+    for name, size, epochs in phases:
+        phase_dir = out_dir / name
+        if (phase_dir / "done.json").is_file():
+            best = json.loads((phase_dir / "done.json").read_text())["best_checkpoint"]
+            model.load_state_dict(_checkpoint_weights(Path(best)))
+            continue
+        if frozen:
+            train_set = TensorDataset(features[train_index], torch.from_numpy(targets[train_index]))
+            val_set = TensorDataset(features[val_index], torch.from_numpy(targets[val_index]))
+        else:
+            phase_spec = spec.with_size(size)
+            pixels = run_data.pixels[size]
+            train_set = ImageTensorDataset(
+                pixels[train_index], targets[train_index], phase_spec, augment=train_config.augment
+            )
+            val_set = ImageTensorDataset(pixels[val_index], targets[val_index], phase_spec)
+        sampler_weights = None
+        if train_config.class_balance == "sampler":
+            sampler_weights = weights.numpy()[targets[train_index]]
+        datamodule = ChestXrayDataModule(
+            train_set, val_set, train_config.batch_size, sampler_weights, seed=train_config.seed
+        )
+        phase_config = train_config
+        if name == "phase-2":
+            phase_config = replace(train_config, lr=train_config.finish_lr or train_config.lr / 10)
+        lit = LitClassifier(
+            model, len(class_names), phase_config,
+            class_weights=weights if train_config.class_balance == "weights" else None,
+            head_only=frozen, max_epochs=epochs,
+        )
+        checkpoint = ModelCheckpoint(
+            dirpath=phase_dir, filename="best", monitor=monitor, mode="max", save_last=True,
+            enable_version_counter=False,
+        )
+        phase_callbacks: list[Callback] = [checkpoint, *callbacks]
+        if train_config.early_stopping_patience:
+            phase_callbacks.append(
+                EarlyStopping(monitor=monitor, mode="max", patience=train_config.early_stopping_patience)
+            )
+        if progress:
+            from lightning.pytorch.callbacks import RichProgressBar
+
+            phase_callbacks.append(RichProgressBar())
+        trainer = L.Trainer(
+            max_epochs=epochs, accelerator=train_config.accelerator, devices=train_config.devices,
+            strategy=train_config.strategy, callbacks=phase_callbacks,
+            logger=CSVLogger(phase_dir, name="", version="logs"), enable_progress_bar=progress,
+            num_sanity_val_steps=0, log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
+            enable_model_summary=False, default_root_dir=phase_dir,
+        )
+        last = phase_dir / "last.ckpt"
+        trainer.fit(lit, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None)
+        if not trainer.is_global_zero:
+            return out_dir / MODEL_FILE
+        best = Path(checkpoint.best_model_path or last)
+        model.load_state_dict(_checkpoint_weights(best))
+        atomic_write_text(
+            phase_dir / "done.json",
+            json.dumps({"best_checkpoint": str(best), "best_score": _score(checkpoint)}, indent=2),
+        )
+
+    return finalize(config, model, run_data, features if frozen else None, spec, out_dir)
+
+
+def _score(checkpoint: ModelCheckpoint) -> float | None:
+    score = checkpoint.best_model_score
+    return None if score is None else float(score)
+
+
+def _checkpoint_weights(path: Path) -> dict:
+    """The Classifier's weights from a Lightning checkpoint of LitClassifier."""
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    prefix = "model."
+    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+
+
+def finalize(
+    config: Config, model: Classifier, run_data: RunData, features: torch.Tensor | None,
+    spec: PreprocessSpec, out_dir: Path,
+) -> Path:
+    """Calibrate and choose the threshold on validation, then write the model file."""
+    class_names = CLASS_NAMES[config.data.task]
+    val_index = run_data.split.val
+    val_targets = run_data.targets[val_index]
+    if features is not None:
+        batches = DataLoader(TensorDataset(features[val_index], torch.from_numpy(val_targets)), batch_size=256)
+        logits = predict_logits(model, batches, head_only=True)
+    else:
+        val_set = ImageTensorDataset(run_data.pixels[spec.size][val_index], val_targets, spec)
+        logits = predict_logits(model, DataLoader(val_set, batch_size=64))
+    logits = logits.numpy()
+    temperature = fit_temperature(logits, val_targets)
+    probabilities = calibrated_probabilities(logits, temperature)
+    threshold = None
+    if len(class_names) == 2:
+        sensitivity = config.train.threshold_sensitivity
+        threshold = (
+            threshold_at_sensitivity(val_targets, probabilities[:, 1], sensitivity)
+            if sensitivity is not None else youden_threshold(val_targets, probabilities[:, 1])
+        )
+    patients = [run_data.samples[i].patient for i in val_index]
+    val_metrics = compute_metrics(probabilities, val_targets, class_names, threshold, groups=patients)
+    val_metrics["temperature"] = temperature
+    atomic_write_text(out_dir / "val_metrics.json", json.dumps(val_metrics, indent=2))
+    info = ModelInfo(
+        arch=config.model.arch, head=config.model.head or get_architecture(config.model.arch).default_head,
+        dropout=config.model.dropout, task=config.data.task.value, class_names=class_names,
+        preprocess=spec, threshold=threshold, temperature=temperature, config=config_to_dict(config),
+        val_metrics=val_metrics, versions=package_versions(), name=config.name,
+    )
+    model_path = out_dir / MODEL_FILE
+    save_model_file(model_path, model.to(memory_format=torch.contiguous_format), info)
+    logger.info("wrote %s", model_path)
+    return model_path
+
+
+def with_overrides(config: Config, **sections) -> Config:
+    """Copy of `config` with some fields of its sections replaced (for tests and experiments)."""
+    return replace(config, **{name: replace(getattr(config, name), **values) for name, values in sections.items()})
