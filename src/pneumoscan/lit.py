@@ -47,7 +47,7 @@ class LitClassifier(L.LightningModule):
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self.head_only:
-            return self.model.forward_head(inputs)
+            return self.model.forward_head(inputs.float())
         return self.model(inputs.contiguous(memory_format=torch.channels_last))
 
     def training_step(self, batch, batch_index: int) -> torch.Tensor:

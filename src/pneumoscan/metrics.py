@@ -39,14 +39,14 @@ def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarr
 
 def youden_threshold(targets: np.ndarray, scores: np.ndarray) -> float:
     """The threshold maximising sensitivity + specificity - 1 on validation."""
-    false_positive, true_positive, thresholds = roc_curve(targets, scores)
+    false_positive, true_positive, thresholds = roc_curve(targets, scores, drop_intermediate=False)
     best = int(np.argmax(true_positive - false_positive))
     return float(min(thresholds[best], 1.0))
 
 
 def threshold_at_sensitivity(targets: np.ndarray, scores: np.ndarray, sensitivity: float) -> float:
     """The highest threshold whose validation sensitivity is at least `sensitivity`."""
-    _, true_positive, thresholds = roc_curve(targets, scores)
+    _, true_positive, thresholds = roc_curve(targets, scores, drop_intermediate=False)
     reaching = np.flatnonzero(true_positive >= sensitivity)
     return float(min(thresholds[reaching[0]], 1.0))
 

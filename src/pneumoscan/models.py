@@ -376,7 +376,7 @@ def package_versions() -> dict:
     versions = {"python": platform.python_version()}
     for package in ("pneumoscan", "torch", "torchvision", "lightning", "numpy"):
         try:
-            versions[package] = importlib.import_module(package).__version__
+            versions[package] = str(importlib.import_module(package).__version__)
         except ImportError:
             continue
     return versions

@@ -257,7 +257,7 @@ def fit(
         trainer = L.Trainer(
             max_epochs=epochs, accelerator=train_config.accelerator, devices=train_config.devices,
             strategy=train_config.strategy, callbacks=phase_callbacks,
-            logger=CSVLogger(phase_dir, name="", version="logs"), enable_progress_bar=progress,
+            logger=_csv_logger(phase_dir, keep_history=resume), enable_progress_bar=progress,
             num_sanity_val_steps=0, log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
             enable_model_summary=False, default_root_dir=phase_dir,
         )
@@ -273,6 +273,22 @@ def fit(
         )
 
     return finalize(config, model, run_data, features if frozen else None, spec, out_dir)
+
+
+def _csv_logger(phase_dir: Path, keep_history: bool) -> CSVLogger:
+    """Lightning's CSV logger, keeping the rows of the interrupted run when resuming.
+
+    Lightning deletes an existing metrics.csv when its writer starts; we put the old rows back,
+    and its next save appends to them.
+    """
+    csv_logger = CSVLogger(phase_dir, name="", version="logs")
+    metrics_file = phase_dir / "logs" / "metrics.csv"
+    history = metrics_file.read_text() if keep_history and metrics_file.is_file() else None
+    writer = csv_logger.experiment  # creating the writer removes the old file
+    if history:
+        atomic_write_text(metrics_file, history)
+        writer.metrics_keys = sorted(history.splitlines()[0].split(","))
+    return csv_logger
 
 
 def _score(checkpoint: ModelCheckpoint) -> float | None:

@@ -1,0 +1,3 @@
+from pneumoscan.cli import app
+
+app(prog_name="pneumoscan")

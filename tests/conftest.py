@@ -1,0 +1,43 @@
+"""Shared fixtures: the real data set when present, and tiny generated images otherwise."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "chest_xray"
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    """../shared/data/chest_xray, or skip: these tests need the real Kermany images."""
+    if not (SHARED_DATA / "train" / "NORMAL").is_dir():
+        pytest.skip(f"real data set not found at {SHARED_DATA}; place the Kermany chest_xray folder there")
+    return SHARED_DATA
+
+
+def synthetic_radiograph(seed: int, size: tuple[int, int] = (96, 80)) -> np.ndarray:
+    """A smooth uint8 image with a bright 'mediastinum' band, enough to exercise the pipeline."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    x = np.linspace(-1, 1, width)[None, :]
+    y = np.linspace(-1, 1, height)[:, None]
+    image = 120 + 80 * np.exp(-(x / 0.25) ** 2) - 40 * (y**2) + rng.normal(0, 8, (height, width))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def make_layout(root: Path, splits=("train", "test"), per_class: int = 3) -> Path:
+    """A tiny Kermany-style folder with valid file names (Mendeley layout by default)."""
+    for split in splits:
+        for index in range(per_class):
+            normal = root / split / "NORMAL" / f"IM-{index:04d}-0001.jpeg"
+            bacteria = root / split / "PNEUMONIA" / f"person{index}_bacteria_{index}.jpeg"
+            virus = root / split / "PNEUMONIA" / f"person{100 + index}_virus_{index}.jpeg"
+            for offset, path in enumerate((normal, bacteria, virus)):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(synthetic_radiograph(index * 3 + offset)).save(path, quality=90)
+    return root

@@ -1,0 +1,125 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dicom_fixtures import write_dicom
+from pneumoscan.errors import InputError
+from pneumoscan.images import MAX_IMAGE_PIXELS, read_image
+
+GRADIENT = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (32, 1))  # 32 x 64, 0..252
+
+
+def _save(tmp_path, image: Image.Image, name: str, **kwargs):
+    path = tmp_path / name
+    image.save(path, **kwargs)
+    return path
+
+
+def test_8bit_grayscale_png_maps_to_unit_range(tmp_path):
+    result = read_image(_save(tmp_path, Image.fromarray(GRADIENT), "g.png"))
+    assert result.dtype == np.float32 and result.shape == (32, 64)
+    assert result[0, 0] == 0.0 and result[0, -1] == pytest.approx(252 / 255)
+
+
+def test_16bit_png_keeps_its_precision(tmp_path):
+    pixels = (GRADIENT.astype(np.uint16) * 257)
+    path = _save(tmp_path, Image.fromarray(pixels), "g16.png")
+    assert Image.open(path).mode.startswith("I")
+    np.testing.assert_allclose(read_image(path), GRADIENT / 255.0, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "LA"])
+def test_color_modes_become_the_same_grayscale(tmp_path, mode):
+    image = Image.fromarray(GRADIENT).convert(mode)
+    result = read_image(_save(tmp_path, image, f"c_{mode}.png"))
+    np.testing.assert_allclose(result, GRADIENT / 255.0, atol=2 / 255)
+
+
+def test_jpeg_and_bytes_input(tmp_path):
+    path = _save(tmp_path, Image.fromarray(GRADIENT), "g.jpeg", quality=95)
+    from_path = read_image(path)
+    from_bytes = read_image(path.read_bytes(), name="upload.jpeg")
+    np.testing.assert_array_equal(from_path, from_bytes)
+    assert np.abs(from_path - GRADIENT / 255.0).max() < 0.05
+
+
+def test_wrong_extension_is_sniffed_by_content(tmp_path):
+    png_named_jpeg = _save(tmp_path, Image.fromarray(GRADIENT), "really_png.jpeg", format="PNG")
+    np.testing.assert_allclose(read_image(png_named_jpeg), GRADIENT / 255.0, atol=1e-6)
+
+
+def test_dicom_monochrome2_with_rescale(tmp_path):
+    raw = (GRADIENT.astype(np.uint16) * 16)
+    path = write_dicom(tmp_path / "m2.dcm", raw, slope=2.0, intercept=-100.0)
+    result = read_image(path)
+    np.testing.assert_allclose(result, GRADIENT / 252.0, atol=1e-5)
+
+
+def test_dicom_monochrome1_is_inverted(tmp_path):
+    raw = (GRADIENT.astype(np.uint16) * 16)
+    mono2 = read_image(write_dicom(tmp_path / "m2.dcm", raw))
+    mono1 = read_image(write_dicom(tmp_path / "m1.dcm", raw, photometric="MONOCHROME1"))
+    np.testing.assert_allclose(mono1, 1.0 - mono2, atol=1e-6)
+
+
+def test_dicom_window_clips_outside_values(tmp_path):
+    raw = (GRADIENT.astype(np.uint16) * 16)  # 0..4032
+    result = read_image(write_dicom(tmp_path / "w.dcm", raw, window=(2000.0, 1000.0)))
+    assert result[0, 0] == 0.0 and result[0, -1] == 1.0
+    inside = (raw[0] > 1600) & (raw[0] < 2400)
+    assert np.all((result[0, inside] > 0) & (result[0, inside] < 1))
+
+
+def test_dicom_multiframe_is_refused(tmp_path):
+    path = write_dicom(tmp_path / "mf.dcm", GRADIENT.astype(np.uint16), frames=3)
+    with pytest.raises(InputError, match="3 frames"):
+        read_image(path)
+
+
+def test_dicom_patient_fields_never_reach_the_result(tmp_path):
+    path = write_dicom(tmp_path / "p.dcm", GRADIENT.astype(np.uint16))
+    result = read_image(path)
+    assert isinstance(result, np.ndarray)  # pixels only: no dataset, no tags
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "empty"),
+        (b"this is a text file, not an image", "not a JPEG, PNG or DICOM"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "truncated or corrupt|not a JPEG"),
+        (b"\x00" * 128 + b"DICM" + b"\x00" * 20, "DICOM"),
+    ],
+)
+def test_bad_files_give_one_clear_error(tmp_path, content, message):
+    path = tmp_path / "bad.jpeg"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message) as raised:
+        read_image(path)
+    assert str(path) in str(raised.value)
+
+
+def test_truncated_jpeg(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(GRADIENT).save(buffer, format="JPEG")
+    path = tmp_path / "cut.jpeg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        read_image(path)
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    side = int(MAX_IMAGE_PIXELS**0.5) + 10
+    path = tmp_path / "bomb.png"
+    Image.new("1", (side, side)).save(path)
+    with pytest.raises(InputError, match="limit for safe decoding|too large"):
+        read_image(path)
+
+
+def test_missing_file_and_folder(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        read_image(tmp_path / "nope.png")
+    with pytest.raises(InputError, match="is a folder"):
+        read_image(tmp_path)

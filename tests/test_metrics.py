@@ -1,0 +1,86 @@
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+from pneumoscan.metrics import (
+    calibrated_probabilities,
+    compute_metrics,
+    expected_calibration_error,
+    fit_temperature,
+    threshold_at_sensitivity,
+    youden_threshold,
+)
+
+# Hand-checked binary case: 4 normal, 4 pneumonia.
+TARGETS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+P_PNEUMONIA = np.array([0.1, 0.2, 0.3, 0.6, 0.4, 0.7, 0.8, 0.9])
+PROBS = np.stack([1 - P_PNEUMONIA, P_PNEUMONIA], axis=1)
+
+
+def test_binary_metrics_at_threshold():
+    metrics = compute_metrics(PROBS, TARGETS, ("normal", "pneumonia"), threshold=0.5, bootstrap=0)
+    # predictions: 0 0 0 1 | 0 1 1 1 -> TN 3, FP 1, FN 1, TP 3
+    assert metrics["confusion_matrix"] == [[3, 1], [1, 3]]
+    assert metrics["accuracy"] == pytest.approx(0.75)
+    assert metrics["sensitivity"] == pytest.approx(0.75)
+    assert metrics["specificity"] == pytest.approx(0.75)
+    assert metrics["macro_f1"] == pytest.approx(0.75)
+    # AUC: of 16 (pneumonia, normal) pairs, only (0.4 vs 0.6) is misordered -> 15/16
+    assert metrics["roc_auc"] == pytest.approx(15 / 16)
+    assert metrics["per_class"]["pneumonia"]["precision"] == pytest.approx(0.75)
+
+
+def test_threshold_changes_sensitivity_and_specificity():
+    metrics = compute_metrics(PROBS, TARGETS, ("normal", "pneumonia"), threshold=0.25, bootstrap=0)
+    # 0.1 and 0.2 are called normal; everything else pneumonia
+    assert metrics["sensitivity"] == pytest.approx(1.0)
+    assert metrics["specificity"] == pytest.approx(0.5)
+
+
+def test_youden_and_sensitivity_thresholds():
+    # Youden's J is maximal (0.75) at threshold 0.7: sensitivity 0.75, specificity 1.0
+    assert youden_threshold(TARGETS, P_PNEUMONIA) == pytest.approx(0.7)
+    assert threshold_at_sensitivity(TARGETS, P_PNEUMONIA, 1.0) == pytest.approx(0.4)
+    assert threshold_at_sensitivity(TARGETS, P_PNEUMONIA, 0.5) == pytest.approx(0.8)
+
+
+def test_ece_hand_checked():
+    # Two predictions in one bin each: confidence 0.9 correct, 0.6 wrong.
+    probs = np.array([[0.1, 0.9], [0.4, 0.6]])
+    targets = np.array([1, 0])
+    # |0.9 - 1| * 1/2 + |0.6 - 0| * 1/2 = 0.35
+    assert expected_calibration_error(probs, targets) == pytest.approx(0.35)
+
+
+def test_three_class_metrics():
+    probs = np.array([[0.8, 0.1, 0.1], [0.2, 0.7, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1]])
+    targets = np.array([0, 1, 2, 2])
+    metrics = compute_metrics(probs, targets, ("normal", "bacteria", "virus"), bootstrap=0)
+    assert metrics["accuracy"] == pytest.approx(0.75)
+    assert metrics["per_class"]["virus"]["recall"] == pytest.approx(0.5)
+    assert "sensitivity" not in metrics
+    # macro F1: normal 2/3, bacteria 1, virus 2/3
+    assert metrics["macro_f1"] == pytest.approx((2 / 3 + 1 + 2 / 3) / 3)
+
+
+def test_temperature_recovers_overconfidence():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, size=(4000, 3))
+    targets = np.array([rng.choice(3, p=p) for p in softmax(true_logits, axis=1)])
+    temperature = fit_temperature(true_logits * 3.0, targets)  # a model 3x overconfident
+    assert temperature == pytest.approx(3.0, rel=0.1)
+    calibrated = calibrated_probabilities(true_logits * 3.0, temperature)
+    assert expected_calibration_error(calibrated, targets) < 0.03
+
+
+def test_bootstrap_interval_brackets_the_estimate():
+    rng = np.random.default_rng(1)
+    targets = rng.integers(0, 2, 300)
+    p = np.clip(targets * 0.6 + rng.normal(0.2, 0.2, 300), 0, 1)
+    probs = np.stack([1 - p, p], axis=1)
+    groups = [f"patient{i // 2}" for i in range(300)]
+    metrics = compute_metrics(probs, targets, ("normal", "pneumonia"), 0.5, groups=groups, bootstrap=200)
+    for key in ("accuracy", "macro_f1", "roc_auc"):
+        low, high = metrics[f"{key}_ci"]
+        assert low < metrics[key] < high
+        assert high - low < 0.2
