@@ -16,7 +16,9 @@ SHARED_DATA = REPO.parent / "shared" / "data" / "chest_xray"
 def real_data() -> Path:
     """../shared/data/chest_xray, or skip: these tests need the real Kermany images."""
     if not (SHARED_DATA / "train" / "NORMAL").is_dir():
-        pytest.skip(f"real data set not found at {SHARED_DATA}; place the Kermany chest_xray folder there")
+        pytest.skip(
+            f"real data set not found at {SHARED_DATA}; place the Kermany chest_xray folder there"
+        )
     return SHARED_DATA
 
 
@@ -26,7 +28,7 @@ def synthetic_radiograph(seed: int, size: tuple[int, int] = (96, 80)) -> np.ndar
     width, height = size
     x = np.linspace(-1, 1, width)[None, :]
     y = np.linspace(-1, 1, height)[:, None]
-    image = 120 + 80 * np.exp(-(x / 0.25) ** 2) - 40 * (y**2) + rng.normal(0, 8, (height, width))
+    image = 120 + 80 * np.exp(-((x / 0.25) ** 2)) - 40 * (y**2) + rng.normal(0, 8, (height, width))
     return np.clip(image, 0, 255).astype(np.uint8)
 
 

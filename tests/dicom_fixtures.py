@@ -10,8 +10,13 @@ from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, ge
 
 
 def write_dicom(
-    path: Path, pixels: np.ndarray, photometric: str = "MONOCHROME2", slope: float = 1.0,
-    intercept: float = 0.0, window: tuple[float, float] | None = None, frames: int = 1,
+    path: Path,
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    window: tuple[float, float] | None = None,
+    frames: int = 1,
 ) -> Path:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage

@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
+from conftest import make_layout
 from typer.testing import CliRunner
 
-from conftest import make_layout
 from pneumoscan.cli import app
 
 runner = CliRunner()
@@ -15,7 +15,11 @@ runner = CliRunner()
 
 def _run(*args, cwd=None):
     return subprocess.run(
-        [sys.executable, "-m", "pneumoscan", *args], capture_output=True, text=True, cwd=cwd, timeout=600
+        [sys.executable, "-m", "pneumoscan", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
     )
 
 
@@ -62,16 +66,29 @@ def test_train_then_evaluate_from_the_command_line(tmp_path):
     data = make_layout(tmp_path / "data", splits=("train", "test"), per_class=6)
     (data / "train" / "NORMAL" / "IM-9999-0001.jpeg").write_bytes(b"broken")
     run = tmp_path / "run"
-    common = ["model.arch=seed002-cnn", "model.image_size=32", "train.epochs=1", "train.batch_size=8",
-              f"data.cache_dir={tmp_path / 'cache'}", "data.val_fraction=0.34"]
-    strict = runner.invoke(app, ["train", "--data", str(data), "--out", str(run), "--strict", *common])
+    common = [
+        "model.arch=seed002-cnn",
+        "model.image_size=32",
+        "train.epochs=1",
+        "train.batch_size=8",
+        f"data.cache_dir={tmp_path / 'cache'}",
+        "data.val_fraction=0.34",
+    ]
+    strict = runner.invoke(
+        app, ["train", "--data", str(data), "--out", str(run), "--strict", *common]
+    )
     assert strict.exit_code == 2 and "IM-9999-0001.jpeg" in strict.output
-    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "run2"), *common])
+    result = runner.invoke(
+        app, ["train", "--data", str(data), "--out", str(tmp_path / "run2"), *common]
+    )
     assert result.exit_code == 0, result.output
     model = tmp_path / "run2" / "model.pt"
     assert model.is_file()
     report = tmp_path / "report"
-    result = runner.invoke(app, ["evaluate", str(data), "--model", str(model), "--out", str(report), "--bootstrap", "20"])
+    result = runner.invoke(
+        app,
+        ["evaluate", str(data), "--model", str(model), "--out", str(report), "--bootstrap", "20"],
+    )
     assert result.exit_code == 0, result.output
     assert "not a diagnostic device" in result.output
     metrics = json.loads((report / "metrics.json").read_text())

@@ -17,7 +17,10 @@ def test_shipped_configs_load(name):
 
 
 def test_overrides_are_typed():
-    config = load_config(CONFIGS / "binary.yaml", ["train.epochs=3", "model.dropout=[0.1, 0.2]", "data.task=three-class"])
+    config = load_config(
+        CONFIGS / "binary.yaml",
+        ["train.epochs=3", "model.dropout=[0.1, 0.2]", "data.task=three-class"],
+    )
     assert config.train.epochs == 3
     assert config.model.dropout == (0.1, 0.2)
     assert config.data.task is Task.THREE_CLASS

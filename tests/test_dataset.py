@@ -2,8 +2,8 @@ import logging
 
 import numpy as np
 import pytest
-
 from conftest import make_layout
+
 from pneumoscan import dataset as ds
 from pneumoscan.errors import DatasetError
 from pneumoscan.labels import Task
@@ -28,7 +28,9 @@ def test_missing_and_empty_folders_name_the_folder(tmp_path):
     with pytest.raises(DatasetError, match="data folder not found"):
         ds.scan_split(tmp_path / "nowhere", "train")
     root = make_layout(tmp_path / "d", splits=("train",))
-    with pytest.raises(DatasetError, match=r"d/test: split folder not found \(splits found: train\)"):
+    with pytest.raises(
+        DatasetError, match=r"d/test: split folder not found \(splits found: train\)"
+    ):
         ds.scan_split(root, "test")
     for image in (root / "train" / "NORMAL").iterdir():
         image.unlink()

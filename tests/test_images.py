@@ -2,9 +2,9 @@ import io
 
 import numpy as np
 import pytest
+from dicom_fixtures import write_dicom
 from PIL import Image
 
-from dicom_fixtures import write_dicom
 from pneumoscan.errors import InputError
 from pneumoscan.images import MAX_IMAGE_PIXELS, read_image
 
@@ -24,7 +24,7 @@ def test_8bit_grayscale_png_maps_to_unit_range(tmp_path):
 
 
 def test_16bit_png_keeps_its_precision(tmp_path):
-    pixels = (GRADIENT.astype(np.uint16) * 257)
+    pixels = GRADIENT.astype(np.uint16) * 257
     path = _save(tmp_path, Image.fromarray(pixels), "g16.png")
     assert Image.open(path).mode.startswith("I")
     np.testing.assert_allclose(read_image(path), GRADIENT / 255.0, atol=1e-4)
@@ -51,21 +51,21 @@ def test_wrong_extension_is_sniffed_by_content(tmp_path):
 
 
 def test_dicom_monochrome2_with_rescale(tmp_path):
-    raw = (GRADIENT.astype(np.uint16) * 16)
+    raw = GRADIENT.astype(np.uint16) * 16
     path = write_dicom(tmp_path / "m2.dcm", raw, slope=2.0, intercept=-100.0)
     result = read_image(path)
     np.testing.assert_allclose(result, GRADIENT / 252.0, atol=1e-5)
 
 
 def test_dicom_monochrome1_is_inverted(tmp_path):
-    raw = (GRADIENT.astype(np.uint16) * 16)
+    raw = GRADIENT.astype(np.uint16) * 16
     mono2 = read_image(write_dicom(tmp_path / "m2.dcm", raw))
     mono1 = read_image(write_dicom(tmp_path / "m1.dcm", raw, photometric="MONOCHROME1"))
     np.testing.assert_allclose(mono1, 1.0 - mono2, atol=1e-6)
 
 
 def test_dicom_window_clips_outside_values(tmp_path):
-    raw = (GRADIENT.astype(np.uint16) * 16)  # 0..4032
+    raw = GRADIENT.astype(np.uint16) * 16  # 0..4032
     result = read_image(write_dicom(tmp_path / "w.dcm", raw, window=(2000.0, 1000.0)))
     assert result[0, 0] == 0.0 and result[0, -1] == 1.0
     inside = (raw[0] > 1600) & (raw[0] < 2400)

@@ -79,7 +79,9 @@ def test_bootstrap_interval_brackets_the_estimate():
     p = np.clip(targets * 0.6 + rng.normal(0.2, 0.2, 300), 0, 1)
     probs = np.stack([1 - p, p], axis=1)
     groups = [f"patient{i // 2}" for i in range(300)]
-    metrics = compute_metrics(probs, targets, ("normal", "pneumonia"), 0.5, groups=groups, bootstrap=200)
+    metrics = compute_metrics(
+        probs, targets, ("normal", "pneumonia"), 0.5, groups=groups, bootstrap=200
+    )
     for key in ("accuracy", "macro_f1", "roc_auc"):
         low, high = metrics[f"{key}_ci"]
         assert low < metrics[key] < high

@@ -25,7 +25,9 @@ def test_every_architecture_builds_and_predicts(arch):
 
 @pytest.mark.parametrize("head", [h for h in HEADS])
 def test_every_head_fits_a_transfer_backbone(head):
-    model = create_model("efficientnet-lite0", num_classes=2, head=head, pretrained=False, image_size=64)
+    model = create_model(
+        "efficientnet-lite0", num_classes=2, head=head, pretrained=False, image_size=64
+    )
     model.eval()
     features = model.forward_features(torch.randn(1, 3, 64, 64))
     assert model.forward_head(features).shape == (1, 2)
@@ -89,9 +91,16 @@ def test_unknown_names():
 
 def test_model_file_round_trip(tmp_path):
     model = create_model("seed002-cnn", num_classes=2, pretrained=False, image_size=64).eval()
-    info = ModelInfo(arch="seed002-cnn", head="flatten-dense", dropout=(0.2,), task="binary",
-                     class_names=("normal", "pneumonia"), preprocess=PreprocessSpec(64, (0.5,), (0.25,)),
-                     threshold=0.42, temperature=1.7)
+    info = ModelInfo(
+        arch="seed002-cnn",
+        head="flatten-dense",
+        dropout=(0.2,),
+        task="binary",
+        class_names=("normal", "pneumonia"),
+        preprocess=PreprocessSpec(64, (0.5,), (0.25,)),
+        threshold=0.42,
+        temperature=1.7,
+    )
     path = tmp_path / "model.pt"
     save_model_file(path, model, info)
     loaded, loaded_info = load_model_file(path)

@@ -26,7 +26,9 @@ def test_whole_image_is_resized_not_cropped():
 
 def _squashed_copy(image: np.ndarray, size: int = 224) -> np.ndarray:
     """What the 3,579 train copies went through: whole image squashed to 224x224, then JPEG."""
-    squashed = Image.fromarray((image * 255).round().astype(np.uint8)).resize((size, size), Image.Resampling.LANCZOS)
+    squashed = Image.fromarray((image * 255).round().astype(np.uint8)).resize(
+        (size, size), Image.Resampling.LANCZOS
+    )
     buffer = io.BytesIO()
     squashed.save(buffer, format="JPEG", quality=90)
     return read_image(buffer.getvalue())
@@ -37,8 +39,11 @@ def test_squashed_copies_look_like_originals_after_preprocessing(real_data, size
     """The model must not be able to tell a 224x224 squashed copy from an original by its pixels."""
     with (real_data / "MANIFEST.csv").open() as handle:
         originals = [
-            row for row in csv.DictReader(handle)
-            if row["split"] == "train" and row["orig_width"] != "224" and row["orig_width"] != row["orig_height"]
+            row
+            for row in csv.DictReader(handle)
+            if row["split"] == "train"
+            and row["orig_width"] != "224"
+            and row["orig_width"] != row["orig_height"]
         ][:24]
     spec = PreprocessSpec(size, (0.5,), (0.5,))
     same_image, other_image = [], []

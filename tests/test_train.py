@@ -15,11 +15,20 @@ from pneumoscan.train import fit
 
 
 def _config(real_data, tmp_path, *overrides):
-    return load_config(None, [
-        f"data.root={real_data}", "data.max_patients=40", f"data.cache_dir={tmp_path / 'cache'}",
-        "model.image_size=64", "train.batch_size=16", "train.epochs=2", "train.threads=2",
-        "model.pretrained=true", *overrides,
-    ])
+    return load_config(
+        None,
+        [
+            f"data.root={real_data}",
+            "data.max_patients=40",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "model.image_size=64",
+            "train.batch_size=16",
+            "train.epochs=2",
+            "train.threads=2",
+            "model.pretrained=true",
+            *overrides,
+        ],
+    )
 
 
 class CrashAfterFirstEpoch(Callback):
@@ -32,7 +41,13 @@ class CrashAfterFirstEpoch(Callback):
 
 def _epochs(run_dir, phase="phase-1"):
     with (run_dir / phase / "logs" / "metrics.csv").open() as handle:
-        return sorted({int(row["epoch"]) for row in csv.DictReader(handle) if row.get("val/auroc") or row.get("val/macro_f1")})
+        return sorted(
+            {
+                int(row["epoch"])
+                for row in csv.DictReader(handle)
+                if row.get("val/auroc") or row.get("val/macro_f1")
+            }
+        )
 
 
 def test_short_training_writes_a_self_describing_model_and_report(real_data, tmp_path):
@@ -82,7 +97,9 @@ def test_interrupted_run_resumes_and_finishes(real_data, tmp_path):
 
 
 def test_frozen_backbone_trains_head_on_cached_features(real_data, tmp_path):
-    config = _config(real_data, tmp_path, "model.strategy=frozen", "data.task=three_class", "train.epochs=3")
+    config = _config(
+        real_data, tmp_path, "model.strategy=frozen", "data.task=three_class", "train.epochs=3"
+    )
     model_path = fit(config, tmp_path / "run", progress=False)
     assert list((tmp_path / "cache").glob("features-*.pt"))
     _, info = load_model_file(model_path)
@@ -91,8 +108,12 @@ def test_frozen_backbone_trains_head_on_cached_features(real_data, tmp_path):
 
 
 def test_low_resolution_then_full_resolution(real_data, tmp_path):
-    config = _config(real_data, tmp_path, "train.train_size=48", "train.epochs=1", "train.finish_epochs=1")
+    config = _config(
+        real_data, tmp_path, "train.train_size=48", "train.epochs=1", "train.finish_epochs=1"
+    )
     model_path = fit(config, tmp_path / "run", progress=False)
     _, info = load_model_file(model_path)
     assert info.preprocess.size == 64
-    assert _epochs(tmp_path / "run", "phase-1") == [0] and _epochs(tmp_path / "run", "phase-2") == [0]
+    assert _epochs(tmp_path / "run", "phase-1") == [0] and _epochs(tmp_path / "run", "phase-2") == [
+        0
+    ]

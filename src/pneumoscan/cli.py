@@ -52,14 +52,18 @@ def friendly(command):
     return wrapper
 
 
-DataDir = Annotated[Path, typer.Argument(help="data folder: DATA_DIR/<train|val|test>/<NORMAL|PNEUMONIA>/")]
+DataDir = Annotated[
+    Path, typer.Argument(help="data folder: DATA_DIR/<train|val|test>/<NORMAL|PNEUMONIA>/")
+]
 
 
 @app.command()
 @friendly
 def eda(
     data_dir: DataDir,
-    out: Annotated[Path, typer.Option("--out", help="folder for the plots and summary.md")] = Path("eda"),
+    out: Annotated[Path, typer.Option("--out", help="folder for the plots and summary.md")] = Path(
+        "eda"
+    ),
 ) -> None:
     """Explore a data set: counts per split, class and subtype, images per patient, image sizes,
     sample grids; PNG plots and a Markdown summary."""
@@ -73,14 +77,26 @@ def eda(
 @app.command()
 @friendly
 def train(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="recipe YAML, e.g. configs/binary.yaml")] = None,
-    data: Annotated[Path | None, typer.Option("--data", help="data folder (overrides data.root)")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="run folder (default runs/<name>)")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="continue an interrupted run in --out")] = False,
-    strict: Annotated[bool, typer.Option("--strict", help="stop on unreadable images instead of skipping them")] = False,
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", help="recipe YAML, e.g. configs/binary.yaml")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="data folder (overrides data.root)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="run folder (default runs/<name>)")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="continue an interrupted run in --out")
+    ] = False,
+    strict: Annotated[
+        bool, typer.Option("--strict", help="stop on unreadable images instead of skipping them")
+    ] = False,
     override: Annotated[
         list[str] | None,
-        typer.Argument(help="config overrides as section.key=value, e.g. train.epochs=3 model.arch=resnet18"),
+        typer.Argument(
+            help="config overrides as section.key=value, e.g. train.epochs=3 model.arch=resnet18"
+        ),
     ] = None,
 ) -> None:
     """Train a model from a recipe; writes OUT/model.pt, a self-describing model file."""
@@ -104,11 +120,22 @@ def train(
 @friendly
 def evaluate(
     data_dir: DataDir,
-    model: Annotated[str, typer.Option("--model", "-m", help="model file, or a shipped model name: binary, three-class")],
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="model file, or a shipped model name: binary, three-class"
+        ),
+    ],
     split: Annotated[str, typer.Option("--split", help="test, val or train")] = "test",
-    out: Annotated[Path, typer.Option("--out", help="folder for metrics.json, plots and report.md")] = Path("evaluation"),
-    strict: Annotated[bool, typer.Option("--strict", help="stop on unreadable images instead of skipping them")] = False,
-    bootstrap: Annotated[int, typer.Option(help="bootstrap resamples (by patient) for the 95% intervals")] = 1000,
+    out: Annotated[
+        Path, typer.Option("--out", help="folder for metrics.json, plots and report.md")
+    ] = Path("evaluation"),
+    strict: Annotated[
+        bool, typer.Option("--strict", help="stop on unreadable images instead of skipping them")
+    ] = False,
+    bootstrap: Annotated[
+        int, typer.Option(help="bootstrap resamples (by patient) for the 95% intervals")
+    ] = 1000,
 ) -> None:
     """Evaluate a model on one split: metrics.json with 95% patient-bootstrap intervals,
     confusion matrix, ROC, PR and reliability plots, report.md."""
@@ -120,10 +147,127 @@ def evaluate(
     metrics = evaluate_model(model, data_dir, split, out, strict=strict, bootstrap=bootstrap)
     summary = f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ROC AUC {metrics['roc_auc']:.4f}"
     if "sensitivity" in metrics:
-        summary += f", sensitivity {metrics['sensitivity']:.4f}, specificity {metrics['specificity']:.4f}"
+        summary += (
+            f", sensitivity {metrics['sensitivity']:.4f}, specificity {metrics['specificity']:.4f}"
+        )
     typer.echo(f"{split} (n={metrics['n']}): {summary}")
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
     typer.echo(NOT_DIAGNOSTIC_NOTICE)
+
+
+@app.command()
+@friendly
+def export(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="model file, or binary / three-class")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="ONNX file to write")],
+) -> None:
+    """Export a model file to ONNX with its metadata (classes, threshold, temperature,
+    preprocessing) and, for the linear head, a class activation map output."""
+    _setup_logging()
+    from pneumoscan.export import export_onnx
+
+    path = export_onnx(model, out)
+    typer.echo(f"wrote {path}")
+
+
+def _expand(paths: list[str]) -> list[Path]:
+    """Files as given, folders searched recursively for images, glob patterns expanded."""
+    import glob
+
+    from pneumoscan.images import IMAGE_SUFFIXES
+
+    found: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found += sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        elif any(char in text for char in "*?[") and not path.exists():
+            found += sorted(
+                Path(match) for match in glob.glob(text, recursive=True) if Path(match).is_file()
+            )
+        else:
+            found.append(path)
+    return found
+
+
+@app.command()
+@friendly
+def predict(
+    paths: Annotated[
+        list[str], typer.Argument(help="image files (JPEG, PNG, DICOM), folders or glob patterns")
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="binary, three-class, or an exported .onnx file")
+    ] = "binary",
+    csv_out: Annotated[
+        Path | None, typer.Option("--csv", help="also write the results as CSV")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the results as JSON")
+    ] = None,
+    heatmaps: Annotated[
+        Path | None, typer.Option("--heatmaps", help="folder for heatmap overlay PNGs")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for ONNX Runtime")] = None,
+) -> None:
+    """Predict on images with ONNX Runtime (no torch needed): label, calibrated probabilities,
+    threshold, optional heatmaps. Exits 1 when any file could not be read."""
+    from rich.console import Console
+    from rich.progress import track
+    from rich.table import Table
+
+    from pneumoscan.predict_io import write_csv, write_json
+    from pneumoscan.runtime import load_runtime_model, predict_file
+
+    console = Console()
+    runtime = load_runtime_model(model, threads=threads)
+    files = _expand(paths)
+    if not files:
+        _fail(f"no image files found in {' '.join(paths)}")
+    iterator = (
+        track(files, description="predicting", console=Console(stderr=True))
+        if len(files) > 1
+        else files
+    )
+    results = []
+    for index, path in enumerate(iterator):
+        heatmap = heatmaps / f"{index:05d}_{path.stem}.png" if heatmaps else None
+        results.append(predict_file(runtime, path, heatmap))
+    table = Table(title=f"pneumoscan {runtime.metadata['name']}", caption=NOT_DIAGNOSTIC_NOTICE)
+    table.add_column("file", overflow="fold")
+    table.add_column("result")
+    for name in runtime.class_names:
+        table.add_column(f"P({name})", justify="right")
+    for result in results:
+        if result.status == "ok":
+            table.add_row(
+                result.source,
+                result.label,
+                *[f"{result.probabilities[n]:.3f}" for n in runtime.class_names],
+            )
+        else:
+            table.add_row(result.source, "[red]error[/red]", *["" for _ in runtime.class_names])
+    console.print(table)
+    if runtime.threshold is not None:
+        console.print(
+            f"threshold on P({runtime.class_names[1]}): {runtime.threshold:.3f} (chosen on validation); probabilities are temperature-calibrated"
+        )
+    failures = [result for result in results if result.status != "ok"]
+    for failure in failures:
+        typer.echo(f"error: {failure.message}", err=True)
+    if csv_out:
+        write_csv(csv_out, results, runtime)
+    if json_out:
+        write_json(json_out, results, runtime)
+    typer.echo(
+        f"{len(results) - len(failures)} predicted, {len(failures)} failed. {NOT_DIAGNOSTIC_NOTICE}"
+    )
+    if failures:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -55,7 +55,9 @@ class TrainConfig:
     train_size: int | None = None  # train at a lower resolution than image_size, then finish at it
     finish_epochs: int = 0  # epochs at full resolution after the low-resolution phase
     finish_lr: float | None = None  # learning rate of the full-resolution phase; None: lr / 10
-    threshold_sensitivity: float | None = None  # binary: threshold for this sensitivity, else Youden's J
+    threshold_sensitivity: float | None = (
+        None  # binary: threshold for this sensitivity, else Youden's J
+    )
     threads: int | None = None
     seed: int = 42
     accelerator: str = "cpu"
@@ -168,7 +170,9 @@ def load_config(path: Path | str | None, overrides: list[str] = ()) -> Config:
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found; see configs/ for the shipped recipes.")
+            raise ConfigError(
+                f"{path}: config file not found; see configs/ for the shipped recipes."
+            )
         try:
             values = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as error:
@@ -178,7 +182,9 @@ def load_config(path: Path | str | None, overrides: list[str] = ()) -> Config:
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key:
-            raise ConfigError(f"override {override!r}: write it as section.key=value, e.g. train.epochs=3")
+            raise ConfigError(
+                f"override {override!r}: write it as section.key=value, e.g. train.epochs=3"
+            )
         target = values
         *parents, leaf = key.strip().split(".")
         for parent in parents:
@@ -201,7 +207,9 @@ def validate(config: Config) -> None:
         raise ConfigError(f"data.val_fraction must be between 0 and 1, got {data.val_fraction}")
     folds = round(1 / data.val_fraction)
     if not 0 <= data.fold < folds:
-        raise ConfigError(f"data.fold must be in 0..{folds - 1} for val_fraction {data.val_fraction}")
+        raise ConfigError(
+            f"data.fold must be in 0..{folds - 1} for val_fraction {data.val_fraction}"
+        )
     strategy = model.strategy
     if strategy not in ("full", "frozen") and not _is_finetune_last(strategy):
         raise ConfigError(
@@ -212,7 +220,9 @@ def validate(config: Config) -> None:
     if train.scheduler not in ("plateau", "cosine", "none"):
         raise ConfigError(f"train.scheduler {train.scheduler!r}: choose plateau, cosine or none")
     if train.class_balance not in ("weights", "sampler", "none"):
-        raise ConfigError(f"train.class_balance {train.class_balance!r}: choose weights, sampler or none")
+        raise ConfigError(
+            f"train.class_balance {train.class_balance!r}: choose weights, sampler or none"
+        )
     if train.epochs < 1 or train.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size must be at least 1")
     if train.threshold_sensitivity is not None and not 0 < train.threshold_sensitivity < 1:

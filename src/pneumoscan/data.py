@@ -40,7 +40,10 @@ def _decode(path: Path, size: int) -> np.ndarray:
 
 
 def decode_images(
-    samples: list[Sample], size: int, strict: bool = False, cache_dir: Path | None = None,
+    samples: list[Sample],
+    size: int,
+    strict: bool = False,
+    cache_dir: Path | None = None,
     threads: int = 2,
 ) -> DecodedImages:
     """Decode and resize every sample once; unreadable files are listed, then skipped or fatal."""
@@ -65,7 +68,9 @@ def decode_images(
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         results = list(pool.map(attempt, samples))
-    kept = np.asarray([i for i, (pixels, _) in enumerate(results) if pixels is not None], dtype=np.int64)
+    kept = np.asarray(
+        [i for i, (pixels, _) in enumerate(results) if pixels is not None], dtype=np.int64
+    )
     failed = [error for _, error in results if error is not None]
     _report_failures(failed, len(samples), strict)
     if len(kept) == 0:
@@ -73,6 +78,7 @@ def decode_images(
     pixels = np.stack([results[i][0] for i in kept])
     decoded = DecodedImages(pixels, kept, failed)
     if cache_file is not None:
+
         def write(tmp: Path) -> None:
             with tmp.open("wb") as handle:
                 np.savez(handle, pixels=pixels, kept=kept, failed=np.asarray(failed, dtype=str))
@@ -91,7 +97,9 @@ def _report_failures(failed: list[str], total: int, strict: bool) -> None:
         )
     logger.warning(
         "skipped %d of %d unreadable image(s) (use --strict to stop instead):\n  %s",
-        len(failed), total, listing,
+        len(failed),
+        total,
+        listing,
     )
 
 
@@ -126,8 +134,11 @@ class ImageTensorDataset(Dataset):
         image = self.pixels[index].unsqueeze(0).float().div_(255.0)
         if image.shape[-1] != self.spec.size:
             image = torch.nn.functional.interpolate(
-                image[None], size=(self.spec.size, self.spec.size), mode="bilinear",
-                antialias=True, align_corners=False,
+                image[None],
+                size=(self.spec.size, self.spec.size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
             )[0]
         if self.augment is not None:
             image = self.augment(image).clamp_(0.0, 1.0)
@@ -139,7 +150,11 @@ class ChestXrayDataModule(L.LightningDataModule):
     """Thin: the arrays are prepared (and split by patient) before the trainer sees them."""
 
     def __init__(
-        self, train: Dataset, val: Dataset, batch_size: int, sampler_weights: np.ndarray | None = None,
+        self,
+        train: Dataset,
+        val: Dataset,
+        batch_size: int,
+        sampler_weights: np.ndarray | None = None,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -152,11 +167,17 @@ class ChestXrayDataModule(L.LightningDataModule):
         if self.sampler_weights is not None:
             sampler = WeightedRandomSampler(
                 torch.as_tensor(self.sampler_weights, dtype=torch.double),
-                num_samples=len(self.train_set), replacement=True,
+                num_samples=len(self.train_set),
+                replacement=True,
                 generator=torch.Generator().manual_seed(self.seed),
             )
             return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler)
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, drop_last=len(self.train_set) > self.batch_size)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            shuffle=True,
+            drop_last=len(self.train_set) > self.batch_size,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.batch_size * 2, shuffle=False)

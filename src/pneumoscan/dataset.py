@@ -58,22 +58,24 @@ def scan_split(root: Path | str, split: str) -> list[Sample]:
     split_dir = root / split
     if not split_dir.is_dir():
         found = ", ".join(available_splits(root)) or "none"
-        raise DatasetError(f"{split_dir}: split folder not found (splits found: {found}); {EXPECTED_LAYOUT}.")
+        raise DatasetError(
+            f"{split_dir}: split folder not found (splits found: {found}); {EXPECTED_LAYOUT}."
+        )
     samples: list[Sample] = []
     for label in LABEL_FOLDERS:
         label_dir = split_dir / label
         if not label_dir.is_dir():
             raise DatasetError(f"{label_dir}: class folder not found; {EXPECTED_LAYOUT}.")
-        files = sorted(p for p in label_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(
+            p for p in label_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
         if not files:
             raise DatasetError(
                 f"{label_dir}: no images (.jpeg, .jpg, .png, .dcm) in this folder; {EXPECTED_LAYOUT}."
             )
         for path in files:
             info = parse_filename(path.name, label)
-            samples.append(
-                Sample(path, split, label, info.subtype, info.patient, info.recognised)
-            )
+            samples.append(Sample(path, split, label, info.subtype, info.patient, info.recognised))
     return samples
 
 
@@ -154,7 +156,9 @@ def subset_patients(
     for members in by_class.values():
         take = max(2, round(max_patients * len(members) / total))
         chosen.update(rng.choice(members, size=min(take, len(members)), replace=False).tolist())
-    return np.asarray([i for i, patient in enumerate(patients) if patient in chosen], dtype=np.int64)
+    return np.asarray(
+        [i for i, patient in enumerate(patients) if patient in chosen], dtype=np.int64
+    )
 
 
 def class_counts(targets: np.ndarray, num_classes: int) -> np.ndarray:

@@ -28,11 +28,17 @@ def _table(samples: list[ds.Sample]):
     rows = []
     for sample in samples:
         size = image_size(sample.path)
-        rows.append({
-            "split": sample.split, "label": sample.label, "subtype": sample.subtype or "unknown",
-            "patient": sample.patient, "path": str(sample.path),
-            "width": size[0] if size else np.nan, "height": size[1] if size else np.nan,
-        })
+        rows.append(
+            {
+                "split": sample.split,
+                "label": sample.label,
+                "subtype": sample.subtype or "unknown",
+                "patient": sample.patient,
+                "path": str(sample.path),
+                "width": size[0] if size else np.nan,
+                "height": size[1] if size else np.nan,
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -94,7 +100,9 @@ def run_eda(data_dir: Path, out: Path, seed: int = 0) -> Path:
             axis.axis("off")
         for axis, path in zip(axes.ravel(), chosen):
             try:
-                axis.imshow(resize_square(read_image(Path(path)), GRID_THUMB), cmap="gray", vmin=0, vmax=1)
+                axis.imshow(
+                    resize_square(read_image(Path(path)), GRID_THUMB), cmap="gray", vmin=0, vmax=1
+                )
             except InputError as error:
                 logger.warning("%s", error)
         figure.suptitle(f"{subtype}: random sample (resized to a square, as the model sees it)")
@@ -104,25 +112,41 @@ def run_eda(data_dir: Path, out: Path, seed: int = 0) -> Path:
     squashed = int(((sized["width"] == 224) & (sized["height"] == 224)).sum())
     unreadable = int(frame["width"].isna().sum())
     lines = [
-        f"# Data set summary: `{data_dir}`", "",
-        f"{len(frame)} images, {frame['patient'].nunique()} patients, splits: {', '.join(splits)}.", "",
-        "## Images and patients per split, label and subtype", "",
-        "| split | label | subtype | images | patients |", "|---|---|---|---:|---:|",
-        *[f"| {r.split} | {r.label} | {r.subtype} | {r.images} | {r.patients} |" for r in counts.itertuples()],
-        "", f"![counts]({plots['counts']})", "",
-        "## Images per patient", "",
+        f"# Data set summary: `{data_dir}`",
+        "",
+        f"{len(frame)} images, {frame['patient'].nunique()} patients, splits: {', '.join(splits)}.",
+        "",
+        "## Images and patients per split, label and subtype",
+        "",
+        "| split | label | subtype | images | patients |",
+        "|---|---|---|---:|---:|",
+        *[
+            f"| {r.split} | {r.label} | {r.subtype} | {r.images} | {r.patients} |"
+            for r in counts.itertuples()
+        ],
+        "",
+        f"![counts]({plots['counts']})",
+        "",
+        "## Images per patient",
+        "",
         f"Mean {per_patient.mean():.2f}, max {per_patient.max()}; "
         f"{int((per_patient > 1).sum())} patients have more than one image, "
-        "so validation must be split by patient.", "",
-        f"![images per patient]({plots['images_per_patient']})", "",
-        "## Image sizes", "",
+        "so validation must be split by patient.",
+        "",
+        f"![images per patient]({plots['images_per_patient']})",
+        "",
+        "## Image sizes",
+        "",
         f"Width {sized['width'].min():.0f}-{sized['width'].max():.0f} px, height "
         f"{sized['height'].min():.0f}-{sized['height'].max():.0f} px; aspect ratio (w/h) "
         f"median {aspect['50%']:.2f} (range {aspect['min']:.2f}-{aspect['max']:.2f}). "
         f"{squashed} images are exactly 224x224 (squashed copies in the downscaled set). "
-        f"{unreadable} files have unreadable headers.", "",
-        f"![sizes]({plots['sizes']})", "",
-        "## Sample images", "",
+        f"{unreadable} files have unreadable headers.",
+        "",
+        f"![sizes]({plots['sizes']})",
+        "",
+        "## Sample images",
+        "",
         *[f"![{name}]({file})" for name, file in plots.items() if name.startswith("grid_")],
         "",
     ]

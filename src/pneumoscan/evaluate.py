@@ -28,7 +28,11 @@ logger = logging.getLogger(__name__)
 
 
 def evaluate_model(
-    model_ref: str | Path, data_dir: Path, split: str, out: Path, strict: bool = False,
+    model_ref: str | Path,
+    data_dir: Path,
+    split: str,
+    out: Path,
+    strict: bool = False,
     bootstrap: int = 1000,
 ) -> dict:
     model_path = resolve_model(model_ref)
@@ -42,14 +46,23 @@ def evaluate_model(
     targets = targets[decoded.kept]
     images = ImageTensorDataset(decoded.pixels, targets, info.preprocess)
     logger.info("evaluating %s on %d %s images", model_path, len(samples), split)
-    logits = predict_logits(model.to(memory_format=torch.channels_last), DataLoader(images, batch_size=64))
+    logits = predict_logits(
+        model.to(memory_format=torch.channels_last), DataLoader(images, batch_size=64)
+    )
     probabilities = calibrated_probabilities(logits.numpy(), info.temperature)
     metrics = compute_metrics(
-        probabilities, targets, info.class_names, info.threshold,
-        groups=[sample.patient for sample in samples], bootstrap=bootstrap,
+        probabilities,
+        targets,
+        info.class_names,
+        info.threshold,
+        groups=[sample.patient for sample in samples],
+        bootstrap=bootstrap,
     )
     metrics.update(
-        split=split, model=str(model_path), model_name=info.name, temperature=info.temperature,
+        split=split,
+        model=str(model_path),
+        model_name=info.name,
+        temperature=info.temperature,
         skipped_files=decoded.failed,
     )
     out = Path(out)
@@ -66,13 +79,21 @@ def _write_predictions(path: Path, samples, targets, probabilities, info) -> Non
     header = ["path", "patient", "true", "predicted", *[f"p_{name}" for name in info.class_names]]
     lines = [",".join(header)]
     for sample, target, prediction, row in zip(samples, targets, predictions, probabilities):
-        values = [str(sample.path), sample.patient, info.class_names[target], info.class_names[prediction]]
+        values = [
+            str(sample.path),
+            sample.patient,
+            info.class_names[target],
+            info.class_names[prediction],
+        ]
         lines.append(",".join(values + [f"{p:.6f}" for p in row]))
     atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def write_plots(
-    out: Path, probabilities: np.ndarray, targets: np.ndarray, class_names: tuple[str, ...],
+    out: Path,
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    class_names: tuple[str, ...],
     threshold: float | None,
 ) -> dict[str, str]:
     """Confusion matrix, ROC, PR and reliability diagram as PNG; returns title -> file name."""
@@ -96,8 +117,13 @@ def write_plots(
 
     figure, axis = plt.subplots(figsize=(4.5, 4))
     ConfusionMatrixDisplay.from_predictions(
-        targets, predictions, labels=list(range(len(class_names))), display_labels=class_names,
-        ax=axis, colorbar=False, cmap="Blues",
+        targets,
+        predictions,
+        labels=list(range(len(class_names))),
+        display_labels=class_names,
+        ax=axis,
+        colorbar=False,
+        cmap="Blues",
     )
     axis.set_title("Confusion matrix")
     save(figure, "confusion_matrix.png", "Confusion matrix")
@@ -118,7 +144,9 @@ def write_plots(
     axis.plot([0, 1], [0, 1], "k:", label="perfectly calibrated")
     for index, label in curves:
         positives = (targets == index).astype(int)
-        observed, predicted = calibration_curve(positives, probabilities[:, index], n_bins=10, strategy="quantile")
+        observed, predicted = calibration_curve(
+            positives, probabilities[:, index], n_bins=10, strategy="quantile"
+        )
         axis.plot(predicted, observed, "o-", label=label)
     axis.set_xlabel("predicted probability")
     axis.set_ylabel("observed frequency")
@@ -143,8 +171,11 @@ def render_report(metrics: dict, plots: dict[str, str], data_dir: Path) -> str:
         f"- model file: `{metrics['model']}`",
         f"- data: `{data_dir}` ({metrics['n']} images; {len(metrics['skipped_files'])} unreadable skipped)",
         f"- temperature: {metrics['temperature']:.3f}"
-        + (f"; threshold on P(pneumonia): {metrics['threshold']:.4f} (chosen on validation)"
-           if "threshold" in metrics else ""),
+        + (
+            f"; threshold on P(pneumonia): {metrics['threshold']:.4f} (chosen on validation)"
+            if "threshold" in metrics
+            else ""
+        ),
         "",
         "| metric | value [95% CI, patient bootstrap] |",
         "|---|---|",
@@ -157,8 +188,12 @@ def render_report(metrics: dict, plots: dict[str, str], data_dir: Path) -> str:
             f"| sensitivity | {metrics['sensitivity']:.4f} |",
             f"| specificity | {metrics['specificity']:.4f} |",
         ]
-    lines += [f"| ECE (15 bins) | {metrics['ece']:.4f} |", "", "| class | precision | recall | F1 | n |",
-              "|---|---|---|---|---|"]
+    lines += [
+        f"| ECE (15 bins) | {metrics['ece']:.4f} |",
+        "",
+        "| class | precision | recall | F1 | n |",
+        "|---|---|---|---|---|",
+    ]
     for name, row in metrics["per_class"].items():
         lines.append(
             f"| {name} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']} |"

@@ -130,7 +130,9 @@ def _read_dicom(data: bytes, label: str) -> np.ndarray:
             "Export the frontal view as its own file."
         )
     if "PixelData" not in dataset:
-        raise InputError(f"{label}: DICOM has no pixel data (is it a report or a structured document?).")
+        raise InputError(
+            f"{label}: DICOM has no pixel data (is it a report or a structured document?)."
+        )
     try:
         pixels = dataset.pixel_array
     except Exception as error:  # missing decoders and damaged pixel data both land here

@@ -66,7 +66,9 @@ def parse_filename(filename: str, folder_label: str) -> NameInfo:
         return NameInfo(subtype="normal", patient=patient, recognised=match is not None)
     match = _PNEUMONIA_NAME.match(stem)
     if match:
-        return NameInfo(subtype=match.group(2).lower(), patient=match.group(1).lower(), recognised=True)
+        return NameInfo(
+            subtype=match.group(2).lower(), patient=match.group(1).lower(), recognised=True
+        )
     lowered = stem.lower()
     subtype = "bacteria" if "bacteria" in lowered else "virus" if "virus" in lowered else None
     return NameInfo(subtype=subtype, patient=_stem(stem), recognised=False)

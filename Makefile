@@ -1,0 +1,19 @@
+# One command per task; CI runs the same ones. `make help` lists them.
+PY ?= .venv/bin/python
+CONFIG ?= configs/binary.yaml
+
+.PHONY: help setup test test-slow lint format train
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+setup:  ## create .venv and install pneumoscan with training and test extras
+	python3 -m venv .venv && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e ".[train,dev]"
+test:  ## the default test suite (skips slow tests)
+	$(PY) -m pytest -q
+test-slow:  ## only the slow tests
+	$(PY) -m pytest -q -m slow
+lint:  ## ruff lint and format check
+	$(PY) -m ruff check src tests && $(PY) -m ruff format --check src tests
+format:  ## ruff format
+	$(PY) -m ruff format src tests && $(PY) -m ruff check --fix src tests
+train:  ## train a recipe: make train CONFIG=configs/three_class.yaml
+	.venv/bin/pneumoscan train --config $(CONFIG)

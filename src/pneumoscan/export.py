@@ -1,0 +1,123 @@
+"""Model file -> ONNX with its metadata and, for a global-pool + linear head, a class map output.
+
+For a global-average-pool + linear head, the class activation map (CAM) equals Grad-CAM up to
+scale: logit_c = mean_hw(sum_f w_cf A_f) + b_c, so the map sum_f w_cf A_f is one more matrix
+product on the last feature map. Exporting it as a second output lets the torch-free runtime draw
+heatmaps. Other heads export logits only, and the metadata says so (`has_cam: false`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pneumoscan.fileio import atomic_write
+from pneumoscan.models import Classifier, ModelInfo, load_model_file
+from pneumoscan.shipped import resolve_model
+
+logger = logging.getLogger(__name__)
+
+METADATA_KEY = "pneumoscan"
+OPSET = 18
+
+
+def linear_classifier(model: Classifier) -> nn.Linear | None:
+    """The final Linear of a global-pool + linear head, or None for other heads."""
+    layers = [m for m in model.head if not isinstance(m, (nn.Dropout, nn.Identity))]
+    if (
+        len(layers) == 3
+        and isinstance(layers[0], nn.AdaptiveAvgPool2d)
+        and isinstance(layers[1], nn.Flatten)
+        and isinstance(layers[2], nn.Linear)
+    ):
+        return layers[2]
+    return None
+
+
+class _WithClassMap(nn.Module):
+    def __init__(self, model: Classifier, linear: nn.Linear) -> None:
+        super().__init__()
+        self.model = model
+        self.linear = linear
+
+    def forward(self, image: torch.Tensor):
+        features = self.model.forward_features(image)
+        logits = self.linear(features.mean(dim=(2, 3)))
+        class_map = torch.einsum("cf,nfhw->nchw", self.linear.weight, features)
+        return logits, class_map
+
+
+def export_onnx(model_ref: str | Path, out: Path, model_version: str | None = None) -> Path:
+    """Write `out` (atomically) and return it; the ONNX metadata carries everything the runtime needs."""
+    model, info = load_model_file(resolve_model(model_ref))
+    model.eval()
+    linear = linear_classifier(model)
+    wrapped = _WithClassMap(model, linear) if linear is not None else model
+    output_names = ["logits", "cam"] if linear is not None else ["logits"]
+    spec = info.preprocess
+    example = torch.zeros(1, spec.channels, spec.size, spec.size)
+
+    def write(tmp: Path) -> None:
+        torch.onnx.export(
+            wrapped,
+            (example,),
+            str(tmp),
+            input_names=["image"],
+            output_names=output_names,
+            dynamic_axes={name: {0: "batch"} for name in ["image", *output_names]},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+        _add_metadata(tmp, info, has_cam=linear is not None, model_version=model_version)
+
+    atomic_write(Path(out), write)
+    return Path(out)
+
+
+def onnx_metadata(info: ModelInfo, has_cam: bool, model_version: str | None) -> dict:
+    from pneumoscan import __version__
+
+    metrics = info.val_metrics or {}
+    return {
+        "format": "pneumoscan-onnx/1",
+        "name": info.name,
+        "model_version": model_version or info.name,
+        "pneumoscan_version": __version__,
+        "arch": info.arch,
+        "task": info.task,
+        "class_names": list(info.class_names),
+        "threshold": info.threshold,
+        "temperature": info.temperature,
+        "preprocess": info.preprocess.to_dict(),
+        "has_cam": has_cam,
+        "val_metrics": {
+            k: metrics[k] for k in ("n", "accuracy", "macro_f1", "roc_auc", "ece") if k in metrics
+        },
+    }
+
+
+def _add_metadata(path: Path, info: ModelInfo, has_cam: bool, model_version: str | None) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = json.dumps(onnx_metadata(info, has_cam, model_version))
+    onnx.save(proto, str(path))
+
+
+def parity(model_ref: str | Path, onnx_path: Path, images: np.ndarray) -> float:
+    """Largest absolute difference of calibrated probabilities between torch and ONNX Runtime."""
+    from pneumoscan.runtime import OnnxModel
+
+    model, info = load_model_file(resolve_model(model_ref))
+    with torch.no_grad():
+        logits = model(torch.from_numpy(images)).numpy()
+    reference = torch.softmax(torch.from_numpy(logits) / info.temperature, dim=1).numpy()
+    onnx_probabilities = OnnxModel(onnx_path).probabilities(images)[0]
+    return float(np.abs(reference - onnx_probabilities).max())
