@@ -43,3 +43,26 @@ def make_layout(root: Path, splits=("train", "test"), per_class: int = 3) -> Pat
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(synthetic_radiograph(index * 3 + offset)).save(path, quality=90)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_lite_model(tmp_path_factory) -> Path:
+    """A real EfficientNet-Lite0 (ImageNet weights, linear head) trained one epoch at 64 px on
+    generated images: small enough for the default suite, real enough for export and predict."""
+    from pneumoscan.config import load_config
+    from pneumoscan.train import fit
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_layout(root / "data", splits=("train",), per_class=6)
+    config = load_config(None, [
+        f"data.root={data}", f"data.cache_dir={root / 'cache'}", "data.val_fraction=0.34",
+        "model.image_size=64", "train.epochs=1", "train.batch_size=8", "train.threads=2",
+    ])
+    return fit(config, root / "run", progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_lite_model, tmp_path_factory) -> Path:
+    from pneumoscan.export import export_onnx
+
+    return export_onnx(tiny_lite_model, tmp_path_factory.mktemp("onnx") / "tiny.onnx")

@@ -50,11 +50,17 @@ def test_wrong_extension_is_sniffed_by_content(tmp_path):
     np.testing.assert_allclose(read_image(png_named_jpeg), GRADIENT / 255.0, atol=1e-6)
 
 
-def test_dicom_monochrome2_with_rescale(tmp_path):
+def test_dicom_monochrome2_scaled_by_stored_bits(tmp_path):
+    raw = GRADIENT.astype(np.uint16) * 16  # 12 stored bits: 0..4032 of 0..4095
+    result = read_image(write_dicom(tmp_path / "m2.dcm", raw))
+    np.testing.assert_allclose(result, raw / 4095.0, atol=1e-6)
+
+
+def test_dicom_rescale_slope_and_intercept_do_not_change_the_picture(tmp_path):
     raw = GRADIENT.astype(np.uint16) * 16
-    path = write_dicom(tmp_path / "m2.dcm", raw, slope=2.0, intercept=-100.0)
-    result = read_image(path)
-    np.testing.assert_allclose(result, GRADIENT / 252.0, atol=1e-5)
+    plain = read_image(write_dicom(tmp_path / "a.dcm", raw))
+    rescaled = read_image(write_dicom(tmp_path / "b.dcm", raw, slope=2.0, intercept=-100.0))
+    np.testing.assert_allclose(rescaled, plain, atol=1e-6)
 
 
 def test_dicom_monochrome1_is_inverted(tmp_path):
@@ -67,9 +73,10 @@ def test_dicom_monochrome1_is_inverted(tmp_path):
 def test_dicom_window_clips_outside_values(tmp_path):
     raw = GRADIENT.astype(np.uint16) * 16  # 0..4032
     result = read_image(write_dicom(tmp_path / "w.dcm", raw, window=(2000.0, 1000.0)))
-    assert result[0, 0] == 0.0 and result[0, -1] == 1.0
+    assert result[0, 0] == 0.0 and result[0, -1] == 1.0  # below / above the window
     inside = (raw[0] > 1600) & (raw[0] < 2400)
     assert np.all((result[0, inside] > 0) & (result[0, inside] < 1))
+    assert np.all(np.diff(result[0, inside]) > 0)  # contrast stretched inside the window
 
 
 def test_dicom_multiframe_is_refused(tmp_path):

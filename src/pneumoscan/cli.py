@@ -118,6 +118,38 @@ def train(
 
 @app.command()
 @friendly
+def cv(
+    config: Annotated[Path, typer.Option("--config", "-c", help="recipe YAML")],
+    out: Annotated[
+        Path, typer.Option("--out", help="study folder; one run folder per fold inside")
+    ],
+    folds: Annotated[
+        str, typer.Option(help="comma-separated fold numbers, e.g. 0,1,2")
+    ] = "0,1,2,3,4",
+    data: Annotated[
+        Path | None, typer.Option("--data", help="data folder (overrides data.root)")
+    ] = None,
+    override: Annotated[
+        list[str] | None, typer.Argument(help="config overrides, as for train")
+    ] = None,
+) -> None:
+    """Cross-validate a recipe over patient-grouped folds; per-fold and mean ± sd validation metrics.
+    Rerun the same command to resume; finished folds are skipped."""
+    _setup_logging()
+    from pneumoscan.config import load_config
+    from pneumoscan.train import cross_validate
+
+    overrides = list(override or []) + ([f"data.root={data}"] if data is not None else [])
+    try:
+        fold_list = [int(f) for f in folds.split(",") if f.strip()]
+    except ValueError:
+        _fail(f"--folds {folds!r}: give comma-separated numbers, e.g. 0,1,2")
+    cross_validate(load_config(config, overrides), out, fold_list, progress=sys.stderr.isatty())
+    typer.echo((out / "cv_summary.md").read_text())
+
+
+@app.command()
+@friendly
 def evaluate(
     data_dir: DataDir,
     model: Annotated[

@@ -143,13 +143,32 @@ def _read_dicom(data: bytes, label: str) -> np.ndarray:
             "Install pydicom's optional decoders (pip install pylibjpeg pylibjpeg-libjpeg "
             "pylibjpeg-openjpeg) or export the study uncompressed."
         ) from None
-    values = apply_modality_lut(pixels, dataset).astype(np.float32)
-    if "WindowCenter" in dataset or "VOILUTSequence" in dataset:
-        values = apply_voi_lut(values, dataset).astype(np.float32)
-    image = _min_max(values)
+    values = apply_modality_lut(pixels, dataset).astype(np.float64)
+    if "VOILUTSequence" in dataset:
+        image = _min_max(apply_voi_lut(values, dataset))
+    else:
+        if "WindowCenter" in dataset:
+            values = apply_voi_lut(values, dataset)
+        # Scale by the range the stored bits can hold (not this image's min and max), as a 16-bit
+        # PNG is scaled by 65535: the same film exported either way gives the same numbers.
+        low, high = _stored_range(dataset)
+        image = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
     if photometric == "MONOCHROME1":
         image = 1.0 - image
     return image
+
+
+def _stored_range(dataset) -> tuple[float, float]:
+    """The modality-LUT output range of the stored bits (windowing keeps this range)."""
+    bits = int(dataset.get("BitsStored", dataset.get("BitsAllocated", 16)))
+    if int(dataset.get("PixelRepresentation", 0)) == 1:
+        raw_low, raw_high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    else:
+        raw_low, raw_high = 0, 2**bits - 1
+    slope = float(dataset.get("RescaleSlope", 1) or 1)
+    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+    low, high = sorted((raw_low * slope + intercept, raw_high * slope + intercept))
+    return low, high
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:

@@ -40,8 +40,9 @@ def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarr
 def youden_threshold(targets: np.ndarray, scores: np.ndarray) -> float:
     """The threshold maximising sensitivity + specificity - 1 on validation."""
     false_positive, true_positive, thresholds = roc_curve(targets, scores, drop_intermediate=False)
-    best = int(np.argmax(true_positive - false_positive))
-    return float(min(thresholds[best], 1.0))
+    finite = np.isfinite(thresholds)  # roc_curve starts with +inf: "call nothing positive"
+    best = int(np.argmax(np.where(finite, true_positive - false_positive, -np.inf)))
+    return float(thresholds[best])
 
 
 def threshold_at_sensitivity(targets: np.ndarray, scores: np.ndarray, sensitivity: float) -> float:

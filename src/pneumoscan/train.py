@@ -404,3 +404,55 @@ def with_overrides(config: Config, **sections) -> Config:
         config,
         **{name: replace(getattr(config, name), **values) for name, values in sections.items()},
     )
+
+
+def cross_validate(config: Config, out_dir: Path, folds: list[int], progress: bool = True) -> dict:
+    """Train one model per patient-grouped fold (out_dir/fold-K) and summarise validation metrics.
+
+    A finished fold is skipped and an interrupted one resumes, so rerunning the same command
+    completes the study. Writes cv_summary.json and cv_summary.md with per-fold values, mean and
+    standard deviation.
+    """
+    out_dir = Path(out_dir)
+    per_fold = {}
+    for fold in folds:
+        fold_dir = out_dir / f"fold-{fold}"
+        if not (fold_dir / MODEL_FILE).is_file():
+            fold_config = with_overrides(config, data={"fold": fold})
+            fit(
+                fold_config,
+                fold_dir,
+                resume=(fold_dir / "config.yaml").is_file(),
+                progress=progress,
+            )
+        per_fold[fold] = json.loads((fold_dir / "val_metrics.json").read_text())
+    keys = ["accuracy", "macro_f1", "roc_auc", "ece"]
+    if config.data.task.value == "binary":
+        keys += ["sensitivity", "specificity"]
+    else:
+        keys += ["virus_recall"]
+        for metrics in per_fold.values():
+            metrics["virus_recall"] = metrics["per_class"]["virus"]["recall"]
+    summary = {
+        "folds": {
+            str(fold): {key: metrics[key] for key in keys} for fold, metrics in per_fold.items()
+        },
+        "mean": {key: float(np.mean([m[key] for m in per_fold.values()])) for key in keys},
+        "std": {
+            key: float(np.std([m[key] for m in per_fold.values()], ddof=1))
+            if len(per_fold) > 1
+            else 0.0
+            for key in keys
+        },
+    }
+    atomic_write_text(out_dir / "cv_summary.json", json.dumps(summary, indent=2))
+    lines = ["| fold | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for fold, metrics in summary["folds"].items():
+        lines.append(f"| {fold} | " + " | ".join(f"{metrics[k]:.4f}" for k in keys) + " |")
+    lines.append(
+        "| mean ± sd | "
+        + " | ".join(f"{summary['mean'][k]:.4f} ± {summary['std'][k]:.4f}" for k in keys)
+        + " |"
+    )
+    atomic_write_text(out_dir / "cv_summary.md", "\n".join(lines) + "\n")
+    return summary

@@ -1,0 +1,85 @@
+"""Export to ONNX and predict through the torch-free runtime."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from conftest import synthetic_radiograph
+from dicom_fixtures import write_dicom
+from pneumoscan.cli import app
+from pneumoscan.export import parity
+from pneumoscan.images import read_image
+from pneumoscan.preprocess import prepare
+from pneumoscan.runtime import OnnxModel, predict_file
+
+runner = CliRunner()
+
+
+def test_runtime_never_imports_torch():
+    code = "import sys, pneumoscan.runtime, pneumoscan.predict_io; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_onnx_matches_torch_on_real_images(tiny_onnx, tiny_lite_model, real_data):
+    model = OnnxModel(tiny_onnx)
+    paths = sorted((real_data / "val" / "NORMAL").iterdir())[:4] + sorted((real_data / "val" / "PNEUMONIA").iterdir())[:4]
+    batch = np.stack([prepare(read_image(path), model.spec) for path in paths])
+    assert parity(tiny_lite_model, tiny_onnx, batch) < 1e-4
+
+
+def test_onnx_metadata_and_class_map(tiny_onnx):
+    model = OnnxModel(tiny_onnx)
+    assert model.class_names == ("normal", "pneumonia")
+    assert 0 < model.threshold <= 1 and model.temperature > 0 and model.has_cam
+    batch = np.zeros((2, 3, model.spec.size, model.spec.size), dtype=np.float32)
+    probabilities, cams = model.probabilities(batch)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-6)
+    assert cams.shape[:2] == (2, 2)
+
+
+def test_predict_jpeg_png_dicom_and_folder_with_heatmaps(tiny_onnx, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    pixels = synthetic_radiograph(7, size=(200, 180))
+    Image.fromarray(pixels).save(images / "a.jpeg")
+    Image.fromarray(pixels.astype(np.uint16) * 257).save(images / "b16.png")
+    write_dicom(images / "c.dcm", pixels.astype(np.uint16) * 16, photometric="MONOCHROME2")
+    (images / "broken.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    result = runner.invoke(app, [
+        "predict", str(images), "--model", str(tiny_onnx), "--heatmaps", str(out / "maps"),
+        "--json", str(out / "p.json"), "--csv", str(out / "p.csv"),
+    ])
+    assert result.exit_code == 1  # one file failed
+    assert "3 predicted, 1 failed" in result.output and "not a diagnostic device" in result.output
+    document = json.loads((out / "p.json").read_text())
+    assert "not a diagnostic device" in document["notice"]
+    by_name = {p["source"].rsplit("/", 1)[-1]: p for p in document["predictions"]}
+    assert by_name["broken.png"]["status"] == "error" and "not a JPEG, PNG or DICOM" in by_name["broken.png"]["message"]
+    for name in ("a.jpeg", "b16.png", "c.dcm"):
+        assert by_name[name]["label"] in ("normal", "pneumonia")
+        assert sum(by_name[name]["probabilities"].values()) == pytest.approx(1.0)
+        heatmap = Image.open(by_name[name]["heatmap"])
+        assert heatmap.mode == "RGB" and heatmap.size == (512, 512)
+    # the same pixels as 16-bit PNG and as DICOM give the same answer; lossy JPEG nearly so
+    jpeg, png, dicom = (by_name[n]["probabilities"]["pneumonia"] for n in ("a.jpeg", "b16.png", "c.dcm"))
+    assert abs(png - dicom) < 0.005 and abs(jpeg - png) < 0.05
+    csv_text = (out / "p.csv").read_text()
+    assert csv_text.count("\n") == 5 and "SECRET-12345" not in csv_text and "Doe" not in json.dumps(document)
+
+
+def test_predict_single_file_api(tiny_onnx, tmp_path):
+    path = tmp_path / "x.png"
+    Image.fromarray(synthetic_radiograph(3)).save(path)
+    prediction = predict_file(OnnxModel(tiny_onnx), path)
+    assert prediction.status == "ok" and prediction.threshold is not None
+
+
+def test_torch_model_file_is_refused_by_predict(tiny_lite_model):
+    result = runner.invoke(app, ["predict", "x.png", "--model", str(tiny_lite_model)])
+    assert result.exit_code == 2 and "pneumoscan export" in result.output
