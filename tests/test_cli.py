@@ -44,12 +44,13 @@ def test_help_is_torch_free():
         (["evaluate", ".", "--model", "x.pt", "--split", "holdout"], "choose test, val or train"),
     ],
 )
-def test_bad_input_is_one_line_without_traceback(args, message):
-    result = _run(*args)
+def test_bad_input_is_one_line_without_traceback(args, message, tmp_path):
+    result = _run(*args, cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (tmp_path / "runs").exists()  # nothing written for a run that could not start
 
 
 def test_eda_on_a_small_folder(tmp_path):

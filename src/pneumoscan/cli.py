@@ -303,6 +303,27 @@ def predict(
 
 
 @app.command()
+@friendly
+def ship(
+    run: Annotated[
+        Path, typer.Option("--run", help="finished run folder (holds model.pt and split.csv)")
+    ],
+    name: Annotated[str, typer.Option("--name", help="shipped name, e.g. binary or three-class")],
+    cv_dir: Annotated[
+        Path | None, typer.Option("--cv", help="cross-validation folder with cv_summary.json")
+    ] = None,
+    models_dir: Annotated[
+        Path, typer.Option("--models-dir", help="where shipped models live")
+    ] = Path("models"),
+) -> None:
+    """Ship a run: fp16 model file, ONNX (parity-checked) and a model card with validation metrics."""
+    _setup_logging()
+    from pneumoscan.ship import ship_model
+
+    typer.echo(f"wrote {ship_model(run, name, models_dir, cv_dir)}")
+
+
+@app.command()
 def models() -> None:
     """List the architectures, heads and training strategies."""
     from pneumoscan.models import ARCHITECTURES, HEADS

@@ -21,7 +21,7 @@ from pneumoscan.errors import DatasetError
 from pneumoscan.fileio import atomic_write, atomic_write_text
 from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE, Task
 from pneumoscan.metrics import calibrated_probabilities, compute_metrics, predict_labels
-from pneumoscan.models import load_model_file, predict_logits
+from pneumoscan.models import ModelInfo, load_model_file, predict_logits
 from pneumoscan.shipped import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -35,17 +35,44 @@ def evaluate_model(
     strict: bool = False,
     bootstrap: int = 1000,
 ) -> dict:
+    """Evaluate a model file (or shipped model name) on one split of a data folder."""
     model_path = resolve_model(model_ref)
     model, info = load_model_file(model_path)
-    task = Task(info.task)
-    samples, targets = ds.targets_for(ds.scan_split(data_dir, split), task)
+    samples, targets = ds.targets_for(ds.scan_split(data_dir, split), Task(info.task))
     if not samples:
-        raise DatasetError(f"{data_dir}/{split}: no image has a {task.value} label.")
+        raise DatasetError(f"{data_dir}/{split}: no image has a {info.task} label.")
+    return evaluate_samples(
+        model,
+        info,
+        samples,
+        targets,
+        out,
+        split=split,
+        source=str(model_path),
+        data_label=str(data_dir),
+        strict=strict,
+        bootstrap=bootstrap,
+    )
+
+
+def evaluate_samples(
+    model,
+    info: ModelInfo,
+    samples: list[ds.Sample],
+    targets: np.ndarray,
+    out: Path,
+    split: str,
+    source: str,
+    data_label: str,
+    strict: bool = False,
+    bootstrap: int = 1000,
+) -> dict:
+    """Metrics, predictions, plots and report for a model on a list of labelled samples."""
     decoded = decode_images(samples, info.preprocess.size, strict=strict)
     samples = [samples[i] for i in decoded.kept]
     targets = targets[decoded.kept]
     images = ImageTensorDataset(decoded.pixels, targets, info.preprocess)
-    logger.info("evaluating %s on %d %s images", model_path, len(samples), split)
+    logger.info("evaluating %s on %d %s images", source, len(samples), split)
     logits = predict_logits(
         model.to(memory_format=torch.channels_last), DataLoader(images, batch_size=64)
     )
@@ -60,7 +87,7 @@ def evaluate_model(
     )
     metrics.update(
         split=split,
-        model=str(model_path),
+        model=source,
         model_name=info.name,
         temperature=info.temperature,
         skipped_files=decoded.failed,
@@ -70,7 +97,7 @@ def evaluate_model(
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
     _write_predictions(out / "predictions.csv", samples, targets, probabilities, info)
     plots = write_plots(out, probabilities, targets, info.class_names, info.threshold)
-    atomic_write_text(out / "report.md", render_report(metrics, plots, data_dir))
+    atomic_write_text(out / "report.md", render_report(metrics, plots, data_label))
     return metrics
 
 
@@ -162,7 +189,7 @@ def _interval(metrics: dict, key: str) -> str:
     return f"{value} [{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else value
 
 
-def render_report(metrics: dict, plots: dict[str, str], data_dir: Path) -> str:
+def render_report(metrics: dict, plots: dict[str, str], data_dir: Path | str) -> str:
     lines = [
         f"# Evaluation: {metrics['model_name']} on the {metrics['split']} split",
         "",

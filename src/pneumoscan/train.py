@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from pneumoscan.config import Config, config_to_dict, load_config, save_config, 
 from pneumoscan.data import ChestXrayDataModule, ImageTensorDataset, decode_images
 from pneumoscan.errors import ConfigError
 from pneumoscan.fileio import atomic_write, atomic_write_text
+from pneumoscan.hardware import hardware
 from pneumoscan.labels import CLASS_NAMES
 from pneumoscan.lit import LitClassifier, monitor_metric
 from pneumoscan.metrics import (
@@ -162,6 +164,9 @@ def fit(
     """Train per `config` into `out_dir`; return the model file path. Resumable."""
     out_dir = Path(out_dir)
     config_file = out_dir / "config.yaml"
+    if not resume:  # fail on a bad architecture or data folder before creating the run folder
+        get_architecture(config.model.arch)
+        ds.training_pool(config.data.root)
     if resume:
         if not config_file.is_file():
             raise ConfigError(
@@ -174,6 +179,7 @@ def fit(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, config_file)
+    started = time.time()
     torch.set_num_threads(config.train.threads or os.cpu_count() or 1)
     L.seed_everything(config.train.seed, workers=True)
 
@@ -310,7 +316,14 @@ def fit(
             json.dumps({"best_checkpoint": str(best), "best_score": _score(checkpoint)}, indent=2),
         )
 
-    return finalize(config, model, run_data, features if frozen else None, spec, out_dir)
+    model_path = finalize(config, model, run_data, features if frozen else None, spec, out_dir)
+    timing = {
+        "wall_seconds": round(time.time() - started, 1),
+        "resumed": resume,
+        "hardware": hardware(),
+    }
+    atomic_write_text(out_dir / "timing.json", json.dumps(timing, indent=2))
+    return model_path
 
 
 def _csv_logger(phase_dir: Path, keep_history: bool) -> CSVLogger:
