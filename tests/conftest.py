@@ -54,10 +54,18 @@ def tiny_lite_model(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny")
     data = make_layout(root / "data", splits=("train",), per_class=6)
-    config = load_config(None, [
-        f"data.root={data}", f"data.cache_dir={root / 'cache'}", "data.val_fraction=0.34",
-        "model.image_size=64", "train.epochs=1", "train.batch_size=8", "train.threads=2",
-    ])
+    config = load_config(
+        None,
+        [
+            f"data.root={data}",
+            f"data.cache_dir={root / 'cache'}",
+            "data.val_fraction=0.34",
+            "model.image_size=64",
+            "train.epochs=1",
+            "train.batch_size=8",
+            "train.threads=2",
+        ],
+    )
     return fit(config, root / "run", progress=False)
 
 

@@ -3,14 +3,15 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import synthetic_radiograph
+from dicom_fixtures import write_dicom
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import synthetic_radiograph
-from dicom_fixtures import write_dicom
 from pneumoscan.cli import app
 from pneumoscan.export import parity
 from pneumoscan.images import read_image
@@ -21,13 +22,18 @@ runner = CliRunner()
 
 
 def test_runtime_never_imports_torch():
-    code = "import sys, pneumoscan.runtime, pneumoscan.predict_io; assert 'torch' not in sys.modules"
+    code = (
+        "import sys, pneumoscan.runtime, pneumoscan.predict_io; assert 'torch' not in sys.modules"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_onnx_matches_torch_on_real_images(tiny_onnx, tiny_lite_model, real_data):
     model = OnnxModel(tiny_onnx)
-    paths = sorted((real_data / "val" / "NORMAL").iterdir())[:4] + sorted((real_data / "val" / "PNEUMONIA").iterdir())[:4]
+    paths = (
+        sorted((real_data / "val" / "NORMAL").iterdir())[:4]
+        + sorted((real_data / "val" / "PNEUMONIA").iterdir())[:4]
+    )
     batch = np.stack([prepare(read_image(path), model.spec) for path in paths])
     assert parity(tiny_lite_model, tiny_onnx, batch) < 1e-4
 
@@ -51,35 +57,98 @@ def test_predict_jpeg_png_dicom_and_folder_with_heatmaps(tiny_onnx, tmp_path):
     write_dicom(images / "c.dcm", pixels.astype(np.uint16) * 16, photometric="MONOCHROME2")
     (images / "broken.png").write_bytes(b"not an image")
     out = tmp_path / "out"
-    result = runner.invoke(app, [
-        "predict", str(images), "--model", str(tiny_onnx), "--heatmaps", str(out / "maps"),
-        "--json", str(out / "p.json"), "--csv", str(out / "p.csv"),
-    ])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(images),
+            "--model",
+            str(tiny_onnx),
+            "--heatmaps",
+            str(out / "maps"),
+            "--json",
+            str(out / "p.json"),
+            "--csv",
+            str(out / "p.csv"),
+            "--no-gate",
+        ],
+    )
     assert result.exit_code == 1  # one file failed
-    assert "3 predicted, 1 failed" in result.output and "not a diagnostic device" in result.output
+    assert (
+        "3 predicted, 0 not a chest X-ray, 1 failed" in result.output
+        and "not a diagnostic device" in result.output
+    )
     document = json.loads((out / "p.json").read_text())
     assert "not a diagnostic device" in document["notice"]
     by_name = {p["source"].rsplit("/", 1)[-1]: p for p in document["predictions"]}
-    assert by_name["broken.png"]["status"] == "error" and "not a JPEG, PNG or DICOM" in by_name["broken.png"]["message"]
+    assert (
+        by_name["broken.png"]["status"] == "error"
+        and "not a JPEG, PNG or DICOM" in by_name["broken.png"]["message"]
+    )
     for name in ("a.jpeg", "b16.png", "c.dcm"):
         assert by_name[name]["label"] in ("normal", "pneumonia")
         assert sum(by_name[name]["probabilities"].values()) == pytest.approx(1.0)
         heatmap = Image.open(by_name[name]["heatmap"])
         assert heatmap.mode == "RGB" and heatmap.size == (512, 512)
     # the same pixels as 16-bit PNG and as DICOM give the same answer; lossy JPEG nearly so
-    jpeg, png, dicom = (by_name[n]["probabilities"]["pneumonia"] for n in ("a.jpeg", "b16.png", "c.dcm"))
+    jpeg, png, dicom = (
+        by_name[n]["probabilities"]["pneumonia"] for n in ("a.jpeg", "b16.png", "c.dcm")
+    )
     assert abs(png - dicom) < 0.005 and abs(jpeg - png) < 0.05
     csv_text = (out / "p.csv").read_text()
-    assert csv_text.count("\n") == 5 and "SECRET-12345" not in csv_text and "Doe" not in json.dumps(document)
+    assert (
+        csv_text.count("\n") == 5
+        and "SECRET-12345" not in csv_text
+        and "Doe" not in json.dumps(document)
+    )
 
 
 def test_predict_single_file_api(tiny_onnx, tmp_path):
     path = tmp_path / "x.png"
     Image.fromarray(synthetic_radiograph(3)).save(path)
-    prediction = predict_file(OnnxModel(tiny_onnx), path)
+    prediction = predict_file(OnnxModel(tiny_onnx, gate=False), path)
     assert prediction.status == "ok" and prediction.threshold is not None
 
 
 def test_torch_model_file_is_refused_by_predict(tiny_lite_model):
     result = runner.invoke(app, ["predict", "x.png", "--model", str(tiny_lite_model)])
     assert result.exit_code == 2 and "pneumoscan export" in result.output
+
+
+def test_lean_install_predicts_offline_without_torch(tmp_path):
+    """`pip install .` (no extras) in a fresh virtualenv: torch is absent, and predict works on the
+    shipped model for a JPEG, a PNG, a DICOM and a folder, with heatmaps."""
+    repo = Path(__file__).resolve().parents[1]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(repo)], check=True, cwd=tmp_path)
+    no_torch = subprocess.run([str(python), "-c", "import torch"], capture_output=True, text=True)
+    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+
+    images = tmp_path / "images"
+    images.mkdir()
+    example = repo / "examples" / "pneumonia_person1946_bacteria_4874.jpeg"
+    (images / "film.jpeg").write_bytes(example.read_bytes())
+    pixels = np.asarray(Image.open(example).convert("L"))
+    Image.fromarray(pixels).save(images / "film.png")
+    write_dicom(images / "film.dcm", pixels.astype(np.uint16) * 16)
+    result = subprocess.run(
+        [
+            str(venv / "bin" / "pneumoscan"),
+            "predict",
+            str(images),
+            "--heatmaps",
+            str(tmp_path / "maps"),
+            "--json",
+            str(tmp_path / "p.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "p.json").read_text())
+    assert document["model"]["name"] == "binary"
+    assert [p["label"] for p in document["predictions"]] == ["pneumonia"] * 3
+    assert len(list((tmp_path / "maps").glob("*.png"))) == 3

@@ -245,6 +245,16 @@ def predict(
         Path | None, typer.Option("--heatmaps", help="folder for heatmap overlay PNGs")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for ONNX Runtime")] = None,
+    indeterminate: Annotated[
+        float,
+        typer.Option(help="binary: report 'indeterminate' within this distance of the threshold"),
+    ] = 0.0,
+    gate: Annotated[
+        bool,
+        typer.Option(
+            "--gate/--no-gate", help="refuse inputs unlike chest radiographs (default on)"
+        ),
+    ] = True,
 ) -> None:
     """Predict on images with ONNX Runtime (no torch needed): label, calibrated probabilities,
     threshold, optional heatmaps. Exits 1 when any file could not be read."""
@@ -256,7 +266,7 @@ def predict(
     from pneumoscan.runtime import load_runtime_model, predict_file
 
     console = Console()
-    runtime = load_runtime_model(model, threads=threads)
+    runtime = load_runtime_model(model, threads=threads, gate=gate)
     files = _expand(paths)
     if not files:
         _fail(f"no image files found in {' '.join(paths)}")
@@ -268,7 +278,7 @@ def predict(
     results = []
     for index, path in enumerate(iterator):
         heatmap = heatmaps / f"{index:05d}_{path.stem}.png" if heatmaps else None
-        results.append(predict_file(runtime, path, heatmap))
+        results.append(predict_file(runtime, path, heatmap, indeterminate_margin=indeterminate))
     table = Table(title=f"pneumoscan {runtime.metadata['name']}", caption=NOT_DIAGNOSTIC_NOTICE)
     table.add_column("file", overflow="fold")
     table.add_column("result")
@@ -288,15 +298,18 @@ def predict(
         console.print(
             f"threshold on P({runtime.class_names[1]}): {runtime.threshold:.3f} (chosen on validation); probabilities are temperature-calibrated"
         )
-    failures = [result for result in results if result.status != "ok"]
+    failures = [result for result in results if result.status == "error"]
+    rejected = sum(result.status == "rejected" for result in results)
     for failure in failures:
         typer.echo(f"error: {failure.message}", err=True)
     if csv_out:
         write_csv(csv_out, results, runtime)
     if json_out:
         write_json(json_out, results, runtime)
+    predicted = len(results) - len(failures) - rejected
     typer.echo(
-        f"{len(results) - len(failures)} predicted, {len(failures)} failed. {NOT_DIAGNOSTIC_NOTICE}"
+        f"{predicted} predicted, {rejected} not a chest X-ray, {len(failures)} failed. "
+        f"{NOT_DIAGNOSTIC_NOTICE}"
     )
     if failures:
         raise typer.Exit(1)
@@ -321,6 +334,52 @@ def ship(
     from pneumoscan.ship import ship_model
 
     typer.echo(f"wrote {ship_model(run, name, models_dir, cv_dir)}")
+
+
+@app.command()
+@friendly
+def bench(
+    images: Annotated[
+        list[Path], typer.Option("--images", help="radiograph files or folders to time on")
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="binary, three-class or an .onnx file")
+    ] = "binary",
+    out: Annotated[Path, typer.Option("--out", help="Markdown report to write")] = Path(
+        "docs/benchmarks.md"
+    ),
+) -> None:
+    """Benchmark prediction speed: ONNX vs torch eager latency, throughput, cold start, folder to CSV."""
+    from pneumoscan.bench import speed_report, write_report
+
+    files = _expand([str(path) for path in images])
+    if not files:
+        _fail("--images: no image files found")
+    report = speed_report(model, files)
+    typer.echo(report)
+    typer.echo(f"wrote {write_report(report, out)}")
+
+
+@app.command("bench-ood")
+@friendly
+def bench_ood(
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="binary, three-class or an .onnx file")
+    ] = "binary",
+    run: Annotated[
+        Path | None, typer.Option("--run", help="training run whose validation films to check")
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Markdown report to write")] = Path(
+        "docs/ood.md"
+    ),
+) -> None:
+    """Measure the out-of-distribution gate: rejection of photos, documents, screenshots, blank and
+    noise images, and of the run's validation chest X-rays."""
+    from pneumoscan.bench import gate_report, write_report
+
+    report = gate_report(model, run)
+    typer.echo(report)
+    typer.echo(f"wrote {write_report(report, out)}")
 
 
 @app.command()

@@ -18,6 +18,7 @@ from torch import nn
 
 from pneumoscan.fileio import atomic_write
 from pneumoscan.models import Classifier, ModelInfo, load_model_file
+from pneumoscan.ood import OodGate, gate_scores
 from pneumoscan.shipped import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -39,17 +40,37 @@ def linear_classifier(model: Classifier) -> nn.Linear | None:
     return None
 
 
-class _WithClassMap(nn.Module):
-    def __init__(self, model: Classifier, linear: nn.Linear) -> None:
+class _ExportGraph(nn.Module):
+    """logits, then (for a linear head) class maps, then (with a gate) the out-of-distribution score."""
+
+    def __init__(self, model: Classifier, linear: nn.Linear | None, gate: OodGate | None) -> None:
         super().__init__()
         self.model = model
         self.linear = linear
+        self.gate = None
+        if gate is not None:
+            tensors = gate.to_tensors()
+            for key in ("mean", "components", "scales", "residual_scale"):
+                self.register_buffer(f"gate_{key}", tensors[key])
+            self.gate = True
 
     def forward(self, image: torch.Tensor):
         features = self.model.forward_features(image)
-        logits = self.linear(features.mean(dim=(2, 3)))
-        class_map = torch.einsum("cf,nfhw->nchw", self.linear.weight, features)
-        return logits, class_map
+        outputs = [self.model.forward_head(features)]
+        if self.linear is not None:
+            outputs.append(torch.einsum("cf,nfhw->nchw", self.linear.weight, features))
+        if self.gate is not None:
+            pooled = features.mean(dim=(2, 3))
+            outputs.append(
+                gate_scores(
+                    pooled,
+                    self.gate_mean,
+                    self.gate_components,
+                    self.gate_scales,
+                    self.gate_residual_scale,
+                )
+            )
+        return tuple(outputs)
 
 
 def export_onnx(model_ref: str | Path, out: Path, model_version: str | None = None) -> Path:
@@ -57,14 +78,16 @@ def export_onnx(model_ref: str | Path, out: Path, model_version: str | None = No
     model, info = load_model_file(resolve_model(model_ref))
     model.eval()
     linear = linear_classifier(model)
-    wrapped = _WithClassMap(model, linear) if linear is not None else model
-    output_names = ["logits", "cam"] if linear is not None else ["logits"]
+    graph = _ExportGraph(model, linear, info.ood).eval()
+    output_names = (
+        ["logits"] + (["cam"] if linear is not None else []) + (["ood_score"] if info.ood else [])
+    )
     spec = info.preprocess
     example = torch.zeros(1, spec.channels, spec.size, spec.size)
 
     def write(tmp: Path) -> None:
         torch.onnx.export(
-            wrapped,
+            graph,
             (example,),
             str(tmp),
             input_names=["image"],
@@ -95,6 +118,7 @@ def onnx_metadata(info: ModelInfo, has_cam: bool, model_version: str | None) -> 
         "temperature": info.temperature,
         "preprocess": info.preprocess.to_dict(),
         "has_cam": has_cam,
+        "ood_threshold": info.ood.threshold if info.ood is not None else None,
         "val_metrics": {
             k: metrics[k] for k in ("n", "accuracy", "macro_f1", "roc_auc", "ece") if k in metrics
         },

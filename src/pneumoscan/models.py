@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from pneumoscan.errors import ConfigError, WeightsNotFoundError
+from pneumoscan.ood import OodGate
 from pneumoscan.preprocess import (
     GRAY_MEAN,
     GRAY_STD,
@@ -388,6 +389,7 @@ class ModelInfo:
     val_metrics: dict | None = None
     versions: dict | None = None
     name: str = "pneumoscan-model"
+    ood: OodGate | None = None  # the out-of-distribution gate, fitted on training films
 
     def to_dict(self) -> dict:
         return {
@@ -445,6 +447,8 @@ def save_model_file(path: Path, model: Classifier, info: ModelInfo, half: bool =
         for key, value in model.state_dict().items()
     }
     payload = {"info": info.to_dict(), "state_dict": state}
+    if info.ood is not None:
+        payload["ood"] = info.ood.to_tensors()
     atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
 
 
@@ -465,6 +469,8 @@ def load_model_file(path: Path) -> tuple[Classifier, ModelInfo]:
             "train one with `pneumoscan train`."
         ) from None
     info = ModelInfo.from_dict(info_dict)
+    if "ood" in payload:
+        info.ood = OodGate.from_tensors(payload["ood"])
     model = create_model(
         info.arch,
         len(info.class_names),

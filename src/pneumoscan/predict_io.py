@@ -39,6 +39,7 @@ def write_csv(path: Path, results: list[Prediction], model: OnnxModel) -> None:
                 result.label or "",
                 *probabilities,
                 threshold,
+                "" if result.ood_score is None else f"{result.ood_score:.4f}",
                 result.message or "",
                 NOT_DIAGNOSTIC_NOTICE,
             ]

@@ -27,7 +27,7 @@ METADATA_KEY = "pneumoscan"
 class OnnxModel:
     """An ONNX Runtime session plus the pneumoscan metadata stored in the file."""
 
-    def __init__(self, path: Path | str, threads: int | None = None) -> None:
+    def __init__(self, path: Path | str, threads: int | None = None, gate: bool = True) -> None:
         import onnxruntime as ort
 
         path = Path(path)
@@ -54,14 +54,30 @@ class OnnxModel:
         self.temperature: float = float(self.metadata.get("temperature", 1.0))
         self.spec = PreprocessSpec.from_dict(self.metadata["preprocess"])
         self.has_cam = bool(self.metadata.get("has_cam"))
+        self.ood_threshold: float | None = self.metadata.get("ood_threshold") if gate else None
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """All outputs by name, with `probabilities` (temperature-calibrated) instead of logits."""
+        outputs = dict(
+            zip(
+                self.output_names,
+                self.session.run(None, {"image": batch.astype(np.float32, copy=False)}),
+            )
+        )
+        scaled = outputs.pop("logits").astype(np.float64) / self.temperature
+        scaled -= scaled.max(axis=1, keepdims=True)
+        exp = np.exp(scaled)
+        outputs["probabilities"] = exp / exp.sum(axis=1, keepdims=True)
+        return outputs
 
     def probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Calibrated probabilities (N, classes) and, when exported, class maps (N, classes, h, w)."""
-        outputs = self.session.run(None, {"image": batch.astype(np.float32, copy=False)})
-        scaled = outputs[0].astype(np.float64) / self.temperature
-        scaled -= scaled.max(axis=1, keepdims=True)
-        exp = np.exp(scaled)
-        return exp / exp.sum(axis=1, keepdims=True), (outputs[1] if len(outputs) > 1 else None)
+        outputs = self.run(batch)
+        return outputs["probabilities"], outputs.get("cam")
+
+    def is_out_of_distribution(self, score: float) -> bool:
+        return self.ood_threshold is not None and score > self.ood_threshold
 
     def label_index(self, probabilities: np.ndarray) -> int:
         if self.threshold is not None and len(probabilities) == 2:
@@ -69,13 +85,18 @@ class OnnxModel:
         return int(np.argmax(probabilities))
 
 
+NOT_A_CHEST_XRAY = "not a chest X-ray"
+INDETERMINATE = "indeterminate"
+
+
 @dataclass
 class Prediction:
     source: str
-    status: str  # ok | error
+    status: str  # ok | rejected (out of distribution) | error
     label: str | None = None
     probabilities: dict[str, float] = field(default_factory=dict)
     threshold: float | None = None
+    ood_score: float | None = None
     message: str | None = None
     heatmap: str | None = None
     notice: str = NOT_DIAGNOSTIC_NOTICE
@@ -84,29 +105,59 @@ class Prediction:
         return {key: value for key, value in self.__dict__.items()}
 
 
-def load_runtime_model(reference: str | Path = "binary", threads: int | None = None) -> OnnxModel:
+def load_runtime_model(
+    reference: str | Path = "binary", threads: int | None = None, gate: bool = True
+) -> OnnxModel:
     path = resolve_model(reference, suffix=".onnx")
     if path.suffix != ".onnx":
         raise ModelFileError(
             f"{path}: prediction runs on ONNX; convert it first with "
             f"`pneumoscan export --model {path} --out model.onnx`."
         )
-    return OnnxModel(path, threads=threads)
+    return OnnxModel(path, threads=threads, gate=gate)
 
 
 def predict_image(
-    model: OnnxModel, image: np.ndarray, source: str, heatmap_path: Path | None = None
+    model: OnnxModel,
+    image: np.ndarray,
+    source: str,
+    heatmap_path: Path | None = None,
+    indeterminate_margin: float = 0.0,
 ) -> Prediction:
-    """One decoded image ([0, 1] 2-D array) -> Prediction (and a heatmap PNG when asked)."""
-    probabilities, cams = model.probabilities(prepare(image, model.spec)[None])
-    index = model.label_index(probabilities[0])
+    """One decoded image ([0, 1] 2-D array) -> Prediction (and a heatmap PNG when asked).
+
+    An input the gate finds unlike any training film gets `not a chest X-ray` and no diagnosis.
+    With `indeterminate_margin` > 0, a binary probability within that distance of the threshold
+    is reported as `indeterminate`.
+    """
+    outputs = model.run(prepare(image, model.spec)[None])
+    probabilities = outputs["probabilities"][0]
+    score = float(outputs["ood_score"][0]) if "ood_score" in outputs else None
+    if score is not None and model.is_out_of_distribution(score):
+        return Prediction(
+            source=source,
+            status="rejected",
+            label=NOT_A_CHEST_XRAY,
+            ood_score=score,
+            message=f"{source}: does not look like a frontal chest radiograph; no prediction made.",
+        )
+    index = model.label_index(probabilities)
+    label = model.class_names[index]
+    if (
+        indeterminate_margin > 0
+        and model.threshold is not None
+        and abs(probabilities[1] - model.threshold) < indeterminate_margin
+    ):
+        label = INDETERMINATE
     prediction = Prediction(
         source=source,
         status="ok",
-        label=model.class_names[index],
-        probabilities={name: float(p) for name, p in zip(model.class_names, probabilities[0])},
+        label=label,
+        probabilities={name: float(p) for name, p in zip(model.class_names, probabilities)},
         threshold=model.threshold,
+        ood_score=score,
     )
+    cams = outputs.get("cam")
     if heatmap_path is not None and cams is not None:
         # Binary: the map of pneumonia evidence; three-class: of the predicted class.
         shown = 1 if len(model.class_names) == 2 else index
@@ -118,13 +169,16 @@ def predict_image(
 
 
 def predict_file(
-    model: OnnxModel, path: Path | str, heatmap_path: Path | None = None
+    model: OnnxModel,
+    path: Path | str,
+    heatmap_path: Path | None = None,
+    indeterminate_margin: float = 0.0,
 ) -> Prediction:
     try:
         image = read_image(path)
     except InputError as error:
         return Prediction(source=str(path), status="error", message=str(error))
-    return predict_image(model, image, str(path), heatmap_path)
+    return predict_image(model, image, str(path), heatmap_path, indeterminate_margin)
 
 
 def render_heatmap(

@@ -16,8 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from torch.utils.data import DataLoader
 
 from pneumoscan import dataset as ds
+from pneumoscan.data import ImageTensorDataset, decode_images
 from pneumoscan.errors import ModelFileError
 from pneumoscan.evaluate import evaluate_samples
 from pneumoscan.export import export_onnx, parity
@@ -26,17 +28,19 @@ from pneumoscan.hardware import hardware
 from pneumoscan.images import read_image
 from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.models import load_model_file, save_model_file
+from pneumoscan.ood import fit_gate, pooled_features
 from pneumoscan.preprocess import prepare
+from pneumoscan.train import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
 
-def validation_samples(run_dir: Path) -> tuple[list[ds.Sample], np.ndarray]:
-    """The run's own validation images, from its split.csv."""
+def split_samples(run_dir: Path, subset: str = "val") -> tuple[list[ds.Sample], np.ndarray]:
+    """The run's own validation (or training) images, from its split.csv."""
     samples, targets = [], []
     with (run_dir / "split.csv").open() as handle:
         for row in csv.DictReader(handle):
-            if row["subset"] != "val":
+            if row["subset"] != subset:
                 continue
             path = Path(row["path"])
             samples.append(ds.Sample(path, "train", path.parent.name, None, row["patient"], True))
@@ -60,11 +64,16 @@ def ship_model(run_dir: Path, name: str, models_dir: Path, cv_dir: Path | None =
         )
     model, info = load_model_file(source)
     info.name = name
+    if info.ood is None:  # runs from before the gate existed: fit it on the run's training films
+        train_samples, train_targets = split_samples(run_dir, "train")
+        decoded = decode_images(train_samples, info.preprocess.size, cache_dir=default_cache_dir())
+        images = ImageTensorDataset(decoded.pixels, train_targets[decoded.kept], info.preprocess)
+        info.ood = fit_gate(pooled_features(model, DataLoader(images, batch_size=64)))
     shipped_pt = models_dir / f"{name}.pt"
     save_model_file(shipped_pt, model, info, half=True)
 
     shipped_model, shipped_info = load_model_file(shipped_pt)
-    samples, targets = validation_samples(run_dir)
+    samples, targets = split_samples(run_dir, "val")
     metrics = evaluate_samples(
         shipped_model,
         shipped_info,
@@ -87,17 +96,41 @@ def ship_model(run_dir: Path, name: str, models_dir: Path, cv_dir: Path | None =
             f"{onnx_path}: ONNX differs from torch by {difference:.2e}; not shipping it."
         )
 
+    gate_rejected = _validation_rejections(onnx_path, samples, shipped_info)
     cv = (
         json.loads((cv_dir / "cv_summary.json").read_text())
         if cv_dir and (cv_dir / "cv_summary.json").is_file()
         else None
     )
     card = render_card(
-        name, shipped_info, metrics, cv, run_dir, _wall_seconds(run_dir), difference, version
+        name,
+        shipped_info,
+        metrics,
+        cv,
+        run_dir,
+        _wall_seconds(run_dir),
+        difference,
+        version,
+        gate_rejected,
     )
     card_path = models_dir / f"{name}.md"
     atomic_write_text(card_path, card)
     return card_path
+
+
+def _validation_rejections(onnx_path: Path, samples: list[ds.Sample], info) -> int:
+    """How many validation films the shipped gate would refuse as 'not a chest X-ray'."""
+    from pneumoscan.runtime import OnnxModel
+
+    runtime = OnnxModel(onnx_path)
+    rejected = 0
+    for start in range(0, len(samples), 64):
+        batch = np.stack(
+            [prepare(read_image(s.path), info.preprocess) for s in samples[start : start + 64]]
+        )
+        scores = runtime.run(batch)["ood_score"]
+        rejected += int((scores > runtime.ood_threshold).sum())
+    return rejected
 
 
 def _ci(metrics: dict, key: str) -> str:
@@ -114,6 +147,7 @@ def render_card(
     wall_seconds: float | None,
     onnx_difference: float,
     version: str,
+    gate_rejected: int,
 ) -> str:
     config = info.config
     task_word = (
@@ -223,6 +257,11 @@ def render_card(
     else:
         lines.append("- Decision: the most probable class (no threshold).")
     lines += [
+        f"- Out-of-distribution gate: an input whose pooled-feature distance from the training films "
+        f"exceeds {info.ood.threshold:.3f} (the 99.5th percentile over the training films) is answered "
+        f"`not a chest X-ray`. It refuses {gate_rejected} of {metrics['n']} validation films "
+        f"({100 * gate_rejected / metrics['n']:.2f}%); its rejection of non-radiographs is measured in "
+        "docs/ood.md.",
         "",
         "## Intended use and limitations",
         "",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from pneumoscan.errors import ModelFileError
@@ -11,11 +12,15 @@ SHIPPED_MODELS = ("binary", "three-class")
 
 
 def models_dir() -> Path:
-    """$PNEUMOSCAN_MODELS_DIR, else the repository's models/ folder next to src/."""
+    """$PNEUMOSCAN_MODELS_DIR, else the repository's models/ folder (a checkout or editable
+    install), else <prefix>/share/pneumoscan/models (a wheel install)."""
     override = os.environ.get("PNEUMOSCAN_MODELS_DIR")
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "models"
+    checkout = Path(__file__).resolve().parents[2] / "models"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "pneumoscan" / "models"
 
 
 def resolve_model(reference: str | Path, suffix: str = ".pt") -> Path:

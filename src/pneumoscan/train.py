@@ -52,6 +52,7 @@ from pneumoscan.models import (
     predict_logits,
     save_model_file,
 )
+from pneumoscan.ood import fit_gate, pooled_features
 from pneumoscan.preprocess import PreprocessSpec
 
 logger = logging.getLogger(__name__)
@@ -390,6 +391,15 @@ def finalize(
         probabilities, val_targets, class_names, threshold, groups=patients
     )
     val_metrics["temperature"] = temperature
+    train_index = run_data.split.train
+    if features is not None:
+        train_features = features[train_index].float().mean(dim=(2, 3)).numpy()
+    else:
+        train_set = ImageTensorDataset(
+            run_data.pixels[spec.size][train_index], run_data.targets[train_index], spec
+        )
+        train_features = pooled_features(model, DataLoader(train_set, batch_size=64))
+    gate = fit_gate(train_features)
     atomic_write_text(out_dir / "val_metrics.json", json.dumps(val_metrics, indent=2))
     info = ModelInfo(
         arch=config.model.arch,
@@ -404,6 +414,7 @@ def finalize(
         val_metrics=val_metrics,
         versions=package_versions(),
         name=config.name,
+        ood=gate,
     )
     model_path = out_dir / MODEL_FILE
     save_model_file(model_path, model.to(memory_format=torch.contiguous_format), info)

@@ -1,0 +1,293 @@
+"""Benchmarks (not tests): speed of the runtime and the out-of-distribution gate's rejection rates.
+
+    pneumoscan bench --model binary --images examples/ --out docs/benchmarks.md
+    pneumoscan bench-ood --model binary --run runs/binary-cv/fold-0 --out docs/ood.md
+
+Every figure is measured in one run on the machine named in the report.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pneumoscan.fileio import atomic_write_text
+from pneumoscan.hardware import hardware
+from pneumoscan.images import read_image
+from pneumoscan.preprocess import prepare
+from pneumoscan.runtime import load_runtime_model, predict_file
+
+# --- non-radiographs for the gate ----------------------------------------------------------
+
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "binary_blobs",
+    "brick",
+    "camera",
+    "cat",
+    "cell",
+    "checkerboard",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "microaneurysms",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "shepp_logan_phantom",
+    "text",
+    "stereo_motorcycle",
+)
+
+
+def skimage_photos() -> list[tuple[str, np.ndarray]]:
+    """scikit-image's bundled sample images (those that need no download)."""
+    import skimage.data
+
+    photos = []
+    for name in SKIMAGE_PHOTOS:
+        image = getattr(skimage.data, name)()
+        image = image[0] if isinstance(image, tuple) else image
+        if image.dtype == bool:
+            image = image.astype(np.uint8) * 255
+        elif image.dtype != np.uint8:
+            image = (255 * (image - image.min()) / max(np.ptp(image), 1e-9)).astype(np.uint8)
+        photos.append((f"skimage:{name}", image))
+    return photos
+
+
+def generated_non_radiographs(seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """Blank, noise, gradients, patterns, text documents, screenshots and shapes, as uint8 images."""
+    rng = np.random.default_rng(seed)
+    height, width = 480, 640
+    x = np.linspace(0, 1, width)[None, :]
+    y = np.linspace(0, 1, height)[:, None]
+    images: list[tuple[str, np.ndarray]] = [
+        ("blank:black", np.zeros((height, width), np.uint8)),
+        ("blank:white", np.full((height, width), 255, np.uint8)),
+        ("blank:gray", np.full((height, width), 128, np.uint8)),
+        ("gradient:horizontal", np.broadcast_to(x * 255, (height, width)).astype(np.uint8)),
+        ("gradient:vertical", np.broadcast_to(y * 255, (height, width)).astype(np.uint8)),
+        ("gradient:radial", (255 * np.hypot(x - 0.5, y - 0.5) / 0.71).astype(np.uint8)),
+    ]
+    for index in range(4):
+        images.append(
+            (f"noise:uniform{index}", rng.integers(0, 256, (height, width), dtype=np.uint8))
+        )
+        noise = rng.normal(128, 40, (height, width))
+        images.append((f"noise:gaussian{index}", np.clip(noise, 0, 255).astype(np.uint8)))
+    for period in (8, 32, 64):
+        stripes = 127.5 + 127.5 * np.sin(
+            2 * np.pi * (x * width / period + y * height / (2 * period))
+        )
+        images.append((f"pattern:waves{period}", stripes.astype(np.uint8)))
+        tiles = (
+            (np.arange(width)[None, :] // period + np.arange(height)[:, None] // period) % 2
+        ) * 255
+        images.append((f"pattern:checker{period}", tiles.astype(np.uint8)))
+    words = (
+        "patient report summary findings lorem ipsum dolor sit amet invoice total page "
+        "section table figure results method the and of to in"
+    ).split()
+    for index in range(6):
+        page = Image.new("L", (width, height), 255)
+        draw = ImageDraw.Draw(page)
+        for line in range(28):
+            text = " ".join(rng.choice(words, size=rng.integers(4, 12)))
+            draw.text((20 + 10 * (index % 3), 12 + line * 16), text, fill=int(rng.integers(0, 60)))
+        images.append((f"document:{index}", np.asarray(page)))
+    for index in range(6):
+        screen = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(200, 256, 3)))
+        draw = ImageDraw.Draw(screen)
+        draw.rectangle((0, 0, width, 28), fill=tuple(int(v) for v in rng.integers(0, 120, 3)))
+        for _ in range(8):
+            left, top = int(rng.integers(0, width - 120)), int(rng.integers(40, height - 60))
+            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+            draw.rectangle(
+                (left, top, left + int(rng.integers(60, 200)), top + int(rng.integers(20, 120))),
+                fill=colour,
+            )
+            draw.text((left + 4, top + 4), " ".join(rng.choice(words, size=3)), fill=(0, 0, 0))
+        images.append((f"screenshot:{index}", np.asarray(screen)))
+    for index in range(6):
+        canvas = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        draw = ImageDraw.Draw(canvas)
+        for _ in range(12):
+            left, top = int(rng.integers(0, width)), int(rng.integers(0, height))
+            size = int(rng.integers(20, 160))
+            draw.ellipse(
+                (left, top, left + size, top + size),
+                fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
+            )
+        images.append((f"shapes:{index}", np.asarray(canvas)))
+    return images
+
+
+def _to_unit_gray(image: np.ndarray) -> np.ndarray:
+    """Through the same reader as a user's file: encode as PNG, decode with images.read_image."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return read_image(buffer.getvalue(), name="sample.png")
+
+
+def gate_report(model_ref: str, run_dir: Path | None) -> str:
+    """Markdown: rejection of non-radiographs per category, and of validation chest X-rays."""
+    model = load_runtime_model(model_ref)
+    if model.ood_threshold is None:
+        return f"{model_ref}: this model has no out-of-distribution gate.\n"
+
+    def scores(images: list[np.ndarray]) -> np.ndarray:
+        batch = np.stack([prepare(image, model.spec) for image in images])
+        return model.run(batch)["ood_score"]
+
+    samples = []
+    try:
+        samples += skimage_photos()
+    except ImportError:
+        pass
+    samples += generated_non_radiographs()
+    values = scores([_to_unit_gray(image) for _, image in samples])
+    rejected = values > model.ood_threshold
+    categories: dict[str, list[bool]] = {}
+    for (name, _), flag in zip(samples, rejected):
+        categories.setdefault(name.split(":")[0], []).append(bool(flag))
+    lines = [
+        f"# Out-of-distribution gate: `{model_ref}`",
+        "",
+        f"Measured with `pneumoscan bench-ood --model {model_ref}"
+        + (f" --run {run_dir}`" if run_dir else "`")
+        + f" on {hardware()}.",
+        "",
+        f"Gate threshold {model.ood_threshold:.3f} (99.5th percentile of the training films' scores).",
+        "",
+        "| inputs | n | rejected as `not a chest X-ray` |",
+        "|---|---:|---:|",
+    ]
+    for category, flags in categories.items():
+        lines.append(f"| {category} | {len(flags)} | {sum(flags)} ({100 * np.mean(flags):.1f}%) |")
+    lines.append(
+        f"| **all non-radiographs** | {len(rejected)} | {int(rejected.sum())} ({100 * rejected.mean():.1f}%) |"
+    )
+    missed = [name for (name, _), flag in zip(samples, rejected) if not flag]
+    if run_dir is not None:
+        from pneumoscan.ship import split_samples
+
+        validation, _ = split_samples(Path(run_dir), "val")
+        chest = np.concatenate(
+            [
+                scores([read_image(s.path) for s in validation[start : start + 64]])
+                for start in range(0, len(validation), 64)
+            ]
+        )
+        refused = int((chest > model.ood_threshold).sum())
+        lines.append(
+            f"| patient-grouped validation chest X-rays ({run_dir}) | {len(chest)} | {refused} ({100 * refused / len(chest):.2f}%) |"
+        )
+    lines += ["", "Not rejected: " + (", ".join(missed) if missed else "none") + ".", ""]
+    return "\n".join(lines)
+
+
+# --- speed ---------------------------------------------------------------------------------
+
+
+def _timeit(function, repeats: int) -> list[float]:
+    function()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def speed_report(model_ref: str, image_paths: list[Path], repeats: int = 30) -> str:
+    """Markdown: batch-1 latency ONNX vs torch eager, batch throughput, cold start, folder to CSV."""
+    model = load_runtime_model(model_ref)
+    image = prepare(read_image(image_paths[0]), model.spec)[None]
+    onnx_latency = statistics.median(_timeit(lambda: model.run(image), repeats))
+    batch = np.repeat(image, 32, axis=0)
+    onnx_batch = statistics.median(_timeit(lambda: model.run(batch), max(3, repeats // 5))) / 32
+    rows = [("ONNX Runtime, batch 1, median latency", f"{onnx_latency * 1000:.1f} ms")]
+    rows.append(
+        (
+            "ONNX Runtime, batch 32, per image",
+            f"{onnx_batch * 1000:.1f} ms ({1 / onnx_batch:.0f} img/s)",
+        )
+    )
+    try:
+        import torch
+
+        from pneumoscan.models import load_model_file
+        from pneumoscan.shipped import resolve_model
+
+        torch_model, _ = load_model_file(resolve_model(model_ref))
+        tensor = torch.from_numpy(image)
+        with torch.no_grad():
+            eager = statistics.median(_timeit(lambda: torch_model(tensor), repeats))
+        rows.append(("torch eager, batch 1, median latency", f"{eager * 1000:.1f} ms"))
+        rows.append(("ONNX Runtime speed-up at batch 1", f"{eager / onnx_latency:.1f}x"))
+    except ImportError:
+        rows.append(("torch eager", "not installed (lean install)"))
+    command = [
+        sys.executable,
+        "-m",
+        "pneumoscan",
+        "predict",
+        "--model",
+        model_ref,
+        str(image_paths[0]),
+    ]
+    cold = statistics.median(
+        _timeit(lambda: subprocess.run(command, capture_output=True, check=True), 5)
+    )
+    rows.append(
+        ("`pneumoscan predict one.jpg`, process start to output (median of 5)", f"{cold:.2f} s")
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        files = []
+        for index in range(200):
+            path = Path(folder) / f"film{index:03d}{image_paths[index % len(image_paths)].suffix}"
+            path.write_bytes(image_paths[index % len(image_paths)].read_bytes())
+            files.append(path)
+        start = time.perf_counter()
+        results = [predict_file(model, path) for path in files]
+        elapsed = time.perf_counter() - start
+    assert all(result.status != "error" for result in results)
+    rows.append(
+        ("folder of 200 files, decode + predict, one by one", f"{len(files) / elapsed:.0f} img/s")
+    )
+    lines = [
+        f"# Benchmarks: `{model_ref}` ({model.spec.size} px)",
+        "",
+        f"Measured with `pneumoscan bench --model {model_ref} --images ...` on {hardware()}, "
+        f"onnxruntime graph optimisation level ALL, {model.session.get_session_options().intra_op_num_threads} threads.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        *[f"| {name} | {value} |" for name, value in rows],
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_report(text: str, out: Path) -> Path:
+    atomic_write_text(Path(out), text)
+    return Path(out)

@@ -1,0 +1,90 @@
+"""The out-of-distribution gate: is this input a chest radiograph like the training films at all?
+
+A Mahalanobis-style distance in the network's own pooled feature space (Lee et al. 2018): fit the
+mean and the top principal directions of the training films' features; an input's score is its
+whitened distance within those directions plus its scaled distance outside them. The threshold
+is a high quantile of the training films' scores. The score is computed inside the ONNX graph (a
+third output), so the torch-free runtime can refuse photos, documents, screenshots, blank or
+noise images with `not a chest X-ray` instead of a diagnosis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+COMPONENTS = 64
+QUANTILE = 0.995
+
+
+@dataclass
+class OodGate:
+    mean: np.ndarray  # (F,)
+    components: np.ndarray  # (F, k) orthonormal principal directions
+    scales: np.ndarray  # (k,) 1 / sqrt(variance) along each direction
+    residual_scale: float  # 1 / mean variance of what the components leave out
+    threshold: float
+
+    def to_tensors(self) -> dict[str, torch.Tensor]:
+        return {
+            "mean": torch.from_numpy(self.mean.astype(np.float32)),
+            "components": torch.from_numpy(self.components.astype(np.float32)),
+            "scales": torch.from_numpy(self.scales.astype(np.float32)),
+            "residual_scale": torch.tensor(float(self.residual_scale)),
+            "threshold": torch.tensor(float(self.threshold)),
+        }
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> OodGate:
+        return cls(
+            mean=tensors["mean"].numpy(),
+            components=tensors["components"].numpy(),
+            scales=tensors["scales"].numpy(),
+            residual_scale=float(tensors["residual_scale"]),
+            threshold=float(tensors["threshold"]),
+        )
+
+
+def gate_scores(features: torch.Tensor, mean, components, scales, residual_scale) -> torch.Tensor:
+    """Per-row score: sum of squared whitened projections + scaled squared residual, per dimension."""
+    centered = features - mean
+    projected = centered @ components
+    residual = centered - projected @ components.T
+    inside = ((projected * scales) ** 2).sum(dim=1)
+    outside = (residual**2).sum(dim=1) * residual_scale
+    return (inside + outside) / (components.shape[1] + 1)
+
+
+def fit_gate(
+    features: np.ndarray, components: int = COMPONENTS, quantile: float = QUANTILE
+) -> OodGate:
+    """Fit on the pooled features (N, F) of training films."""
+    features = features.astype(np.float64)
+    mean = features.mean(axis=0)
+    centered = features - mean
+    _, singular, vt = np.linalg.svd(centered, full_matrices=False)
+    k = min(components, len(singular) - 1)
+    variance = singular**2 / (len(features) - 1)
+    basis = vt[:k].T
+    scales = 1.0 / np.sqrt(variance[:k] + 1e-8)
+    residual_variance = variance[k:].sum() / max(features.shape[1] - k, 1)
+    residual_scale = 1.0 / (residual_variance + 1e-8)
+    tensors = [torch.from_numpy(x) for x in (features, mean, basis, scales)]
+    scores = gate_scores(*tensors, residual_scale).numpy()
+    threshold = float(np.quantile(scores, quantile))
+    return OodGate(mean, basis, scales, float(residual_scale), threshold)
+
+
+@torch.no_grad()
+def pooled_features(model, batches) -> np.ndarray:
+    """Global-average-pooled backbone features for every batch of (images, _)."""
+    model.eval()
+    outputs = [
+        model.forward_features(images.contiguous(memory_format=torch.channels_last)).mean(
+            dim=(2, 3)
+        )
+        for images, _ in batches
+    ]
+    return torch.cat(outputs).float().numpy()
