@@ -152,3 +152,30 @@ def test_lean_install_predicts_offline_without_torch(tmp_path):
     assert document["model"]["name"] == "binary"
     assert [p["label"] for p in document["predictions"]] == ["pneumonia"] * 3
     assert len(list((tmp_path / "maps").glob("*.png"))) == 3
+
+
+def test_shipped_gate_refuses_non_radiographs_and_accepts_films(tmp_path):
+    """The shipped binary model answers `not a chest X-ray` for photos, documents, screenshots,
+    blank and noise images, and predicts on real films."""
+    from pneumoscan.bench import _to_unit_gray, generated_non_radiographs, skimage_photos
+    from pneumoscan.runtime import NOT_A_CHEST_XRAY, load_runtime_model, predict_image
+
+    model = load_runtime_model("binary")
+    assert model.ood_threshold is not None
+    samples = skimage_photos() + generated_non_radiographs(seed=1)
+    answers = [predict_image(model, _to_unit_gray(image), name) for name, image in samples]
+    rejected = [a for a in answers if a.status == "rejected"]
+    assert len(rejected) >= 0.95 * len(samples), [a.source for a in answers if a.status != "rejected"]
+    assert all(a.label == NOT_A_CHEST_XRAY and not a.probabilities for a in rejected)
+    repo = Path(__file__).resolve().parents[1]
+    for film in sorted((repo / "examples").glob("*.jpeg")):
+        assert predict_image(model, read_image(film), film.name).status == "ok"
+
+
+def test_shipped_gate_accepts_validation_films(real_data):
+    from pneumoscan.runtime import load_runtime_model
+
+    model = load_runtime_model("binary")
+    films = sorted((real_data / "val").rglob("*.jpeg"))
+    scores = model.run(np.stack([prepare(read_image(f), model.spec) for f in films]))["ood_score"]
+    assert (scores <= model.ood_threshold).mean() >= 0.9

@@ -182,18 +182,23 @@ def predict_file(
 
 
 def render_heatmap(
-    image: np.ndarray, class_map: np.ndarray, size: int = 512, alpha: float = 0.45
+    image: np.ndarray, class_map: np.ndarray, size: int = 512, alpha: float = 0.55
 ) -> Image.Image:
-    """The radiograph (squared, as the model saw it) with the class map in a red-yellow overlay."""
+    """The radiograph (squared, as the model saw it) under a jet-coloured class map.
+
+    The map is clipped at zero (evidence for the class), scaled to its own maximum, and blended
+    more strongly where it is higher, so cold regions still show the film.
+    """
     base = resize_square(image, size)
-    positive = np.maximum(class_map, 0.0)
+    positive = np.maximum(class_map, 0.0).astype(np.float32)
     peak = positive.max()
     heat = positive / peak if peak > 0 else positive
-    heat = np.asarray(
-        Image.fromarray(heat.astype(np.float32)).resize((size, size), Image.Resampling.BILINEAR)
+    heat = np.clip(
+        np.asarray(Image.fromarray(heat).resize((size, size), Image.Resampling.BILINEAR)), 0.0, 1.0
     )
-    heat = np.clip(heat, 0.0, 1.0)
-    colour = np.stack([np.ones_like(heat), heat, np.zeros_like(heat)], axis=-1)  # red -> yellow
-    weight = (alpha * heat)[..., None]
+    colour = np.stack(
+        [np.clip(1.5 - np.abs(4 * heat - offset), 0.0, 1.0) for offset in (3, 2, 1)], axis=-1
+    )
+    weight = (alpha * np.sqrt(heat))[..., None]
     rgb = (1 - weight) * base[..., None] + weight * colour
     return Image.fromarray((rgb * 255).round().astype(np.uint8), mode="RGB")
