@@ -165,7 +165,9 @@ def test_shipped_gate_refuses_non_radiographs_and_accepts_films(tmp_path):
     samples = skimage_photos() + generated_non_radiographs(seed=1)
     answers = [predict_image(model, _to_unit_gray(image), name) for name, image in samples]
     rejected = [a for a in answers if a.status == "rejected"]
-    assert len(rejected) >= 0.95 * len(samples), [a.source for a in answers if a.status != "rejected"]
+    assert len(rejected) >= 0.95 * len(samples), [
+        a.source for a in answers if a.status != "rejected"
+    ]
     assert all(a.label == NOT_A_CHEST_XRAY and not a.probabilities for a in rejected)
     repo = Path(__file__).resolve().parents[1]
     for film in sorted((repo / "examples").glob("*.jpeg")):
@@ -179,3 +181,21 @@ def test_shipped_gate_accepts_validation_films(real_data):
     films = sorted((real_data / "val").rglob("*.jpeg"))
     scores = model.run(np.stack([prepare(read_image(f), model.spec) for f in films]))["ood_score"]
     assert (scores <= model.ood_threshold).mean() >= 0.9
+
+
+def test_ship_writes_fp16_model_onnx_and_card(tiny_lite_model, tmp_path):
+    from pneumoscan.models import load_model_file
+    from pneumoscan.ship import ship_model
+
+    card = ship_model(tiny_lite_model.parent, "tiny", tmp_path / "models")
+    models = tmp_path / "models"
+    _, info = load_model_file(models / "tiny.pt")
+    assert info.name == "tiny" and info.ood is not None
+    assert info.val_metrics["n"] > 0 and "accuracy_ci" in info.val_metrics
+    runtime = OnnxModel(models / "tiny.onnx")
+    assert runtime.metadata["name"] == "tiny" and runtime.ood_threshold == pytest.approx(
+        info.ood.threshold
+    )
+    text = card.read_text()
+    assert "not a diagnostic device" in text and f"{info.val_metrics['accuracy']:.4f}" in text
+    assert "Youden" in text and "Out-of-distribution gate" in text

@@ -328,12 +328,16 @@ def ship(
     models_dir: Annotated[
         Path, typer.Option("--models-dir", help="where shipped models live")
     ] = Path("models"),
+    card_only: Annotated[
+        bool, typer.Option("--card-only", help="only rewrite the model card from the shipped files")
+    ] = False,
 ) -> None:
     """Ship a run: fp16 model file, ONNX (parity-checked) and a model card with validation metrics."""
     _setup_logging()
-    from pneumoscan.ship import ship_model
+    from pneumoscan.ship import ship_model, write_card
 
-    typer.echo(f"wrote {ship_model(run, name, models_dir, cv_dir)}")
+    action = write_card if card_only else ship_model
+    typer.echo(f"wrote {action(run, name, models_dir, cv_dir)}")
 
 
 @app.command()

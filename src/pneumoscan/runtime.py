@@ -194,7 +194,7 @@ def render_heatmap(
     peak = positive.max()
     heat = positive / peak if peak > 0 else positive
     heat = np.clip(
-        np.asarray(Image.fromarray(heat).resize((size, size), Image.Resampling.BILINEAR)), 0.0, 1.0
+        np.asarray(Image.fromarray(heat).resize((size, size), Image.Resampling.BICUBIC)), 0.0, 1.0
     )
     colour = np.stack(
         [np.clip(1.5 - np.abs(4 * heat - offset), 0.0, 1.0) for offset in (3, 2, 1)], axis=-1

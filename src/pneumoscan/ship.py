@@ -88,14 +88,28 @@ def ship_model(run_dir: Path, name: str, models_dir: Path, cv_dir: Path | None =
     save_model_file(shipped_pt, shipped_model, shipped_info, half=True)
 
     version = f"{name}-{datetime.now(timezone.utc):%Y%m%d}"
-    onnx_path = export_onnx(shipped_pt, models_dir / f"{name}.onnx", model_version=version)
+    export_onnx(shipped_pt, models_dir / f"{name}.onnx", model_version=version)
+    return write_card(run_dir, name, models_dir, cv_dir)
+
+
+def write_card(run_dir: Path, name: str, models_dir: Path, cv_dir: Path | None = None) -> Path:
+    """(Re)write models/<name>.md from the shipped files: the validation metrics stored in the
+    shipped model file, a fresh torch/ONNX parity check, the gate's validation rejections and the
+    cross-validation summary. Cheap, so the card can follow new folds without re-shipping."""
+    run_dir, models_dir = Path(run_dir), Path(models_dir)
+    shipped_pt, onnx_path = models_dir / f"{name}.pt", models_dir / f"{name}.onnx"
+    _, shipped_info = load_model_file(shipped_pt)
+    metrics = shipped_info.val_metrics
+    samples, _ = split_samples(run_dir, "val")
     check = np.stack([prepare(read_image(s.path), shipped_info.preprocess) for s in samples[:8]])
     difference = parity(shipped_pt, onnx_path, check)
     if difference > 1e-4:
         raise ModelFileError(
             f"{onnx_path}: ONNX differs from torch by {difference:.2e}; not shipping it."
         )
+    from pneumoscan.runtime import OnnxModel
 
+    version = OnnxModel(onnx_path).metadata["model_version"]
     gate_rejected = _validation_rejections(onnx_path, samples, shipped_info)
     cv = (
         json.loads((cv_dir / "cv_summary.json").read_text())
