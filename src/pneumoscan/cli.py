@@ -30,6 +30,7 @@ def _setup_logging(verbose: bool = False) -> None:
     handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     logging.getLogger("pneumoscan").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("lightning").propagate = False  # Lightning prints through its own handler
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -384,6 +385,28 @@ def bench_ood(
     report = gate_report(model, run)
     typer.echo(report)
     typer.echo(f"wrote {write_report(report, out)}")
+
+
+@app.command()
+@friendly
+def experiments(
+    study: Annotated[str, typer.Argument(help="seed-three-class or seed-binary")],
+    data: Annotated[Path, typer.Option("--data", help="data folder")] = Path(
+        "../shared/data/chest_xray"
+    ),
+    out: Annotated[
+        Path | None, typer.Option("--out", help="study folder (default runs/<study>)")
+    ] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="128 px and few epochs")] = False,
+) -> None:
+    """Rerun a seed study's variants; results.csv, results.md and learning curves. Rerun to resume."""
+    _setup_logging()
+    from pneumoscan.experiments import STUDIES, run_study
+
+    if study not in STUDIES:
+        _fail(f"unknown study {study!r}; choose {' or '.join(STUDIES)}")
+    report = run_study(study, data, out or Path("runs") / study, quick)
+    typer.echo(report.read_text())
 
 
 @app.command()
