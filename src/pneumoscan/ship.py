@@ -238,7 +238,7 @@ def render_card(
         keys = list(cv["mean"])
         lines += [
             "",
-            f"### Fold spread ({len(cv['folds'])} folds, each its own training run)",
+            f"### Fold spread ({len(cv['folds'])} of 5 patient-grouped folds, each its own training run)",
             "",
             "| fold | " + " | ".join(keys) + " |",
             "|---" * (len(keys) + 1) + "|",
@@ -247,11 +247,12 @@ def render_card(
             f"| {fold} | " + " | ".join(f"{m[k]:.4f}" for k in keys) + " |"
             for fold, m in cv["folds"].items()
         ]
-        lines.append(
-            "| mean ± sd | "
-            + " | ".join(f"{cv['mean'][k]:.4f} ± {cv['std'][k]:.4f}" for k in keys)
-            + " |"
-        )
+        if len(cv["folds"]) > 1:
+            lines.append(
+                "| mean ± sd | "
+                + " | ".join(f"{cv['mean'][k]:.4f} ± {cv['std'][k]:.4f}" for k in keys)
+                + " |"
+            )
         lines.append("")
         lines.append(
             "Fold values are for the fp32 weights of each run; the table above is the shipped model."
