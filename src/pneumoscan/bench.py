@@ -8,6 +8,7 @@ Every figure is measured in one run on the machine named in the report.
 
 from __future__ import annotations
 
+import json
 import statistics
 import subprocess
 import sys
@@ -291,3 +292,89 @@ def speed_report(model_ref: str, image_paths: list[Path], repeats: int = 30) -> 
 def write_report(text: str, out: Path) -> Path:
     atomic_write_text(Path(out), text)
     return Path(out)
+
+
+# --- int8 ----------------------------------------------------------------------------------
+
+
+def quantization_report(model_ref: str, run_dir: Path, calibration_images: int = 200) -> str:
+    """Static int8 quantization (QDQ, onnxruntime) calibrated on training films: validation
+    accuracy and batch-1 latency against fp32, on the run's own validation split."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from pneumoscan.runtime import OnnxModel
+    from pneumoscan.shipped import resolve_model
+    from pneumoscan.ship import split_samples
+
+    fp32_path = resolve_model(model_ref, suffix=".onnx")
+    fp32 = OnnxModel(fp32_path)
+    train, _ = split_samples(Path(run_dir), "train")
+    chosen = np.random.default_rng(0).choice(
+        len(train), size=min(calibration_images, len(train)), replace=False
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(chosen.tolist())
+
+        def get_next(self):
+            index = next(self.items, None)
+            if index is None:
+                return None
+            return {"image": prepare(read_image(train[index].path), fp32.spec)[None]}
+
+    with tempfile.TemporaryDirectory() as folder:
+        prepared = Path(folder) / "prepared.onnx"
+        int8_path = Path(folder) / "int8.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(int8_path),
+            Reader(),
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+        import onnx
+
+        proto = onnx.load(str(int8_path))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "pneumoscan", json.dumps(fp32.metadata)
+        onnx.save(proto, str(int8_path))
+        int8 = OnnxModel(int8_path)
+        size_mb = int8_path.stat().st_size / 1e6
+        validation, targets = split_samples(Path(run_dir), "val")
+        correct = {"fp32": 0, "int8": 0}
+        for start in range(0, len(validation), 64):
+            batch = np.stack(
+                [prepare(read_image(s.path), fp32.spec) for s in validation[start : start + 64]]
+            )
+            for name, model in (("fp32", fp32), ("int8", int8)):
+                probabilities = model.run(batch)["probabilities"]
+                labels = np.array([model.label_index(p) for p in probabilities])
+                correct[name] += int((labels == targets[start : start + 64]).sum())
+        image = prepare(read_image(validation[0].path), fp32.spec)[None]
+        latency = {
+            name: statistics.median(_timeit(lambda m=m: m.run(image), 30))
+            for name, m in (("fp32", fp32), ("int8", int8))
+        }
+    accuracy = {name: value / len(validation) for name, value in correct.items()}
+    drop = 100 * (accuracy["fp32"] - accuracy["int8"])
+    verdict = "within" if drop <= 0.5 else "over"
+    return "\n".join(
+        [
+            f"## int8 quantization: `{model_ref}`",
+            "",
+            f"`pneumoscan bench --model {model_ref} --int8-run {run_dir} ...`: static QDQ quantization "
+            f"(per-channel int8 weights, uint8 activations) calibrated on {len(chosen)} training films.",
+            "",
+            "| | validation accuracy | batch-1 latency | file size |",
+            "|---|---|---|---|",
+            f"| fp32 | {accuracy['fp32']:.4f} | {latency['fp32'] * 1000:.1f} ms | {fp32_path.stat().st_size / 1e6:.1f} MB |",
+            f"| int8 | {accuracy['int8']:.4f} | {latency['int8'] * 1000:.1f} ms | {size_mb:.1f} MB |",
+            "",
+            f"Accuracy drop {drop:.2f} points ({verdict} the 0.5-point limit for shipping int8).",
+            "",
+        ]
+    )

@@ -353,6 +353,10 @@ def bench(
     out: Annotated[Path, typer.Option("--out", help="Markdown report to write")] = Path(
         "docs/benchmarks.md"
     ),
+,
+    int8_run: Annotated[
+        Path | None, typer.Option("--int8-run", help="also try int8 quantization, judged on this run's validation split")
+    ] = None,
 ) -> None:
     """Benchmark prediction speed: ONNX vs torch eager latency, throughput, cold start, folder to CSV."""
     from pneumoscan.bench import speed_report, write_report
@@ -361,6 +365,10 @@ def bench(
     if not files:
         _fail("--images: no image files found")
     report = speed_report(model, files)
+    if int8_run is not None:
+        from pneumoscan.bench import quantization_report
+
+        report += "\n" + quantization_report(model, int8_run)
     typer.echo(report)
     typer.echo(f"wrote {write_report(report, out)}")
 
