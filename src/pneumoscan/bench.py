@@ -304,8 +304,8 @@ def quantization_report(model_ref: str, run_dir: Path, calibration_images: int =
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from pneumoscan.runtime import OnnxModel
-    from pneumoscan.shipped import resolve_model
     from pneumoscan.ship import split_samples
+    from pneumoscan.shipped import resolve_model
 
     fp32_path = resolve_model(model_ref, suffix=".onnx")
     fp32 = OnnxModel(fp32_path)

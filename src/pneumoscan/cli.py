@@ -353,9 +353,11 @@ def bench(
     out: Annotated[Path, typer.Option("--out", help="Markdown report to write")] = Path(
         "docs/benchmarks.md"
     ),
-,
     int8_run: Annotated[
-        Path | None, typer.Option("--int8-run", help="also try int8 quantization, judged on this run's validation split")
+        Path | None,
+        typer.Option(
+            "--int8-run", help="also try int8 quantization, judged on this run's validation split"
+        ),
     ] = None,
 ) -> None:
     """Benchmark prediction speed: ONNX vs torch eager latency, throughput, cold start, folder to CSV."""

@@ -7,7 +7,6 @@ from the model file, where training put them after choosing them on validation.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from torch.utils.data import DataLoader
 from pneumoscan import dataset as ds
 from pneumoscan.data import ImageTensorDataset, decode_images
 from pneumoscan.errors import DatasetError
-from pneumoscan.fileio import atomic_write, atomic_write_text
+from pneumoscan.fileio import atomic_write, atomic_write_json, atomic_write_text
 from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE, Task
 from pneumoscan.metrics import calibrated_probabilities, compute_metrics, predict_labels
 from pneumoscan.models import ModelInfo, load_model_file, predict_logits
@@ -94,7 +93,7 @@ def evaluate_samples(
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=2))
+    atomic_write_json(out / "metrics.json", metrics)
     _write_predictions(out / "predictions.csv", samples, targets, probabilities, info)
     plots = write_plots(out, probabilities, targets, info.class_names, info.threshold)
     atomic_write_text(out / "report.md", render_report(metrics, plots, data_label))

@@ -35,3 +35,20 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def atomic_write_json(path: Path, document) -> None:
+    """Strict JSON (NaN, e.g. an AUC with one class absent, is written as null)."""
+    import json
+    import math
+
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: clean(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(item) for item in value]
+        return value
+
+    atomic_write_text(path, json.dumps(clean(document), indent=2, allow_nan=False))

@@ -31,7 +31,7 @@ from pneumoscan import dataset as ds
 from pneumoscan.config import Config, config_to_dict, load_config, save_config, trainable_blocks
 from pneumoscan.data import ChestXrayDataModule, ImageTensorDataset, decode_images
 from pneumoscan.errors import ConfigError
-from pneumoscan.fileio import atomic_write, atomic_write_text
+from pneumoscan.fileio import atomic_write, atomic_write_json, atomic_write_text
 from pneumoscan.hardware import hardware
 from pneumoscan.labels import CLASS_NAMES
 from pneumoscan.lit import LitClassifier, monitor_metric
@@ -400,7 +400,7 @@ def finalize(
         )
         train_features = pooled_features(model, DataLoader(train_set, batch_size=64))
     gate = fit_gate(train_features)
-    atomic_write_text(out_dir / "val_metrics.json", json.dumps(val_metrics, indent=2))
+    atomic_write_json(out_dir / "val_metrics.json", val_metrics)
     info = ModelInfo(
         arch=config.model.arch,
         head=config.model.head or get_architecture(config.model.arch).default_head,
@@ -469,7 +469,7 @@ def cross_validate(config: Config, out_dir: Path, folds: list[int], progress: bo
             for key in keys
         },
     }
-    atomic_write_text(out_dir / "cv_summary.json", json.dumps(summary, indent=2))
+    atomic_write_json(out_dir / "cv_summary.json", summary)
     lines = ["| fold | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
     for fold, metrics in summary["folds"].items():
         lines.append(f"| {fold} | " + " | ".join(f"{metrics[k]:.4f}" for k in keys) + " |")
