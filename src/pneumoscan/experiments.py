@@ -271,7 +271,8 @@ def _write_results(
         our_pick = max(rows, key=lambda r: r["val_roc_auc"])
         lines += [
             "",
-            f"- Selected the study's way (highest validation recall, ties broken by precision): "
+            f"- Selected the study's way (highest validation recall as its classification report showed "
+            "it, rounded to 2 decimals, ties broken by precision): "
             f"**{study_pick['variant']}**.",
             f"- Selected our way (highest validation ROC AUC): **{our_pick['variant']}**.",
         ]
