@@ -130,3 +130,19 @@ def test_missing_file_and_folder(tmp_path):
         read_image(tmp_path / "nope.png")
     with pytest.raises(InputError, match="is a folder"):
         read_image(tmp_path)
+
+
+def test_compressed_dicom_that_cannot_be_decoded_says_which_syntax(tmp_path):
+    from pydicom import dcmread
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    path = write_dicom(tmp_path / "j2k.dcm", GRADIENT.astype(np.uint16))
+    dataset = dcmread(path)
+    dataset.file_meta.TransferSyntaxUID = JPEG2000Lossless
+    dataset.PixelData = encapsulate([b"\xff\x4f\xff\x51 not really a codestream"])
+    dataset["PixelData"].VR = "OB"
+    dataset.save_as(path)
+    with pytest.raises(InputError, match="cannot decode DICOM pixel data.*JPEG 2000") as raised:
+        read_image(path)
+    assert "pylibjpeg" in str(raised.value)
