@@ -155,17 +155,13 @@ def gate_report(model_ref: str, run_dir: Path | None) -> str:
     if model.ood_threshold is None:
         return f"{model_ref}: this model has no out-of-distribution gate.\n"
 
-    def scores(images: list[np.ndarray]) -> np.ndarray:
-        batch = np.stack([prepare(image, model.spec) for image in images])
-        return model.run(batch)["ood_score"]
-
     samples = []
     try:
         samples += skimage_photos()
     except ImportError:
         pass
     samples += generated_non_radiographs()
-    values = scores([_to_unit_gray(image) for _, image in samples])
+    values = model.ood_scores([_to_unit_gray(image) for _, image in samples])
     rejected = values > model.ood_threshold
     categories: dict[str, list[bool]] = {}
     for (name, _), flag in zip(samples, rejected):
@@ -192,12 +188,7 @@ def gate_report(model_ref: str, run_dir: Path | None) -> str:
         from pneumoscan.ship import split_samples
 
         validation, _ = split_samples(Path(run_dir), "val")
-        chest = np.concatenate(
-            [
-                scores([read_image(s.path) for s in validation[start : start + 64]])
-                for start in range(0, len(validation), 64)
-            ]
-        )
+        chest = model.ood_scores([read_image(s.path) for s in validation])
         refused = int((chest > model.ood_threshold).sum())
         lines.append(
             f"| patient-grouped validation chest X-rays ({run_dir}) | {len(chest)} | {refused} ({100 * refused / len(chest):.2f}%) |"

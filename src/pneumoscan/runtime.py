@@ -76,6 +76,19 @@ class OnnxModel:
         outputs = self.run(batch)
         return outputs["probabilities"], outputs.get("cam")
 
+    def ood_scores(self, images: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Gate scores of decoded [0, 1] images, prepared with the model's own spec, in batches."""
+        return np.concatenate(
+            [
+                self.run(
+                    np.stack(
+                        [prepare(image, self.spec) for image in images[start : start + batch_size]]
+                    )
+                )["ood_score"]
+                for start in range(0, len(images), batch_size)
+            ]
+        )
+
     def is_out_of_distribution(self, score: float) -> bool:
         return self.ood_threshold is not None and score > self.ood_threshold
 

@@ -110,7 +110,7 @@ def write_card(run_dir: Path, name: str, models_dir: Path, cv_dir: Path | None =
     from pneumoscan.runtime import OnnxModel
 
     version = OnnxModel(onnx_path).metadata["model_version"]
-    gate_rejected = _validation_rejections(onnx_path, samples, shipped_info)
+    gate_rejected = _validation_rejections(onnx_path, samples)
     cv = (
         json.loads((cv_dir / "cv_summary.json").read_text())
         if cv_dir and (cv_dir / "cv_summary.json").is_file()
@@ -132,19 +132,13 @@ def write_card(run_dir: Path, name: str, models_dir: Path, cv_dir: Path | None =
     return card_path
 
 
-def _validation_rejections(onnx_path: Path, samples: list[ds.Sample], info) -> int:
+def _validation_rejections(onnx_path: Path, samples: list[ds.Sample]) -> int:
     """How many validation films the shipped gate would refuse as 'not a chest X-ray'."""
     from pneumoscan.runtime import OnnxModel
 
     runtime = OnnxModel(onnx_path)
-    rejected = 0
-    for start in range(0, len(samples), 64):
-        batch = np.stack(
-            [prepare(read_image(s.path), info.preprocess) for s in samples[start : start + 64]]
-        )
-        scores = runtime.run(batch)["ood_score"]
-        rejected += int((scores > runtime.ood_threshold).sum())
-    return rejected
+    scores = runtime.ood_scores([read_image(s.path) for s in samples])
+    return int((scores > runtime.ood_threshold).sum())
 
 
 def _ci(metrics: dict, key: str) -> str:
