@@ -1,0 +1,599 @@
+"""The HTTP server: `create_app(settings)` builds a FastAPI app whose lifespan loads the models once.
+
+Routes stay thin: each reads the upload into memory (uploads.py), refuses what it must with a
+specific status and message, and hands the bytes to `pneumoscan.api` (the same path as
+`pneumoscan predict` and `import pneumoscan`) on a worker thread. Nothing is written to disk and
+nothing about an upload (its name, a DICOM patient field) is logged or returned.
+
+Run it with `pneumoscan serve`; for tests, `TestClient(create_app(ServeSettings(...)))`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from pneumoscan import __version__
+from pneumoscan.api import Result, summarize
+from pneumoscan.errors import ImageTooLargeError, InputError, UnsupportedFormatError
+from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.serve import schemas
+from pneumoscan.serve.uploads import (
+    MemoryBudget,
+    UploadedFile,
+    UploadRefused,
+    check_declared_type,
+    read_form,
+    sniff_format,
+)
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+API_KEY_ENV = "PNEUMOSCAN_API_KEY"
+SETTINGS_ENV = "PNEUMOSCAN_SERVE_SETTINGS"  # how `serve --workers N` hands settings to each worker
+MB = 1024 * 1024
+_MULTIPART_OVERHEAD = 64 * 1024  # part headers and small form fields around the file itself
+
+# The page loads only its own files; /docs needs inline styles for Swagger UI (never inline scripts).
+PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+DOCS_CSP = PAGE_CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Everything the server can be told; `pneumoscan serve --help` lists the same knobs."""
+
+    models: tuple[str, ...] = ("binary", "three-class")  # the first is the default
+    gate: bool = True
+    threads: int | None = None  # ONNX Runtime threads per model; None: cores / parallel
+    parallel: int = 1  # predictions running at once in this process
+    max_upload_bytes: int = 20 * MB  # one file
+    max_batch_files: int = 16
+    max_batch_bytes: int = 64 * MB  # one batch request, all files together
+    max_pixels: int = 30_000_000
+    max_in_flight: int = 32  # admitted requests (reading, waiting or predicting); more get 503
+    memory_budget_bytes: int = 256 * MB  # uploads held in memory by all requests together
+    request_timeout_s: float = 30.0
+    indeterminate_margin: float = 0.0
+    api_key: str | None = field(default=None, repr=False)
+    cors_origins: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.models:
+            raise ValueError("serve needs at least one model")
+        if self.parallel < 1 or self.max_in_flight < 1:
+            raise ValueError("parallel and max_in_flight must be at least 1")
+        if not 0.0 <= self.indeterminate_margin < 0.5:
+            raise ValueError("indeterminate margin must be in [0, 0.5)")
+
+    @classmethod
+    def from_environment(cls, **overrides: Any) -> ServeSettings:
+        """Settings from $PNEUMOSCAN_SERVE_SETTINGS (JSON, set by `serve --workers N`) and the API
+        key from $PNEUMOSCAN_API_KEY; keyword overrides win."""
+        values: dict[str, Any] = json.loads(os.environ.get(SETTINGS_ENV) or "{}")
+        values = {name: value for name, value in values.items() if name != "api_key"}
+        values.setdefault("api_key", os.environ.get(API_KEY_ENV) or None)
+        values.update(overrides)
+        for name in ("models", "cors_origins"):
+            if name in values:
+                values[name] = tuple(values[name])
+        known = {f.name for f in fields(cls)}
+        return cls(**{name: value for name, value in values.items() if name in known})
+
+    def to_environment(self) -> str:
+        """JSON for $PNEUMOSCAN_SERVE_SETTINGS, without the API key (that stays in its own variable)."""
+        values = asdict(self)
+        values.pop("api_key")
+        return json.dumps(values)
+
+    def onnx_threads(self) -> int:
+        return self.threads or max(1, (os.cpu_count() or 1) // self.parallel)
+
+
+@dataclass
+class ServerState:
+    """Per-app state (no module globals): models, limits in force and request counters."""
+
+    settings: ServeSettings
+    models: dict[str, Any]
+    limiter: anyio.CapacityLimiter
+    budget: MemoryBudget
+    index_html: str
+    in_flight: int = 0
+    ready: bool = False
+
+
+def create_app(
+    settings: ServeSettings | None = None, models: dict[str, Any] | None = None
+) -> FastAPI:
+    """The app. Models load once, in the lifespan, unless already-loaded ones are passed in."""
+    settings = settings or ServeSettings.from_environment()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state: ServerState = app.state.server
+        if not state.models:
+            state.models = await anyio.to_thread.run_sync(_load_models, settings)
+        state.ready = True
+        logger.info("serving %s; %s", ", ".join(state.models), NOT_DIAGNOSTIC_NOTICE)
+        yield
+        state.ready = False
+
+    app = FastAPI(
+        title="pneumoscan",
+        version=__version__,
+        summary="Pneumonia detection in pediatric chest X-rays.",
+        description=f"{NOT_DIAGNOSTIC_NOTICE}\n\nUpload JPEG, PNG or DICOM radiographs as "
+        "multipart/form-data. Errors are JSON with a code and a message.",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.server = ServerState(
+        settings=settings,
+        models=dict(models or {}),
+        limiter=anyio.CapacityLimiter(settings.parallel),
+        budget=MemoryBudget(settings.memory_budget_bytes),
+        index_html=(STATIC_DIR / "index.html")
+        .read_text(encoding="utf-8")
+        .replace("{{notice}}", html.escape(NOT_DIAGNOSTIC_NOTICE)),
+    )
+    _add_error_handlers(app)
+    _add_routes(app, settings)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    _mount_docs_assets(app)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
+    app.add_middleware(SecurityHeaders)
+    return app
+
+
+def _load_models(settings: ServeSettings) -> dict[str, Any]:
+    from pneumoscan.api import load_model
+
+    loaded = {}
+    for reference in settings.models:
+        model = load_model(
+            reference,
+            gate=settings.gate,
+            threads=settings.onnx_threads(),
+            max_pixels=settings.max_pixels,
+        )
+        loaded[model.name if model.name not in loaded else reference] = model
+    return loaded
+
+
+# --- routes ----------------------------------------------------------------------------------
+
+
+def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
+    errors = {
+        status: {"model": schemas.ErrorResponse, "description": description}
+        for status, description in {
+            400: "unreadable upload, not an image, malformed multipart or bad form field",
+            401: "API key missing or wrong (only when PNEUMOSCAN_API_KEY is set)",
+            408: "the upload took longer than the request time limit to arrive",
+            413: "file, request or pixel count over the limit",
+            415: "not multipart/form-data, or a file type pneumoscan does not read",
+            503: "too many requests at once or prediction over the time limit; see Retry-After",
+        }.items()
+    }
+    # The enum in the documented body is the configured model list; the lifespan may load them
+    # under the names in their metadata, which are the same for the shipped models.
+    model_names = [Path(reference).stem for reference in settings.models]
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page(request: Request) -> HTMLResponse:
+        return HTMLResponse(_server(request).index_html)
+
+    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse((STATIC_DIR / "docs.html").read_text(encoding="utf-8"))
+
+    @app.get("/healthz", response_model=schemas.Health, tags=["health"])
+    async def healthz() -> schemas.Health:
+        """Liveness: the process answers."""
+        return schemas.Health()
+
+    @app.get(
+        "/readyz",
+        response_model=schemas.Readiness,
+        tags=["health"],
+        responses={503: {"model": schemas.Readiness, "description": "not ready"}},
+    )
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: models loaded and room for another request."""
+        state = _server(request)
+        ready = state.ready and state.in_flight < state.settings.max_in_flight
+        body = schemas.Readiness(
+            ready=ready,
+            models=list(state.models),
+            in_flight=state.in_flight,
+            max_in_flight=state.settings.max_in_flight,
+        )
+        return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+    @app.get(
+        "/v1/models",
+        response_model=schemas.ModelsResponse,
+        tags=["models"],
+        responses={401: errors[401]},
+    )
+    async def list_models(request: Request) -> schemas.ModelsResponse:
+        """The loaded models: names, versions, classes, thresholds and model cards."""
+        state = _server(request)
+        _check_api_key(request, state.settings)
+        limits = {
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_batch_files": settings.max_batch_files,
+            "max_batch_bytes": settings.max_batch_bytes,
+            "max_pixels": settings.max_pixels,
+            "request_timeout_s": settings.request_timeout_s,
+        }
+        return schemas.ModelsResponse(
+            default=next(iter(state.models)),
+            models=[_model_info(name, model) for name, model in state.models.items()],
+            limits=limits,
+        )
+
+    @app.post(
+        "/v1/predict",
+        response_model=schemas.Prediction,
+        tags=["predict"],
+        responses=errors,
+        openapi_extra={"requestBody": schemas.predict_request_body(model_names)},
+    )
+    async def predict(request: Request) -> JSONResponse:
+        """Predict on one radiograph (multipart field `file`). Optional form fields: `model`
+        (default: the first loaded), `heatmap` (true adds the overlay PNG as base64)."""
+        async with _admitted(request) as state:
+            form = await _read(request, state, settings.max_upload_bytes + _MULTIPART_OVERHEAD)
+            model_name, heatmap = _options(form.fields, state)
+            uploads = form.files
+            if not uploads:
+                raise UploadRefused(
+                    400, "no_file", "no file in the request; send the image in a 'file' field."
+                )
+            if len(uploads) > 1:
+                raise UploadRefused(
+                    400,
+                    "too_many_files",
+                    f"{len(uploads)} files sent to /v1/predict; use /v1/predict/batch for several.",
+                )
+            data = _checked_bytes(uploads[0])
+            model = state.models[model_name]
+            result = await _run(
+                request,
+                state,
+                lambda: _predict_one(model, data, heatmap, settings.indeterminate_margin),
+            )
+            if result.status == "error":
+                raise UploadRefused(400, "unreadable", result.message or "unreadable image.")
+            body = _prediction(result, model_name)
+            logger.info("predict %s: %s", model_name, result.status)
+            return JSONResponse(body.model_dump())
+
+    @app.post(
+        "/v1/predict/batch",
+        response_model=schemas.BatchResponse,
+        tags=["predict"],
+        responses=errors,
+        openapi_extra={
+            "requestBody": schemas.batch_request_body(model_names, settings.max_batch_files)
+        },
+    )
+    async def predict_batch(request: Request) -> JSONResponse:
+        """Predict on several radiographs (repeated multipart field `files`). One bad file gets
+        status `error` with a message and code; the others are predicted as usual."""
+        async with _admitted(request) as state:
+            form = await _read(request, state, settings.max_batch_bytes)
+            model_name, heatmap = _options(form.fields, state)
+            if not form.files:
+                raise UploadRefused(
+                    400, "no_file", "no files in the request; send each image in a 'files' field."
+                )
+            model = state.models[model_name]
+            refused: dict[int, UploadRefused] = {}
+            accepted: dict[int, bytes] = {}
+            for index, upload in enumerate(form.files):
+                try:
+                    accepted[index] = _checked_bytes(upload)
+                except UploadRefused as refusal:
+                    refused[index] = refusal
+            predicted = await _run(
+                request,
+                state,
+                lambda: _predict_many(
+                    model,
+                    list(accepted.values()),
+                    [f"upload {index}" for index in accepted],
+                    heatmap,
+                    settings.indeterminate_margin,
+                ),
+            )
+            results = dict(zip(accepted, predicted))
+            for index, refusal in refused.items():
+                results[index] = Result(
+                    source=f"upload {index}",
+                    status="error",
+                    message=f"upload {index}: {refusal.message}",
+                    model_name=model.name,
+                    model_version=model.version,
+                )
+            items = []
+            for index in range(len(form.files)):
+                item = _prediction(results[index], model_name).model_dump()
+                code = refused[index].code if index in refused else None
+                if item["status"] == "error" and code is None:
+                    code = "rejected_input"
+                items.append(schemas.BatchItem(**item, index=index, error_code=code))
+            counts = asdict(summarize(results.values()))
+            logger.info("batch %s: %s", model_name, counts)
+            return JSONResponse(schemas.BatchResponse(results=items, counts=counts).model_dump())
+
+
+def _server(request: Request) -> ServerState:
+    return request.app.state.server
+
+
+@asynccontextmanager
+async def _admitted(request: Request) -> AsyncIterator[ServerState]:
+    """API key, then admission: past `max_in_flight` requests a new one gets 503 at once, before
+    its body is read, so a burst costs neither memory nor CPU."""
+    state = _server(request)
+    _check_api_key(request, state.settings)
+    if not state.ready:
+        raise UploadRefused(503, "not_ready", "models are still loading.", {"Retry-After": "1"})
+    if state.in_flight >= state.settings.max_in_flight:
+        raise UploadRefused(
+            503,
+            "busy",
+            f"{state.in_flight} requests are already being handled; retry shortly.",
+            {"Retry-After": "1"},
+        )
+    state.in_flight += 1
+    request.state.reserved = 0
+    request.state.deadline = time.monotonic() + state.settings.request_timeout_s
+    try:
+        yield state
+    finally:
+        state.in_flight -= 1
+        state.budget.release(request.state.reserved)
+
+
+async def _read(request: Request, state: ServerState, max_body_bytes: int):
+    settings = state.settings
+    declared_length = request.headers.get("content-length", "")
+    if declared_length.isdigit() and int(declared_length) > max_body_bytes:
+        raise UploadRefused(
+            413,
+            "request_too_large",
+            f"request body of {int(declared_length):,} bytes is over the {max_body_bytes:,} "
+            "byte limit.",
+        )
+    try:
+        with anyio.fail_after(max(0.0, request.state.deadline - time.monotonic())):
+            form, reserved = await read_form(
+                request.stream(),
+                request.headers.get("content-type"),
+                max_file_bytes=settings.max_upload_bytes,
+                max_files=settings.max_batch_files,
+                max_body_bytes=max_body_bytes,
+                deadline=request.state.deadline,
+                budget=state.budget,
+            )
+    except TimeoutError:
+        raise UploadRefused(
+            408, "request_timeout", "the upload took too long to arrive; try again."
+        ) from None
+    request.state.reserved = reserved
+    return form
+
+
+def _options(form_fields: dict[str, str], state: ServerState) -> tuple[str, bool]:
+    model_name = form_fields.get("model") or next(iter(state.models))
+    if model_name not in state.models:
+        raise UploadRefused(
+            400,
+            "unknown_model",
+            f"model {model_name[:60]!r} is not loaded; choose one of {', '.join(state.models)}.",
+        )
+    text = form_fields.get("heatmap", "false").lower()
+    if text not in ("true", "false", "1", "0", "yes", "no", "on", "off", ""):
+        raise UploadRefused(400, "bad_field", "heatmap must be true or false.")
+    return model_name, text in ("true", "1", "yes", "on")
+
+
+def _checked_bytes(upload: UploadedFile) -> bytes:
+    """The upload's bytes once its declared type and real format pass (the pixel count is
+    checked by the decoder, from the header, before it decodes anything)."""
+    check_declared_type(upload)
+    sniff_format(upload.data)
+    return bytes(upload.data)
+
+
+async def _run(request: Request, state: ServerState, work):
+    """Blocking work on a worker thread, `parallel` at a time, within the request's time limit
+    (waiting for a free slot counts too)."""
+    try:
+        with anyio.fail_after(max(0.0, request.state.deadline - time.monotonic())):
+            return await anyio.to_thread.run_sync(
+                work, limiter=state.limiter, abandon_on_cancel=True
+            )
+    except TimeoutError:
+        raise UploadRefused(
+            503,
+            "timeout",
+            f"prediction did not finish within {state.settings.request_timeout_s:g} s; the server "
+            "is busy, retry shortly.",
+            {"Retry-After": "2"},
+        ) from None
+
+
+def _predict_one(model, data: bytes, heatmap: bool, margin: float):
+    try:
+        return model.predict(data, heatmap=heatmap, indeterminate_margin=margin, source="upload")
+    except ImageTooLargeError as error:
+        raise UploadRefused(413, "too_many_pixels", str(error)) from None
+    except UnsupportedFormatError as error:
+        raise UploadRefused(415, "unsupported_format", str(error)) from None
+    except InputError as error:
+        raise UploadRefused(400, "unreadable", str(error)) from None
+
+
+def _predict_many(
+    model, items: list[bytes], sources: list[str], heatmap: bool, margin: float
+) -> list:
+    if not items:
+        return []
+    return model.predict(items, heatmap=heatmap, indeterminate_margin=margin, source=sources)
+
+
+def _prediction(result, model_name: str) -> schemas.Prediction:
+    record = result.to_dict(heatmap="base64")
+    return schemas.Prediction(
+        status=record["status"],
+        label=record.get("label"),
+        probabilities=record.get("probabilities") or {},
+        threshold=record.get("threshold"),
+        gate_score=record.get("gate_score"),
+        message=record.get("message"),
+        heatmap_png_base64=record.get("heatmap"),
+        model=model_name,
+        model_version=record.get("model_version"),
+    )
+
+
+def _model_info(name: str, model) -> schemas.ModelInfo:
+    return schemas.ModelInfo(
+        name=name,
+        version=model.version,
+        task=str(model.task),
+        class_names=list(model.class_names),
+        threshold=model.threshold,
+        gate=model.gate,
+        card=model.card,
+    )
+
+
+def _check_api_key(request: Request, settings: ServeSettings) -> None:
+    """With $PNEUMOSCAN_API_KEY set, /v1 routes need it as X-API-Key or `Authorization: Bearer`."""
+    if not settings.api_key:
+        return
+    import hmac
+
+    given = request.headers.get("x-api-key", "")
+    authorization = request.headers.get("authorization", "")
+    if not given and authorization.lower().startswith("bearer "):
+        given = authorization[7:].strip()
+    if not given or not hmac.compare_digest(given.encode(), settings.api_key.encode()):
+        raise UploadRefused(
+            401,
+            "unauthorized",
+            "this server needs an API key: send it as 'X-API-Key: KEY' or "
+            "'Authorization: Bearer KEY'.",
+            {"WWW-Authenticate": "Bearer"},
+        )
+
+
+# --- errors, headers, docs --------------------------------------------------------------------
+
+
+def _error(status: int, code: str, message: str, headers: dict | None = None) -> JSONResponse:
+    body = schemas.ErrorResponse(error=code, message=message, status=status)
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(UploadRefused)
+    async def refused(request: Request, error: UploadRefused) -> JSONResponse:
+        logger.info(
+            "%s %s refused: %d %s", request.method, request.url.path, error.status, error.code
+        )
+        return _error(error.status, error.code, error.message, error.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code, "http_error")
+        return _error(error.status_code, code, str(error.detail), getattr(error, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}"
+            for item in error.errors()
+        )
+        return _error(422, "invalid_request", problems[:500])
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> JSONResponse:
+        # A bug, never an input's fault; the type only (an upload's content must not reach logs).
+        logger.error("%s %s failed: %s", request.method, request.url.path, type(error).__name__)
+        return _error(500, "internal_error", "internal error; the server log has the details.")
+
+
+class SecurityHeaders:
+    """Pure ASGI middleware adding security headers to every response (CSP without inline
+    scripts, no framing, no sniffing, no referrer) and no-store on the API's answers."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["Content-Security-Policy"] = (
+                    DOCS_CSP if path.startswith("/docs") else PAGE_CSP
+                )
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["X-Frame-Options"] = "DENY"
+                headers["Referrer-Policy"] = "no-referrer"
+                headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
+                headers["Cross-Origin-Opener-Policy"] = "same-origin"
+                if path.startswith("/v1/"):
+                    headers["Cache-Control"] = "no-store"
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def _mount_docs_assets(app: FastAPI) -> None:
+    """Swagger UI's files from the swagger-ui-bundle package, so /docs works offline (no CDN)."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:  # the [serve] extra installs it; without it /docs says so
+        return
+    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
