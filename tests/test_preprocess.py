@@ -6,7 +6,15 @@ import pytest
 from PIL import Image
 
 from pneumoscan.images import read_image
-from pneumoscan.preprocess import LITE_MEAN, LITE_STD, PreprocessSpec, prepare, resize_square
+from pneumoscan.preprocess import (
+    LITE_MEAN,
+    LITE_STD,
+    PreprocessSpec,
+    prepare,
+    prepare_square,
+    resize_square,
+    square_uint8,
+)
 
 
 def test_prepare_shape_and_normalisation():
@@ -14,7 +22,44 @@ def test_prepare_shape_and_normalisation():
     image = np.full((50, 80), 0.75, dtype=np.float32)
     prepared = prepare(image, spec)
     assert prepared.shape == (3, 32, 32) and prepared.dtype == np.float32
-    np.testing.assert_allclose(prepared, (0.75 - 0.5) / 0.5, atol=1e-5)
+    level = round(0.75 * 255) / 255  # rounded to 8 bits, as the training cache stores it
+    np.testing.assert_allclose(prepared, (level - 0.5) / 0.5, atol=1e-6)
+
+
+def test_prediction_rounds_to_the_same_8_bit_square_as_training():
+    """Training caches `square_uint8`; `prepare` must see exactly those grey levels."""
+    rng = np.random.default_rng(0)
+    image = rng.random((70, 90)).astype(np.float32)
+    spec = PreprocessSpec(40, LITE_MEAN, LITE_STD)
+    cached = square_uint8(image, 40).astype(np.float32) / 255
+    np.testing.assert_array_equal(prepare(image, spec), prepare_square(cached, spec))
+
+
+def test_equalisation_ignores_exposure_contrast_and_gamma():
+    rng = np.random.default_rng(1)
+    image = np.clip(rng.normal(0.5, 0.15, (64, 64)), 0, 1).astype(np.float32)
+    spec = PreprocessSpec(64, LITE_MEAN, LITE_STD, intensity="equalize")
+    reference = prepare(image, spec)
+    for changed in (image**1.6, 0.2 + 0.6 * image, image * 0.7):
+        assert np.abs(prepare(changed, spec) - reference).mean() < 0.02
+    flat = prepare(np.full((20, 20), 0.3, dtype=np.float32), spec.with_size(20))
+    np.testing.assert_allclose(flat, 0.0, atol=1e-6)  # one grey level maps to the middle rank
+    assert (
+        np.abs(
+            prepare(image**1.6, spec.with_intensity("none"))
+            - prepare(image, spec.with_intensity("none"))
+        ).mean()
+        > 0.1
+    )
+
+
+def test_intensity_travels_with_the_spec():
+    spec = PreprocessSpec(224, LITE_MEAN, LITE_STD, intensity="equalize")
+    assert PreprocessSpec.from_dict(spec.to_dict()) == spec
+    legacy = {"size": 224, "mean": [0.5] * 3, "std": [0.5] * 3}  # model files from before
+    assert PreprocessSpec.from_dict(legacy).intensity == "none"
+    with pytest.raises(ValueError, match="equalize"):
+        spec.with_intensity("clahe")
 
 
 def test_whole_image_is_resized_not_cropped():

@@ -37,6 +37,7 @@ class ModelConfig:
     pretrained: bool = True
     dropout: tuple[float, ...] = (0.2,)
     image_size: int | None = None  # final (evaluation) resolution; None: the architecture's
+    intensity: str = "none"  # none | equalize: grey-level standardisation in preprocess.py
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_balance: str = "weights"  # weights | sampler | none
     augment: bool = True
+    augment_policy: str = "basic"  # basic | acquisition (see data.radiograph_augmentation)
+    ema_decay: float | None = None  # exponential moving average of the weights, per step
+    select: str = "best"  # best: the checkpoint with the best validation score; last: the final
     train_size: int | None = None  # train at a lower resolution than image_size, then finish at it
     finish_epochs: int = 0  # epochs at full resolution after the low-resolution phase
     finish_lr: float | None = None  # learning rate of the full-resolution phase; None: lr / 10
@@ -223,6 +227,16 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"train.class_balance {train.class_balance!r}: choose weights, sampler or none"
         )
+    if model.intensity not in ("none", "equalize"):
+        raise ConfigError(f"model.intensity {model.intensity!r}: choose none or equalize")
+    if train.augment_policy not in ("basic", "acquisition"):
+        raise ConfigError(
+            f"train.augment_policy {train.augment_policy!r}: choose basic or acquisition"
+        )
+    if train.select not in ("best", "last"):
+        raise ConfigError(f"train.select {train.select!r}: choose best or last")
+    if train.ema_decay is not None and not 0.0 < train.ema_decay < 1.0:
+        raise ConfigError("train.ema_decay must be between 0 and 1 (e.g. 0.99)")
     if train.epochs < 1 or train.batch_size < 1:
         raise ConfigError("train.epochs and train.batch_size must be at least 1")
     if train.threshold_sensitivity is not None and not 0 < train.threshold_sensitivity < 1:

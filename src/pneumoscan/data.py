@@ -1,7 +1,7 @@
 """Decoded-image cache, torch Datasets and the LightningDataModule.
 
 On 2 CPU cores, decoding JPEGs every epoch costs as much as a small model's forward pass, so each
-image is decoded and resized once (`images.read_image` -> `preprocess.resize_square`) into a uint8
+image is decoded and resized once (`images.read_image` -> `preprocess.square_uint8`) into a uint8
 array, cached on disk, and augmented on the fly as a tensor.
 """
 
@@ -23,7 +23,7 @@ from pneumoscan.dataset import Sample
 from pneumoscan.errors import DatasetError, InputError
 from pneumoscan.fileio import atomic_write
 from pneumoscan.images import read_image
-from pneumoscan.preprocess import PreprocessSpec, resize_square
+from pneumoscan.preprocess import LEVELS, PreprocessSpec, prepare_square, square_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class DecodedImages:
 
 
 def _decode(path: Path, size: int) -> np.ndarray:
-    return np.round(resize_square(read_image(path), size) * 255.0).astype(np.uint8)
+    return square_uint8(read_image(path), size)
 
 
 def decode_images(
@@ -103,35 +103,76 @@ def _report_failures(failed: list[str], total: int, strict: bool) -> None:
     )
 
 
-def radiograph_augmentation(size: int) -> v2.Transform:
-    """Small geometric and exposure changes a real film could show; no flips (anatomy is sided)."""
+AUGMENT_POLICIES = ("basic", "acquisition")  # perturb.AUGMENTATION_FAMILIES says what each covers
+
+
+class RandomGamma(v2.Transform):
+    """x -> x ** gamma with log-uniform gamma: a different detector or processing curve."""
+
+    def __init__(self, low: float = 0.7, high: float = 1.4) -> None:
+        super().__init__()
+        self.log_low, self.log_high = float(np.log(low)), float(np.log(high))
+
+    def make_params(self, flat_inputs):
+        log_gamma = torch.empty(1).uniform_(self.log_low, self.log_high)
+        return {"gamma": float(torch.exp(log_gamma))}
+
+    def transform(self, inpt, params):
+        return inpt.clamp(0.0, 1.0).pow(params["gamma"])
+
+
+def radiograph_augmentation(size: int, policy: str = "basic") -> v2.Transform:
+    """Changes a real film could show; no flips (anatomy is sided).
+
+    `basic`: small geometric changes plus brightness and contrast. `acquisition` adds what differs
+    between machines and sites: detector curve (gamma), focus and scatter (blur), edge
+    enhancement (sharpening) and quantum noise.
+    """
+    geometric = [
+        v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1)),
+        v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
+    ]
+    if policy == "basic":
+        return v2.Compose([*geometric, v2.ColorJitter(brightness=0.2, contrast=0.2)])
+    if policy != "acquisition":
+        raise ValueError(f"augment policy {policy!r}: choose one of {', '.join(AUGMENT_POLICIES)}")
     return v2.Compose(
         [
-            v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1)),
-            v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
-            v2.ColorJitter(brightness=0.2, contrast=0.2),
+            *geometric,
+            v2.ColorJitter(brightness=0.3, contrast=0.3),
+            v2.RandomApply([RandomGamma(0.7, 1.4)], p=0.5),
+            v2.RandomApply([v2.GaussianBlur(kernel_size=7, sigma=(0.3, 1.8))], p=0.3),
+            v2.RandomAdjustSharpness(sharpness_factor=2.0, p=0.2),
+            v2.RandomApply([v2.GaussianNoise(mean=0.0, sigma=0.03, clip=True)], p=0.3),
         ]
     )
 
 
 class ImageTensorDataset(Dataset):
-    """uint8 squares -> normalised (C, H, W) tensors, augmented when `augment` is True."""
+    """uint8 squares -> model inputs (C, H, W), augmented when `augment` is set.
+
+    Augmentation works on the [0, 1] square; intensity standardisation and normalisation then
+    run through `preprocess.prepare_square`, the same function prediction uses.
+    """
 
     def __init__(
-        self, pixels: np.ndarray, targets: np.ndarray, spec: PreprocessSpec, augment: bool = False
+        self,
+        pixels: np.ndarray,
+        targets: np.ndarray,
+        spec: PreprocessSpec,
+        augment: bool | str = False,
     ) -> None:
         self.pixels = torch.from_numpy(pixels)
         self.targets = torch.from_numpy(np.asarray(targets, dtype=np.int64))
         self.spec = spec
-        self.augment = radiograph_augmentation(spec.size) if augment else None
-        self.mean = torch.tensor(spec.mean).view(-1, 1, 1)
-        self.std = torch.tensor(spec.std).view(-1, 1, 1)
+        policy = "basic" if augment is True else augment
+        self.augment = radiograph_augmentation(spec.size, policy) if policy else None
 
     def __len__(self) -> int:
         return len(self.targets)
 
     def __getitem__(self, index: int):
-        image = self.pixels[index].unsqueeze(0).float().div_(255.0)
+        image = self.pixels[index].unsqueeze(0).float().div_(LEVELS)
         if image.shape[-1] != self.spec.size:
             image = torch.nn.functional.interpolate(
                 image[None],
@@ -142,8 +183,8 @@ class ImageTensorDataset(Dataset):
             )[0]
         if self.augment is not None:
             image = self.augment(image).clamp_(0.0, 1.0)
-        image = (image.expand(self.spec.channels, -1, -1) - self.mean) / self.std
-        return image, self.targets[index]
+        prepared = prepare_square(image[0].numpy(), self.spec)
+        return torch.from_numpy(prepared), self.targets[index]
 
 
 class ChestXrayDataModule(L.LightningDataModule):

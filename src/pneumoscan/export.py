@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pneumoscan.fileio import atomic_write
-from pneumoscan.models import Classifier, ModelInfo, load_model_file
+from pneumoscan.models import Classifier, GroupedClassifier, ModelInfo, load_model_file
 from pneumoscan.ood import OodGate, gate_scores
 from pneumoscan.shipped import resolve_model
 
@@ -25,6 +25,20 @@ logger = logging.getLogger(__name__)
 
 METADATA_KEY = "pneumoscan"
 OPSET = 18
+
+
+def cam_weights(model: Classifier | GroupedClassifier) -> torch.Tensor | None:
+    """(classes, features) weights whose product with the last feature map is each class's map.
+
+    For a model read from a finer one, a coarse class's map is its fine classes' mean map minus
+    the other classes' (evidence for the group over the rest); None when the head has no CAM.
+    """
+    linear = linear_classifier(model)
+    if linear is None:
+        return None
+    if isinstance(model, GroupedClassifier):
+        return model.cam_mixing() @ linear.weight
+    return linear.weight
 
 
 def linear_classifier(model: Classifier) -> nn.Linear | None:
@@ -43,10 +57,12 @@ def linear_classifier(model: Classifier) -> nn.Linear | None:
 class _ExportGraph(nn.Module):
     """logits, then (for a linear head) class maps, then (with a gate) the out-of-distribution score."""
 
-    def __init__(self, model: Classifier, linear: nn.Linear | None, gate: OodGate | None) -> None:
+    def __init__(self, model: Classifier, cam: torch.Tensor | None, gate: OodGate | None) -> None:
         super().__init__()
         self.model = model
-        self.linear = linear
+        self.cam = cam is not None
+        if cam is not None:
+            self.register_buffer("cam_weight", cam.detach().clone())
         self.gate = None
         if gate is not None:
             tensors = gate.to_tensors()
@@ -57,8 +73,8 @@ class _ExportGraph(nn.Module):
     def forward(self, image: torch.Tensor):
         features = self.model.forward_features(image)
         outputs = [self.model.forward_head(features)]
-        if self.linear is not None:
-            outputs.append(torch.einsum("cf,nfhw->nchw", self.linear.weight, features))
+        if self.cam:
+            outputs.append(torch.einsum("cf,nfhw->nchw", self.cam_weight, features))
         if self.gate is not None:
             pooled = features.mean(dim=(2, 3))
             outputs.append(
@@ -77,10 +93,10 @@ def export_onnx(model_ref: str | Path, out: Path, model_version: str | None = No
     """Write `out` (atomically) and return it; the ONNX metadata carries everything the runtime needs."""
     model, info = load_model_file(resolve_model(model_ref))
     model.eval()
-    linear = linear_classifier(model)
-    graph = _ExportGraph(model, linear, info.ood).eval()
+    cam = cam_weights(model)
+    graph = _ExportGraph(model, cam, info.ood).eval()
     output_names = (
-        ["logits"] + (["cam"] if linear is not None else []) + (["ood_score"] if info.ood else [])
+        ["logits"] + (["cam"] if cam is not None else []) + (["ood_score"] if info.ood else [])
     )
     spec = info.preprocess
     example = torch.zeros(1, spec.channels, spec.size, spec.size)
@@ -96,7 +112,7 @@ def export_onnx(model_ref: str | Path, out: Path, model_version: str | None = No
             opset_version=OPSET,
             dynamo=False,
         )
-        _add_metadata(tmp, info, has_cam=linear is not None, model_version=model_version)
+        _add_metadata(tmp, info, has_cam=cam is not None, model_version=model_version)
 
     atomic_write(Path(out), write)
     return Path(out)
@@ -122,6 +138,27 @@ def onnx_metadata(info: ModelInfo, has_cam: bool, model_version: str | None) -> 
         "val_metrics": {
             k: metrics[k] for k in ("n", "accuracy", "macro_f1", "roc_auc", "ece") if k in metrics
         },
+        "training_split": training_split(info),
+        "derived_from": info.derived_from,
+        "record": info.record,
+    }
+
+
+def training_split(info: ModelInfo) -> dict | None:
+    """How the model's validation patients were drawn, so `stress` and `evaluate` can redraw them."""
+    config = info.config or {}
+    data, train = config.get("data"), config.get("train", {})
+    if not data:
+        return None
+    return {
+        "task": data.get("task", info.task),
+        "fold": data.get("fold", 0),
+        "val_fraction": data.get("val_fraction", 0.2),
+        "seed": train.get("seed", 42),
+        "max_patients": data.get("max_patients"),
+        "augment_policy": train.get("augment_policy", "basic")
+        if train.get("augment", True)
+        else None,
     }
 
 

@@ -81,6 +81,49 @@ class Classifier(nn.Module):
         return self
 
 
+class GroupedClassifier(nn.Module):
+    """A trained classifier whose calibrated class probabilities are summed into coarser classes.
+
+    The shipped binary model is the three-class network read this way: P(pneumonia) =
+    P(bacteria) + P(virus). One backbone learns from the finer labels and serves both tasks.
+    The output is log-probabilities, so softmax (and the runtime's temperature) applies as usual.
+    """
+
+    def __init__(
+        self, source: Classifier, source_temperature: float, groups: tuple[tuple[int, ...], ...]
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.source_temperature = float(source_temperature)
+        matrix = torch.zeros(len(groups), source.head[-1].out_features)
+        for row, members in enumerate(groups):
+            matrix[row, list(members)] = 1.0
+        self.register_buffer("group_matrix", matrix, persistent=False)
+        self.groups = tuple(tuple(members) for members in groups)
+
+    @property
+    def head(self) -> nn.Module:
+        return self.source.head
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.source.forward_features(images)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.softmax(
+            self.source.forward_head(features) / self.source_temperature, 1
+        )
+        return torch.log((probabilities @ self.group_matrix.T).clamp_min(1e-12))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    def cam_mixing(self) -> torch.Tensor:
+        """(groups, source classes): a group's map is its classes' mean map minus the others'."""
+        inside = self.group_matrix / self.group_matrix.sum(dim=1, keepdim=True)
+        outside = (1 - self.group_matrix) / (1 - self.group_matrix).sum(dim=1, keepdim=True)
+        return inside - outside
+
+
 # --- backbones ----------------------------------------------------------------------------
 
 
@@ -390,6 +433,11 @@ class ModelInfo:
     versions: dict | None = None
     name: str = "pneumoscan-model"
     ood: OodGate | None = None  # the out-of-distribution gate, fitted on training films
+    # A model read from a finer one (GroupedClassifier): the source's class names, temperature
+    # and the groups of its classes that make each of ours.
+    derived_from: dict | None = None
+    # What `pneumoscan ship` recorded: calibration rule and films, out-of-sample figures, run facts.
+    record: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -406,6 +454,8 @@ class ModelInfo:
             "config": self.config,
             "val_metrics": self.val_metrics,
             "versions": self.versions,
+            "derived_from": self.derived_from,
+            "record": self.record,
         }
 
     @classmethod
@@ -423,6 +473,8 @@ class ModelInfo:
             val_metrics=data.get("val_metrics"),
             versions=data.get("versions"),
             name=data.get("name", "pneumoscan-model"),
+            derived_from=data.get("derived_from"),
+            record=data.get("record"),
         )
 
 
@@ -438,13 +490,16 @@ def package_versions() -> dict:
     return versions
 
 
-def save_model_file(path: Path, model: Classifier, info: ModelInfo, half: bool = False) -> None:
+def save_model_file(
+    path: Path, model: Classifier | GroupedClassifier, info: ModelInfo, half: bool = False
+) -> None:
     """One self-describing file: weights plus `ModelInfo`, written atomically."""
     from pneumoscan.fileio import atomic_write
 
+    weights = model.source if isinstance(model, GroupedClassifier) else model
     state = {
         key: value.half() if half and value.is_floating_point() else value
-        for key, value in model.state_dict().items()
+        for key, value in weights.state_dict().items()
     }
     payload = {"info": info.to_dict(), "state_dict": state}
     if info.ood is not None:
@@ -452,7 +507,7 @@ def save_model_file(path: Path, model: Classifier, info: ModelInfo, half: bool =
     atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
 
 
-def load_model_file(path: Path) -> tuple[Classifier, ModelInfo]:
+def load_model_file(path: Path) -> tuple[Classifier | GroupedClassifier, ModelInfo]:
     from pneumoscan.errors import ModelFileError
 
     path = Path(path)
@@ -471,9 +526,10 @@ def load_model_file(path: Path) -> tuple[Classifier, ModelInfo]:
     info = ModelInfo.from_dict(info_dict)
     if "ood" in payload:
         info.ood = OodGate.from_tensors(payload["ood"])
+    derived = info.derived_from
     model = create_model(
         info.arch,
-        len(info.class_names),
+        len(derived["class_names"] if derived else info.class_names),
         head=info.head,
         dropout=info.dropout,
         pretrained=False,
@@ -484,6 +540,9 @@ def load_model_file(path: Path) -> tuple[Classifier, ModelInfo]:
         for key, value in payload["state_dict"].items()
     }
     model.load_state_dict(state)
+    if derived:
+        groups = tuple(tuple(members) for members in derived["groups"])
+        model = GroupedClassifier(model, derived["temperature"], groups)
     model.eval()
     return model, info
 

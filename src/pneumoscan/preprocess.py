@@ -10,7 +10,7 @@ alike to the model (tests/test_preprocess.py checks that on real originals).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from PIL import Image
@@ -24,25 +24,41 @@ GRAY_MEAN = (0.5,)
 GRAY_STD = (0.25,)
 
 
+INTENSITY_METHODS = ("none", "equalize")
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    intensity: str = "none"  # none | equalize (see `standardize_intensity`)
 
     @property
     def channels(self) -> int:
         return len(self.mean)
 
     def with_size(self, size: int) -> PreprocessSpec:
-        return PreprocessSpec(size=size, mean=self.mean, std=self.std)
+        return replace(self, size=size)
+
+    def with_intensity(self, intensity: str) -> PreprocessSpec:
+        if intensity not in INTENSITY_METHODS:
+            raise ValueError(
+                f"intensity {intensity!r}: choose one of {', '.join(INTENSITY_METHODS)}"
+            )
+        return replace(self, intensity=intensity)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> PreprocessSpec:
-        return cls(size=int(data["size"]), mean=tuple(data["mean"]), std=tuple(data["std"]))
+        return cls(
+            size=int(data["size"]),
+            mean=tuple(data["mean"]),
+            std=tuple(data["std"]),
+            intensity=data.get("intensity", "none"),  # model files before intensity standardisation
+        )
 
 
 def resize_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -55,6 +71,41 @@ def resize_square(image: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
 
 
+LEVELS = 255  # squares are stored and compared as 8-bit images, in training and prediction alike
+
+
+def square_uint8(image: np.ndarray, size: int) -> np.ndarray:
+    """A whole [0, 1] image to the size x size 8-bit square that training caches and prediction uses.
+
+    Training decodes each film once into this form, so prediction rounds to 8 bits as well:
+    otherwise the two would differ by up to half a grey level and scores would drift from the card.
+    """
+    return np.round(resize_square(image, size) * LEVELS).astype(np.uint8)
+
+
+def standardize_intensity(square: np.ndarray, method: str) -> np.ndarray:
+    """Map a (H, W) [0, 1] square's grey levels so exposure and contrast no longer matter.
+
+    `equalize`: global histogram equalisation on 256 levels, each level sent to the middle of its
+    rank range. Any increasing change of grey levels (exposure, contrast, gamma, a different
+    detector curve) gives the same output, so acquisition settings that differ between sites reach
+    the model on one scale. `none` leaves the square as it is.
+    """
+    if method == "none":
+        return square
+    if method != "equalize":
+        raise ValueError(f"intensity {method!r}: choose one of {', '.join(INTENSITY_METHODS)}")
+    levels = np.clip(np.rint(square * LEVELS), 0, LEVELS).astype(np.intp)
+    counts = np.bincount(levels.ravel(), minlength=LEVELS + 1)
+    lookup = (np.cumsum(counts) - counts / 2.0) / levels.size
+    return lookup[levels].astype(np.float32)
+
+
+def prepare_square(square: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """A (H, W) [0, 1] square (8-bit levels) to the model's (C, H, W) input: intensity, then mean/std."""
+    return normalize(standardize_intensity(square, spec.intensity), spec)
+
+
 def normalize(square: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     """A (..., H, W) image in [0, 1] to (..., C, H, W) normalised with the spec's mean and std."""
     mean = np.asarray(spec.mean, dtype=np.float32)[:, None, None]
@@ -64,5 +115,10 @@ def normalize(square: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
 
 
 def prepare(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """A 2-D [0, 1] image to the (C, size, size) float32 array the model expects."""
-    return normalize(resize_square(image, spec.size), spec)
+    """A 2-D [0, 1] image to the (C, size, size) float32 array the model expects.
+
+    The one path from pixels to model input: resize whole to a square, round to 8 bits (as the
+    training cache does), standardise intensity, normalise.
+    """
+    square = square_uint8(image, spec.size).astype(np.float32) / LEVELS
+    return prepare_square(square, spec)

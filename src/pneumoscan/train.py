@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
+from lightning.pytorch.callbacks.weight_averaging import EMAWeightAveraging
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -189,7 +190,7 @@ def fit(
     architecture = get_architecture(model_config.arch)
     spec = architecture.preprocess.with_size(
         model_config.image_size or architecture.preprocess.size
-    )
+    ).with_intensity(model_config.intensity)
     head = model_config.head or architecture.default_head
     frozen = trainable_blocks(model_config.strategy) == 0
     if head in SIZE_DEPENDENT_HEADS and train_config.train_size not in (None, spec.size):
@@ -251,7 +252,10 @@ def fit(
             phase_spec = spec.with_size(size)
             pixels = run_data.pixels[size]
             train_set = ImageTensorDataset(
-                pixels[train_index], targets[train_index], phase_spec, augment=train_config.augment
+                pixels[train_index],
+                targets[train_index],
+                phase_spec,
+                augment=train_config.augment_policy if train_config.augment else False,
             )
             val_set = ImageTensorDataset(pixels[val_index], targets[val_index], phase_spec)
         sampler_weights = None
@@ -280,6 +284,10 @@ def fit(
             enable_version_counter=False,
         )
         phase_callbacks: list[Callback] = [checkpoint, *callbacks]
+        if train_config.ema_decay is not None:
+            # The averaged weights replace the live ones for validation, in checkpoints and at the
+            # end, so `last.ckpt` holds the average.
+            phase_callbacks.append(EMAWeightAveraging(decay=train_config.ema_decay))
         if train_config.early_stopping_patience:
             phase_callbacks.append(
                 EarlyStopping(
@@ -310,7 +318,10 @@ def fit(
         )
         if not trainer.is_global_zero:
             return out_dir / MODEL_FILE
-        best = Path(checkpoint.best_model_path or last)
+        # `last` keeps selection off the validation films, which then stay out-of-sample for
+        # calibration and reporting; `best` picks the epoch with the best validation score.
+        chosen = train_config.select == "best" and checkpoint.best_model_path
+        best = Path(checkpoint.best_model_path) if chosen else last
         model.load_state_dict(_checkpoint_weights(best))
         atomic_write_text(
             phase_dir / "done.json",

@@ -1,0 +1,303 @@
+"""`pneumoscan stress DATA --model M --out DIR`: how a model holds up under acquisition shift.
+
+Validation on this data saturates while the official test films, taken differently, do not. This
+benchmark applies the fixed, seeded panel of `perturb.panel` to the model's own patient-grouped
+validation films (never seen in training, never the test split) and reports every metric per
+perturbation with patient-bootstrap intervals, the worst case, and the out-of-distribution gate's
+refusal rate: a blurred or noisy chest film is still a chest film and should not be refused.
+
+Metrics are computed on every film, refused or not, so perturbations compare like with like.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan import dataset as ds
+from pneumoscan.errors import DatasetError
+from pneumoscan.fileio import atomic_write, atomic_write_json, atomic_write_text
+from pneumoscan.images import read_image
+from pneumoscan.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
+from pneumoscan.metrics import compute_metrics
+from pneumoscan.perturb import AUGMENTATION_FAMILIES, Perturbation, panel, reference_quantiles
+from pneumoscan.preprocess import prepare
+
+logger = logging.getLogger(__name__)
+
+# Higher is better for all but ECE; the worst case is the minimum (maximum for ECE).
+HEADLINE = ("accuracy", "macro_f1", "roc_auc", "ece")
+BINARY_EXTRA = ("sensitivity", "specificity")
+REFERENCE_FILMS = 200
+
+
+@dataclass(frozen=True)
+class ValidationFilms:
+    samples: list[ds.Sample]
+    targets: np.ndarray  # in the model's own classes
+    reference: list[ds.Sample]  # training-side films of other patients, for histogram matching
+
+
+def training_split(metadata: dict) -> dict:
+    """How the model's validation patients were drawn, from its metadata (defaults: the recipes')."""
+    recorded = dict(metadata.get("training_split") or {})
+    recorded.setdefault("task", metadata.get("task", "binary"))
+    recorded.setdefault("fold", 0)
+    recorded.setdefault("val_fraction", 0.2)
+    recorded.setdefault("seed", 42)
+    recorded.setdefault("max_patients", None)
+    recorded.setdefault("augment_policy", "basic")  # models from before the policy was recorded
+    return recorded
+
+
+def validation_films(
+    data_dir: Path | str, metadata: dict, limit: int | None = None
+) -> ValidationFilms:
+    """The model's own validation films, re-drawn from DATA exactly as training drew them."""
+    split = training_split(metadata)
+    train_task = Task(split["task"])
+    samples, targets = ds.targets_for(ds.training_pool(data_dir), train_task)
+    if split["max_patients"] is not None:
+        chosen = ds.subset_patients(
+            targets, [s.patient for s in samples], split["max_patients"], split["seed"]
+        )
+        samples, targets = [samples[i] for i in chosen], targets[chosen]
+    folds = ds.split_by_patient(
+        targets, [s.patient for s in samples], split["val_fraction"], split["fold"], split["seed"]
+    )
+    val = [samples[i] for i in folds.val]
+    model_task = Task(metadata["task"])
+    model_targets = np.asarray(
+        [CLASS_NAMES[model_task].index(_class_of(s, model_task)) for s in val], dtype=np.int64
+    )
+    if limit is not None and limit < len(val):
+        rng = np.random.default_rng(0)
+        patients = sorted({s.patient for s in val})
+        keep = set(rng.permutation(patients)[: max(2, limit // 2)].tolist())
+        index = [i for i, s in enumerate(val) if s.patient in keep][:limit]
+        val, model_targets = [val[i] for i in index], model_targets[index]
+    rng = np.random.default_rng(split["seed"])
+    train_side = [samples[i] for i in folds.train]
+    picks = rng.choice(len(train_side), size=min(REFERENCE_FILMS, len(train_side)), replace=False)
+    return ValidationFilms(val, model_targets, [train_side[i] for i in sorted(picks)])
+
+
+def _class_of(sample: ds.Sample, task: Task) -> str:
+    from pneumoscan.labels import class_index
+
+    index = class_index(task, sample.label, sample.subtype)
+    if index is None:
+        raise DatasetError(f"{sample.path}: no {task.value} label in its name.")
+    return CLASS_NAMES[task][index]
+
+
+def grey_references(reference: list[ds.Sample]) -> tuple[np.ndarray, np.ndarray]:
+    """Grey-level quantiles of the darkest and the brightest quarter of the reference films."""
+    images = [read_image(sample.path) for sample in reference]
+    order = np.argsort([image.mean() for image in images])
+    quarter = max(1, len(images) // 4)
+    dark = reference_quantiles([images[i] for i in order[:quarter]])
+    bright = reference_quantiles([images[i] for i in order[-quarter:]])
+    return dark, bright
+
+
+def score(model, images: list[np.ndarray], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated probabilities and gate scores for decoded films, prepared as prediction does."""
+    probabilities, gate = [], []
+    for start in range(0, len(images), batch_size):
+        batch = np.stack(
+            [prepare(image, model.spec) for image in images[start : start + batch_size]]
+        )
+        outputs = model.run(batch)
+        probabilities.append(outputs["probabilities"])
+        gate.append(outputs.get("ood_score", np.full(len(batch), np.nan)))
+    return np.concatenate(probabilities), np.concatenate(gate)
+
+
+def run_stress(
+    model_ref: str | Path,
+    data_dir: Path | str,
+    out: Path | str,
+    limit: int | None = None,
+    bootstrap: int = 200,
+    only: list[str] | None = None,
+) -> dict:
+    """Score the model on every perturbation of its validation films; write JSON, Markdown, plot."""
+    from pneumoscan.runtime import load_runtime_model
+
+    model = load_runtime_model(model_ref)
+    films = validation_films(data_dir, model.metadata, limit)
+    logger.info(
+        "stress: %d validation films of %d patients",
+        len(films.samples),
+        len({s.patient for s in films.samples}),
+    )
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        originals = list(pool.map(lambda s: read_image(s.path), films.samples))
+    perturbations = panel(*grey_references(films.reference))
+    if only:
+        unknown = set(only) - {p.name for p in perturbations}
+        if unknown:
+            raise DatasetError(
+                f"unknown perturbation(s) {', '.join(sorted(unknown))}; choose from "
+                + ", ".join(p.name for p in perturbations)
+            )
+        perturbations = [p for p in perturbations if p.name in only or p.name == "clean"]
+    groups = [s.patient for s in films.samples]
+    threshold = model.threshold
+    policy = training_split(model.metadata).get("augment_policy", "basic")
+    trained_families = AUGMENTATION_FAMILIES.get(policy, ())
+    rows = []
+    for perturbation in perturbations:
+        perturbed = [perturbation(image, index) for index, image in enumerate(originals)]
+        probabilities, gate = score(model, perturbed)
+        metrics = compute_metrics(
+            probabilities, films.targets, model.class_names, threshold, groups, bootstrap
+        )
+        refused = int(np.sum(gate > model.ood_threshold)) if model.ood_threshold is not None else 0
+        trained = perturbation.family in trained_families
+        rows.append(_row(perturbation, trained, metrics, refused, len(perturbed)))
+        logger.info(
+            "stress %-18s accuracy %.4f  refused %d/%d",
+            perturbation.name,
+            metrics["accuracy"],
+            refused,
+            len(perturbed),
+        )
+    report = {
+        "notice": NOT_DIAGNOSTIC_NOTICE,
+        "model": str(model.path),
+        "model_name": model.metadata.get("name"),
+        "task": model.metadata.get("task"),
+        "threshold": threshold,
+        "films": len(films.samples),
+        "patients": len(set(groups)),
+        "split": training_split(model.metadata),
+        "bootstrap": bootstrap,
+        "perturbations": rows,
+        "worst": worst_case(rows, model.metadata.get("task")),
+    }
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "stress.json", report)
+    atomic_write_text(out / "stress.md", render_markdown(report))
+    write_plot(report, out / "stress.png")
+    return report
+
+
+def _row(
+    perturbation: Perturbation, trained: bool, metrics: dict, refused: int, total: int
+) -> dict:
+    keys = [*HEADLINE, *BINARY_EXTRA, "accuracy_ci", "macro_f1_ci", "roc_auc_ci"]
+    row = {
+        "name": perturbation.name,
+        "family": perturbation.family,
+        "trained": trained,  # the family is in this model's training augmentation
+        "description": perturbation.description,
+        **{key: metrics[key] for key in keys if key in metrics},
+        "recall": {name: value["recall"] for name, value in metrics["per_class"].items()},
+        "refused": refused,
+        "refusal_rate": refused / total if total else 0.0,
+    }
+    return row
+
+
+def worst_case(rows: list[dict], task: str | None) -> dict:
+    keys = [*HEADLINE, *(BINARY_EXTRA if task == "binary" else ()), "refusal_rate"]
+    worst = {}
+    for key in keys:
+        present = [row for row in rows if row.get(key) is not None and np.isfinite(row[key])]
+        if not present:
+            continue
+        pick = max if key in ("ece", "refusal_rate") else min
+        row = pick(present, key=lambda r, k=key: r[k])
+        worst[key] = {"value": row[key], "perturbation": row["name"]}
+    recall_names = rows[0]["recall"].keys() if rows else []
+    for name in recall_names:
+        row = min(rows, key=lambda r, n=name: r["recall"][n])
+        worst[f"recall_{name}"] = {"value": row["recall"][name], "perturbation": row["name"]}
+    return worst
+
+
+def render_markdown(report: dict) -> str:
+    binary = report["task"] == "binary"
+    columns = ["perturbation", "in training aug.", "accuracy [95% CI]", "macro-F1", "ROC AUC"]
+    columns += ["sensitivity", "specificity"] if binary else ["recall per class"]
+    columns += ["ECE", "gate refused"]
+    lines = [
+        f"# Shift stress benchmark: {report['model_name']}",
+        "",
+        f"> {report['notice']}",
+        "",
+        f"{report['films']} validation films of {report['patients']} patients (patient-grouped "
+        f"fold {report['split']['fold']}, never used in training), each perturbation applied to "
+        f"every film; 95% intervals from a {report['bootstrap']}-draw patient bootstrap. "
+        "Metrics count every film, including those the gate refused.",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
+    for row in report["perturbations"]:
+        low, high = row.get("accuracy_ci", [float("nan")] * 2)
+        cells = [
+            f"{row['name']} ({row['description']})",
+            "yes" if row["trained"] else "no",
+            f"{row['accuracy']:.4f} [{low:.3f}, {high:.3f}]",
+            f"{row['macro_f1']:.4f}",
+            f"{row['roc_auc']:.4f}",
+        ]
+        if binary:
+            cells += [f"{row['sensitivity']:.4f}", f"{row['specificity']:.4f}"]
+        else:
+            cells.append(", ".join(f"{k} {v:.3f}" for k, v in row["recall"].items()))
+        cells += [f"{row['ece']:.4f}", f"{row['refused']} ({100 * row['refusal_rate']:.1f}%)"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Worst case over the panel:", ""]
+    for key, entry in report["worst"].items():
+        lines.append(f"- {key}: {entry['value']:.4f} ({entry['perturbation']})")
+    return "\n".join(lines) + "\n"
+
+
+def write_plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["perturbations"]
+    names = [row["name"] for row in rows]
+    accuracy = np.array([row["accuracy"] for row in rows])
+    ci = np.array([row.get("accuracy_ci", [np.nan, np.nan]) for row in rows])
+    refusal = np.array([100 * row["refusal_rate"] for row in rows])
+    colours = ["tab:blue" if row["trained"] else "tab:orange" for row in rows]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(11, 7), sharex=True)
+    positions = np.arange(len(rows))
+    top.bar(positions, accuracy, color=colours)
+    top.errorbar(
+        positions,
+        accuracy,
+        yerr=[accuracy - ci[:, 0], ci[:, 1] - accuracy],
+        fmt="none",
+        ecolor="black",
+        capsize=2,
+    )
+    top.set_ylim(max(0.0, float(np.nanmin(ci[:, 0])) - 0.05), 1.0)
+    top.set_ylabel("accuracy (95% CI)")
+    top.set_title(
+        f"{report['model_name']}: blue = family in training augmentation, orange = held out"
+    )
+    bottom.bar(positions, refusal, color="tab:red")
+    bottom.set_ylabel("gate refused (%)")
+    bottom.set_xticks(positions, names, rotation=60, ha="right")
+    figure.tight_layout()
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=110, format="png"))
+    plt.close(figure)
+
+
+def load_report(path: Path | str) -> dict:
+    return json.loads(Path(path).read_text())
