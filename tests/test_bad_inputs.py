@@ -112,7 +112,7 @@ def test_fifty_bad_files_each_get_one_clear_error(tiny_onnx, tmp_path):
     )
     assert result.exit_code == 1
     assert "Traceback" not in result.output
-    assert f"3 predicted, 0 not a chest X-ray, {len(bad)} failed" in result.output
+    assert f"3 predicted, 0 indeterminate, 0 not a chest X-ray, {len(bad)} failed" in result.output
     predictions = {
         p["source"]: p for p in json.loads((tmp_path / "out.json").read_text())["predictions"]
     }

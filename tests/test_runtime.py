@@ -16,7 +16,7 @@ from pneumoscan.cli import app
 from pneumoscan.export import parity
 from pneumoscan.images import read_image
 from pneumoscan.preprocess import prepare
-from pneumoscan.runtime import OnnxModel, predict_file
+from pneumoscan.runtime import OnnxModel, predict_one
 
 runner = CliRunner()
 
@@ -75,7 +75,7 @@ def test_predict_jpeg_png_dicom_and_folder_with_heatmaps(tiny_onnx, tmp_path):
     )
     assert result.exit_code == 1  # one file failed
     assert (
-        "3 predicted, 0 not a chest X-ray, 1 failed" in result.output
+        "3 predicted, 0 indeterminate, 0 not a chest X-ray, 1 failed" in result.output
         and "not a diagnostic device" in result.output
     )
     document = json.loads((out / "p.json").read_text())
@@ -106,7 +106,7 @@ def test_predict_jpeg_png_dicom_and_folder_with_heatmaps(tiny_onnx, tmp_path):
 def test_predict_single_file_api(tiny_onnx, tmp_path):
     path = tmp_path / "x.png"
     Image.fromarray(synthetic_radiograph(3)).save(path)
-    prediction = predict_file(OnnxModel(tiny_onnx, gate=False), path)
+    prediction = predict_one(OnnxModel(tiny_onnx, gate=False), path)
     assert prediction.status == "ok" and prediction.threshold is not None
 
 
@@ -158,20 +158,21 @@ def test_shipped_gate_refuses_non_radiographs_and_accepts_films(tmp_path):
     """The shipped binary model answers `not a chest X-ray` for photos, documents, screenshots,
     blank and noise images, and predicts on real films."""
     from pneumoscan.bench import _to_unit_gray, generated_non_radiographs, skimage_photos
-    from pneumoscan.runtime import NOT_A_CHEST_XRAY, load_runtime_model, predict_image
+    from pneumoscan.runtime import NOT_CHEST_XRAY, load_runtime_model, predict_pixels
 
     model = load_runtime_model("binary")
     assert model.ood_threshold is not None
     samples = skimage_photos() + generated_non_radiographs(seed=1)
-    answers = [predict_image(model, _to_unit_gray(image), name) for name, image in samples]
-    rejected = [a for a in answers if a.status == "rejected"]
+    answers = [predict_pixels(model, _to_unit_gray(image), name) for name, image in samples]
+    rejected = [a for a in answers if a.status == NOT_CHEST_XRAY]
     assert len(rejected) >= 0.95 * len(samples), [
-        a.source for a in answers if a.status != "rejected"
+        a.source for a in answers if a.status != NOT_CHEST_XRAY
     ]
-    assert all(a.label == NOT_A_CHEST_XRAY and not a.probabilities for a in rejected)
+    assert all(a.label is None and not a.probabilities for a in rejected)
+    assert all(a.gate_score > model.ood_threshold for a in rejected)
     repo = Path(__file__).resolve().parents[1]
     for film in sorted((repo / "examples").glob("*.jpeg")):
-        assert predict_image(model, read_image(film), film.name).status == "ok"
+        assert predict_pixels(model, read_image(film), film.name).status == "ok"
 
 
 def test_shipped_gate_accepts_validation_films(real_data):

@@ -23,7 +23,7 @@ from pneumoscan.fileio import atomic_write_text
 from pneumoscan.hardware import hardware
 from pneumoscan.images import read_image
 from pneumoscan.preprocess import prepare
-from pneumoscan.runtime import load_runtime_model, predict_file
+from pneumoscan.runtime import load_runtime_model, predict_many
 
 # --- non-radiographs for the gate ----------------------------------------------------------
 
@@ -260,7 +260,7 @@ def speed_report(model_ref: str, image_paths: list[Path], repeats: int = 30) -> 
             path.write_bytes(image_paths[index % len(image_paths)].read_bytes())
             files.append(path)
         start = time.perf_counter()
-        results = [predict_file(model, path) for path in files]
+        results = list(predict_many(model, files))
         elapsed = time.perf_counter() - start
     assert all(result.status != "error" for result in results)
     rows.append(

@@ -246,6 +246,10 @@ def predict(
         Path | None, typer.Option("--heatmaps", help="folder for heatmap overlay PNGs")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads for ONNX Runtime")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="threads decoding files while the model runs (default: CPU count)"),
+    ] = None,
     indeterminate: Annotated[
         float,
         typer.Option(help="binary: report 'indeterminate' within this distance of the threshold"),
@@ -258,62 +262,89 @@ def predict(
     ] = True,
 ) -> None:
     """Predict on images with ONNX Runtime (no torch needed): label, calibrated probabilities,
-    threshold, optional heatmaps. Exits 1 when any file could not be read."""
-    from rich.console import Console
-    from rich.progress import track
-    from rich.table import Table
-
+    threshold, gate score, optional heatmaps. Exits 1 when any file could not be read."""
+    _setup_logging()
+    # pydicom logs header complaints; the file's own error line says what matters.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
     from pneumoscan.predict_io import write_csv, write_json
-    from pneumoscan.runtime import load_runtime_model, predict_file
+    from pneumoscan.runtime import load_runtime_model, predict_many, summarize
 
-    console = Console()
     runtime = load_runtime_model(model, threads=threads, gate=gate)
+    if not 0.0 <= indeterminate < 0.5:
+        _fail(f"--indeterminate {indeterminate}: give a distance from the threshold in [0, 0.5)")
+    if indeterminate > 0 and runtime.threshold is None:
+        _fail(f"--indeterminate: {runtime.name} has no decision threshold (it is not binary)")
+    if workers is not None and workers < 1:
+        _fail(f"--workers {workers}: give 1 or more")
     files = _expand(paths)
     if not files:
         _fail(f"no image files found in {' '.join(paths)}")
-    iterator = (
-        track(files, description="predicting", console=Console(stderr=True))
-        if len(files) > 1
-        else files
+    stream = predict_many(
+        runtime, files, heatmap_dir=heatmaps, indeterminate_margin=indeterminate, workers=workers
     )
-    results = []
-    for index, path in enumerate(iterator):
-        heatmap = heatmaps / f"{index:05d}_{path.stem}.png" if heatmaps else None
-        results.append(predict_file(runtime, path, heatmap, indeterminate_margin=indeterminate))
-    table = Table(title=f"pneumoscan {runtime.metadata['name']}", caption=NOT_DIAGNOSTIC_NOTICE)
-    table.add_column("file", overflow="fold")
-    table.add_column("result")
-    for name in runtime.class_names:
-        table.add_column(f"P({name})", justify="right")
-    for result in results:
-        if result.status == "ok":
-            table.add_row(
-                result.source,
-                result.label,
-                *[f"{result.probabilities[n]:.3f}" for n in runtime.class_names],
-            )
-        else:
-            table.add_row(result.source, "[red]error[/red]", *["" for _ in runtime.class_names])
-    console.print(table)
-    if runtime.threshold is not None:
-        console.print(
-            f"threshold on P({runtime.class_names[1]}): {runtime.threshold:.3f} (chosen on validation); probabilities are temperature-calibrated"
+    if len(files) > 1 and sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import track
+
+        stream = track(
+            stream, total=len(files), description="predicting", console=Console(stderr=True)
         )
-    failures = [result for result in results if result.status == "error"]
-    rejected = sum(result.status == "rejected" for result in results)
-    for failure in failures:
-        typer.echo(f"error: {failure.message}", err=True)
+    results = list(stream)
+    _print_results(runtime, results)
+    for result in results:
+        if result.status == "error":
+            typer.echo(f"error: {result.message}", err=True)
     if csv_out:
         write_csv(csv_out, results, runtime)
     if json_out:
         write_json(json_out, results, runtime)
-    predicted = len(results) - len(failures) - rejected
-    typer.echo(
-        f"{predicted} predicted, {rejected} not a chest X-ray, {len(failures)} failed. "
-        f"{NOT_DIAGNOSTIC_NOTICE}"
+    summary = summarize(results)
+    typer.echo(summary.text())
+    if summary.exit_code:
+        raise typer.Exit(summary.exit_code)
+
+
+def _print_results(runtime, results) -> None:
+    """The table on screen: every status as it is, probabilities where there are some, and the
+    gate score under its own name."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pneumoscan.runtime import OK, STATUS_TEXT
+
+    table = Table(
+        title=f"pneumoscan {runtime.name} ({runtime.version})", caption=NOT_DIAGNOSTIC_NOTICE
     )
-    if failures:
-        raise typer.Exit(1)
+    table.add_column("file", overflow="fold")
+    table.add_column("result")
+    for name in runtime.class_names:
+        table.add_column(f"P({name})", justify="right")
+    table.add_column("gate score", justify="right")
+    styles = {"indeterminate": "yellow", "not_chest_xray": "magenta", "error": "red"}
+    for result in results:
+        shown = result.label if result.status == OK else STATUS_TEXT[result.status]
+        if result.status in styles:
+            shown = f"[{styles[result.status]}]{shown}[/{styles[result.status]}]"
+        table.add_row(
+            result.source,
+            shown,
+            *[
+                f"{result.probabilities[n]:.3f}" if result.probabilities else ""
+                for n in runtime.class_names
+            ],
+            "" if result.gate_score is None else f"{result.gate_score:.1f}",
+        )
+    console = Console()
+    console.print(table)
+    if runtime.threshold is not None:
+        console.print(
+            f"threshold on P({runtime.class_names[1]}): {runtime.threshold:.3f} (chosen on "
+            "validation); probabilities are temperature-calibrated"
+        )
+    if runtime.ood_threshold is not None:
+        console.print(
+            f"gate: scores above {runtime.ood_threshold:.1f} are refused as not a chest X-ray"
+        )
 
 
 @app.command()

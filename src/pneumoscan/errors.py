@@ -1,6 +1,8 @@
 """Errors that tell the user which file, what is wrong and what to do.
 
-The CLI turns every `PneumoscanError` into a one-line message without a traceback.
+The CLI turns every `PneumoscanError` into a one-line message without a traceback; the server maps
+the input errors to HTTP codes (`UnsupportedFormatError` 415, `ImageTooLargeError` 413, any other
+`InputError` 400).
 """
 
 
@@ -9,7 +11,15 @@ class PneumoscanError(Exception):
 
 
 class InputError(PneumoscanError):
-    """An image file that cannot be read as a radiograph."""
+    """An image file that cannot be read as a radiograph (unreadable, corrupt, wrong content)."""
+
+
+class UnsupportedFormatError(InputError):
+    """Not a JPEG, PNG or DICOM file at all."""
+
+
+class ImageTooLargeError(InputError):
+    """Too many pixels (or bytes) to decode safely; refused before decoding."""
 
 
 class DatasetError(PneumoscanError):

@@ -3,30 +3,49 @@
 JPEG and PNG of any mode and bit depth (8/16-bit, grayscale, RGB, RGBA, palette) and DICOM
 (modality rescale, VOI LUT / windowing, MONOCHROME1 inverted) all end here on one scale, so
 training, evaluation and serving see the same numbers. The format is sniffed from the content,
-not the file name. DICOM patient fields are never read into anything we return or log.
+not the file name. DICOM patient fields are never read into anything we return, raise or log.
+
+Every failure is an `InputError` (or one of its subclasses) whose one-line message names the file,
+the problem and the fix: whatever a decoder raises, a batch of files never stops on one of them.
+Sizes are checked from the header before any pixel is decoded (decompression bombs).
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import threading
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pneumoscan.errors import InputError
+from pneumoscan.errors import ImageTooLargeError, InputError, UnsupportedFormatError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pydicom.dataset import Dataset
 
 logger = logging.getLogger(__name__)
 
-# Pillow's decompression-bomb guard, made explicit: a full-size radiograph is under 10 Mpx, so
-# anything above 60 Mpx is refused before it is decoded.
-MAX_IMAGE_PIXELS = 60_000_000
+# A full-size radiograph is under 10 Mpx; anything above this is refused from its header, before
+# a pixel is decoded. `read_image(..., max_pixels=...)` changes it per call.
+MAX_IMAGE_PIXELS = 50_000_000
+# Files are read whole into memory; a radiograph is tens of MB at most.
+MAX_FILE_BYTES = 512 * 1024 * 1024
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
+RASTER_FORMATS = ("JPEG", "PNG")
 
 _DICOM_MAGIC_OFFSET = 128
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+_NOT_AN_IMAGE = "not a JPEG, PNG or DICOM image; pneumoscan reads chest radiographs only."
+
+# `warnings.catch_warnings` swaps process-wide state, so two threads decoding at once would
+# restore each other's filters. Decoders run under this lock; inference runs outside it.
+_DECODER_LOCK = threading.Lock()
 
 
 def is_dicom(data: bytes) -> bool:
@@ -34,59 +53,121 @@ def is_dicom(data: bytes) -> bool:
     return data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == b"DICM"
 
 
-def read_image(source: Path | str | bytes, name: str | None = None) -> np.ndarray:
-    """Decode a file or its bytes into a 2-D float32 array in [0, 1].
+def read_image(
+    source: Path | str | bytes | Dataset,
+    name: str | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> np.ndarray:
+    """Decode a file, its bytes or a pydicom Dataset into a 2-D float32 array in [0, 1].
 
-    Raises InputError naming the file, the problem and the fix; never a raw decoder error.
+    `name` labels the input in messages (default: the path, or `<upload>` for bytes). Raises
+    `UnsupportedFormatError` for content that is no JPEG/PNG/DICOM, `ImageTooLargeError` for more
+    than `max_pixels` pixels (checked before decoding) and `InputError` for anything else that
+    cannot be read; never a raw decoder error.
     """
-    if isinstance(source, bytes):
-        data, label = source, name or "<upload>"
-    else:
-        path = Path(source)
-        label = name or str(path)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
-            raise InputError(f"{label}: file not found.") from None
-        except IsADirectoryError:
-            raise InputError(f"{label}: is a folder, not an image file.") from None
-        except OSError as error:
-            raise InputError(f"{label}: cannot be read ({error.strerror}).") from None
-    if not data:
-        raise InputError(f"{label}: file is empty (0 bytes); re-export or re-download it.")
-    if is_dicom(data):
-        return _read_dicom(data, label)
-    return _read_raster(data, label)
-
-
-def _read_raster(data: bytes, label: str) -> np.ndarray:
+    label = name or (str(source) if isinstance(source, (str, Path)) else "<upload>")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as image:
-                width, height = image.size
-                if width * height > MAX_IMAGE_PIXELS:
-                    raise InputError(
-                        f"{label}: image is {width}x{height} px, over the {MAX_IMAGE_PIXELS:,} px "
-                        "limit for safe decoding; downscale it first."
-                    )
-                image.load()
-                return _to_gray_unit(image, label)
+        if _is_pydicom_dataset(source):
+            return _decoded(lambda: _dicom_pixels(source, label, max_pixels), label)
+        data = (
+            source if isinstance(source, (bytes, bytearray)) else _read_bytes(Path(source), label)
+        )
+        if not data:
+            raise InputError(f"{label}: file is empty (0 bytes); re-export or re-download it.")
+        if is_dicom(data):
+            return _decoded(lambda: _read_dicom(bytes(data), label, max_pixels), label)
+        return _decoded(lambda: _read_raster(bytes(data), label, max_pixels), label)
+    except InputError:
+        raise
+    except MemoryError:
+        raise ImageTooLargeError(
+            f"{label}: not enough memory to decode this image; downscale it first."
+        ) from None
+    except Exception as error:  # the last line of defence: one bad file never stops a batch
+        raise InputError(
+            f"{label}: could not be read as an image ({type(error).__name__}); "
+            "re-export it as PNG, JPEG or uncompressed DICOM."
+        ) from None
+
+
+def _read_bytes(path: Path, label: str) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageTooLargeError(
+                f"{label}: file is {size / 1e6:.0f} MB, over the {MAX_FILE_BYTES / 1e6:.0f} MB "
+                "limit for one radiograph; downscale it first."
+            )
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{label}: file not found.") from None
+    except IsADirectoryError:
+        raise InputError(f"{label}: is a folder, not an image file.") from None
+    except OSError as error:
+        raise InputError(f"{label}: cannot be read ({error.strerror or error}).") from None
+
+
+@contextmanager
+def _quiet_decoders() -> Iterator[list]:
+    """Third-party warnings (pydicom's header checks, Pillow's) are recorded, never printed; the
+    file's own error message says what went wrong when it matters."""
+    with _DECODER_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+
+
+def _decoded(decode: Callable[[], np.ndarray], label: str) -> np.ndarray:
+    with _quiet_decoders() as caught:
+        image = decode()
+    if caught:
+        # Counted, not quoted: a DICOM warning can quote a header value, and those stay private.
+        logger.debug("%d decoder warning(s) suppressed", len(caught))
+    return _checked(image, label)
+
+
+def _checked(image: np.ndarray, label: str) -> np.ndarray:
+    """The pixel contract, enforced: 2-D, not empty, finite, float32 in [0, 1]."""
+    if image.ndim != 2 or image.size == 0:
+        raise InputError(
+            f"{label}: decoded to an array of shape {image.shape}, not a 2-D image; "
+            "export a single grayscale frame."
+        )
+    image = image.astype(np.float32, copy=False)
+    if not np.isfinite(image).all():
+        raise InputError(f"{label}: pixel values are not finite (NaN or infinity); re-export it.")
+    return np.clip(image, 0.0, 1.0)
+
+
+def _too_large(label: str, width: int, height: int, max_pixels: int, frames: int = 1) -> None:
+    if width * height * max(frames, 1) > max_pixels:
+        extra = f" x {frames} frames" if frames > 1 else ""
+        raise ImageTooLargeError(
+            f"{label}: image is {width}x{height} px{extra}, over the {max_pixels:,} px limit for "
+            "safe decoding; downscale it first."
+        )
+
+
+def _read_raster(data: bytes, label: str, max_pixels: int) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data), formats=RASTER_FORMATS) as image:
+            width, height = image.size
+            _too_large(label, width, height, max_pixels)  # from the header: nothing decoded yet
+            image.load()
+            return _to_gray_unit(image)
     except UnidentifiedImageError:
-        raise InputError(
-            f"{label}: not a JPEG, PNG or DICOM image; pneumoscan reads chest radiographs only."
-        ) from None
+        raise UnsupportedFormatError(f"{label}: {_NOT_AN_IMAGE}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(
-            f"{label}: image is too large to decode safely (over {MAX_IMAGE_PIXELS:,} px)."
+        raise ImageTooLargeError(
+            f"{label}: image is too large to decode safely (over {max_pixels:,} px)."
         ) from None
-    except (OSError, SyntaxError, ValueError) as error:
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as error:
+        detail = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
         raise InputError(
-            f"{label}: image data is truncated or corrupt ({error}); re-export the file."
+            f"{label}: image data is truncated or corrupt ({detail}); re-export the file."
         ) from None
 
 
-def _to_gray_unit(image: Image.Image, label: str) -> np.ndarray:
+def _to_gray_unit(image: Image.Image) -> np.ndarray:
     """Any Pillow mode to grayscale in [0, 1], keeping the full precision of 16-bit images."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         return np.asarray(image, dtype=np.float32) / 65535.0
@@ -107,23 +188,73 @@ def _to_gray_unit(image: Image.Image, label: str) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
-def _read_dicom(data: bytes, label: str) -> np.ndarray:
+def _is_pydicom_dataset(source) -> bool:
+    if isinstance(source, (str, Path, bytes, bytearray)):
+        return False
+    try:
+        from pydicom.dataset import Dataset
+    except ImportError:  # pragma: no cover - pydicom is a core dependency
+        return False
+    return isinstance(source, Dataset)
+
+
+def _read_dicom(data: bytes, label: str, max_pixels: int) -> np.ndarray:
     try:
         import pydicom
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:  # pragma: no cover - pydicom is a core dependency
         raise InputError(f"{label}: reading DICOM needs pydicom: pip install pydicom") from None
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
     except Exception as error:  # pydicom raises many unrelated types for broken files
-        raise InputError(f"{label}: unreadable DICOM ({error}).") from None
-    photometric = str(dataset.get("PhotometricInterpretation", "")).upper()
-    if photometric not in _MONOCHROME:
+        # The type only: pydicom's message can quote header values, patient fields included.
         raise InputError(
-            f"{label}: DICOM has PhotometricInterpretation '{photometric or 'missing'}'; pneumoscan "
+            f"{label}: unreadable DICOM ({type(error).__name__} while parsing the header); "
+            "re-export the study."
+        ) from None
+    return _dicom_pixels(dataset, label, max_pixels)
+
+
+def _header_int(dataset, keyword: str, default: int, label: str) -> int:
+    """An integer header value; a malformed one is an InputError naming the field."""
+    try:
+        value = dataset.get(keyword, default)
+        if value is None or value == "":
+            return default
+        return int(float(value))
+    except Exception:  # invalid IS/US values surface as many types, on access or conversion
+        raise InputError(
+            f"{label}: DICOM {keyword} is not a valid number; fix the header or re-export the study."
+        ) from None
+
+
+def _header_float(dataset, keyword: str, default: float, label: str) -> float:
+    try:
+        value = dataset.get(keyword, default)
+        value = float(value if value not in (None, "") else default)
+    except Exception:
+        raise InputError(
+            f"{label}: DICOM {keyword} is not a valid number; fix the header or re-export the study."
+        ) from None
+    if not np.isfinite(value):
+        raise InputError(f"{label}: DICOM {keyword} is not finite; fix the header.")
+    return value
+
+
+def _dicom_pixels(dataset, label: str, max_pixels: int) -> np.ndarray:
+    """Pixels of a parsed dataset, checked field by field before anything is decoded."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        photometric = str(dataset.get("PhotometricInterpretation", "") or "").strip().upper()
+    except Exception:
+        photometric = "unreadable"
+    if photometric not in _MONOCHROME:
+        shown = photometric[:24] if photometric.isprintable() else "unreadable"
+        raise InputError(
+            f"{label}: DICOM has PhotometricInterpretation '{shown or 'missing'}'; pneumoscan "
             "reads grayscale radiographs only. Export the study as MONOCHROME2."
         )
-    frames = int(dataset.get("NumberOfFrames", 1) or 1)
+    frames = _header_int(dataset, "NumberOfFrames", 1, label)
     if frames > 1:
         raise InputError(
             f"{label}: DICOM has {frames} frames; pneumoscan reads single-frame radiographs only. "
@@ -133,16 +264,27 @@ def _read_dicom(data: bytes, label: str) -> np.ndarray:
         raise InputError(
             f"{label}: DICOM has no pixel data (is it a report or a structured document?)."
         )
+    rows = _header_int(dataset, "Rows", 0, label)
+    columns = _header_int(dataset, "Columns", 0, label)
+    if rows <= 0 or columns <= 0:
+        raise InputError(f"{label}: DICOM has {rows}x{columns} pixels; re-export the study.")
+    _too_large(label, columns, rows, max_pixels, frames)
     try:
         pixels = dataset.pixel_array
     except Exception as error:  # missing decoders and damaged pixel data both land here
-        syntax = getattr(dataset.file_meta, "TransferSyntaxUID", None)
-        name = getattr(syntax, "name", syntax)
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        syntax_name = getattr(syntax, "name", syntax) or "unknown"
+        detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
         raise InputError(
-            f"{label}: cannot decode DICOM pixel data (transfer syntax {name}: {error}). "
+            f"{label}: cannot decode DICOM pixel data (transfer syntax {syntax_name}: {detail}). "
             "Install pydicom's optional decoders (pip install pylibjpeg pylibjpeg-libjpeg "
             "pylibjpeg-openjpeg) or export the study uncompressed."
         ) from None
+    if pixels.ndim != 2:
+        raise InputError(
+            f"{label}: DICOM pixel data has shape {pixels.shape}, not one grayscale frame; "
+            "export a single-frame MONOCHROME2 study."
+        )
     values = apply_modality_lut(pixels, dataset).astype(np.float64)
     if "VOILUTSequence" in dataset:
         image = _min_max(apply_voi_lut(values, dataset))
@@ -151,30 +293,39 @@ def _read_dicom(data: bytes, label: str) -> np.ndarray:
             values = apply_voi_lut(values, dataset)
         # Scale by the range the stored bits can hold (not this image's min and max), as a 16-bit
         # PNG is scaled by 65535: the same film exported either way gives the same numbers.
-        low, high = _stored_range(dataset)
+        low, high = _stored_range(dataset, label)
         image = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
     if photometric == "MONOCHROME1":
         image = 1.0 - image
     return image
 
 
-def _stored_range(dataset) -> tuple[float, float]:
+def _stored_range(dataset, label: str) -> tuple[float, float]:
     """The modality-LUT output range of the stored bits (windowing keeps this range)."""
-    bits = int(dataset.get("BitsStored", dataset.get("BitsAllocated", 16)))
-    if int(dataset.get("PixelRepresentation", 0)) == 1:
+    allocated = _header_int(dataset, "BitsAllocated", 16, label)
+    bits = _header_int(dataset, "BitsStored", allocated, label)
+    if not 1 <= bits <= 32:
+        raise InputError(f"{label}: DICOM BitsStored is {bits}; expected 1 to 32. Fix the header.")
+    if _header_int(dataset, "PixelRepresentation", 0, label) == 1:
         raw_low, raw_high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     else:
         raw_low, raw_high = 0, 2**bits - 1
-    slope = float(dataset.get("RescaleSlope", 1) or 1)
-    intercept = float(dataset.get("RescaleIntercept", 0) or 0)
+    slope = _header_float(dataset, "RescaleSlope", 1.0, label) or 1.0
+    intercept = _header_float(dataset, "RescaleIntercept", 0.0, label)
     low, high = sorted((raw_low * slope + intercept, raw_high * slope + intercept))
+    if high <= low:
+        raise InputError(f"{label}: DICOM stored range is empty; fix BitsStored or RescaleSlope.")
     return low, high
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:
-    low, high = float(np.min(values)), float(np.max(values))
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.zeros(values.shape, dtype=np.float32)
+    low, high = float(finite.min()), float(finite.max())
     if high <= low:
-        return np.zeros_like(values, dtype=np.float32)
+        return np.zeros(values.shape, dtype=np.float32)
     return ((values - low) / (high - low)).astype(np.float32)
 
 

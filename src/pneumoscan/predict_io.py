@@ -1,59 +1,82 @@
-"""CSV and JSON files of predictions, each carrying the not-a-diagnostic-device notice."""
+"""CSV and JSON files of predictions, each row and document carrying the not-a-diagnostic-device
+notice. The columns and keys are defined here once; README.md documents them and
+tests/test_outputs.py reads them back with csv, json and pandas.
+
+CSV columns: file, status, label, p_<class> (one per class, in the model's order), threshold,
+gate_score, message, model, model_version, notice. Empty cells mean "not applicable" (no label
+unless status is ok; no probabilities for not_chest_xray or error; no gate score with --no-gate).
+"""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from pneumoscan.fileio import atomic_write_text
 from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
-from pneumoscan.runtime import OnnxModel, Prediction
+from pneumoscan.runtime import OnnxModel, Result, summarize
+
+JSON_MODEL_KEYS = ("name", "model_version", "task", "class_names", "threshold", "temperature")
 
 
-def write_csv(path: Path, results: list[Prediction], model: OnnxModel) -> None:
+def csv_columns(class_names: Sequence[str]) -> list[str]:
+    return [
+        "file",
+        "status",
+        "label",
+        *[f"p_{name}" for name in class_names],
+        "threshold",
+        "gate_score",
+        "message",
+        "model",
+        "model_version",
+        "notice",
+    ]
+
+
+def _number(value: float | None, digits: int = 6) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def csv_row(result: Result, class_names: Sequence[str]) -> list[str]:
+    row = [
+        result.source,
+        result.status,
+        result.label or "",
+        *[_number(result.probabilities.get(name)) for name in class_names],
+        _number(result.threshold),
+        _number(result.gate_score, 4),
+        result.message or "",
+        result.model_name or "",
+        result.model_version or "",
+        result.notice,
+    ]
+    return row
+
+
+def write_csv(path: Path, results: list[Result], model: OnnxModel) -> None:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(
-        [
-            "file",
-            "status",
-            "label",
-            *[f"p_{n}" for n in model.class_names],
-            "threshold",
-            "message",
-            "notice",
-        ]
-    )
-    for result in results:
-        probabilities = [
-            f"{result.probabilities[n]:.6f}" if result.probabilities else ""
-            for n in model.class_names
-        ]
-        threshold = "" if result.threshold is None else f"{result.threshold:.6f}"
-        writer.writerow(
-            [
-                result.source,
-                result.status,
-                result.label or "",
-                *probabilities,
-                threshold,
-                "" if result.ood_score is None else f"{result.ood_score:.4f}",
-                result.message or "",
-                NOT_DIAGNOSTIC_NOTICE,
-            ]
-        )
+    writer.writerow(csv_columns(model.class_names))
+    writer.writerows(csv_row(result, model.class_names) for result in results)
     atomic_write_text(Path(path), buffer.getvalue())
 
 
-def write_json(path: Path, results: list[Prediction], model: OnnxModel) -> None:
+def write_json(path: Path, results: list[Result], model: OnnxModel) -> None:
+    """{notice, model: {name, model_version, ...}, summary: {predicted, ...}, predictions: [...]}"""
+    summary = summarize(results)
     document = {
         "notice": NOT_DIAGNOSTIC_NOTICE,
-        "model": {
-            key: model.metadata[key]
-            for key in ("name", "model_version", "task", "class_names", "threshold", "temperature")
+        "model": {key: model.metadata.get(key) for key in JSON_MODEL_KEYS},
+        "summary": {
+            "predicted": summary.predicted,
+            "indeterminate": summary.indeterminate,
+            "not_chest_xray": summary.not_chest_xray,
+            "failed": summary.failed,
         },
-        "predictions": [result.to_dict() for result in results],
+        "predictions": [result.to_dict(heatmap="path") for result in results],
     }
     atomic_write_text(Path(path), json.dumps(document, indent=2))

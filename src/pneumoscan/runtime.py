@@ -1,27 +1,62 @@
-"""Prediction on ONNX Runtime: file -> calibrated probabilities, label and heatmap. Never imports torch.
+"""Prediction on ONNX Runtime: input -> calibrated probabilities, decision and heatmap. Never imports torch.
 
-The same two functions as training prepare every input (`images.read_image`, then
-`preprocess.prepare` with the spec from the model's metadata), so serving matches training by
-construction. Temperature and threshold come from the ONNX metadata, chosen on validation.
+Three layers that the CLI, the Python API (`pneumoscan.api`) and the server all share:
+
+- the pure path, `predict_pixels`: a decoded [0, 1] image -> `Result`;
+- the batch path, `predict_many`: files, bytes, arrays or DICOM datasets -> `Result`s, in order,
+  decoding on worker threads while the model runs, so both cores work; whatever goes wrong with
+  one input becomes that input's `error` result and the batch goes on;
+- one summary of outcomes, `summarize`, with the counts and the exit code.
+
+Every input is prepared by the same two functions as in training (`images.read_image`, then
+`preprocess.prepare` with the spec from the model's metadata). Temperature, threshold and the
+decision rule come from `decision`, the module training and export use too.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import logging
 import os
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from pneumoscan.errors import InputError, ModelFileError
-from pneumoscan.images import read_image
+from pneumoscan.decision import (
+    METADATA_KEY,
+    ONNX_METADATA_FORMAT,
+    REQUIRED_METADATA_KEYS,
+    calibrated_probabilities,
+    decide,
+    is_indeterminate,
+)
+from pneumoscan.errors import InputError, ModelFileError, PneumoscanError
+from pneumoscan.fileio import atomic_write
+from pneumoscan.images import MAX_IMAGE_PIXELS, read_image
 from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.preprocess import PreprocessSpec, prepare, resize_square
 from pneumoscan.shipped import resolve_model
 
-METADATA_KEY = "pneumoscan"
+logger = logging.getLogger(__name__)
+
+# Result.status values, and how each is shown to a person.
+OK, INDETERMINATE, NOT_CHEST_XRAY, ERROR = "ok", "indeterminate", "not_chest_xray", "error"
+STATUSES = (OK, INDETERMINATE, NOT_CHEST_XRAY, ERROR)
+STATUS_TEXT = {
+    OK: "predicted",
+    INDETERMINATE: "indeterminate",
+    NOT_CHEST_XRAY: "not a chest X-ray",
+    ERROR: "error",
+}
+HEATMAP_SIZE = 512
+BATCH_SIZE = 16
 
 
 class OnnxModel:
@@ -33,6 +68,9 @@ class OnnxModel:
         path = Path(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        # Decoding runs beside inference on the same cores: idle ONNX threads must not spin.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
             self.session = ort.InferenceSession(
@@ -48,6 +86,13 @@ class OnnxModel:
                 f"{path}: ONNX file has no pneumoscan metadata; export it with `pneumoscan export`."
             )
         self.metadata = json.loads(raw)
+        version = self.metadata.get("format", ONNX_METADATA_FORMAT)
+        missing = [key for key in REQUIRED_METADATA_KEYS if key not in self.metadata]
+        if version != ONNX_METADATA_FORMAT or missing:
+            raise ModelFileError(
+                f"{path}: metadata format {version!r} (missing {', '.join(missing) or 'nothing'}); "
+                f"this pneumoscan reads {ONNX_METADATA_FORMAT}. Re-export it with `pneumoscan export`."
+            )
         self.path = path
         self.class_names: tuple[str, ...] = tuple(self.metadata["class_names"])
         self.threshold: float | None = self.metadata.get("threshold")
@@ -56,6 +101,8 @@ class OnnxModel:
         self.has_cam = bool(self.metadata.get("has_cam"))
         self.ood_threshold: float | None = self.metadata.get("ood_threshold") if gate else None
         self.output_names = [output.name for output in self.session.get_outputs()]
+        self.name: str = str(self.metadata.get("name", path.stem))
+        self.version: str = str(self.metadata.get("model_version", self.name))
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """All outputs by name, with `probabilities` (temperature-calibrated) instead of logits."""
@@ -65,10 +112,7 @@ class OnnxModel:
                 self.session.run(None, {"image": batch.astype(np.float32, copy=False)}),
             )
         )
-        scaled = outputs.pop("logits").astype(np.float64) / self.temperature
-        scaled -= scaled.max(axis=1, keepdims=True)
-        exp = np.exp(scaled)
-        outputs["probabilities"] = exp / exp.sum(axis=1, keepdims=True)
+        outputs["probabilities"] = calibrated_probabilities(outputs.pop("logits"), self.temperature)
         return outputs
 
     def probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -93,34 +137,13 @@ class OnnxModel:
         return self.ood_threshold is not None and score > self.ood_threshold
 
     def label_index(self, probabilities: np.ndarray) -> int:
-        if self.threshold is not None and len(probabilities) == 2:
-            return int(probabilities[1] >= self.threshold)
-        return int(np.argmax(probabilities))
-
-
-NOT_A_CHEST_XRAY = "not a chest X-ray"
-INDETERMINATE = "indeterminate"
-
-
-@dataclass
-class Prediction:
-    source: str
-    status: str  # ok | rejected (out of distribution) | error
-    label: str | None = None
-    probabilities: dict[str, float] = field(default_factory=dict)
-    threshold: float | None = None
-    ood_score: float | None = None
-    message: str | None = None
-    heatmap: str | None = None
-    notice: str = NOT_DIAGNOSTIC_NOTICE
-
-    def to_dict(self) -> dict:
-        return {key: value for key, value in self.__dict__.items()}
+        return decide(probabilities, self.threshold, self.class_names)
 
 
 def load_runtime_model(
     reference: str | Path = "binary", threads: int | None = None, gate: bool = True
 ) -> OnnxModel:
+    """A shipped model name (`binary`, `three-class`) or a path to an exported .onnx file."""
     path = resolve_model(reference, suffix=".onnx")
     if path.suffix != ".onnx":
         raise ModelFileError(
@@ -130,88 +153,458 @@ def load_runtime_model(
     return OnnxModel(path, threads=threads, gate=gate)
 
 
-def predict_image(
+# --- results -------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    """One input's outcome. `status` is one of STATUSES; `label` is set only when it is `ok`;
+    `probabilities` are empty for `not_chest_xray` and `error`."""
+
+    source: str
+    status: str
+    label: str | None = None
+    probabilities: dict[str, float] = field(default_factory=dict)
+    threshold: float | None = None
+    gate_score: float | None = None
+    message: str | None = None
+    heatmap: Image.Image | None = None
+    model_name: str | None = None
+    model_version: str | None = None
+    notice: str = NOT_DIAGNOSTIC_NOTICE
+    heatmap_path: str | None = None
+
+    def heatmap_array(self) -> np.ndarray | None:
+        """The heatmap overlay as an (H, W, 3) uint8 array, or None."""
+        if self.heatmap is not None:
+            return np.asarray(self.heatmap.convert("RGB"), dtype=np.uint8)
+        if self.heatmap_path is not None:
+            with Image.open(self.heatmap_path) as image:
+                return np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return None
+
+    def to_dict(self, heatmap: str = "omit") -> dict:
+        """JSON-ready. heatmap: `omit` (no key), `base64` (a base64 PNG string or null) or
+        `path` (the file it was saved to, or null)."""
+        document = {
+            "source": self.source,
+            "status": self.status,
+            "label": self.label,
+            "probabilities": dict(self.probabilities),
+            "threshold": self.threshold,
+            "gate_score": self.gate_score,
+            "message": self.message,
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "notice": self.notice,
+        }
+        if heatmap == "base64":
+            document["heatmap"] = _png_base64(self.heatmap, self.heatmap_path)
+        elif heatmap == "path":
+            document["heatmap"] = self.heatmap_path
+        elif heatmap != "omit":
+            raise ValueError(f"heatmap={heatmap!r}: choose omit, base64 or path")
+        return document
+
+
+def _png_base64(image: Image.Image | None, path: str | None) -> str | None:
+    if image is not None:
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG", compress_level=1)
+        return base64.b64encode(buffer.getvalue()).decode("ascii")
+    if path is not None:
+        return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Counts of each outcome; the exit code is 1 when any input failed."""
+
+    predicted: int
+    indeterminate: int
+    not_chest_xray: int
+    failed: int
+
+    @property
+    def total(self) -> int:
+        return self.predicted + self.indeterminate + self.not_chest_xray + self.failed
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def text(self) -> str:
+        return (
+            f"{self.predicted} predicted, {self.indeterminate} indeterminate, "
+            f"{self.not_chest_xray} not a chest X-ray, {self.failed} failed. {NOT_DIAGNOSTIC_NOTICE}"
+        )
+
+
+def summarize(results: Iterable[Result]) -> Summary:
+    counts = dict.fromkeys(STATUSES, 0)
+    for result in results:
+        counts[result.status] += 1
+    return Summary(counts[OK], counts[INDETERMINATE], counts[NOT_CHEST_XRAY], counts[ERROR])
+
+
+# --- inputs --------------------------------------------------------------------------------
+
+
+def source_label(item, source: str | None = None) -> str:
+    """How an input is named in results: the given source, a path as given, or a placeholder
+    (uploads and arrays are never named after anything inside them)."""
+    if source is not None:
+        return str(source)
+    if isinstance(item, (str, Path)):
+        return str(item)
+    if isinstance(item, (bytes, bytearray)):
+        return "<upload>"
+    if isinstance(item, np.ndarray):
+        return "<array>"
+    return "<dicom>" if type(item).__name__ in ("Dataset", "FileDataset") else "<input>"
+
+
+def pixels_from_array(array: np.ndarray, label: str = "<array>") -> np.ndarray:
+    """The array contract: 2-D grayscale; float in [0, 1], or uint8 / uint16 with the range their
+    dtype implies (0..255, 0..65535). Anything else is an InputError, never a silent rescale."""
+    if array.ndim != 2 or array.size == 0:
+        raise InputError(
+            f"{label}: array of shape {array.shape}; pass a 2-D grayscale image (H, W) "
+            "(convert colour first, e.g. PIL's .convert('L'))."
+        )
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if np.issubdtype(array.dtype, np.floating):
+        pixels = array.astype(np.float32)
+        if not np.isfinite(pixels).all():
+            raise InputError(f"{label}: array holds NaN or infinity; pass finite values in [0, 1].")
+        low, high = float(pixels.min()), float(pixels.max())
+        if low < 0.0 or high > 1.0:
+            raise InputError(
+                f"{label}: float pixels range {low:g}..{high:g}; float input must be in [0, 1] "
+                "(divide by the bit depth's maximum, or pass uint8 / uint16)."
+            )
+        return pixels
+    raise InputError(
+        f"{label}: array dtype {array.dtype}; pass uint8 (0..255), uint16 (0..65535) or float "
+        "in [0, 1]."
+    )
+
+
+def decode_input(item, label: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Any accepted input -> the [0, 1] 2-D pixel contract, or an InputError."""
+    if isinstance(item, np.ndarray):
+        return pixels_from_array(item, label)
+    if isinstance(item, (str, Path, bytes, bytearray)) or type(item).__name__ in (
+        "Dataset",
+        "FileDataset",
+    ):
+        return read_image(item, name=label, max_pixels=max_pixels)
+    raise InputError(
+        f"{label}: cannot predict on a {type(item).__name__}; pass a path, bytes, a 2-D numpy "
+        "array or a pydicom Dataset."
+    )
+
+
+@dataclass
+class _Prepared:
+    """One input ready for the model (or the reason it is not)."""
+
+    source: str
+    tensor: np.ndarray | None = None  # (C, size, size), the model's input
+    base: np.ndarray | None = None  # the film squared for the heatmap overlay
+    error: str | None = None
+
+
+def _prepare(
+    model: OnnxModel, item, source: str, heatmap: bool, max_pixels: int, raising: bool = False
+) -> _Prepared:
+    try:
+        image = decode_input(item, source, max_pixels)
+        base = resize_square(image, HEATMAP_SIZE) if heatmap and model.has_cam else None
+        return _Prepared(source, prepare(image, model.spec), base)
+    except PneumoscanError as error:
+        if raising:
+            raise
+        return _Prepared(source, error=" ".join(str(error).split()))
+    except Exception as error:  # a bug or a decoder surprise: this input fails, the batch goes on
+        if raising:
+            raise InputError(f"{source}: could not be prepared ({type(error).__name__}).") from None
+        return _Prepared(
+            source, error=f"{source}: could not be prepared ({type(error).__name__}); skipped."
+        )
+
+
+def _infer(
+    model: OnnxModel, prepared: Sequence[_Prepared], margin: float
+) -> tuple[list[Result], np.ndarray | None]:
+    """Results for a batch, and the class maps to draw (one per result, None where not drawn)."""
+    ready = [index for index, item in enumerate(prepared) if item.error is None]
+    results: list[Result | None] = [None] * len(prepared)
+    maps: list[np.ndarray | None] = [None] * len(prepared)
+    outputs = None
+    if ready:
+        try:
+            outputs = model.run(np.stack([prepared[i].tensor for i in ready]))
+        except Exception as error:  # one odd input must not sink its batch: retry one by one
+            if len(ready) > 1:
+                partial = [_infer(model, [prepared[i]], margin) for i in ready]
+                for index, (one, one_map) in zip(ready, partial):
+                    results[index], maps[index] = one[0], one_map[0]
+                ready = []
+            else:
+                prepared[ready[0]].error = (
+                    f"{prepared[ready[0]].source}: the model failed on this input "
+                    f"({type(error).__name__}); skipped."
+                )
+                ready = []
+    for row, index in enumerate(ready):
+        results[index], maps[index] = _decide(model, outputs, row, prepared[index].source, margin)
+    for index, item in enumerate(prepared):
+        if results[index] is None:
+            results[index] = _error(model, item.source, item.error or "unknown error")
+    return results, maps
+
+
+def _error(model: OnnxModel, source: str, message: str) -> Result:
+    return Result(
+        source=source,
+        status=ERROR,
+        message=message,
+        model_name=model.name,
+        model_version=model.version,
+    )
+
+
+def _decide(
+    model: OnnxModel, outputs: dict[str, np.ndarray], row: int, source: str, margin: float
+) -> tuple[Result, np.ndarray | None]:
+    """The decision for one row of a batch's outputs (the one place results are built)."""
+    probabilities = outputs["probabilities"][row]
+    score = float(outputs["ood_score"][row]) if "ood_score" in outputs else None
+    common = {
+        "source": source,
+        "gate_score": score,
+        "model_name": model.name,
+        "model_version": model.version,
+    }
+    if score is not None and model.is_out_of_distribution(score):
+        message = f"{source}: does not look like a frontal chest radiograph; no prediction made."
+        return Result(status=NOT_CHEST_XRAY, message=message, **common), None
+    index = decide(probabilities, model.threshold, model.class_names)
+    named = {name: float(p) for name, p in zip(model.class_names, probabilities)}
+    cams = outputs.get("cam")
+    # Binary: the map of pneumonia evidence; three-class: of the predicted class.
+    shown = 1 if len(model.class_names) == 2 else index
+    class_map = cams[row, shown] if cams is not None else None
+    if is_indeterminate(probabilities, model.threshold, margin):
+        message = (
+            f"{source}: P({model.class_names[1]}) {probabilities[1]:.3f} is within {margin:g} of "
+            f"the threshold {model.threshold:.3f}; too close to call."
+        )
+        return (
+            Result(
+                status=INDETERMINATE,
+                probabilities=named,
+                threshold=model.threshold,
+                message=message,
+                **common,
+            ),
+            class_map,
+        )
+    result = Result(
+        status=OK,
+        label=model.class_names[index],
+        probabilities=named,
+        threshold=model.threshold,
+        **common,
+    )
+    return result, class_map
+
+
+# --- the pure path and the batch path ------------------------------------------------------
+
+
+def predict_pixels(
     model: OnnxModel,
     image: np.ndarray,
-    source: str,
-    heatmap_path: Path | None = None,
+    source: str = "<array>",
+    heatmap: bool = False,
     indeterminate_margin: float = 0.0,
-) -> Prediction:
-    """One decoded image ([0, 1] 2-D array) -> Prediction (and a heatmap PNG when asked).
+) -> Result:
+    """One decoded image (2-D float in [0, 1]) -> Result, with the heatmap as an image if asked.
 
-    An input the gate finds unlike any training film gets `not a chest X-ray` and no diagnosis.
-    With `indeterminate_margin` > 0, a binary probability within that distance of the threshold
-    is reported as `indeterminate`.
+    An input the gate finds unlike any training film gets `not_chest_xray` and no diagnosis. With
+    `indeterminate_margin` > 0, a binary probability within that distance of the threshold is
+    reported as `indeterminate`.
     """
-    outputs = model.run(prepare(image, model.spec)[None])
-    probabilities = outputs["probabilities"][0]
-    score = float(outputs["ood_score"][0]) if "ood_score" in outputs else None
-    if score is not None and model.is_out_of_distribution(score):
-        return Prediction(
-            source=source,
-            status="rejected",
-            label=NOT_A_CHEST_XRAY,
-            ood_score=score,
-            message=f"{source}: does not look like a frontal chest radiograph; no prediction made.",
-        )
-    index = model.label_index(probabilities)
-    label = model.class_names[index]
-    if (
-        indeterminate_margin > 0
-        and model.threshold is not None
-        and abs(probabilities[1] - model.threshold) < indeterminate_margin
-    ):
-        label = INDETERMINATE
-    prediction = Prediction(
-        source=source,
-        status="ok",
-        label=label,
-        probabilities={name: float(p) for name, p in zip(model.class_names, probabilities)},
-        threshold=model.threshold,
-        ood_score=score,
-    )
-    cams = outputs.get("cam")
-    if heatmap_path is not None and cams is not None:
-        # Binary: the map of pneumonia evidence; three-class: of the predicted class.
-        shown = 1 if len(model.class_names) == 2 else index
-        overlay = render_heatmap(image, cams[0, shown])
-        heatmap_path.parent.mkdir(parents=True, exist_ok=True)
-        overlay.save(heatmap_path)
-        prediction.heatmap = str(heatmap_path)
-    return prediction
+    prepared = _prepare(model, image, source, heatmap, MAX_IMAGE_PIXELS, raising=True)
+    results, maps = _infer(model, [prepared], indeterminate_margin)
+    _attach_heatmaps(results, maps, [prepared])
+    return results[0]
 
 
-def predict_file(
+def predict_one(
     model: OnnxModel,
-    path: Path | str,
-    heatmap_path: Path | None = None,
+    item,
+    source: str | None = None,
+    heatmap: bool = False,
     indeterminate_margin: float = 0.0,
-) -> Prediction:
-    try:
-        image = read_image(path)
-    except InputError as error:
-        return Prediction(source=str(path), status="error", message=str(error))
-    return predict_image(model, image, str(path), heatmap_path, indeterminate_margin)
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> Result:
+    """One path, bytes, array or DICOM dataset -> Result. An unreadable input raises its
+    InputError subclass (the server maps them to HTTP codes); use `predict_many` not to raise."""
+    label = source_label(item, source)
+    prepared = _prepare(model, item, label, heatmap, max_pixels, raising=True)
+    results, maps = _infer(model, [prepared], indeterminate_margin)
+    _attach_heatmaps(results, maps, [prepared])
+    return results[0]
+
+
+def predict_many(
+    model: OnnxModel,
+    items: Sequence,
+    sources: Sequence[str | None] | None = None,
+    heatmap: bool = False,
+    heatmap_dir: Path | None = None,
+    indeterminate_margin: float = 0.0,
+    workers: int | None = None,
+    batch_size: int = BATCH_SIZE,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> Iterator[Result]:
+    """Results for every input, in order; never raises for one input.
+
+    Inputs are decoded and prepared on `workers` threads (default: the CPU count) while the model
+    runs batches of `batch_size` in this thread. With `heatmap_dir`, overlays are written there as
+    PNGs (`00012_<name>.png`, `heatmap_path` set, images not kept in memory); with `heatmap` only,
+    each result carries its overlay image.
+    """
+    labels = [
+        source_label(item, sources[index] if sources is not None else None)
+        for index, item in enumerate(items)
+    ]
+    draw = heatmap or heatmap_dir is not None
+    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    ahead = max(batch_size * 2, workers * 4)  # decoded inputs waiting: bounds memory
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pneumoscan") as pool:
+        pending: deque[Future] = deque()
+        submitted = 0
+
+        def top_up() -> None:
+            nonlocal submitted
+            while submitted < len(items) and len(pending) < ahead:
+                pending.append(
+                    pool.submit(
+                        _prepare, model, items[submitted], labels[submitted], draw, max_pixels
+                    )
+                )
+                submitted += 1
+
+        done = 0
+        top_up()
+        while pending:
+            batch = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
+            top_up()
+            results, maps = _infer(model, batch, indeterminate_margin)
+            if draw:
+                overlays = _render_batch(batch, maps)
+                if heatmap_dir is not None:
+                    saves = []
+                    for offset, (result, overlay) in enumerate(zip(results, overlays)):
+                        if overlay is not None:
+                            path = Path(heatmap_dir) / _heatmap_name(done + offset, result.source)
+                            saves.append(pool.submit(_save_png, overlay, path))
+                            result.heatmap_path = str(path)
+                    for save in saves:
+                        save.result()
+                else:
+                    for result, overlay in zip(results, overlays):
+                        result.heatmap = overlay
+            done += len(batch)
+            yield from results
+
+
+def _attach_heatmaps(results, maps, prepared) -> None:
+    for result, overlay in zip(results, _render_batch(prepared, maps)):
+        result.heatmap = overlay
+
+
+def _heatmap_name(index: int, source: str) -> str:
+    stem = Path(source).stem if not source.startswith("<") else "input"
+    safe = "".join(char if char.isalnum() or char in "-_." else "_" for char in stem)[:80]
+    return f"{index:05d}_{safe or 'input'}.png"
+
+
+def _save_png(image: Image.Image, path: Path) -> None:
+    # Fast zlib level: a 512 px overlay compresses almost as well and several times faster.
+    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=1))
+
+
+# --- heatmaps ------------------------------------------------------------------------------
+
+
+def _upsampling_matrix(source_size: int, size: int) -> np.ndarray:
+    """(size, source_size) bicubic interpolation weights (Keys, a = -0.5, as PIL's BICUBIC), pixel
+    centres aligned and edges clamped: upsampling a map is then one matrix product per axis."""
+    positions = (np.arange(size) + 0.5) * source_size / size - 0.5
+    base = np.floor(positions).astype(int)
+    weights = np.zeros((size, source_size), dtype=np.float64)
+    for step in (-1, 0, 1, 2):
+        distance = np.abs(positions - (base + step))
+        kernel = np.where(
+            distance <= 1,
+            1.5 * distance**3 - 2.5 * distance**2 + 1,
+            np.where(distance < 2, -0.5 * distance**3 + 2.5 * distance**2 - 4 * distance + 2, 0.0),
+        )
+        np.add.at(weights, (np.arange(size), np.clip(base + step, 0, source_size - 1)), kernel)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def render_heatmaps(bases: np.ndarray, class_maps: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Overlays for a whole batch at once: (N, S, S) films in [0, 1] under (N, h, w) class maps
+    -> (N, S, S, 3) uint8.
+
+    Each map is clipped at zero (evidence for the class), scaled to its own maximum, upsampled by
+    two small matrix products, coloured with the jet colormap and blended more strongly where it
+    is higher, so cold regions still show the film.
+    """
+    size = bases.shape[-1]
+    positive = np.maximum(class_maps, 0.0).astype(np.float32)
+    peak = positive.reshape(len(positive), -1).max(axis=1)
+    positive /= np.where(peak > 0, peak, 1.0)[:, None, None]
+    rows = _upsampling_matrix(positive.shape[1], size)
+    columns = _upsampling_matrix(positive.shape[2], size)
+    heat = np.clip(np.einsum("ij,njk,lk->nil", rows, positive, columns, optimize=True), 0.0, 1.0)
+    weight = alpha * np.sqrt(heat)
+    rgb = np.empty(heat.shape + (3,), dtype=np.float32)
+    for channel, offset in enumerate((3.0, 2.0, 1.0)):
+        colour = np.clip(1.5 - np.abs(4.0 * heat - offset), 0.0, 1.0)
+        rgb[..., channel] = (1.0 - weight) * bases + weight * colour
+    return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 
 def render_heatmap(
-    image: np.ndarray, class_map: np.ndarray, size: int = 512, alpha: float = 0.55
+    image: np.ndarray, class_map: np.ndarray, size: int = HEATMAP_SIZE
 ) -> Image.Image:
-    """The radiograph (squared, as the model saw it) under a jet-coloured class map.
-
-    The map is clipped at zero (evidence for the class), scaled to its own maximum, and blended
-    more strongly where it is higher, so cold regions still show the film.
-    """
+    """One overlay as a PIL image: the film squared (as the model saw it) under its class map."""
     base = resize_square(image, size)
-    positive = np.maximum(class_map, 0.0).astype(np.float32)
-    peak = positive.max()
-    heat = positive / peak if peak > 0 else positive
-    heat = np.clip(
-        np.asarray(Image.fromarray(heat).resize((size, size), Image.Resampling.BICUBIC)), 0.0, 1.0
-    )
-    colour = np.stack(
-        [np.clip(1.5 - np.abs(4 * heat - offset), 0.0, 1.0) for offset in (3, 2, 1)], axis=-1
-    )
-    weight = (alpha * np.sqrt(heat))[..., None]
-    rgb = (1 - weight) * base[..., None] + weight * colour
-    return Image.fromarray((rgb * 255).round().astype(np.uint8), mode="RGB")
+    return Image.fromarray(render_heatmaps(base[None], class_map[None])[0])
+
+
+def _render_batch(
+    prepared: Sequence[_Prepared], maps: Sequence[np.ndarray | None]
+) -> list[Image.Image | None]:
+    drawn = [
+        i for i, (p, m) in enumerate(zip(prepared, maps)) if m is not None and p.base is not None
+    ]
+    overlays: list[Image.Image | None] = [None] * len(prepared)
+    if drawn:
+        pixels = render_heatmaps(
+            np.stack([prepared[i].base for i in drawn]), np.stack([maps[i] for i in drawn])
+        )
+        for row, index in enumerate(drawn):
+            overlays[index] = Image.fromarray(pixels[row])
+    return overlays

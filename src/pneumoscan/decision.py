@@ -1,0 +1,53 @@
+"""The decision rule, written once: calibration, the class decision and the model-file metadata key.
+
+Training (threshold and temperature chosen on validation), export (metadata written into the ONNX
+file), evaluation and the runtime all import these, so the rule a model was validated with is the
+rule it is served with. numpy only: the lean runtime imports this module too.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# The ONNX metadata entry that holds pneumoscan's JSON metadata, and the format it is written in.
+METADATA_KEY = "pneumoscan"
+ONNX_METADATA_FORMAT = "pneumoscan-onnx/1"
+# Keys the runtime cannot work without; the rest (name, version, gate threshold...) are optional.
+REQUIRED_METADATA_KEYS = ("class_names", "preprocess")
+
+
+def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(logits / T) in float64, row by row (Guo et al. 2017's temperature scaling)."""
+    scaled = np.asarray(logits, dtype=np.float64) / float(temperature)
+    scaled = scaled - scaled.max(axis=-1, keepdims=True)
+    exp = np.exp(scaled)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def decide(
+    probabilities: np.ndarray, threshold: float | None, class_names: tuple[str, ...] | None = None
+) -> int | np.ndarray:
+    """The class index for one probability row, or an index array for an (N, classes) batch.
+
+    Binary with a threshold: class 1 when P(class 1) >= threshold (the threshold was chosen on
+    validation for the calibrated probability). Otherwise the most probable class.
+    """
+    probabilities = np.asarray(probabilities)
+    classes = probabilities.shape[-1]
+    if class_names is not None and len(class_names) != classes:
+        raise ValueError(f"{classes} probabilities for {len(class_names)} class names")
+    if threshold is not None and classes == 2:
+        chosen = (probabilities[..., 1] >= threshold).astype(np.int64)
+    else:
+        chosen = probabilities.argmax(axis=-1)
+    return int(chosen) if probabilities.ndim == 1 else chosen
+
+
+def is_indeterminate(probabilities: np.ndarray, threshold: float | None, margin: float) -> bool:
+    """Binary only: P(class 1) within `margin` of the threshold, too close to call."""
+    return (
+        margin > 0
+        and threshold is not None
+        and len(probabilities) == 2
+        and abs(float(probabilities[1]) - threshold) < margin
+    )
