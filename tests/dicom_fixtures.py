@@ -46,3 +46,16 @@ def write_dicom(
     ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def set_raw_value(path: Path, tag: tuple[int, int], vr: str, value: bytes) -> Path:
+    """Overwrite one short-VR element's value in an explicit-VR little-endian file, byte for byte,
+    so it can hold what pydicom refuses to write (a NumberOfFrames of 'ab', say)."""
+    data = path.read_bytes()
+    marker = tag[0].to_bytes(2, "little") + tag[1].to_bytes(2, "little") + vr.encode("ascii")
+    start = data.index(marker, 132)
+    length = int.from_bytes(data[start + 6 : start + 8], "little")
+    value = value + b" " * (len(value) % 2)
+    header = marker + len(value).to_bytes(2, "little")
+    path.write_bytes(data[:start] + header + value + data[start + 8 + length :])
+    return path

@@ -173,10 +173,13 @@ def evaluate(
     """Evaluate a model on one split: metrics.json with 95% patient-bootstrap intervals,
     confusion matrix, ROC, PR and reliability plots, report.md."""
     _setup_logging()
-    from pneumoscan.evaluate import evaluate_model
+    from pneumoscan.evaluate import evaluate_model, training_pool_caveat
 
     if split not in ("train", "val", "test"):
         _fail(f"--split {split!r}: choose test, val or train")
+    caveat = training_pool_caveat(split)
+    if caveat:
+        typer.echo(f"warning: {caveat}", err=True)
     metrics = evaluate_model(model, data_dir, split, out, strict=strict, bootstrap=bootstrap)
     summary = f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ROC AUC {metrics['roc_auc']:.4f}"
     if "sensitivity" in metrics:
@@ -184,6 +187,8 @@ def evaluate(
             f", sensitivity {metrics['sensitivity']:.4f}, specificity {metrics['specificity']:.4f}"
         )
     typer.echo(f"{split} (n={metrics['n']}): {summary}")
+    if caveat:
+        typer.echo(f"not out-of-sample: {caveat}")
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
     typer.echo(NOT_DIAGNOSTIC_NOTICE)
 

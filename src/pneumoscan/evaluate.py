@@ -16,14 +16,34 @@ from torch.utils.data import DataLoader
 
 from pneumoscan import dataset as ds
 from pneumoscan.data import ImageTensorDataset, decode_images
+from pneumoscan.decision import calibrated_probabilities, decide
 from pneumoscan.errors import DatasetError
 from pneumoscan.fileio import atomic_write, atomic_write_json, atomic_write_text
 from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE, Task
-from pneumoscan.metrics import calibrated_probabilities, compute_metrics, predict_labels
+from pneumoscan.metrics import compute_metrics
 from pneumoscan.models import ModelInfo, load_model_file, predict_logits
 from pneumoscan.shipped import resolve_model
 
 logger = logging.getLogger(__name__)
+
+# `dataset.training_pool`: every model trains and validates on train + the official val folder.
+TRAINING_POOL_SPLITS = ("train", "val")
+
+
+def training_pool_caveat(split: str) -> str | None:
+    """What to tell the reader when the evaluated films were in the training pool, else None.
+
+    The official val folder (16 films) is pooled with train and split by patient, so any model
+    trained here saw these films (or their patients) in training or in choosing its threshold and
+    temperature: figures on them are not out-of-sample.
+    """
+    if split not in TRAINING_POOL_SPLITS:
+        return None
+    return (
+        f"the {split} films are part of the training pool (train + the official val folder), so "
+        "the model saw them or their patients during training or calibration: these figures are "
+        "not out-of-sample. Use --split test for an independent estimate."
+    )
 
 
 def evaluate_model(
@@ -84,8 +104,11 @@ def evaluate_samples(
         groups=[sample.patient for sample in samples],
         bootstrap=bootstrap,
     )
+    caveat = training_pool_caveat(split)
     metrics.update(
         split=split,
+        in_training_pool=caveat is not None,
+        caveat=caveat,
         model=source,
         model_name=info.name,
         temperature=info.temperature,
@@ -101,7 +124,7 @@ def evaluate_samples(
 
 
 def _write_predictions(path: Path, samples, targets, probabilities, info) -> None:
-    predictions = predict_labels(probabilities, info.threshold)
+    predictions = decide(probabilities, info.threshold)
     header = ["path", "patient", "true", "predicted", *[f"p_{name}" for name in info.class_names]]
     lines = [",".join(header)]
     for sample, target, prediction, row in zip(samples, targets, predictions, probabilities):
@@ -130,7 +153,7 @@ def write_plots(
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
-    predictions = predict_labels(probabilities, threshold)
+    predictions = decide(probabilities, threshold)
     binary = len(class_names) == 2
     curves = [(1, class_names[1])] if binary else list(enumerate(class_names))
     files = {}
@@ -194,6 +217,7 @@ def render_report(metrics: dict, plots: dict[str, str], data_dir: Path | str) ->
         "",
         f"> {NOT_DIAGNOSTIC_NOTICE}",
         "",
+        *([f"> **Not out-of-sample:** {metrics['caveat']}", ""] if metrics.get("caveat") else []),
         f"- model file: `{metrics['model']}`",
         f"- data: `{data_dir}` ({metrics['n']} images; {len(metrics['skipped_files'])} unreadable skipped)",
         f"- temperature: {metrics['temperature']:.3f}"

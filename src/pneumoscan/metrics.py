@@ -2,13 +2,15 @@
 
 Also the two choices made on validation and stored in the model file: the temperature that
 calibrates the probabilities and, for binary, the decision threshold. Nothing is chosen on test.
+Applying them (`calibrated_probabilities`, the decision rule) lives in the torch-free `decision`
+module, re-exported here, so evaluation and the runtime apply them identically.
 """
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax, softmax
+from scipy.special import log_softmax
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
@@ -17,6 +19,18 @@ from sklearn.metrics import (
     roc_auc_score,
     roc_curve,
 )
+
+from pneumoscan.decision import calibrated_probabilities, decide
+
+__all__ = [
+    "calibrated_probabilities",
+    "compute_metrics",
+    "expected_calibration_error",
+    "fit_temperature",
+    "predict_labels",
+    "threshold_at_sensitivity",
+    "youden_threshold",
+]
 
 ECE_BINS = 15
 
@@ -31,10 +45,6 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
 
     result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(result.x))
-
-
-def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
-    return softmax(np.asarray(logits, dtype=np.float64) / temperature, axis=1)
 
 
 def youden_threshold(targets: np.ndarray, scores: np.ndarray) -> float:
@@ -53,10 +63,8 @@ def threshold_at_sensitivity(targets: np.ndarray, scores: np.ndarray, sensitivit
 
 
 def predict_labels(probabilities: np.ndarray, threshold: float | None) -> np.ndarray:
-    """Binary with a threshold on P(class 1); otherwise the most probable class."""
-    if threshold is not None and probabilities.shape[1] == 2:
-        return (probabilities[:, 1] >= threshold).astype(np.int64)
-    return probabilities.argmax(axis=1)
+    """Class indices for an (N, classes) array, by the one decision rule in `decision.decide`."""
+    return np.asarray(decide(np.asarray(probabilities), threshold), dtype=np.int64)
 
 
 def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray) -> float:

@@ -4,7 +4,8 @@ tests/test_outputs.py reads them back with csv, json and pandas.
 
 CSV columns: file, status, label, p_<class> (one per class, in the model's order), threshold,
 gate_score, message, model, model_version, notice. Empty cells mean "not applicable" (no label
-unless status is ok; no probabilities for not_chest_xray or error; no gate score with --no-gate).
+unless status is ok; no probabilities for not_chest_xray or error; no gate score for a model without a gate or
+for a file that could not be read). With --no-gate the score is still reported, but nothing is refused.
 """
 
 from __future__ import annotations
