@@ -463,7 +463,9 @@ def _predict_one(model, data: bytes, heatmap: bool, margin: float):
     except ImageTooLargeError as error:
         raise UploadRefused(413, "too_many_pixels", str(error)) from None
     except UnsupportedFormatError as error:
-        raise UploadRefused(415, "unsupported_format", str(error)) from None
+        # The bytes already began like a JPEG, PNG or DICOM file (sniff_format), so a decoder that
+        # cannot identify them means a damaged file (400), not an unsupported type (415).
+        raise UploadRefused(400, "unreadable", str(error)) from None
     except InputError as error:
         raise UploadRefused(400, "unreadable", str(error)) from None
 
@@ -591,9 +593,10 @@ class SecurityHeaders:
 
 
 def _mount_docs_assets(app: FastAPI) -> None:
-    """Swagger UI's files from the swagger-ui-bundle package, so /docs works offline (no CDN)."""
+    """Swagger UI's files from the fastapi-offline package, so /docs works offline (no CDN)."""
     try:
-        from swagger_ui_bundle import swagger_ui_path
+        import fastapi_offline
     except ImportError:  # the [serve] extra installs it; without it /docs says so
         return
-    app.mount("/docs/assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    assets = Path(fastapi_offline.__file__).parent / "static"
+    app.mount("/docs/assets", StaticFiles(directory=assets), name="docs-assets")

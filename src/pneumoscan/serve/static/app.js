@@ -162,7 +162,7 @@
     names.forEach((name, index) => {
       const p = result.probabilities[name];
       const row = document.createElement("li");
-      row.className = "bar-row" + (name === top ? " top" : "");
+      row.className = "bar-row" + (name === top ? " is-top" : "");
       const caption = document.createElement("span");
       caption.className = "bar-name";
       caption.textContent = name;
