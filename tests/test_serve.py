@@ -23,10 +23,8 @@ from PIL import Image
 from serve_fixtures import (
     NORMAL_FILM,
     PNEUMONIA_FILM,
-    file_part,
     film_as,
     load_shipped_models,
-    multipart,
     png_bytes,
 )
 
