@@ -50,6 +50,7 @@ _OTHER_FORMATS: tuple[tuple[bytes, int, str], ...] = (
     (b"\x1f\x8b", 0, "gzip"),
 )
 _MAX_FIELD_BYTES = 1024  # form fields are short words such as "three-class" or "true"
+_MAX_FIELDS = 8  # the API has two (model, heatmap); a flood of fields is refused, not stored
 _MAX_PART_HEADER_BYTES = 4096
 
 
@@ -133,6 +134,7 @@ class _FormCollector:
         self.budget = budget
         self.reserved = 0
         self.fields: dict[str, str] = {}
+        self.field_count = 0
         self.files: list[UploadedFile] = []
         self.finished = False
         self._headers: dict[str, str] = {}
@@ -201,6 +203,11 @@ class _FormCollector:
             self.files.append(upload)
             self._target = upload
         else:
+            self.field_count += 1
+            if self.field_count > _MAX_FIELDS:
+                raise UploadRefused(
+                    400, "too_many_fields", f"more than {_MAX_FIELDS} form fields in one request."
+                )
             self._target = bytearray()
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
@@ -303,12 +310,12 @@ def sniff_format(data: bytes | bytearray) -> str:
     head = bytes(data[:160])
     if not head:
         raise UploadRefused(400, "empty_file", "uploaded file is empty (0 bytes).")
+    if is_dicom(head):  # first, as the decoder does: a DICOM preamble may hold anything
+        return "DICOM"
     if head.startswith(b"\xff\xd8\xff"):
         return "JPEG"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG"
-    if is_dicom(head):
-        return "DICOM"
     for magic, offset, name in _OTHER_FORMATS:
         if head[offset : offset + len(magic)] == magic:
             raise UploadRefused(
