@@ -152,6 +152,7 @@ def create_app(
     app.state.server = ServerState(
         settings=settings,
         models=dict(models or {}),
+        ready=bool(models),  # models passed in are ready before any lifespan runs
         limiter=anyio.CapacityLimiter(settings.parallel),
         budget=MemoryBudget(settings.memory_budget_bytes),
         index_html=(STATIC_DIR / "index.html")
@@ -426,9 +427,9 @@ def _options(form_fields: dict[str, str], state: ServerState) -> tuple[str, bool
             f"model {model_name[:60]!r} is not loaded; choose one of {', '.join(state.models)}.",
         )
     text = form_fields.get("heatmap", "false").lower()
-    if text not in ("true", "false", "1", "0", "yes", "no", "on", "off", ""):
+    if text not in ("true", "false"):
         raise UploadRefused(400, "bad_field", "heatmap must be true or false.")
-    return model_name, text in ("true", "1", "yes", "on")
+    return model_name, text == "true"
 
 
 def _checked_bytes(upload: UploadedFile) -> bytes:

@@ -146,6 +146,7 @@ def batch_request_body(model_names: list[str], max_files: int) -> dict:
                         "files": {
                             "type": "array",
                             "items": {"type": "string", "format": "binary"},
+                            "minItems": 1,
                             "maxItems": max_files,
                             "description": "JPEG, PNG or DICOM radiographs, one part each",
                         },
