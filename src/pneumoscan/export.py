@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pneumoscan.decision import METADATA_KEY, ONNX_METADATA_FORMAT, calibrated_probabilities
 from pneumoscan.fileio import atomic_write
 from pneumoscan.models import Classifier, GroupedClassifier, ModelInfo, load_model_file
 from pneumoscan.ood import OodGate, gate_scores
@@ -23,7 +24,6 @@ from pneumoscan.shipped import resolve_model
 
 logger = logging.getLogger(__name__)
 
-METADATA_KEY = "pneumoscan"
 OPSET = 18
 
 
@@ -123,7 +123,7 @@ def onnx_metadata(info: ModelInfo, has_cam: bool, model_version: str | None) -> 
 
     metrics = info.val_metrics or {}
     return {
-        "format": "pneumoscan-onnx/1",
+        "format": ONNX_METADATA_FORMAT,
         "name": info.name,
         "model_version": model_version or info.name,
         "pneumoscan_version": __version__,
@@ -179,6 +179,6 @@ def parity(model_ref: str | Path, onnx_path: Path, images: np.ndarray) -> float:
     model, info = load_model_file(resolve_model(model_ref))
     with torch.no_grad():
         logits = model(torch.from_numpy(images)).numpy()
-    reference = torch.softmax(torch.from_numpy(logits) / info.temperature, dim=1).numpy()
+    reference = calibrated_probabilities(logits, info.temperature)
     onnx_probabilities = OnnxModel(onnx_path).probabilities(images)[0]
     return float(np.abs(reference - onnx_probabilities).max())
