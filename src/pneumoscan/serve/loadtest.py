@@ -1,0 +1,322 @@
+"""Loopback load benchmark for `pneumoscan serve`: N concurrent clients for a fixed time.
+
+Starts a real server process (`pneumoscan serve` on a free 127.0.0.1 port), drives it with asyncio
+httpx clients that upload real films to /v1/predict, samples the server's resident memory every
+half second, and reports requests/s, latency percentiles, errors and RSS over the run as Markdown.
+
+    python -m pneumoscan.serve.loadtest --clients 16 --duration 60 \\
+        --images ../shared/data/chest_xray/val --out docs/benchmarks.md
+
+Needs the [serve] extra and httpx (in the [dev] extra). Linux only (RSS from /proc).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan.images import IMAGE_SUFFIXES
+
+SECTION_BEGIN = "<!-- serve-load:begin -->"
+SECTION_END = "<!-- serve-load:end -->"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class ServerProcess:
+    """`pneumoscan serve` in a child process on a free loopback port; stopped on exit."""
+
+    def __init__(self, extra_args: list[str] | None = None, env: dict | None = None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.args = [
+            sys.executable,
+            "-m",
+            "pneumoscan",
+            "serve",
+            "--port",
+            str(self.port),
+            *(extra_args or []),
+        ]
+        self.env = {**os.environ, **(env or {})}
+        self.process: subprocess.Popen | None = None
+
+    def __enter__(self) -> ServerProcess:
+        # The server's log goes to an anonymous temporary file: a pipe nobody reads would fill up
+        # and stall the server mid-run.
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(
+            self.args, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, text=True
+        )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"pneumoscan serve exited early:\n{self.output()}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.25)
+        raise RuntimeError(f"pneumoscan serve not ready after {timeout:g} s")
+
+    def output(self) -> str:
+        """What the server has logged so far."""
+        self.log.seek(0)
+        return self.log.read()
+
+    def rss_bytes(self) -> int:
+        """Resident memory of the server process (Linux /proc)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        return 0
+
+    def __exit__(self, *exc_info) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+@dataclass
+class LoadResult:
+    clients: int
+    duration_s: float
+    latencies_s: list[float] = field(default_factory=list)
+    statuses: Counter = field(default_factory=Counter)
+    exceptions: Counter = field(default_factory=Counter)
+    rss_samples: list[tuple[float, int]] = field(default_factory=list)
+
+    @property
+    def requests(self) -> int:
+        return sum(self.statuses.values()) + sum(self.exceptions.values())
+
+    @property
+    def errors(self) -> int:
+        return self.requests - self.statuses.get(200, 0)
+
+    def summary(self) -> dict:
+        latencies = np.asarray(self.latencies_s) * 1000
+        rss = [value for _, value in self.rss_samples]
+        window = max(1, len(rss) // 6)  # first and last sixth of the run: is memory flat?
+        return {
+            "clients": self.clients,
+            "duration_s": round(self.duration_s, 1),
+            "requests": self.requests,
+            "requests_per_s": round(self.requests / self.duration_s, 1),
+            "latency_ms": {
+                name: round(float(np.percentile(latencies, q)), 1) if len(latencies) else None
+                for name, q in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
+            },
+            "errors": self.errors,
+            "statuses": {str(status): count for status, count in sorted(self.statuses.items())},
+            "exceptions": dict(self.exceptions),
+            "rss_mb": {
+                "start": round(rss[0] / 2**20, 1) if rss else None,
+                "first_sixth_median": round(float(np.median(rss[:window])) / 2**20, 1)
+                if rss
+                else None,
+                "last_sixth_median": round(float(np.median(rss[-window:])) / 2**20, 1)
+                if rss
+                else None,
+                "peak": round(max(rss) / 2**20, 1) if rss else None,
+                "end": round(rss[-1] / 2**20, 1) if rss else None,
+            },
+        }
+
+
+async def _drive(
+    url: str, films: list[tuple[str, bytes]], clients: int, duration: float, form: dict, result
+):
+    import httpx
+
+    deadline = time.monotonic() + duration
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=60.0, limits=limits) as client:
+
+        async def one_client(offset: int) -> None:
+            index = offset
+            while time.monotonic() < deadline:
+                name, content = films[index % len(films)]
+                index += clients
+                started = time.perf_counter()
+                try:
+                    response = await client.post(
+                        "/v1/predict", files={"file": (name, content)}, data=form
+                    )
+                    result.statuses[response.status_code] += 1
+                    if response.status_code == 200:
+                        result.latencies_s.append(time.perf_counter() - started)
+                except httpx.HTTPError as error:
+                    result.exceptions[type(error).__name__] += 1
+
+        await asyncio.gather(*(one_client(offset) for offset in range(clients)))
+
+
+def run_load(
+    films: list[Path],
+    clients: int = 16,
+    duration: float = 60.0,
+    model: str = "binary",
+    heatmap: bool = False,
+    server_args: list[str] | None = None,
+    warmup_requests: int = 20,
+) -> tuple[LoadResult, list[str]]:
+    """Start a server, warm it up, then run `clients` concurrent uploaders for `duration` s."""
+    loaded = [(f"film{index}{path.suffix}", path.read_bytes()) for index, path in enumerate(films)]
+    form = {"model": model, "heatmap": "true" if heatmap else "false"}
+    with ServerProcess(server_args) as server:
+        warm = LoadResult(clients=1, duration_s=1.0)
+        asyncio.run(_drive(server.url, loaded[:warmup_requests], 1, 2.0, form, warm))
+        result = LoadResult(clients=clients, duration_s=duration)
+        stop = threading.Event()
+
+        def sample() -> None:
+            started = time.monotonic()
+            while not stop.is_set():
+                result.rss_samples.append((time.monotonic() - started, server.rss_bytes()))
+                stop.wait(0.5)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        started = time.monotonic()
+        asyncio.run(_drive(server.url, loaded, clients, duration, form, result))
+        result.duration_s = time.monotonic() - started
+        stop.set()
+        sampler.join()
+        return result, server.args
+
+
+def hardware_line() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    training = subprocess.run(
+        ["pgrep", "-af", "pneumoscan train"], capture_output=True, text=True
+    ).stdout
+    shared = any("pgrep" not in line for line in training.splitlines())
+    sharing = (
+        "a model training job was running on the same cores"
+        if shared
+        else "no training job was running"
+    )
+    return (
+        f"{model}, {os.cpu_count()} CPU cores, {platform.system()} {platform.machine()}; {sharing}"
+    )
+
+
+def markdown(summary: dict, command: str, server_command: list[str], images: str) -> str:
+    latency = summary["latency_ms"]
+    rss = summary["rss_mb"]
+    server = " ".join(["pneumoscan", *server_command[3:]])
+    return "\n".join(
+        [
+            SECTION_BEGIN,
+            "## Serving under load: `pneumoscan serve`",
+            "",
+            f"`{command}`: {summary['clients']} concurrent clients over loopback for "
+            f"{summary['duration_s']:g} s, each uploading films from `{images}` to `/v1/predict` "
+            f"(multipart) one after another; server started as `{server}` (port chosen free). "
+            f"Hardware: {hardware_line()}. The clients run on the same cores as the server.",
+            "",
+            "| measure | value |",
+            "|---|---|",
+            f"| requests | {summary['requests']:,} |",
+            f"| throughput | {summary['requests_per_s']:g} requests/s |",
+            f"| latency p50 / p95 / p99 (max) | {latency['p50']:g} / {latency['p95']:g} / "
+            f"{latency['p99']:g} ms ({latency['max']:g} ms) |",
+            f"| errors (non-200 or connection errors) | {summary['errors']} |",
+            f"| status codes | {', '.join(f'{k}: {v:,}' for k, v in summary['statuses'].items())} |",
+            f"| server RSS at start / peak / end | {rss['start']:g} / {rss['peak']:g} / "
+            f"{rss['end']:g} MB |",
+            f"| server RSS median, first vs last sixth of the run | {rss['first_sixth_median']:g} "
+            f"vs {rss['last_sixth_median']:g} MB |",
+            "",
+            "Requests beyond the server's admission limit would get 503 with Retry-After rather "
+            "than queueing without bound; none did here. Rerun with the command above.",
+            SECTION_END,
+        ]
+    )
+
+
+def write_section(text: str, out: Path) -> None:
+    """Replace the serve-load section of `out` (or append it), leaving the rest of the file."""
+    from pneumoscan.fileio import atomic_write_text
+
+    current = out.read_text() if out.exists() else ""
+    if SECTION_BEGIN in current and SECTION_END in current:
+        head, rest = current.split(SECTION_BEGIN, 1)
+        tail = rest.split(SECTION_END, 1)[1]
+        updated = head + text + tail
+    else:
+        updated = current.rstrip("\n") + ("\n\n" if current else "") + text + "\n"
+    atomic_write_text(out, updated)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+    parser.add_argument("--images", type=Path, default=Path("examples"), help="film folder")
+    parser.add_argument("--limit", type=int, default=64, help="at most this many films")
+    parser.add_argument("--model", default="binary")
+    parser.add_argument("--heatmap", action="store_true", help="ask for heatmaps too")
+    parser.add_argument("--out", type=Path, help="Markdown file whose serve-load section to write")
+    parser.add_argument(
+        "--server-arg", action="append", default=[], help="extra `pneumoscan serve` argument"
+    )
+    args = parser.parse_args(argv)
+    films = sorted(
+        path for path in args.images.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES
+    )[: args.limit]
+    if not films:
+        parser.error(f"--images {args.images}: no films found")
+    result, server_command = run_load(
+        films, args.clients, args.duration, args.model, args.heatmap, args.server_arg
+    )
+    summary = result.summary()
+    print(json.dumps(summary, indent=2))
+    if args.out:
+        command = "python -m pneumoscan.serve.loadtest " + " ".join(argv or sys.argv[1:])
+        write_section(markdown(summary, command, server_command, str(args.images)), args.out)
+        print(f"wrote {args.out}")
+    return 0 if result.errors == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
