@@ -2,11 +2,11 @@
 PY ?= .venv/bin/python
 CONFIG ?= configs/binary.yaml
 
-.PHONY: help setup test test-slow lint format train
+.PHONY: help setup test test-slow lint format train serve
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
-setup:  ## create .venv and install pneumoscan with training and test extras
-	python3 -m venv .venv && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e ".[train,dev]"
+setup:  ## create .venv and install pneumoscan with training, serving and test extras
+	python3 -m venv .venv && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e ".[train,serve,dev]"
 test:  ## the default test suite (skips slow tests)
 	$(PY) -m pytest -q
 test-slow:  ## only the slow tests
@@ -17,3 +17,5 @@ format:  ## ruff format
 	$(PY) -m ruff format src tests && $(PY) -m ruff check --fix src tests
 train:  ## train a recipe: make train CONFIG=configs/three_class.yaml
 	.venv/bin/pneumoscan train --config $(CONFIG)
+serve:  ## the web page and REST API on http://127.0.0.1:8000 (docs at /docs)
+	.venv/bin/pneumoscan serve
