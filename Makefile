@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 CONFIG ?= configs/binary.yaml
 
-.PHONY: help setup test test-slow lint format train serve
+.PHONY: help setup test test-slow fuzz bench lint format train serve
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 setup:  ## create .venv and install pneumoscan with training, serving and test extras
@@ -11,6 +11,10 @@ test:  ## the default test suite (skips slow tests)
 	$(PY) -m pytest -q
 test-slow:  ## only the slow tests
 	$(PY) -m pytest -q -m slow
+fuzz:  ## 10,000 fuzz cases over read_image and predict; prints the counts
+	PNEUMOSCAN_FUZZ_CASES=10000 $(PY) -m pytest -q -s -m slow tests/test_fuzz.py
+bench:  ## prediction speed, whole processes from the command line -> docs/benchmarks.md
+	.venv/bin/pneumoscan bench --model binary --images ../shared/data/chest_xray/train
 lint:  ## ruff lint and format check
 	$(PY) -m ruff check src tests && $(PY) -m ruff format --check src tests
 format:  ## ruff format

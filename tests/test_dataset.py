@@ -83,3 +83,44 @@ def test_patient_subset_keeps_whole_patients(real_data):
     assert 40 <= len(chosen_patients) <= 60
     assert len(chosen) == sum(1 for p in patients if p in chosen_patients)
     assert set(targets[chosen].tolist()) == {0, 1}
+
+
+def _synthetic_pool(seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """600 patients with 1 to 6 films each, three classes in unequal shares; no files needed."""
+    rng = np.random.default_rng(seed)
+    targets, patients = [], []
+    for patient in range(600):
+        label = int(rng.choice(3, p=[0.3, 0.45, 0.25]))
+        for _ in range(int(rng.integers(1, 7))):
+            targets.append(label)
+            patients.append(f"person{patient}")
+    return np.asarray(targets), patients
+
+
+def test_synthetic_split_keeps_patients_apart_and_stratifies():
+    targets, patients = _synthetic_pool()
+    split = ds.split_by_patient(targets, patients, val_fraction=0.2, fold=0, seed=42)
+    train_patients = {patients[i] for i in split.train}
+    val_patients = {patients[i] for i in split.val}
+    assert not train_patients & val_patients
+    assert len(split.train) + len(split.val) == len(targets)
+    assert 0.15 < len(split.val) / len(targets) < 0.25
+    np.testing.assert_allclose(
+        np.bincount(targets[split.val]) / len(split.val),
+        np.bincount(targets) / len(targets),
+        atol=0.04,
+    )
+    again = ds.split_by_patient(targets, patients, val_fraction=0.2, fold=0, seed=42)
+    np.testing.assert_array_equal(again.val, split.val)
+    other_seed = ds.split_by_patient(targets, patients, val_fraction=0.2, fold=0, seed=7)
+    assert not np.array_equal(other_seed.val, split.val)
+
+
+def test_synthetic_folds_partition_patients():
+    targets, patients = _synthetic_pool(1)
+    vals = [ds.split_by_patient(targets, patients, 0.2, fold, seed=1).val for fold in range(5)]
+    np.testing.assert_array_equal(np.sort(np.concatenate(vals)), np.arange(len(targets)))
+    fold_patients = [{patients[i] for i in val} for val in vals]
+    for first in range(5):
+        for second in range(first + 1, 5):
+            assert not fold_patients[first] & fold_patients[second]

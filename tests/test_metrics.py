@@ -86,3 +86,24 @@ def test_bootstrap_interval_brackets_the_estimate():
         low, high = metrics[f"{key}_ci"]
         assert low < metrics[key] < high
         assert high - low < 0.2
+
+
+def test_bootstrap_resamples_patients_not_images():
+    """40 patients with 10 films each, every film of a patient right or wrong together: the
+    honest interval is as wide as 40 independent units allow. A per-image bootstrap (400 units)
+    would give an interval about three times narrower, and this test would fail."""
+    rng = np.random.default_rng(3)
+    patients, films = 40, 10
+    correct_patient = rng.random(patients) < 0.7
+    targets = np.tile([0, 1], patients * films // 2)
+    right = np.repeat(correct_patient, films)
+    p = np.where(right, np.where(targets == 1, 0.9, 0.1), np.where(targets == 1, 0.1, 0.9))
+    probs = np.stack([1 - p, p], axis=1)
+    groups = [f"patient{i}" for i in np.repeat(np.arange(patients), films)]
+    metrics = compute_metrics(probs, targets, ("normal", "pneumonia"), 0.5, groups, bootstrap=400)
+    low, high = metrics["accuracy_ci"]
+    accuracy = correct_patient.mean()
+    patient_width = 2 * 1.96 * np.sqrt(accuracy * (1 - accuracy) / patients)  # about 0.28
+    image_width = 2 * 1.96 * np.sqrt(accuracy * (1 - accuracy) / (patients * films))
+    assert high - low > 0.7 * patient_width > 2 * image_width
+    assert low < metrics["accuracy"] < high

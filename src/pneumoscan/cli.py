@@ -395,14 +395,25 @@ def bench(
             "--int8-run", help="also try int8 quantization, judged on this run's validation split"
         ),
     ] = None,
+    films: Annotated[
+        int, typer.Option(help="films in the whole-process folder benchmark (cycled from --images)")
+    ] = 624,
+    full_size_films: Annotated[
+        int, typer.Option(help="films upscaled to full size for the same benchmark (0: skip)")
+    ] = 200,
+    repeats: Annotated[int, typer.Option(help="runs of each whole-process command")] = 3,
 ) -> None:
-    """Benchmark prediction speed: ONNX vs torch eager latency, throughput, cold start, folder to CSV."""
+    """Benchmark prediction speed: in-process latency (ONNX vs torch eager), then whole processes
+    from the command line: cold start, folders to CSV with and without heatmaps, 256 px and
+    full-size films."""
     from pneumoscan.bench import speed_report, write_report
 
     files = _expand([str(path) for path in images])
     if not files:
         _fail("--images: no image files found")
-    report = speed_report(model, files)
+    report = speed_report(
+        model, files, films=films, full_size_films=full_size_films, process_repeats=repeats
+    )
     if int8_run is not None:
         from pneumoscan.bench import quantization_report
 

@@ -40,6 +40,8 @@ IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
 RASTER_FORMATS = ("JPEG", "PNG")
 
 _DICOM_MAGIC_OFFSET = 128
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _NOT_AN_IMAGE = "not a JPEG, PNG or DICOM image; pneumoscan reads chest radiographs only."
 
@@ -133,9 +135,10 @@ def _checked(image: np.ndarray, label: str) -> np.ndarray:
             "export a single grayscale frame."
         )
     image = image.astype(np.float32, copy=False)
-    if not np.isfinite(image).all():
+    low, high = float(image.min()), float(image.max())  # NaN and infinity show up here
+    if not (np.isfinite(low) and np.isfinite(high)):
         raise InputError(f"{label}: pixel values are not finite (NaN or infinity); re-export it.")
-    return np.clip(image, 0.0, 1.0)
+    return image if low >= 0.0 and high <= 1.0 else np.clip(image, 0.0, 1.0)
 
 
 def _too_large(label: str, width: int, height: int, max_pixels: int, frames: int = 1) -> None:
@@ -155,6 +158,12 @@ def _read_raster(data: bytes, label: str, max_pixels: int) -> np.ndarray:
             image.load()
             return _to_gray_unit(image)
     except UnidentifiedImageError:
+        if data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC):
+            kind = "PNG" if data.startswith(_PNG_MAGIC) else "JPEG"
+            raise InputError(
+                f"{label}: {kind} header is truncated or corrupt (or describes an impossible "
+                "image); re-export the file."
+            ) from None
         raise UnsupportedFormatError(f"{label}: {_NOT_AN_IMAGE}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageTooLargeError(
