@@ -240,7 +240,28 @@ def hardware_line() -> str:
     )
 
 
-def markdown(summary: dict, command: str, server_command: list[str], images: str) -> str:
+def describe_films(films: list[Path]) -> str:
+    """How many films, their median size in pixels and bytes (the load depends on both)."""
+    from PIL import Image
+
+    sizes = []
+    for path in films:
+        try:
+            with Image.open(path) as image:
+                sizes.append(image.size)
+        except OSError:  # DICOM: not opened by Pillow, counted by bytes only
+            pass
+    median_bytes = float(np.median([path.stat().st_size for path in films])) / 1024
+    text = f"{len(films)} films, median {median_bytes:.0f} KB"
+    if sizes:
+        width, height = np.median(np.asarray(sizes), axis=0)
+        text += f", median {width:.0f}x{height:.0f} px"
+    return text
+
+
+def markdown(
+    summary: dict, command: str, server_command: list[str], images: str, films: str
+) -> str:
     latency = summary["latency_ms"]
     rss = summary["rss_mb"]
     server = " ".join(["pneumoscan", *server_command[3:]])
@@ -250,7 +271,8 @@ def markdown(summary: dict, command: str, server_command: list[str], images: str
             "## Serving under load: `pneumoscan serve`",
             "",
             f"`{command}`: {summary['clients']} concurrent clients over loopback for "
-            f"{summary['duration_s']:g} s, each uploading films from `{images}` to `/v1/predict` "
+            f"{summary['duration_s']:g} s, each uploading films from `{images}` ({films}) to "
+            "`/v1/predict` "
             f"(multipart) one after another; server started as `{server}` (port chosen free). "
             f"Hardware: {hardware_line()}. The clients run on the same cores as the server.",
             "",
@@ -313,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(summary, indent=2))
     if args.out:
         command = "python -m pneumoscan.serve.loadtest " + " ".join(argv or sys.argv[1:])
-        write_section(markdown(summary, command, server_command, str(args.images)), args.out)
+        text = markdown(summary, command, server_command, str(args.images), describe_films(films))
+        write_section(text, args.out)
         print(f"wrote {args.out}")
     return 0 if result.errors == 0 else 1
 
