@@ -405,9 +405,24 @@ def whole_process_rows(
     return rows, commands
 
 
-def write_report(text: str, out: Path) -> Path:
-    atomic_write_text(Path(out), text)
-    return Path(out)
+def write_report(text: str, out: Path, section: str | None = None) -> Path:
+    """Write `out`; with `section`, replace only the text between its `<!-- section:begin -->`
+    and `<!-- section:end -->` markers (appending it when absent), so reports that other
+    commands keep in the same file (serving under load, int8) stay as they are."""
+    out = Path(out)
+    if section is None:
+        atomic_write_text(out, text)
+        return out
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    block = f"{begin}\n{text.strip()}\n{end}"
+    current = out.read_text() if out.exists() else ""
+    if begin in current and end in current:
+        head, rest = current.split(begin, 1)
+        updated = head + block + rest.split(end, 1)[1]
+    else:
+        updated = current.rstrip("\n") + ("\n\n" if current else "") + block + "\n"
+    atomic_write_text(out, updated)
+    return out
 
 
 # --- int8 ----------------------------------------------------------------------------------

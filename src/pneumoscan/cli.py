@@ -414,12 +414,15 @@ def bench(
     report = speed_report(
         model, files, films=films, full_size_films=full_size_films, process_repeats=repeats
     )
+    typer.echo(report)
+    write_report(report, out, section="predict-speed")
     if int8_run is not None:
         from pneumoscan.bench import quantization_report
 
-        report += "\n" + quantization_report(model, int8_run)
-    typer.echo(report)
-    typer.echo(f"wrote {write_report(report, out)}")
+        int8 = quantization_report(model, int8_run)
+        typer.echo(int8)
+        write_report(int8, out, section="int8")
+    typer.echo(f"wrote {out}")
 
 
 @app.command("bench-ood")
