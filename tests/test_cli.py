@@ -94,3 +94,12 @@ def test_train_then_evaluate_from_the_command_line(tmp_path):
     assert "not a diagnostic device" in result.output
     metrics = json.loads((report / "metrics.json").read_text())
     assert metrics["n"] == 18 and metrics["split"] == "test"
+    assert metrics["in_training_pool"] is False and "warning" not in result.output
+    pooled = runner.invoke(
+        app,
+        ["evaluate", str(data), "--model", str(model), "--split", "train"]
+        + ["--out", str(tmp_path / "pooled"), "--bootstrap", "0"],
+    )
+    assert pooled.exit_code == 0, pooled.output
+    assert "warning: the train films are part of the training pool" in pooled.output
+    assert "not out-of-sample" in (tmp_path / "pooled" / "report.md").read_text()

@@ -115,6 +115,7 @@ def test_torch_model_file_is_refused_by_predict(tiny_lite_model):
     assert result.exit_code == 2 and "pneumoscan export" in result.output
 
 
+@pytest.mark.slow
 def test_lean_install_predicts_offline_without_torch(tmp_path):
     """`pip install .` (no extras) in a fresh virtualenv: torch is absent, and predict works on the
     shipped model for a JPEG, a PNG, a DICOM and a folder, with heatmaps."""
@@ -200,3 +201,23 @@ def test_ship_writes_fp16_model_onnx_and_card(tiny_lite_model, tmp_path):
     text = card.read_text()
     assert "not a diagnostic device" in text and f"{info.val_metrics['accuracy']:.4f}" in text
     assert "Youden" in text and "Out-of-distribution gate" in text
+
+
+def test_batch_heatmaps_are_one_vectorised_pass_that_matches_pil(tmp_path):
+    """Overlays for a batch come from one array computation; each equals the single-film
+    rendering, and the upsampled map follows PIL's bicubic resize of the class map closely."""
+    from pneumoscan.runtime import _upsampling_matrix, render_heatmap, render_heatmaps
+
+    rng = np.random.default_rng(0)
+    bases = rng.random((3, 64, 64)).astype(np.float32)
+    maps = rng.normal(size=(3, 7, 7)).astype(np.float32)
+    batch = render_heatmaps(bases, maps)
+    assert batch.shape == (3, 64, 64, 3) and batch.dtype == np.uint8
+    for index in range(3):
+        single = np.asarray(render_heatmap(bases[index], maps[index], size=64))
+        np.testing.assert_array_equal(single, batch[index])
+    heat = np.maximum(maps[0], 0) / np.maximum(maps[0], 0).max()
+    ours = _upsampling_matrix(7, 64) @ heat @ _upsampling_matrix(7, 64).T
+    pil = np.asarray(Image.fromarray(heat).resize((64, 64), Image.Resampling.BICUBIC))
+    # close everywhere; at the border PIL renormalises its kernel where we clamp the edge pixel
+    assert np.abs(ours - pil).mean() < 0.01 and np.abs(ours - pil).max() < 0.08
