@@ -126,7 +126,8 @@ class ServerState:
 def create_app(
     settings: ServeSettings | None = None, models: dict[str, Any] | None = None
 ) -> FastAPI:
-    """The app. Models load once, in the lifespan, unless already-loaded ones are passed in."""
+    """The app. Models load once, in the lifespan, with the settings' gate, threads and pixel
+    limit; models passed in (name -> `pneumoscan.api.Model`, as tests do) are used as they are."""
     settings = settings or ServeSettings.from_environment()
 
     @asynccontextmanager
