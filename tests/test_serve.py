@@ -227,6 +227,7 @@ def test_missing_file_and_unknown_model_are_400(client):
     assert_error(client.post("/v1/predict", files={"model": (None, "binary")}), 400, "no_file")
     response = post_film(client, NORMAL_FILM.read_bytes(), model="resnet-9000")
     assert "binary" in assert_error(response, 400, "unknown_model")["message"]
+    assert_error(post_film(client, NORMAL_FILM.read_bytes(), model=""), 400, "unknown_model")
     response = post_film(client, NORMAL_FILM.read_bytes(), heatmap="maybe")
     assert_error(response, 400, "bad_field")
 

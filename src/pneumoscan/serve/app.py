@@ -420,7 +420,7 @@ async def _read(request: Request, state: ServerState, max_body_bytes: int):
 
 
 def _options(form_fields: dict[str, str], state: ServerState) -> tuple[str, bool]:
-    model_name = form_fields.get("model") or next(iter(state.models))
+    model_name = form_fields.get("model", next(iter(state.models)))  # empty: refused below
     if model_name not in state.models:
         raise UploadRefused(
             400,
