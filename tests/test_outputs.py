@@ -260,3 +260,27 @@ def test_indeterminate_needs_a_binary_model(tmp_path):
         timeout=120,
     )
     assert result.returncode == 2 and "no decision threshold" in result.stderr
+
+
+def test_unwritable_outputs_are_one_line_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from pneumoscan.cli import app
+    from pneumoscan.runtime import load_runtime_model, predict_many
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for option, target in (
+        ("--csv", tmp_path),
+        ("--json", blocker / "out.json"),
+        ("--heatmaps", blocker / "maps"),
+    ):
+        result = CliRunner().invoke(app, ["predict", str(EXAMPLES[0]), option, str(target)])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert f"error: {option} {target}:" in result.output
+    # through the runtime (the API, the server): the prediction stands, the message says why
+    results = list(
+        predict_many(load_runtime_model("binary"), EXAMPLES, heatmap_dir=blocker / "maps")
+    )
+    assert all(r.status == "ok" and r.heatmap_path is None for r in results)
+    assert all("heatmap not written" in r.message for r in results)

@@ -284,6 +284,14 @@ def predict(
     files = _expand(paths)
     if not files:
         _fail(f"no image files found in {' '.join(paths)}")
+    for option, path in (("--csv", csv_out), ("--json", json_out)):
+        if path is not None and path.is_dir():
+            _fail(f"{option} {path}: is a folder; give a file name, e.g. {path / 'results'}")
+    if heatmaps is not None:
+        try:
+            heatmaps.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            _fail(f"--heatmaps {heatmaps}: cannot create this folder ({error.strerror or error})")
     stream = predict_many(
         runtime, files, heatmap_dir=heatmaps, indeterminate_margin=indeterminate, workers=workers
     )
@@ -299,10 +307,12 @@ def predict(
     for result in results:
         if result.status == "error":
             typer.echo(f"error: {result.message}", err=True)
-    if csv_out:
-        write_csv(csv_out, results, runtime)
-    if json_out:
-        write_json(json_out, results, runtime)
+    for option, path, write in (("--csv", csv_out, write_csv), ("--json", json_out, write_json)):
+        if path is not None:
+            try:
+                write(path, results, runtime)
+            except OSError as error:
+                _fail(f"{option} {path}: cannot write it ({error.strerror or error})")
     summary = summarize(results)
     typer.echo(summary.text())
     if summary.exit_code:

@@ -504,27 +504,60 @@ def predict_many(
                 submitted += 1
 
         done = 0
+        waiting: tuple[list[Result], Future | None] | None = None  # results whose PNGs are due
         top_up()
         while pending:
             batch = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
             top_up()
             results, maps = _infer(model, batch, indeterminate_margin)
-            if draw:
-                overlays = _render_batch(batch, maps)
-                if heatmap_dir is not None:
-                    saves = []
-                    for offset, (result, overlay) in enumerate(zip(results, overlays)):
-                        if overlay is not None:
-                            path = Path(heatmap_dir) / _heatmap_name(done + offset, result.source)
-                            saves.append(pool.submit(_save_png, overlay, path))
-                            result.heatmap_path = str(path)
-                    for save in saves:
-                        save.result()
-                else:
-                    for result, overlay in zip(results, overlays):
-                        result.heatmap = overlay
+            written = None
+            if heatmap_dir is not None:
+                # Rendered and written on a worker while the model runs the next batch.
+                paths = [
+                    Path(heatmap_dir) / _heatmap_name(done + offset, result.source)
+                    if class_map is not None and item.base is not None
+                    else None
+                    for offset, (result, class_map, item) in enumerate(zip(results, maps, batch))
+                ]
+                for result, path in zip(results, paths):
+                    result.heatmap_path = None if path is None else str(path)
+                written = pool.submit(_render_to_files, batch, maps, paths)
+            elif draw:
+                for result, overlay in zip(results, _render_batch(batch, maps)):
+                    result.heatmap = overlay
             done += len(batch)
-            yield from results
+            if waiting is not None:
+                yield from _when_written(*waiting)
+            waiting = (results, written)
+        if waiting is not None:
+            yield from _when_written(*waiting)
+
+
+def _when_written(results: list[Result], written: Future | None) -> list[Result]:
+    """The batch's results once its heatmaps are on disk; a heatmap that could not be written
+    is noted in its result's message (the prediction itself stands)."""
+    failures = written.result() if written is not None else {}
+    for index, problem in failures.items():
+        result = results[index]
+        result.heatmap_path = None
+        note = f"heatmap not written ({problem})"
+        result.message = (
+            f"{result.message} {note}" if result.message else f"{result.source}: {note}"
+        )
+    return results
+
+
+def _render_to_files(
+    prepared: Sequence[_Prepared], maps: Sequence[np.ndarray | None], paths: list[Path | None]
+) -> dict[int, str]:
+    failures = {}
+    for index, (overlay, path) in enumerate(zip(_render_batch(prepared, maps), paths)):
+        if overlay is not None and path is not None:
+            try:
+                _save_png(overlay, path)
+            except OSError as error:
+                failures[index] = f"{path}: {error.strerror or error}"
+    return failures
 
 
 def _attach_heatmaps(results, maps, prepared) -> None:
