@@ -69,7 +69,7 @@ def read_image(
     """
     label = name or (str(source) if isinstance(source, (str, Path)) else "<upload>")
     try:
-        if _is_pydicom_dataset(source):
+        if is_pydicom_dataset(source):
             return _decoded(lambda: _dicom_pixels(source, label, max_pixels), label)
         data = (
             source if isinstance(source, (bytes, bytearray)) else _read_bytes(Path(source), label)
@@ -197,7 +197,8 @@ def _to_gray_unit(image: Image.Image) -> np.ndarray:
     return np.asarray(image, dtype=np.float32) / 255.0
 
 
-def _is_pydicom_dataset(source) -> bool:
+def is_pydicom_dataset(source) -> bool:
+    """True for a pydicom Dataset (imports pydicom only when the input could be one)."""
     if isinstance(source, (str, Path, bytes, bytearray)):
         return False
     try:

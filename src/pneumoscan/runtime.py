@@ -39,7 +39,7 @@ from pneumoscan.decision import (
 )
 from pneumoscan.errors import InputError, ModelFileError, PneumoscanError
 from pneumoscan.fileio import atomic_write
-from pneumoscan.images import MAX_IMAGE_PIXELS, read_image
+from pneumoscan.images import MAX_IMAGE_PIXELS, is_pydicom_dataset, read_image
 from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.preprocess import PreprocessSpec, prepare, resize_square
 from pneumoscan.shipped import resolve_model
@@ -262,7 +262,7 @@ def source_label(item, source: str | None = None) -> str:
         return "<upload>"
     if isinstance(item, np.ndarray):
         return "<array>"
-    return "<dicom>" if type(item).__name__ in ("Dataset", "FileDataset") else "<input>"
+    return "<dicom>" if is_pydicom_dataset(item) else "<input>"
 
 
 def pixels_from_array(array: np.ndarray, label: str = "<array>") -> np.ndarray:
@@ -298,10 +298,7 @@ def decode_input(item, label: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.nda
     """Any accepted input -> the [0, 1] 2-D pixel contract, or an InputError."""
     if isinstance(item, np.ndarray):
         return pixels_from_array(item, label)
-    if isinstance(item, (str, Path, bytes, bytearray)) or type(item).__name__ in (
-        "Dataset",
-        "FileDataset",
-    ):
+    if isinstance(item, (str, Path, bytes, bytearray)) or is_pydicom_dataset(item):
         return read_image(item, name=label, max_pixels=max_pixels)
     raise InputError(
         f"{label}: cannot predict on a {type(item).__name__}; pass a path, bytes, a 2-D numpy "
