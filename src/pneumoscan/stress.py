@@ -56,7 +56,10 @@ def training_split(metadata: dict) -> dict:
 
 
 def validation_films(
-    data_dir: Path | str, metadata: dict, limit: int | None = None
+    data_dir: Path | str,
+    metadata: dict,
+    limit: int | None = None,
+    reference_films: int = REFERENCE_FILMS,
 ) -> ValidationFilms:
     """The model's own validation films, re-drawn from DATA exactly as training drew them."""
     split = training_split(metadata)
@@ -83,7 +86,7 @@ def validation_films(
         val, model_targets = [val[i] for i in index], model_targets[index]
     rng = np.random.default_rng(split["seed"])
     train_side = [samples[i] for i in folds.train]
-    picks = rng.choice(len(train_side), size=min(REFERENCE_FILMS, len(train_side)), replace=False)
+    picks = rng.choice(len(train_side), size=min(reference_films, len(train_side)), replace=False)
     return ValidationFilms(val, model_targets, [train_side[i] for i in sorted(picks)])
 
 
@@ -126,12 +129,13 @@ def run_stress(
     limit: int | None = None,
     bootstrap: int = 200,
     only: list[str] | None = None,
+    reference_films: int = REFERENCE_FILMS,
 ) -> dict:
     """Score the model on every perturbation of its validation films; write JSON, Markdown, plot."""
     from pneumoscan.runtime import load_runtime_model
 
     model = load_runtime_model(model_ref)
-    films = validation_films(data_dir, model.metadata, limit)
+    films = validation_films(data_dir, model.metadata, limit, reference_films)
     logger.info(
         "stress: %d validation films of %d patients",
         len(films.samples),
