@@ -274,6 +274,15 @@ def ship_model(
         "crossfit_folds": oos["calibration_folds"]["count"],
         "out_of_sample": {k: v for k, v in oos.items() if k != "confusion_matrix"},
         "fold_runs": folds,
+        "rule_comparison": (
+            {
+                other: _fold_row(out_of_sample(scores, derive, other))
+                for other in cal.THRESHOLD_RULES
+                if other != "sensitivity"
+            }
+            if binary
+            else None
+        ),
         "shipped": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
     }
     shipped_pt = models_dir / f"{name}.pt"
@@ -460,6 +469,18 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
             f"- Decision threshold {info.threshold:.4f} on the calibrated P(pneumonia), rule "
             f"`{record['threshold_rule']}`" + _rule_text(record["threshold_rule"])
         )
+        comparison = record.get("rule_comparison") or {}
+        if comparison:
+            lines.append(
+                "- The other rules, cross-fitted the same way (accuracy / sensitivity / "
+                "specificity): "
+                + "; ".join(
+                    f"`{rule}` {row['accuracy']:.4f} / {row['sensitivity']:.4f} / "
+                    f"{row['specificity']:.4f}"
+                    for rule, row in comparison.items()
+                )
+                + "."
+            )
     else:
         lines.append("- Decision: the most probable class after calibration.")
     gate = info.ood
