@@ -32,6 +32,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _umask() -> int:
+    """The process umask, read without changing it where Linux allows: `os.umask` can only read
+    it by setting it, and another thread creating a file in between would get umask 0."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     current = os.umask(0)
     os.umask(current)
     return current

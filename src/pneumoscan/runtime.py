@@ -593,13 +593,27 @@ def _upsampling_matrix(source_size: int, size: int) -> np.ndarray:
     return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+HEAT_LEVELS = 256  # the map is shown in 8 bits, so colour and weight are looked up, not computed
+
+
+def _jet_tables(alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """(levels, 3) jet colours scaled by their blend weight, and (levels,) blend weights."""
+    heat = np.linspace(0.0, 1.0, HEAT_LEVELS, dtype=np.float32)
+    colour = np.stack(
+        [np.clip(1.5 - np.abs(4.0 * heat - offset), 0.0, 1.0) for offset in (3.0, 2.0, 1.0)],
+        axis=1,
+    )
+    weight = alpha * np.sqrt(heat)  # hotter regions cover more of the film
+    return (colour * weight[:, None] * 255.0).astype(np.float32), weight.astype(np.float32)
+
+
 def render_heatmaps(bases: np.ndarray, class_maps: np.ndarray, alpha: float = 0.55) -> np.ndarray:
     """Overlays for a whole batch at once: (N, S, S) films in [0, 1] under (N, h, w) class maps
     -> (N, S, S, 3) uint8.
 
     Each map is clipped at zero (evidence for the class), scaled to its own maximum, upsampled by
     two small matrix products, coloured with the jet colormap and blended more strongly where it
-    is higher, so cold regions still show the film.
+    is higher, so cold regions still show the film. Colour and weight come from 256-entry tables.
     """
     size = bases.shape[-1]
     positive = np.maximum(class_maps, 0.0).astype(np.float32)
@@ -607,13 +621,14 @@ def render_heatmaps(bases: np.ndarray, class_maps: np.ndarray, alpha: float = 0.
     positive /= np.where(peak > 0, peak, 1.0)[:, None, None]
     rows = _upsampling_matrix(positive.shape[1], size)
     columns = _upsampling_matrix(positive.shape[2], size)
-    heat = np.clip(np.einsum("ij,njk,lk->nil", rows, positive, columns, optimize=True), 0.0, 1.0)
-    weight = alpha * np.sqrt(heat)
-    rgb = np.empty(heat.shape + (3,), dtype=np.float32)
-    for channel, offset in enumerate((3.0, 2.0, 1.0)):
-        colour = np.clip(1.5 - np.abs(4.0 * heat - offset), 0.0, 1.0)
-        rgb[..., channel] = (1.0 - weight) * bases + weight * colour
-    return (rgb * 255.0 + 0.5).astype(np.uint8)
+    heat = np.einsum("ij,njk,lk->nil", rows, positive, columns, optimize=True)
+    levels = np.clip(heat * (HEAT_LEVELS - 1) + 0.5, 0, HEAT_LEVELS - 1).astype(np.uint8)
+    coloured, weight = _jet_tables(alpha)
+    film = bases.astype(np.float32) * 255.0 * (1.0 - weight[levels])
+    rgb = coloured[levels]  # (N, S, S, 3)
+    rgb += film[..., None]
+    rgb += 0.5
+    return rgb.astype(np.uint8)
 
 
 def render_heatmap(
