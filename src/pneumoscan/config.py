@@ -54,7 +54,7 @@ class TrainConfig:
     class_balance: str = "weights"  # weights | sampler | none
     augment: bool = True
     augment_policy: str = "basic"  # basic | acquisition (see data.radiograph_augmentation)
-    ema_decay: float | None = None  # exponential moving average of the weights, per step
+    ema_decay: float | None = None  # EMA of the weights per step, in the first (low-res) phase
     select: str = "best"  # best: the checkpoint with the best validation score; last: the final
     train_size: int | None = None  # train at a lower resolution than image_size, then finish at it
     finish_epochs: int = 0  # epochs at full resolution after the low-resolution phase

@@ -284,9 +284,11 @@ def fit(
             enable_version_counter=False,
         )
         phase_callbacks: list[Callback] = [checkpoint, *callbacks]
-        if train_config.ema_decay is not None:
+        if train_config.ema_decay is not None and name == "phase-1":
             # The averaged weights replace the live ones for validation, in checkpoints and at the
-            # end, so `last.ckpt` holds the average.
+            # end, so `last.ckpt` holds the average. Not in the short full-resolution finish: an
+            # average there mixes batch-norm statistics of two resolutions (it cost 3 points of
+            # validation accuracy when tried).
             phase_callbacks.append(EMAWeightAveraging(decay=train_config.ema_decay))
         if train_config.early_stopping_patience:
             phase_callbacks.append(
@@ -329,12 +331,16 @@ def fit(
         )
 
     model_path = finalize(config, model, run_data, features if frozen else None, spec, out_dir)
+    # A resumed run adds to the time already spent, so the record is the run's whole cost.
+    timing_file = out_dir / "timing.json"
+    earlier = json.loads(timing_file.read_text()) if resume and timing_file.is_file() else {}
     timing = {
-        "wall_seconds": round(time.time() - started, 1),
+        "wall_seconds": round(earlier.get("wall_seconds", 0.0) + time.time() - started, 1),
         "resumed": resume,
+        "sessions": earlier.get("sessions", 1 if earlier else 0) + 1,
         "hardware": hardware(),
     }
-    atomic_write_text(out_dir / "timing.json", json.dumps(timing, indent=2))
+    atomic_write_text(timing_file, json.dumps(timing, indent=2))
     return model_path
 
 
