@@ -185,24 +185,6 @@ def test_shipped_gate_accepts_validation_films(real_data):
     assert (scores <= model.ood_threshold).mean() >= 0.9
 
 
-def test_ship_writes_fp16_model_onnx_and_card(tiny_lite_model, tmp_path):
-    from pneumoscan.models import load_model_file
-    from pneumoscan.ship import ship_model
-
-    card = ship_model(tiny_lite_model.parent, "tiny", tmp_path / "models")
-    models = tmp_path / "models"
-    _, info = load_model_file(models / "tiny.pt")
-    assert info.name == "tiny" and info.ood is not None
-    assert info.val_metrics["n"] > 0 and "accuracy_ci" in info.val_metrics
-    runtime = OnnxModel(models / "tiny.onnx")
-    assert runtime.metadata["name"] == "tiny" and runtime.ood_threshold == pytest.approx(
-        info.ood.threshold
-    )
-    text = card.read_text()
-    assert "not a diagnostic device" in text and f"{info.val_metrics['accuracy']:.4f}" in text
-    assert "Youden" in text and "Out-of-distribution gate" in text
-
-
 def test_batch_heatmaps_are_one_vectorised_pass_that_matches_pil(tmp_path):
     """Overlays for a batch come from one array computation; each equals the single-film
     rendering, and the upsampled map follows PIL's bicubic resize of the class map closely."""

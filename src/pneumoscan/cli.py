@@ -369,8 +369,23 @@ def ship(
         Path, typer.Option("--run", help="finished run folder (holds model.pt and split.csv)")
     ],
     name: Annotated[str, typer.Option("--name", help="shipped name, e.g. binary or three-class")],
-    cv_dir: Annotated[
-        Path | None, typer.Option("--cv", help="cross-validation folder with cv_summary.json")
+    fold_runs: Annotated[
+        list[Path] | None,
+        typer.Option("--fold-run", help="the same recipe trained on another fold (fold spread)"),
+    ] = None,
+    derive: Annotated[
+        str | None,
+        typer.Option("--derive", help="binary: ship a three-class run as the binary model"),
+    ] = None,
+    rule: Annotated[
+        str,
+        typer.Option("--rule", help="binary threshold rule: balanced, youden, sensitivity, half"),
+    ] = "balanced",
+    stress_data: Annotated[
+        Path | None,
+        typer.Option(
+            "--stress-data", help="data folder: run the shift stress benchmark for the card"
+        ),
     ] = None,
     models_dir: Annotated[
         Path, typer.Option("--models-dir", help="where shipped models live")
@@ -379,12 +394,18 @@ def ship(
         bool, typer.Option("--card-only", help="only rewrite the model card from the shipped files")
     ] = False,
 ) -> None:
-    """Ship a run: fp16 model file, ONNX (parity-checked) and a model card with validation metrics."""
+    """Ship a run: cross-fitted calibration, refitted gate, fp16 model file, parity-checked ONNX,
+    stress benchmark and a model card generated from what was recorded."""
     _setup_logging()
     from pneumoscan.ship import ship_model, write_card
 
-    action = write_card if card_only else ship_model
-    typer.echo(f"wrote {action(run, name, models_dir, cv_dir)}")
+    if card_only:
+        path = write_card(name, models_dir, stress_dir=Path("docs/stress") / name)
+    else:
+        path = ship_model(
+            run, name, models_dir, fold_runs or [], derive, rule, stress_data=stress_data
+        )
+    typer.echo(f"wrote {path}")
 
 
 @app.command()
@@ -477,6 +498,40 @@ def experiments(
         _fail(f"unknown study {study!r}; choose {' or '.join(STUDIES)}")
     report = run_study(study, data, out or Path("runs") / study, quick)
     typer.echo(report.read_text())
+
+
+@app.command()
+@friendly
+def stress(
+    data: DataDir,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="binary, three-class or an .onnx file")
+    ] = "binary",
+    out: Annotated[Path, typer.Option("--out", help="folder for stress.json, .md and .png")] = Path(
+        "runs/stress"
+    ),
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="at most this many validation films (quick look)")
+    ] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="patient-bootstrap draws")] = 200,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="run only these perturbations (and clean)")
+    ] = None,
+) -> None:
+    """Shift stress benchmark: a fixed, seeded panel of acquisition perturbations of the model's
+    patient-grouped validation films; every metric per perturbation, the worst case and the
+    gate's refusal rate (never the test split)."""
+    _setup_logging()
+    from pneumoscan.stress import run_stress
+
+    report = run_stress(model, data, out, limit=limit, bootstrap=bootstrap, only=only)
+    worst = report["worst"]
+    typer.echo(
+        f"{report['films']} films x {len(report['perturbations'])} perturbations; worst accuracy "
+        f"{worst['accuracy']['value']:.4f} ({worst['accuracy']['perturbation']}), worst gate "
+        f"refusal {100 * worst['refusal_rate']['value']:.1f}% "
+        f"({worst['refusal_rate']['perturbation']}); report in {out}/stress.md"
+    )
 
 
 @app.command()
