@@ -79,3 +79,14 @@ def test_stress_report_on_the_shipped_model(real_data, tmp_path):
     text = (tmp_path / "stress.md").read_text()
     assert "not a diagnostic device" in text and "Worst case" in text
     assert (tmp_path / "stress.png").stat().st_size > 1000
+
+
+def test_stress_cli_names_an_unknown_perturbation(real_data):
+    from typer.testing import CliRunner
+
+    from pneumoscan.cli import app
+
+    result = CliRunner().invoke(app, ["stress", str(real_data), "--only", "sepia"])
+    assert result.exit_code == 2
+    assert "sepia: no such perturbation" in result.output and "blur-1.5" in result.output
+    assert "Traceback" not in result.output

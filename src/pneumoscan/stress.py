@@ -134,6 +134,13 @@ def run_stress(
     """Score the model on every perturbation of its validation films; write JSON, Markdown, plot."""
     from pneumoscan.runtime import load_runtime_model
 
+    if only:
+        names = [p.name for p in panel(np.zeros(2), np.ones(2))]
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise DatasetError(
+                f"--only {', '.join(unknown)}: no such perturbation; choose from {', '.join(names)}"
+            )
     model = load_runtime_model(model_ref)
     films = validation_films(data_dir, model.metadata, limit, reference_films)
     logger.info(
@@ -145,12 +152,6 @@ def run_stress(
         originals = list(pool.map(lambda s: read_image(s.path), films.samples))
     perturbations = panel(*grey_references(films.reference))
     if only:
-        unknown = set(only) - {p.name for p in perturbations}
-        if unknown:
-            raise DatasetError(
-                f"unknown perturbation(s) {', '.join(sorted(unknown))}; choose from "
-                + ", ".join(p.name for p in perturbations)
-            )
         perturbations = [p for p in perturbations if p.name in only or p.name == "clean"]
     groups = [s.patient for s in films.samples]
     threshold = model.threshold
