@@ -1,5 +1,6 @@
 """Export to ONNX and predict through the torch-free runtime."""
 
+import io
 import json
 import subprocess
 import sys
@@ -188,7 +189,7 @@ def test_shipped_gate_accepts_validation_films(real_data):
 def test_batch_heatmaps_are_one_vectorised_pass_that_matches_pil(tmp_path):
     """Overlays for a batch come from one array computation; each equals the single-film
     rendering, and the upsampled map follows PIL's bicubic resize of the class map closely."""
-    from pneumoscan.runtime import _upsampling_matrix, render_heatmap, render_heatmaps
+    from pneumoscan.runtime import _upsampling_matrix, png_bytes, render_heatmap, render_heatmaps
 
     rng = np.random.default_rng(0)
     bases = rng.random((3, 64, 64)).astype(np.float32)
@@ -198,6 +199,9 @@ def test_batch_heatmaps_are_one_vectorised_pass_that_matches_pil(tmp_path):
     for index in range(3):
         single = np.asarray(render_heatmap(bases[index], maps[index], size=64))
         np.testing.assert_array_equal(single, batch[index])
+        written = Image.open(io.BytesIO(png_bytes(batch[index])))  # our fast PNG writer
+        assert written.mode == "RGB"
+        np.testing.assert_array_equal(np.asarray(written), batch[index])
     heat = np.maximum(maps[0], 0) / np.maximum(maps[0], 0).max()
     ours = _upsampling_matrix(7, 64) @ heat @ _upsampling_matrix(7, 64).T
     pil = np.asarray(Image.fromarray(heat).resize((64, 64), Image.Resampling.BICUBIC))

@@ -16,10 +16,11 @@ decision rule come from `decision`, the module training and export use too.
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import os
+import struct
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -209,9 +210,7 @@ class Result:
 
 def _png_base64(image: Image.Image | None, path: str | None) -> str | None:
     if image is not None:
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG", compress_level=1)
-        return base64.b64encode(buffer.getvalue()).decode("ascii")
+        return base64.b64encode(png_bytes(np.asarray(image.convert("RGB")))).decode("ascii")
     if path is not None:
         return base64.b64encode(Path(path).read_bytes()).decode("ascii")
     return None
@@ -501,24 +500,23 @@ def predict_many(
                 submitted += 1
 
         done = 0
-        waiting: tuple[list[Result], Future | None] | None = None  # results whose PNGs are due
+        waiting: tuple[list[Result], dict[int, Future]] | None = None  # results whose PNGs are due
         top_up()
         while pending:
             batch = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
             top_up()
             results, maps = _infer(model, batch, indeterminate_margin)
-            written = None
+            written: dict[int, Future] = {}
             if heatmap_dir is not None:
-                # Rendered and written on a worker while the model runs the next batch.
-                paths = [
-                    Path(heatmap_dir) / _heatmap_name(done + offset, result.source)
-                    if class_map is not None and item.base is not None
-                    else None
-                    for offset, (result, class_map, item) in enumerate(zip(results, maps, batch))
-                ]
-                for result, path in zip(results, paths):
-                    result.heatmap_path = None if path is None else str(path)
-                written = pool.submit(_render_to_files, batch, maps, paths)
+                # Drawn here in one vectorised pass; each PNG is compressed and written on a
+                # worker while the model runs the next batch.
+                for offset, (result, overlay) in enumerate(
+                    zip(results, _render_batch(batch, maps))
+                ):
+                    if overlay is not None:
+                        path = Path(heatmap_dir) / _heatmap_name(done + offset, result.source)
+                        result.heatmap_path = str(path)
+                        written[offset] = pool.submit(_write_heatmap, overlay, path)
             elif draw:
                 for result, overlay in zip(results, _render_batch(batch, maps)):
                     result.heatmap = overlay
@@ -530,31 +528,27 @@ def predict_many(
             yield from _when_written(*waiting)
 
 
-def _when_written(results: list[Result], written: Future | None) -> list[Result]:
+def _when_written(results: list[Result], written: dict[int, Future]) -> list[Result]:
     """The batch's results once its heatmaps are on disk; a heatmap that could not be written
     is noted in its result's message (the prediction itself stands)."""
-    failures = written.result() if written is not None else {}
-    for index, problem in failures.items():
-        result = results[index]
-        result.heatmap_path = None
-        note = f"heatmap not written ({problem})"
-        result.message = (
-            f"{result.message} {note}" if result.message else f"{result.source}: {note}"
-        )
+    for index, future in written.items():
+        problem = future.result()
+        if problem is not None:
+            result = results[index]
+            result.heatmap_path = None
+            note = f"heatmap not written ({problem})"
+            result.message = (
+                f"{result.message} {note}" if result.message else f"{result.source}: {note}"
+            )
     return results
 
 
-def _render_to_files(
-    prepared: Sequence[_Prepared], maps: Sequence[np.ndarray | None], paths: list[Path | None]
-) -> dict[int, str]:
-    failures = {}
-    for index, (overlay, path) in enumerate(zip(_render_batch(prepared, maps), paths)):
-        if overlay is not None and path is not None:
-            try:
-                _save_png(overlay, path)
-            except OSError as error:
-                failures[index] = f"{path}: {error.strerror or error}"
-    return failures
+def _write_heatmap(overlay: Image.Image, path: Path) -> str | None:
+    try:
+        _save_png(overlay, path)
+    except OSError as error:
+        return f"{path}: {error.strerror or error}"
+    return None
 
 
 def _attach_heatmaps(results, maps, prepared) -> None:
@@ -569,8 +563,36 @@ def _heatmap_name(index: int, source: str) -> str:
 
 
 def _save_png(image: Image.Image, path: Path) -> None:
-    # Fast zlib level: a 512 px overlay compresses almost as well and several times faster.
-    atomic_write(path, lambda tmp: image.save(tmp, format="PNG", compress_level=1))
+    data = png_bytes(np.asarray(image))
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 array as an 8-bit RGB PNG, fast.
+
+    Every row uses PNG's `Up` filter (the difference from the row above, one numpy subtraction)
+    and zlib level 1: for a smooth overlay that is as small as Pillow's adaptive filtering at
+    level 1 and about twice as fast, and zlib runs without the GIL, beside the model.
+    """
+    height, width, _ = rgb.shape
+    rows = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(height, width * 3)
+    raw = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    raw[:, 0] = 2  # filter type Up
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # uint8 arithmetic wraps modulo 256
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1))
+        + chunk(b"IEND", b"")
+    )
 
 
 # --- heatmaps ------------------------------------------------------------------------------
@@ -624,11 +646,14 @@ def render_heatmaps(bases: np.ndarray, class_maps: np.ndarray, alpha: float = 0.
     heat = np.einsum("ij,njk,lk->nil", rows, positive, columns, optimize=True)
     levels = np.clip(heat * (HEAT_LEVELS - 1) + 0.5, 0, HEAT_LEVELS - 1).astype(np.uint8)
     coloured, weight = _jet_tables(alpha)
-    film = bases.astype(np.float32) * 255.0 * (1.0 - weight[levels])
-    rgb = coloured[levels]  # (N, S, S, 3)
-    rgb += film[..., None]
-    rgb += 0.5
-    return rgb.astype(np.uint8)
+    film = bases.astype(np.float32) * (255.0 * (1.0 - weight[levels]))
+    film += 0.5  # rounds on the cast below
+    rgb = np.empty(levels.shape + (3,), dtype=np.uint8)
+    channel = np.empty_like(film)
+    for index in range(3):  # one-dimensional lookups per channel are far cheaper than (256, 3)
+        np.add(film, coloured[:, index][levels], out=channel)
+        rgb[..., index] = channel
+    return rgb
 
 
 def render_heatmap(
