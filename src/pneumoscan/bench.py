@@ -328,12 +328,13 @@ def cpu_sharing_note() -> str:
         if "pneumoscan" in text and any(
             f" {job} " in f"{text} " for job in ("train", "cv", "experiments", "stress", "ship")
         ):
-            busy.append(text.split("pneumoscan", 1)[1].strip()[:60])
+            busy.append(" ".join(text.split("pneumoscan", 1)[1].split()[:3]))
     if not busy:
         return "No other pneumoscan job was running."
+    jobs = "; ".join(f"`pneumoscan {job}`" for job in sorted(set(busy)))
     return (
-        "A training job was sharing the two cores while these figures were taken "
-        f"(`pneumoscan {busy[0]}`), so they are lower than on an idle machine."
+        f"Other pneumoscan jobs were running on the same cores while these figures were taken "
+        f"({jobs}), so every figure is lower than on an idle machine."
     )
 
 
