@@ -193,3 +193,36 @@ def test_read_image_accepts_bytes_and_datasets(tmp_path):
     path = write_dicom(tmp_path / "a.dcm", pixels)
     np.testing.assert_array_equal(read_image(path.read_bytes()), read_image(path))
     np.testing.assert_array_equal(read_image(dcmread(path)), read_image(path))
+
+
+def test_a_failure_inside_the_pipeline_is_one_items_error(model, monkeypatch):
+    """Whatever raises after decoding (preprocessing, the model) fails that input only."""
+    import pneumoscan.runtime as runtime
+
+    real_prepare = runtime.prepare
+
+    def flaky_prepare(image, spec):
+        if image.shape[0] == 33:
+            raise ZeroDivisionError("boom")
+        return real_prepare(image, spec)
+
+    monkeypatch.setattr(runtime, "prepare", flaky_prepare)
+    good = np.full((64, 64), 0.5, np.float32)
+    results = model.predict([good, np.full((33, 64), 0.5, np.float32), good])
+    assert [r.status for r in results][1] == "error"
+    assert results[0].status != "error" and results[2].status != "error"
+    assert results[1].message.startswith("<array>: could not be prepared for the model")
+    assert "try again" in results[1].message
+
+    real_run = model.runtime.run
+
+    def failing_run(batch):
+        if len(batch) > 1 or batch[0].mean() > 0.9:
+            raise RuntimeError("onnxruntime says no")
+        return real_run(batch)
+
+    monkeypatch.setattr(model.runtime, "run", failing_run)
+    bright = np.full((64, 64), 1.0, np.float32)
+    results = model.predict([good, bright, good])
+    assert [r.status == "error" for r in results] == [False, True, False]
+    assert "the model failed on this input (RuntimeError)" in results[1].message

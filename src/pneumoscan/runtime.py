@@ -328,10 +328,15 @@ def _prepare(
         return _Prepared(source, error=" ".join(str(error).split()))
     except Exception as error:  # a bug or a decoder surprise: this input fails, the batch goes on
         if raising:
-            raise InputError(f"{source}: could not be prepared ({type(error).__name__}).") from None
-        return _Prepared(
-            source, error=f"{source}: could not be prepared ({type(error).__name__}); skipped."
-        )
+            raise InputError(_unprepared(source, error)) from None
+        return _Prepared(source, error=_unprepared(source, error))
+
+
+def _unprepared(source: str, error: Exception) -> str:
+    return (
+        f"{source}: could not be prepared for the model ({type(error).__name__}); re-export it as "
+        "an 8-bit grayscale PNG and try again."
+    )
 
 
 def _infer(
@@ -354,7 +359,8 @@ def _infer(
             else:
                 prepared[ready[0]].error = (
                     f"{prepared[ready[0]].source}: the model failed on this input "
-                    f"({type(error).__name__}); skipped."
+                    f"({type(error).__name__}); re-export it as an 8-bit grayscale PNG and try "
+                    "again, and report the file if that fails too."
                 )
                 ready = []
     for row, index in enumerate(ready):
