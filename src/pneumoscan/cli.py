@@ -517,6 +517,12 @@ def stress(
     only: Annotated[
         list[str] | None, typer.Option("--only", help="run only these perturbations (and clean)")
     ] = None,
+    thresholds: Annotated[
+        str | None,
+        typer.Option(
+            "--thresholds", help="binary: also report these operating points, e.g. 0.1,0.5"
+        ),
+    ] = None,
 ) -> None:
     """Shift stress benchmark: a fixed, seeded panel of acquisition perturbations of the model's
     patient-grouped validation films; every metric per perturbation, the worst case and the
@@ -524,7 +530,15 @@ def stress(
     _setup_logging()
     from pneumoscan.stress import run_stress
 
-    report = run_stress(model, data, out, limit=limit, bootstrap=bootstrap, only=only)
+    points = None
+    if thresholds:
+        try:
+            points = [float(value) for value in thresholds.split(",")]
+        except ValueError:
+            _fail(f"--thresholds {thresholds!r}: give numbers between 0 and 1, e.g. 0.1,0.5")
+    report = run_stress(
+        model, data, out, limit=limit, bootstrap=bootstrap, only=only, thresholds=points
+    )
     worst = report["worst"]
     typer.echo(
         f"{report['films']} films x {len(report['perturbations'])} perturbations; worst accuracy "

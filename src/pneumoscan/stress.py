@@ -130,6 +130,7 @@ def run_stress(
     bootstrap: int = 200,
     only: list[str] | None = None,
     reference_films: int = REFERENCE_FILMS,
+    thresholds: list[float] | None = None,
 ) -> dict:
     """Score the model on every perturbation of its validation films; write JSON, Markdown, plot."""
     from pneumoscan.runtime import load_runtime_model
@@ -166,7 +167,12 @@ def run_stress(
         )
         refused = int(np.sum(gate > model.ood_threshold)) if model.ood_threshold is not None else 0
         trained = perturbation.family in trained_families
-        rows.append(_row(perturbation, trained, metrics, refused, len(perturbed)))
+        row = _row(perturbation, trained, metrics, refused, len(perturbed))
+        if thresholds and probabilities.shape[1] == 2:
+            row["at_thresholds"] = {
+                f"{t:g}": operating_point(films.targets, probabilities[:, 1], t) for t in thresholds
+            }
+        rows.append(row)
         logger.info(
             "stress %-18s accuracy %.4f  refused %d/%d",
             perturbation.name,
@@ -187,12 +193,41 @@ def run_stress(
         "perturbations": rows,
         "worst": worst_case(rows, model.metadata.get("task")),
     }
+    if rows and "at_thresholds" in rows[0]:
+        report["thresholds"] = threshold_summary(rows)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "stress.json", report)
     atomic_write_text(out / "stress.md", render_markdown(report))
     write_plot(report, out / "stress.png")
     return report
+
+
+def operating_point(targets: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
+    """Accuracy, sensitivity and specificity of a binary decision at `threshold`."""
+    predicted = scores >= threshold
+    positive, negative = targets == 1, targets == 0
+    sensitivity = float(predicted[positive].mean()) if positive.any() else float("nan")
+    specificity = float((~predicted[negative]).mean()) if negative.any() else float("nan")
+    accuracy = float((predicted == positive).mean())
+    return {"accuracy": accuracy, "sensitivity": sensitivity, "specificity": specificity}
+
+
+def threshold_summary(rows: list[dict]) -> dict:
+    """Per threshold: the worst sensitivity, specificity and accuracy over the panel, and the mean
+    balanced accuracy, so operating points can be compared under shift."""
+    summary = {}
+    for key in rows[0].get("at_thresholds", {}):
+        points = [row["at_thresholds"][key] for row in rows]
+        summary[key] = {
+            "worst_sensitivity": min(p["sensitivity"] for p in points),
+            "worst_specificity": min(p["specificity"] for p in points),
+            "worst_accuracy": min(p["accuracy"] for p in points),
+            "mean_balanced_accuracy": float(
+                np.mean([(p["sensitivity"] + p["specificity"]) / 2 for p in points])
+            ),
+        }
+    return summary
 
 
 def _row(
@@ -265,6 +300,19 @@ def render_markdown(report: dict) -> str:
     lines += ["", "Worst case over the panel:", ""]
     for key, entry in report["worst"].items():
         lines.append(f"- {key}: {entry['value']:.4f} ({entry['perturbation']})")
+    if report.get("thresholds"):
+        lines += [
+            "",
+            "Other operating points on the same films (`--thresholds`), over the whole panel:",
+            "",
+            "| threshold | worst sensitivity | worst specificity | worst accuracy | mean balanced accuracy |",
+            "|---|---|---|---|---|",
+        ]
+        for key, entry in report["thresholds"].items():
+            lines.append(
+                f"| {key} | {entry['worst_sensitivity']:.4f} | {entry['worst_specificity']:.4f} | "
+                f"{entry['worst_accuracy']:.4f} | {entry['mean_balanced_accuracy']:.4f} |"
+            )
     return "\n".join(lines) + "\n"
 
 
