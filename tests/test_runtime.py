@@ -167,14 +167,33 @@ def test_shipped_gate_refuses_non_radiographs_and_accepts_films(tmp_path):
     samples = skimage_photos() + generated_non_radiographs(seed=1)
     answers = [predict_pixels(model, _to_unit_gray(image), name) for name, image in samples]
     rejected = [a for a in answers if a.status == NOT_CHEST_XRAY]
-    assert len(rejected) >= 0.95 * len(samples), [
+    # the gate is fitted to accept blurred, noisy and re-framed films too (see the next test), and
+    # lets a few smooth gradients and flat textures through (docs/ood.md lists them)
+    assert len(rejected) >= 0.9 * len(samples), [
         a.source for a in answers if a.status != NOT_CHEST_XRAY
     ]
+    refused = {a.source for a in rejected}
+    blank_or_noise = {name for name, _ in samples if name.startswith(("blank:", "noise:"))}
+    assert blank_or_noise and blank_or_noise <= refused  # no structure: never a radiograph
     assert all(a.label is None and not a.probabilities for a in rejected)
     assert all(a.gate_score > model.ood_threshold for a in rejected)
     repo = Path(__file__).resolve().parents[1]
     for film in sorted((repo / "examples").glob("*.jpeg")):
         assert predict_pixels(model, read_image(film), film.name).status == "ok"
+
+
+def test_shipped_gate_accepts_soft_noisy_and_cropped_films(real_data):
+    """A slightly blurred, noisy or zoomed chest film is still a chest film."""
+    from pneumoscan.perturb import blur, crop, noise
+    from pneumoscan.runtime import load_runtime_model
+
+    model = load_runtime_model("binary")
+    films = [read_image(f) for f in sorted((real_data / "val").rglob("*.jpeg"))]
+    rng = np.random.default_rng(0)
+    for change in (blur(1.5), noise(0.04), crop(0.12)):
+        changed = [np.clip(change(film, rng), 0, 1) for film in films]
+        scores = model.run(np.stack([prepare(film, model.spec) for film in changed]))["ood_score"]
+        assert (scores <= model.ood_threshold).mean() >= 0.9
 
 
 def test_shipped_gate_accepts_validation_films(real_data):

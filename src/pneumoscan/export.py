@@ -19,7 +19,7 @@ from torch import nn
 from pneumoscan.decision import METADATA_KEY, ONNX_METADATA_FORMAT, calibrated_probabilities
 from pneumoscan.fileio import atomic_write
 from pneumoscan.models import Classifier, GroupedClassifier, ModelInfo, load_model_file
-from pneumoscan.ood import OodGate, gate_scores
+from pneumoscan.ood import OodGate, gate_scores, structure_penalty
 from pneumoscan.shipped import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -77,15 +77,14 @@ class _ExportGraph(nn.Module):
             outputs.append(torch.einsum("cf,nfhw->nchw", self.cam_weight, features))
         if self.gate is not None:
             pooled = features.mean(dim=(2, 3))
-            outputs.append(
-                gate_scores(
-                    pooled,
-                    self.gate_mean,
-                    self.gate_components,
-                    self.gate_scales,
-                    self.gate_residual_scale,
-                )
+            distance = gate_scores(
+                pooled,
+                self.gate_mean,
+                self.gate_components,
+                self.gate_scales,
+                self.gate_residual_scale,
             )
+            outputs.append(distance + structure_penalty(image))
         return tuple(outputs)
 
 
