@@ -117,11 +117,16 @@ def test_not_a_chest_xray_gets_no_diagnosis(client):
 
 def test_indeterminate_within_the_configured_margin(models):
     threshold = models["binary"].threshold
-    probability = models["binary"].predict(NORMAL_FILM.read_bytes()).probabilities
-    positive = list(probability.values())[1]
-    margin = min(0.49, abs(positive - threshold) + 0.01)
+
+    def distance(film):
+        probabilities = models["binary"].predict(film.read_bytes()).probabilities
+        return abs(list(probabilities.values())[1] - threshold)
+
+    film = min((NORMAL_FILM, PNEUMONIA_FILM), key=distance)  # the one nearer the threshold
+    assert distance(film) < 0.48, "both example films are far from the threshold"
+    margin = distance(film) + 0.01
     with make_client(models, indeterminate_margin=margin) as client:
-        body = post_film(client, NORMAL_FILM.read_bytes(), model="binary").json()
+        body = post_film(client, film.read_bytes(), model="binary").json()
     assert body["status"] == "indeterminate" and body["label"] is None
     assert body["probabilities"] and body["message"]
 
