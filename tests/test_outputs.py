@@ -46,7 +46,7 @@ def _folder(tmp_path: Path) -> Path:
     folder.mkdir()
     for film in EXAMPLES:
         (folder / film.name).write_bytes(film.read_bytes())
-    pixels = np.asarray(Image.open(EXAMPLES[-1]).convert("L")).astype(np.uint16) * 16
+    pixels = np.asarray(Image.open(EXAMPLES[0]).convert("L")).astype(np.uint16) * 16
     write_dicom(folder / "patient.dcm", pixels)
     padded = dcmread(write_dicom(folder / "padded.dcm", pixels))
     padded.PixelData = padded.PixelData + bytes(64)  # pydicom warns about the excess bytes
