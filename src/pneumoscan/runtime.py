@@ -121,18 +121,21 @@ class OnnxModel:
         outputs = self.run(batch)
         return outputs["probabilities"], outputs.get("cam")
 
+    def run_images(self, images: list[np.ndarray], batch_size: int = 64) -> dict[str, np.ndarray]:
+        """`run` over decoded [0, 1] images, prepared with the model's own spec, in batches."""
+        batches = [
+            self.run(
+                np.stack(
+                    [prepare(image, self.spec) for image in images[start : start + batch_size]]
+                )
+            )
+            for start in range(0, len(images), batch_size)
+        ]
+        return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
+
     def ood_scores(self, images: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
-        """Gate scores of decoded [0, 1] images, prepared with the model's own spec, in batches."""
-        return np.concatenate(
-            [
-                self.run(
-                    np.stack(
-                        [prepare(image, self.spec) for image in images[start : start + batch_size]]
-                    )
-                )["ood_score"]
-                for start in range(0, len(images), batch_size)
-            ]
-        )
+        """Gate scores of decoded [0, 1] images."""
+        return self.run_images(images, batch_size)["ood_score"]
 
     def is_out_of_distribution(self, score: float) -> bool:
         return self.ood_threshold is not None and score > self.ood_threshold
@@ -443,10 +446,7 @@ def predict_pixels(
     `indeterminate_margin` > 0, a binary probability within that distance of the threshold is
     reported as `indeterminate`.
     """
-    prepared = _prepare(model, image, source, heatmap, MAX_IMAGE_PIXELS, raising=True)
-    results, maps = _infer(model, [prepared], indeterminate_margin)
-    _attach_heatmaps(results, maps, [prepared])
-    return results[0]
+    return predict_one(model, image, source, heatmap, indeterminate_margin)
 
 
 def predict_one(

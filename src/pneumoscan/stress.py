@@ -26,7 +26,6 @@ from pneumoscan.images import read_image
 from pneumoscan.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
 from pneumoscan.metrics import compute_metrics
 from pneumoscan.perturb import AUGMENTATION_FAMILIES, Perturbation, panel, reference_quantiles
-from pneumoscan.preprocess import prepare
 
 logger = logging.getLogger(__name__)
 
@@ -111,15 +110,9 @@ def grey_references(reference: list[ds.Sample]) -> tuple[np.ndarray, np.ndarray]
 
 def score(model, images: list[np.ndarray], batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated probabilities and gate scores for decoded films, prepared as prediction does."""
-    probabilities, gate = [], []
-    for start in range(0, len(images), batch_size):
-        batch = np.stack(
-            [prepare(image, model.spec) for image in images[start : start + batch_size]]
-        )
-        outputs = model.run(batch)
-        probabilities.append(outputs["probabilities"])
-        gate.append(outputs.get("ood_score", np.full(len(batch), np.nan)))
-    return np.concatenate(probabilities), np.concatenate(gate)
+    outputs = model.run_images(images, batch_size)
+    gate = outputs.get("ood_score", np.full(len(images), np.nan))
+    return outputs["probabilities"], gate
 
 
 def run_stress(
