@@ -78,6 +78,24 @@ def fit(
     return Calibration(temperature, threshold, rule, len(targets))
 
 
+def coarse_targets(targets: np.ndarray, groups) -> np.ndarray:
+    """Fine class indices mapped to the index of the group that holds them."""
+    lookup = {member: row for row, members in enumerate(groups) for member in members}
+    return np.asarray([lookup[int(t)] for t in targets], dtype=np.int64)
+
+
+def fit_grouped(
+    logits: np.ndarray, targets: np.ndarray, groups, rule: str | None, sensitivity: float = 0.98
+) -> tuple[float, Calibration]:
+    """A model read in coarser classes (GroupedClassifier): the fine temperature, fitted on the
+    fine labels, then the coarse temperature and threshold on the grouped log-probabilities."""
+    source_temperature = fit_temperature(logits, targets)
+    grouped = grouped_log_probabilities(
+        calibrated_probabilities(logits, source_temperature), groups
+    )
+    return source_temperature, fit(grouped, coarse_targets(targets, groups), rule, sensitivity)
+
+
 def patient_folds(
     targets: np.ndarray, patients: list[str], folds: int, seed: int
 ) -> list[np.ndarray]:
@@ -91,6 +109,7 @@ def patient_folds(
 @dataclass(frozen=True)
 class CrossFit:
     probabilities: np.ndarray  # out-of-sample calibrated probabilities, one row per film
+    targets: np.ndarray  # the class each film belongs to, in the scored (coarse) classes
     thresholds: list[float | None]  # the threshold each fold's calibration chose
     temperatures: list[float]
     per_fold: list[dict]  # metrics of each held-out fold
@@ -105,37 +124,48 @@ def crossfit(
     seed: int = 0,
     sensitivity: float = 0.98,
     class_names: tuple[str, ...] = (),
+    groups=None,
 ) -> CrossFit:
-    """Calibrate on all folds but one, score that fold; every film is scored out-of-sample."""
-    out = np.zeros_like(logits, dtype=np.float64)
+    """Calibrate on all folds but one, score that fold; every film is scored out-of-sample.
+
+    With `groups`, the fine logits are read in coarser classes as the shipped GroupedClassifier
+    reads them (`fit_grouped`), and folds are stratified on the coarse classes.
+    """
+    scored = coarse_targets(targets, groups) if groups else targets
+    out = np.zeros((len(targets), len(groups) if groups else logits.shape[1]))
     thresholds, temperatures, per_fold = [], [], []
-    for held in patient_folds(targets, patients, folds, seed):
+    for held in patient_folds(scored, patients, folds, seed):
         rest = np.setdiff1d(np.arange(len(targets)), held)
-        calibration = fit(logits[rest], targets[rest], rule, sensitivity)
-        out[held] = calibrated_probabilities(logits[held], calibration.temperature)
+        if groups:
+            source, calibration = fit_grouped(
+                logits[rest], targets[rest], groups, rule, sensitivity
+            )
+            held_logits = grouped_log_probabilities(
+                calibrated_probabilities(logits[held], source), groups
+            )
+        else:
+            calibration = fit(logits[rest], targets[rest], rule, sensitivity)
+            held_logits = logits[held]
+        out[held] = calibrated_probabilities(held_logits, calibration.temperature)
         thresholds.append(calibration.threshold)
         temperatures.append(calibration.temperature)
-        fold_metrics = compute_metrics(
-            out[held], targets[held], class_names, calibration.threshold, bootstrap=0
+        per_fold.append(
+            compute_metrics(
+                out[held], scored[held], class_names, calibration.threshold, bootstrap=0
+            )
         )
-        per_fold.append(fold_metrics)
-    return CrossFit(out, thresholds, temperatures, per_fold)
+    return CrossFit(out, scored, thresholds, temperatures, per_fold)
 
 
 def crossfit_metrics(
-    fit_result: CrossFit,
-    targets: np.ndarray,
-    patients: list[str],
-    class_names: tuple[str, ...],
-    bootstrap: int = 1000,
+    fit_result: CrossFit, patients: list[str], class_names: tuple[str, ...], bootstrap: int = 1000
 ) -> dict:
-    """Metrics of the pooled out-of-sample scores, each film decided by its own fold's threshold."""
+    """Metrics of the pooled out-of-sample scores, decided at the median of the folds' thresholds
+    (the per-fold figures in `calibration_folds` use each fold's own)."""
     thresholds = [t for t in fit_result.thresholds if t is not None]
-    # Pooled figures use the median fold threshold for the decision; the per-fold table shows
-    # each fold with its own.
     threshold = float(np.median(thresholds)) if thresholds else None
     metrics = compute_metrics(
-        fit_result.probabilities, targets, class_names, threshold, patients, bootstrap
+        fit_result.probabilities, fit_result.targets, class_names, threshold, patients, bootstrap
     )
     keys = ["accuracy", "macro_f1", "roc_auc", "ece"]
     keys += ["sensitivity", "specificity"] if len(class_names) == 2 else []

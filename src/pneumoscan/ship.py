@@ -34,7 +34,6 @@ from pneumoscan.export import export_onnx, parity
 from pneumoscan.fileio import atomic_write, atomic_write_text
 from pneumoscan.images import read_image
 from pneumoscan.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
-from pneumoscan.metrics import calibrated_probabilities, compute_metrics
 from pneumoscan.models import (
     GroupedClassifier,
     ModelInfo,
@@ -109,47 +108,21 @@ def _folds(targets: np.ndarray, patients: list[str]) -> int:
     return max(2, min(CROSSFIT_FOLDS, smallest))
 
 
-def derived_targets(targets: np.ndarray, groups) -> np.ndarray:
-    lookup = {member: row for row, members in enumerate(groups) for member in members}
-    return np.asarray([lookup[int(t)] for t in targets], dtype=np.int64)
-
-
 def out_of_sample(scores: RunScores, derive: str | None, rule: str) -> dict:
     """Cross-fitted figures: calibration fitted on other validation patients than it is scored on."""
-    logits, targets, patients = scores.logits, scores.targets, scores.patients
-    if derive == "binary":
-        class_names = CLASS_NAMES[Task.BINARY]
-        coarse = derived_targets(targets, cal.BINARY_GROUPS)
-        folds = cal.patient_folds(coarse, patients, _folds(coarse, patients), seed=0)
-        out = np.zeros((len(targets), 2))
-        thresholds, temperatures, per_fold = [], [], []
-        for held in folds:
-            rest = np.setdiff1d(np.arange(len(targets)), held)
-            source = cal.fit(logits[rest], targets[rest], rule=None)
-            grouped = cal.grouped_log_probabilities(
-                calibrated_probabilities(logits, source.temperature), cal.BINARY_GROUPS
-            )
-            calibration = cal.fit(grouped[rest], coarse[rest], rule)
-            out[held] = calibrated_probabilities(grouped[held], calibration.temperature)
-            thresholds.append(calibration.threshold)
-            temperatures.append(calibration.temperature)
-            per_fold.append(
-                compute_metrics(
-                    out[held], coarse[held], class_names, calibration.threshold, bootstrap=0
-                )
-            )
-        result = cal.CrossFit(out, thresholds, temperatures, per_fold)
-        return cal.crossfit_metrics(result, coarse, patients, class_names)
-    class_names = scores.info.class_names
+    groups = cal.BINARY_GROUPS if derive == "binary" else None
+    class_names = CLASS_NAMES[Task.BINARY] if groups else scores.info.class_names
+    scored = cal.coarse_targets(scores.targets, groups) if groups else scores.targets
     result = cal.crossfit(
-        logits,
-        targets,
-        patients,
+        scores.logits,
+        scores.targets,
+        scores.patients,
         rule if len(class_names) == 2 else None,
-        folds=_folds(targets, patients),
+        folds=_folds(scored, scores.patients),
         class_names=class_names,
+        groups=groups,
     )
-    return cal.crossfit_metrics(result, targets, patients, class_names)
+    return cal.crossfit_metrics(result, scores.patients, class_names)
 
 
 def shipped_network(
@@ -168,13 +141,10 @@ def shipped_network(
             f"--derive {derive}: only a binary model can be read from a three-class run "
             f"(this run is {info.task})."
         )
-    source = cal.fit(scores.logits, scores.targets, rule=None)
-    grouped = cal.grouped_log_probabilities(
-        calibrated_probabilities(scores.logits, source.temperature), cal.BINARY_GROUPS
+    source_temperature, calibration = cal.fit_grouped(
+        scores.logits, scores.targets, cal.BINARY_GROUPS, rule
     )
-    coarse = derived_targets(scores.targets, cal.BINARY_GROUPS)
-    calibration = cal.fit(grouped, coarse, rule)
-    derived = GroupedClassifier(model, source.temperature, cal.BINARY_GROUPS)
+    derived = GroupedClassifier(model, source_temperature, cal.BINARY_GROUPS)
     derived_info = ModelInfo(
         arch=info.arch,
         head=info.head,
@@ -190,7 +160,7 @@ def shipped_network(
         ood=info.ood,
         derived_from={
             "class_names": list(info.class_names),
-            "temperature": source.temperature,
+            "temperature": source_temperature,
             "groups": [list(members) for members in cal.BINARY_GROUPS],
         },
     )
