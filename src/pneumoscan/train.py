@@ -29,6 +29,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from pneumoscan import dataset as ds
+from pneumoscan.calibration import fit as fit_calibration
 from pneumoscan.config import Config, config_to_dict, load_config, save_config, trainable_blocks
 from pneumoscan.data import ChestXrayDataModule, ImageTensorDataset, decode_images
 from pneumoscan.errors import ConfigError
@@ -36,13 +37,7 @@ from pneumoscan.fileio import atomic_write, atomic_write_json, atomic_write_text
 from pneumoscan.hardware import hardware
 from pneumoscan.labels import CLASS_NAMES
 from pneumoscan.lit import LitClassifier, monitor_metric
-from pneumoscan.metrics import (
-    calibrated_probabilities,
-    compute_metrics,
-    fit_temperature,
-    threshold_at_sensitivity,
-    youden_threshold,
-)
+from pneumoscan.metrics import calibrated_probabilities, compute_metrics
 from pneumoscan.models import (
     SIZE_DEPENDENT_HEADS,
     Classifier,
@@ -393,16 +388,11 @@ def finalize(
         val_set = ImageTensorDataset(run_data.pixels[spec.size][val_index], val_targets, spec)
         logits = predict_logits(model, DataLoader(val_set, batch_size=64))
     logits = logits.numpy()
-    temperature = fit_temperature(logits, val_targets)
+    sensitivity = config.train.threshold_sensitivity
+    rule = "youden" if sensitivity is None else "sensitivity"
+    calibration = fit_calibration(logits, val_targets, rule, sensitivity or 0.98)
+    temperature, threshold = calibration.temperature, calibration.threshold
     probabilities = calibrated_probabilities(logits, temperature)
-    threshold = None
-    if len(class_names) == 2:
-        sensitivity = config.train.threshold_sensitivity
-        threshold = (
-            threshold_at_sensitivity(val_targets, probabilities[:, 1], sensitivity)
-            if sensitivity is not None
-            else youden_threshold(val_targets, probabilities[:, 1])
-        )
     patients = [run_data.samples[i].patient for i in val_index]
     val_metrics = compute_metrics(
         probabilities, val_targets, class_names, threshold, groups=patients
