@@ -9,19 +9,22 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 
-def write_dicom(
-    path: Path,
+def film_dataset(
     pixels: np.ndarray,
     photometric: str = "MONOCHROME2",
-    slope: float = 1.0,
-    intercept: float = 0.0,
-    window: tuple[float, float] | None = None,
-    frames: int = 1,
-) -> Path:
+    bits: int = 16,
+    bits_stored: int | None = None,
+    signed: bool = False,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    instance_uid: str | None = None,
+) -> Dataset:
+    """A DX film with patient fields set (tests check they never reach an output). `pixels` are
+    written as they are, in the dtype `bits` and `signed` give; BitsStored defaults to 12 for
+    16-bit films and to `bits` otherwise."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.MediaStorageSOPInstanceUID = instance_uid or generate_uid()
+    meta.TransferSyntaxUID = transfer_syntax
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = SecondaryCaptureImageStorage
@@ -32,18 +35,33 @@ def write_dicom(
     ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
+    ds.BitsAllocated = bits
+    ds.BitsStored = bits_stored or (12 if bits == 16 else bits)
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = int(signed)
+    dtype = {(16, False): np.uint16, (16, True): np.int16, (8, False): np.uint8, (8, True): np.int8}
+    ds.PixelData = pixels.astype(dtype[bits, signed]).tobytes()
+    return ds
+
+
+def write_dicom(
+    path: Path,
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    slope: float = 1.0,
+    intercept: float = 0.0,
+    window: tuple[float, float] | None = None,
+    frames: int = 1,
+) -> Path:
+    if frames > 1:
+        pixels = np.stack([pixels] * frames)
+    ds = film_dataset(pixels, photometric)
     ds.RescaleSlope = slope
     ds.RescaleIntercept = intercept
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
     if frames > 1:
         ds.NumberOfFrames = frames
-        pixels = np.stack([pixels] * frames)
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path
 

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from dicom_fixtures import film_dataset
 from hypothesis import strategies as st
 from PIL import Image
 from pydicom import dcmread
 from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -40,8 +41,6 @@ from pydicom.uid import (
     JPEG2000Lossless,
     JPEGBaseline8Bit,
     RLELossless,
-    SecondaryCaptureImageStorage,
-    generate_uid,
 )
 
 from pneumoscan.errors import InputError
@@ -89,31 +88,10 @@ def raster_seeds() -> dict[str, bytes]:
 def dicom_dataset(
     bits: int = 16, signed: bool = False, photometric: str = "MONOCHROME2"
 ) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    dataset = Dataset()
-    dataset.file_meta = meta
-    dataset.SOPClassUID = SecondaryCaptureImageStorage
-    dataset.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    dataset.PatientName = "Doe^Jane"
-    dataset.PatientID = "SECRET-12345"
-    dataset.Modality = "DX"
-    dataset.Rows, dataset.Columns = SEED_SIZE[1], SEED_SIZE[0]
-    dataset.SamplesPerPixel = 1
-    dataset.PhotometricInterpretation = photometric
-    dataset.BitsAllocated = bits
-    dataset.BitsStored = 12 if bits == 16 else 8
-    dataset.HighBit = dataset.BitsStored - 1
-    dataset.PixelRepresentation = int(signed)
     pixels = _film(np.uint16) >> 4 if bits == 16 else _film(np.uint8)
     if signed:
-        pixels = (pixels.astype(np.int32) - (1 << (dataset.BitsStored - 1))).astype(
-            np.int16 if bits == 16 else np.int8
-        )
-    dataset.PixelData = pixels.tobytes()
-    return dataset
+        pixels = pixels.astype(np.int32) - (1 << ((12 if bits == 16 else 8) - 1))
+    return film_dataset(pixels, photometric, bits=bits, signed=signed)
 
 
 def _dicom_bytes(dataset: Dataset, syntax=None) -> bytes:

@@ -17,15 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from dicom_fixtures import film_dataset
 from fastapi.testclient import TestClient
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
-    SecondaryCaptureImageStorage,
 )
 from serve_fixtures import (
     NORMAL_FILM,
@@ -103,25 +102,12 @@ def dicom_bytes(
     if pixels is None:
         with Image.open(NORMAL_FILM) as image:
             pixels = np.asarray(image.convert("L").resize((128, 128)), dtype=np.uint16) * 16
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = UID("1.2.826.0.1.3680043.8.498.1")
-    meta.TransferSyntaxUID = transfer_syntax
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID = SecondaryCaptureImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.PatientName = "Doe^Jane"
-    ds.PatientID = "SECRET-12345"
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = bits
-    ds.BitsStored = 12 if bits == 16 else bits
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype(np.uint16 if bits == 16 else np.uint8).tobytes()
+    ds = film_dataset(
+        pixels,
+        bits=bits,
+        transfer_syntax=transfer_syntax,
+        instance_uid="1.2.826.0.1.3680043.8.498.1",
+    )
     if mutate is not None:
         mutate(ds)
     buffer = io.BytesIO()
