@@ -56,6 +56,15 @@ def friendly(command):
 DataDir = Annotated[
     Path, typer.Argument(help="data folder: DATA_DIR/<train|val|test>/<NORMAL|PNEUMONIA>/")
 ]
+# Options `predict` and `serve` share.
+IndeterminateMargin = Annotated[
+    float,
+    typer.Option(help="binary: report 'indeterminate' within this distance of the threshold"),
+]
+GateSwitch = Annotated[
+    bool,
+    typer.Option("--gate/--no-gate", help="refuse inputs unlike chest radiographs (default on)"),
+]
 
 
 @app.command()
@@ -255,16 +264,8 @@ def predict(
         int | None,
         typer.Option(help="threads decoding files while the model runs (default: CPU count)"),
     ] = None,
-    indeterminate: Annotated[
-        float,
-        typer.Option(help="binary: report 'indeterminate' within this distance of the threshold"),
-    ] = 0.0,
-    gate: Annotated[
-        bool,
-        typer.Option(
-            "--gate/--no-gate", help="refuse inputs unlike chest radiographs (default on)"
-        ),
-    ] = True,
+    indeterminate: IndeterminateMargin = 0.0,
+    gate: GateSwitch = True,
 ) -> None:
     """Predict on images with ONNX Runtime (no torch needed): label, calibrated probabilities,
     threshold, gate score, optional heatmaps. Exits 1 when any file could not be read."""
@@ -575,16 +576,8 @@ def serve(
         int, typer.Option(help="requests handled at once; more get 503 with Retry-After")
     ] = 32,
     timeout: Annotated[float, typer.Option(help="request time limit in seconds")] = 30.0,
-    indeterminate: Annotated[
-        float,
-        typer.Option(help="binary: report 'indeterminate' within this distance of the threshold"),
-    ] = 0.0,
-    gate: Annotated[
-        bool,
-        typer.Option(
-            "--gate/--no-gate", help="refuse inputs unlike chest radiographs (default on)"
-        ),
-    ] = True,
+    indeterminate: IndeterminateMargin = 0.0,
+    gate: GateSwitch = True,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(
