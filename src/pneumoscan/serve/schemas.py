@@ -109,51 +109,47 @@ _HEATMAP_FIELD = {
 }
 
 
-def predict_request_body(model_names: list[str]) -> dict:
-    model_field = {**_MODEL_FIELD, "enum": model_names}
+def _multipart_body(model_names: list[str], upload: str, upload_schema: dict) -> dict:
+    """The multipart form both predict routes take: the upload field, `model` and `heatmap`."""
     return {
         "required": True,
         "content": {
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
-                    "required": ["file"],
+                    "required": [upload],
                     "properties": {
-                        "file": {
-                            "type": "string",
-                            "format": "binary",
-                            "description": "one JPEG, PNG or DICOM radiograph",
-                        },
-                        "model": model_field,
+                        upload: upload_schema,
+                        "model": {**_MODEL_FIELD, "enum": model_names},
                         "heatmap": _HEATMAP_FIELD,
                     },
                 }
             }
         },
     }
+
+
+def predict_request_body(model_names: list[str]) -> dict:
+    return _multipart_body(
+        model_names,
+        "file",
+        {
+            "type": "string",
+            "format": "binary",
+            "description": "one JPEG, PNG or DICOM radiograph",
+        },
+    )
 
 
 def batch_request_body(model_names: list[str], max_files: int) -> dict:
-    model_field = {**_MODEL_FIELD, "enum": model_names}
-    return {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["files"],
-                    "properties": {
-                        "files": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "minItems": 1,
-                            "maxItems": max_files,
-                            "description": "JPEG, PNG or DICOM radiographs, one part each",
-                        },
-                        "model": model_field,
-                        "heatmap": _HEATMAP_FIELD,
-                    },
-                }
-            }
+    return _multipart_body(
+        model_names,
+        "files",
+        {
+            "type": "array",
+            "items": {"type": "string", "format": "binary"},
+            "minItems": 1,
+            "maxItems": max_files,
+            "description": "JPEG, PNG or DICOM radiographs, one part each",
         },
-    }
+    )
