@@ -5,9 +5,9 @@ different machine, site or export step could have produced it. Severities are fi
 random choice comes from a generator seeded by the perturbation and the film's index, so two runs
 of the benchmark see the same films.
 
-`trained` says whether the `acquisition` training augmentation (data.radiograph_augmentation)
-covers the family: families kept out of training show whether robustness carries over to shifts
-the model never saw.
+Each perturbation has a family; AUGMENTATION_FAMILIES says which families each training
+augmentation policy covers, so the report can mark, per model, what was trained in and what
+was kept out.
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ AUGMENTATION_FAMILIES: dict[str | None, tuple[str, ...]] = {
 class Perturbation:
     name: str
     family: str
-    trained: bool  # covered by the `acquisition` training augmentation (see AUGMENTATION_FAMILIES)
     description: str
     apply: Transform = field(repr=False, compare=False)
 
@@ -222,34 +221,34 @@ def reference_quantiles(images: list[np.ndarray], points: int = 257) -> np.ndarr
 def panel(dark_reference: np.ndarray, bright_reference: np.ndarray) -> list[Perturbation]:
     """The benchmark's fixed panel. The references are two other groups' grey-level quantiles."""
 
-    def p(name, family, trained, description, apply):
-        return Perturbation(name, family, trained, description, apply)
+    def p(name, family, description, apply):
+        return Perturbation(name, family, description, apply)
 
     identity: Transform = lambda image, rng: image  # noqa: E731
     return [
-        p("clean", "none", True, "the film as stored", identity),
-        p("exposure-up", "exposure", True, "grey levels +0.15", exposure(0.15)),
-        p("exposure-down", "exposure", True, "grey levels -0.15", exposure(-0.15)),
-        p("contrast-low", "contrast", True, "contrast x0.6", contrast(0.6)),
-        p("contrast-high", "contrast", True, "contrast x1.5", contrast(1.5)),
-        p("gamma-0.6", "gamma", True, "x ** 0.6 (brighter mid-tones)", gamma(0.6)),
-        p("gamma-1.6", "gamma", True, "x ** 1.6 (darker mid-tones)", gamma(1.6)),
-        p("window-narrow", "windowing", False, "window [0.15, 0.85], outside saturates", window(0.15, 0.85)),
-        p("blur-1.5", "blur", True, "Gaussian blur, sigma 1.5 px", blur(1.5)),
-        p("blur-3", "blur", True, "Gaussian blur, sigma 3 px", blur(3.0)),
-        p("sharpen", "sharpen", True, "unsharp mask, radius 2 px, 150%", sharpen(2.0, 150)),
-        p("noise-0.02", "noise", True, "Gaussian noise, sigma 0.02", noise(0.02)),
-        p("noise-0.04", "noise", True, "Gaussian noise, sigma 0.04", noise(0.04)),
-        p("jpeg-30", "jpeg", False, "JPEG re-compression, quality 30", jpeg(30)),
-        p("jpeg-10", "jpeg", False, "JPEG re-compression, quality 10", jpeg(10)),
-        p("resolution-0.5", "resolution", False, "down to 1/2 and back up", resolution(0.5)),
-        p("resolution-0.25", "resolution", False, "down to 1/4 and back up", resolution(0.25)),
-        p("rotate-7", "geometry", True, "rotation by 7 degrees, either way", rotate(7.0)),
-        p("shift-8", "geometry", True, "shift by 8% of each side", shift(0.08)),
-        p("crop-12", "geometry", True, "12% cut from each side (zoom in)", crop(0.12)),
-        p("border-10", "border", False, "black frame of 10% per side (zoom out)", border(0.10)),
-        p("collimation-12", "collimation", False, "outer 12% of each side shuttered", collimation(0.12)),
-        p("text-markers", "text", False, "burned-in side marker and ID/date line", text_markers()),
-        p("histmatch-dark", "histogram", False, "grey levels of the darkest quarter of other films", histogram_match(dark_reference)),
-        p("histmatch-bright", "histogram", False, "grey levels of the brightest quarter of other films", histogram_match(bright_reference)),
+        p("clean", "none", "the film as stored", identity),
+        p("exposure-up", "exposure", "grey levels +0.15", exposure(0.15)),
+        p("exposure-down", "exposure", "grey levels -0.15", exposure(-0.15)),
+        p("contrast-low", "contrast", "contrast x0.6", contrast(0.6)),
+        p("contrast-high", "contrast", "contrast x1.5", contrast(1.5)),
+        p("gamma-0.6", "gamma", "x ** 0.6 (brighter mid-tones)", gamma(0.6)),
+        p("gamma-1.6", "gamma", "x ** 1.6 (darker mid-tones)", gamma(1.6)),
+        p("window-narrow", "windowing", "window [0.15, 0.85], outside saturates", window(0.15, 0.85)),
+        p("blur-1.5", "blur", "Gaussian blur, sigma 1.5 px", blur(1.5)),
+        p("blur-3", "blur", "Gaussian blur, sigma 3 px", blur(3.0)),
+        p("sharpen", "sharpen", "unsharp mask, radius 2 px, 150%", sharpen(2.0, 150)),
+        p("noise-0.02", "noise", "Gaussian noise, sigma 0.02", noise(0.02)),
+        p("noise-0.04", "noise", "Gaussian noise, sigma 0.04", noise(0.04)),
+        p("jpeg-30", "jpeg", "JPEG re-compression, quality 30", jpeg(30)),
+        p("jpeg-10", "jpeg", "JPEG re-compression, quality 10", jpeg(10)),
+        p("resolution-0.5", "resolution", "down to 1/2 and back up", resolution(0.5)),
+        p("resolution-0.25", "resolution", "down to 1/4 and back up", resolution(0.25)),
+        p("rotate-7", "geometry", "rotation by 7 degrees, either way", rotate(7.0)),
+        p("shift-8", "geometry", "shift by 8% of each side", shift(0.08)),
+        p("crop-12", "geometry", "12% cut from each side (zoom in)", crop(0.12)),
+        p("border-10", "border", "black frame of 10% per side (zoom out)", border(0.10)),
+        p("collimation-12", "collimation", "outer 12% of each side shuttered", collimation(0.12)),
+        p("text-markers", "text", "burned-in side marker and ID/date line", text_markers()),
+        p("histmatch-dark", "histogram", "grey levels of the darkest quarter of other films", histogram_match(dark_reference)),
+        p("histmatch-bright", "histogram", "grey levels of the brightest quarter of other films", histogram_match(bright_reference)),
     ]  # fmt: skip
