@@ -43,15 +43,20 @@ class ValidationFilms:
 
 
 def training_split(metadata: dict) -> dict:
-    """How the model's validation patients were drawn, from its metadata (defaults: the recipes')."""
-    recorded = dict(metadata.get("training_split") or {})
-    recorded.setdefault("task", metadata.get("task", "binary"))
-    recorded.setdefault("fold", 0)
-    recorded.setdefault("val_fraction", 0.2)
-    recorded.setdefault("seed", 42)
-    recorded.setdefault("max_patients", None)
-    recorded.setdefault("augment_policy", "basic")  # models from before the policy was recorded
-    return recorded
+    """How the model's validation patients were drawn, from its metadata; models shipped before
+    the split was recorded fall back to the config defaults their recipes used."""
+    from pneumoscan.config import DataConfig, TrainConfig
+
+    data, train = DataConfig(), TrainConfig()
+    defaults = {
+        "task": metadata.get("task", data.task.value),
+        "fold": data.fold,
+        "val_fraction": data.val_fraction,
+        "seed": train.seed,
+        "max_patients": data.max_patients,
+        "augment_policy": train.augment_policy,
+    }
+    return {**defaults, **(metadata.get("training_split") or {})}
 
 
 def validation_films(
