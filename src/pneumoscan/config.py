@@ -17,6 +17,12 @@ import yaml
 from pneumoscan.errors import ConfigError
 from pneumoscan.labels import Task
 
+AUGMENT_POLICIES = (
+    "basic",
+    "acquisition",
+    "framing",
+)  # perturb.AUGMENTATION_FAMILIES: what each covers
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -53,7 +59,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_balance: str = "weights"  # weights | sampler | none
     augment: bool = True
-    augment_policy: str = "basic"  # basic | acquisition (see data.radiograph_augmentation)
+    augment_policy: str = "basic"  # one of AUGMENT_POLICIES (see data.radiograph_augmentation)
     ema_decay: float | None = None  # EMA of the weights per step, in the first (low-res) phase
     select: str = "best"  # best: the checkpoint with the best validation score; last: the final
     train_size: int | None = None  # train at a lower resolution than image_size, then finish at it
@@ -229,9 +235,10 @@ def validate(config: Config) -> None:
         )
     if model.intensity not in ("none", "equalize"):
         raise ConfigError(f"model.intensity {model.intensity!r}: choose none or equalize")
-    if train.augment_policy not in ("basic", "acquisition"):
+    if train.augment_policy not in AUGMENT_POLICIES:
         raise ConfigError(
-            f"train.augment_policy {train.augment_policy!r}: choose basic or acquisition"
+            f"train.augment_policy {train.augment_policy!r}: choose one of "
+            + ", ".join(AUGMENT_POLICIES)
         )
     if train.select not in ("best", "last"):
         raise ConfigError(f"train.select {train.select!r}: choose best or last")

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
+from pneumoscan.config import AUGMENT_POLICIES
 from pneumoscan.dataset import Sample
 from pneumoscan.errors import DatasetError, InputError
 from pneumoscan.fileio import atomic_write
@@ -103,9 +104,6 @@ def _report_failures(failed: list[str], total: int, strict: bool) -> None:
     )
 
 
-AUGMENT_POLICIES = ("basic", "acquisition")  # perturb.AUGMENTATION_FAMILIES says what each covers
-
-
 class RandomGamma(v2.Transform):
     """x -> x ** gamma with log-uniform gamma: a different detector or processing curve."""
 
@@ -121,12 +119,65 @@ class RandomGamma(v2.Transform):
         return inpt.clamp(0.0, 1.0).pow(params["gamma"])
 
 
+class RandomFrame(v2.Transform):
+    """How the film is framed: a black border (a padded or scanned export, the film shrunk inside
+    it) or collimator shutters (the outer bands blanked to a dark grey). Each side gets its own
+    width, up to `max_fraction` of the image."""
+
+    def __init__(self, max_fraction: float = 0.15) -> None:
+        super().__init__()
+        self.max_fraction = max_fraction
+
+    def make_params(self, flat_inputs):
+        sides = torch.empty(4).uniform_(0.0, self.max_fraction).tolist()
+        return {
+            "sides": sides,
+            "shutter": bool(torch.rand(1) < 0.5),
+            "level": float(torch.empty(1).uniform_(0.0, 0.1)),
+        }
+
+    def transform(self, inpt, params):
+        height, width = inpt.shape[-2:]
+        top, bottom, left, right = params["sides"]
+        y0, y1 = round(top * height), height - round(bottom * height)
+        x0, x1 = round(left * width), width - round(right * width)
+        if params["shutter"]:
+            out = torch.full_like(inpt, params["level"])
+            out[..., y0:y1, x0:x1] = inpt[..., y0:y1, x0:x1]
+            return out
+        inner = torch.nn.functional.interpolate(
+            inpt.reshape(-1, 1, height, width),
+            size=(y1 - y0, x1 - x0),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        ).reshape(*inpt.shape[:-2], y1 - y0, x1 - x0)
+        out = torch.zeros_like(inpt)
+        out[..., y0:y1, x0:x1] = inner
+        return out
+
+
+class RandomWindow(v2.Transform):
+    """A different display window: grey levels outside [low, high] clipped, the rest stretched."""
+
+    def make_params(self, flat_inputs):
+        return {
+            "low": float(torch.empty(1).uniform_(0.0, 0.15)),
+            "high": float(torch.empty(1).uniform_(0.85, 1.0)),
+        }
+
+    def transform(self, inpt, params):
+        low, high = params["low"], params["high"]
+        return ((inpt - low) / (high - low)).clamp(0.0, 1.0)
+
+
 def radiograph_augmentation(size: int, policy: str = "basic") -> v2.Transform:
     """Changes a real film could show; no flips (anatomy is sided).
 
     `basic`: small geometric changes plus brightness and contrast. `acquisition` adds what differs
     between machines and sites: detector curve (gamma), focus and scatter (blur), edge
-    enhancement (sharpening) and quantum noise.
+    enhancement (sharpening) and quantum noise. `framing` adds how the film is cut and shown:
+    black borders, collimator shutters and display windows.
     """
     geometric = [
         v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1)),
@@ -134,11 +185,17 @@ def radiograph_augmentation(size: int, policy: str = "basic") -> v2.Transform:
     ]
     if policy == "basic":
         return v2.Compose([*geometric, v2.ColorJitter(brightness=0.2, contrast=0.2)])
-    if policy != "acquisition":
+    if policy not in AUGMENT_POLICIES:
         raise ValueError(f"augment policy {policy!r}: choose one of {', '.join(AUGMENT_POLICIES)}")
+    framing = (
+        [v2.RandomApply([RandomFrame(0.15)], p=0.35), v2.RandomApply([RandomWindow()], p=0.2)]
+        if policy == "framing"
+        else []
+    )
     return v2.Compose(
         [
             *geometric,
+            *framing,
             v2.ColorJitter(brightness=0.3, contrast=0.3),
             v2.RandomApply([RandomGamma(0.7, 1.4)], p=0.5),
             v2.RandomApply([v2.GaussianBlur(kernel_size=7, sigma=(0.3, 1.8))], p=0.3),
