@@ -102,6 +102,19 @@ def train(
     strict: Annotated[
         bool, typer.Option("--strict", help="stop on unreadable images instead of skipping them")
     ] = False,
+    devices: Annotated[
+        str | None,
+        typer.Option(help="devices per machine: a count, auto, or GPU ids (train.devices)"),
+    ] = None,
+    num_nodes: Annotated[
+        int | None, typer.Option("--num-nodes", help="machines (train.num_nodes)")
+    ] = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="Lightning strategy, e.g. ddp (train.strategy)")
+    ] = None,
+    accelerator: Annotated[
+        str | None, typer.Option(help="cpu, gpu or auto (train.accelerator)")
+    ] = None,
     override: Annotated[
         list[str] | None,
         typer.Argument(
@@ -109,7 +122,8 @@ def train(
         ),
     ] = None,
 ) -> None:
-    """Train a model from a recipe; writes OUT/model.pt, a self-describing model file."""
+    """Train a model from a recipe; writes OUT/model.pt, a self-describing model file. Several
+    devices or machines: --devices 2 (DDP), also under torchrun or srun; rank zero writes."""
     _setup_logging()
     from pneumoscan.config import load_config
 
@@ -118,12 +132,28 @@ def train(
         overrides.append(f"data.root={data}")
     if strict:
         overrides.append("data.strict=true")
+    for key, value in (
+        ("devices", devices),
+        ("num_nodes", num_nodes),
+        ("strategy", strategy),
+        ("accelerator", accelerator),
+    ):
+        if value is not None:
+            overrides.append(f"train.{key}={value}")
     cfg = load_config(config, overrides)
     out_dir = out or Path("runs") / cfg.name
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
     from pneumoscan.train import fit
 
+    # Under DDP the other ranks report only warnings and errors; rank zero tells the story once.
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(
+            lambda record: rank_zero_only.rank == 0 or record.levelno >= logging.WARNING
+        )
     model_path = fit(cfg, out_dir, resume=resume, progress=sys.stderr.isatty())
-    typer.echo(f"model file: {model_path}")
+    if rank_zero_only.rank == 0:
+        typer.echo(f"model file: {model_path}")
 
 
 @app.command()

@@ -70,9 +70,12 @@ class TrainConfig:
     )
     threads: int | None = None
     seed: int = 42
+    # Lightning's device flags (README, "Several devices and machines"). batch_size and lr are per
+    # process: the global batch is batch_size x devices x num_nodes.
     accelerator: str = "cpu"
-    devices: int | str = 1
-    strategy: str = "auto"  # Lightning strategy, e.g. ddp for several GPUs
+    devices: int | str = 1  # per node: a count, "auto", or GPU ids such as "0,1"
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto (DDP when there are several devices), ddp, ...
 
 
 @dataclass(frozen=True)
@@ -248,6 +251,13 @@ def validate(config: Config) -> None:
         raise ConfigError("train.epochs and train.batch_size must be at least 1")
     if train.threshold_sensitivity is not None and not 0 < train.threshold_sensitivity < 1:
         raise ConfigError("train.threshold_sensitivity must be between 0 and 1")
+    if train.num_nodes < 1:
+        raise ConfigError(f"train.num_nodes must be at least 1, got {train.num_nodes}")
+    if isinstance(train.devices, int) and train.devices < 1 and train.devices != -1:
+        raise ConfigError(
+            f"train.devices {train.devices}: give a count of 1 or more, -1 or auto for all, "
+            "or GPU ids such as 0,1"
+        )
 
 
 def _is_finetune_last(strategy: str) -> bool:

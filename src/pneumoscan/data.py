@@ -2,7 +2,8 @@
 
 On 2 CPU cores, decoding JPEGs every epoch costs as much as a small model's forward pass, so each
 image is decoded and resized once (`images.read_image` -> `preprocess.square_uint8`) into a uint8
-array, cached on disk, and augmented on the fly as a tensor.
+array, cached on disk, and augmented on the fly as a tensor. Under DDP each rank reads its own
+share of the films per epoch (`training_sampler`, `validation_sampler`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from filelock import FileLock
+from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from pneumoscan.config import AUGMENT_POLICIES
@@ -47,20 +51,31 @@ def decode_images(
     cache_dir: Path | None = None,
     threads: int = 2,
 ) -> DecodedImages:
-    """Decode and resize every sample once; unreadable files are listed, then skipped or fatal."""
-    cache_file = None
-    if cache_dir is not None:
-        key = hashlib.sha256()
-        for sample in samples:
-            stat = sample.path.stat()
-            key.update(f"{sample.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
-        cache_file = Path(cache_dir) / f"images-{size}-{key.hexdigest()[:16]}.npz"
-        if cache_file.is_file():
-            with np.load(cache_file, allow_pickle=False) as cached:
-                decoded = DecodedImages(cached["pixels"], cached["kept"], list(cached["failed"]))
-            _report_failures(decoded.failed, len(samples), strict)
-            return decoded
+    """Decode and resize every sample once; unreadable files are listed, then skipped or fatal.
 
+    The cache file is read and written under a lock: DDP ranks started together (torchrun, srun)
+    decode once, and the others wait for the file instead of decoding the same films.
+    """
+    if cache_dir is None:
+        return _decode_all(samples, size, strict, threads, cache_file=None)
+    key = hashlib.sha256()
+    for sample in samples:
+        stat = sample.path.stat()
+        key.update(f"{sample.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    cache_file = Path(cache_dir) / f"images-{size}-{key.hexdigest()[:16]}.npz"
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(cache_file.with_name(cache_file.name + ".lock")):
+        if not cache_file.is_file():
+            return _decode_all(samples, size, strict, threads, cache_file)
+        with np.load(cache_file, allow_pickle=False) as cached:
+            decoded = DecodedImages(cached["pixels"], cached["kept"], list(cached["failed"]))
+    _report_failures(decoded.failed, len(samples), strict)
+    return decoded
+
+
+def _decode_all(
+    samples: list[Sample], size: int, strict: bool, threads: int, cache_file: Path | None
+) -> DecodedImages:
     def attempt(sample: Sample):
         try:
             return _decode(sample.path, size), None
@@ -244,6 +259,48 @@ class ImageTensorDataset(Dataset):
         return torch.from_numpy(prepared), self.targets[index]
 
 
+def training_sampler(
+    size: int,
+    sampler_weights: np.ndarray | None,
+    seed: int,
+    num_replicas: int = 1,
+    rank: int = 0,
+) -> Sampler | None:
+    """The order of the training films for one process; None: plain shuffling (one process).
+
+    Under DDP torch's DistributedSampler gives each rank a disjoint share of a permutation that all
+    ranks draw alike (seed + epoch). Class balancing draws one weighted sample for the whole epoch,
+    identical on every rank (same seeded generator), and Lightning's DistributedSamplerWrapper
+    (catalyst's) deals its positions out. drop_last: every rank gets the same number of films and
+    no position twice (padding would repeat up to num_replicas - 1 of them).
+    """
+    weighted = None
+    if sampler_weights is not None:
+        weighted = WeightedRandomSampler(
+            torch.as_tensor(sampler_weights, dtype=torch.double),
+            num_samples=size,
+            replacement=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+    if num_replicas == 1:
+        return weighted
+    if weighted is not None:  # the weighted draw is already in random order
+        return DistributedSamplerWrapper(
+            weighted, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=True
+        )
+    return DistributedSampler(
+        range(size), num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+    )
+
+
+def validation_sampler(size: int, num_replicas: int = 1, rank: int = 0) -> Sampler | None:
+    """Each validation film on exactly one rank (Lightning's UnrepeatedDistributedSampler; shares
+    differ by at most one film), so metrics gathered across ranks count every film once."""
+    if num_replicas == 1:
+        return None
+    return UnrepeatedDistributedSampler(range(size), num_replicas=num_replicas, rank=rank)
+
+
 class ChestXrayDataModule(L.LightningDataModule):
     """Thin: the arrays are prepared (and split by patient) before the trainer sees them."""
 
@@ -257,25 +314,33 @@ class ChestXrayDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         self.train_set, self.val_set = train, val
-        self.batch_size = batch_size
+        self.batch_size = batch_size  # per process: the global batch is this x world size
         self.sampler_weights = sampler_weights
         self.seed = seed
 
+    def _ranks(self) -> tuple[int, int]:
+        return (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
+
     def train_dataloader(self) -> DataLoader:
-        if self.sampler_weights is not None:
-            sampler = WeightedRandomSampler(
-                torch.as_tensor(self.sampler_weights, dtype=torch.double),
-                num_samples=len(self.train_set),
-                replacement=True,
-                generator=torch.Generator().manual_seed(self.seed),
-            )
-            return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler)
+        num_replicas, rank = self._ranks()
+        sampler = training_sampler(
+            len(self.train_set), self.sampler_weights, self.seed, num_replicas, rank
+        )
+        films = len(sampler) if sampler is not None else len(self.train_set)
         return DataLoader(
             self.train_set,
             batch_size=self.batch_size,
-            shuffle=True,
-            drop_last=len(self.train_set) > self.batch_size,
+            sampler=sampler,
+            shuffle=sampler is None,
+            # a last batch of one film breaks batch norm; every rank drops alike (equal shares)
+            drop_last=films > self.batch_size,
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_set, batch_size=self.batch_size * 2, shuffle=False)
+        num_replicas, rank = self._ranks()
+        return DataLoader(
+            self.val_set,
+            batch_size=self.batch_size * 2,
+            sampler=validation_sampler(len(self.val_set), num_replicas, rank),
+            shuffle=False,
+        )

@@ -3,6 +3,10 @@
 The network itself is a plain `models.Classifier` (no Lightning inside), so it exports and serves
 without the trainer. When the backbone is frozen, `head_only=True` trains the head on cached
 backbone features instead of images.
+
+Under DDP every logged value is reduced over the ranks: losses with `sync_dist`, and the
+torchmetrics objects gather every rank's predictions when Lightning computes them at epoch end,
+so each rank's checkpoint, early-stopping and scheduler decisions see the same whole-set scores.
 """
 
 from __future__ import annotations
@@ -64,7 +68,13 @@ class LitClassifier(L.LightningModule):
         inputs, targets = batch
         loss = self.loss(self(inputs), targets)
         self.log(
-            "train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(targets)
+            "train/loss",
+            loss,
+            on_step=False,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(targets),
+            sync_dist=True,
         )
         return loss
 
@@ -78,17 +88,15 @@ class LitClassifier(L.LightningModule):
             on_epoch=True,
             prog_bar=True,
             batch_size=len(targets),
+            sync_dist=True,
         )
         self.val_metrics.update(probabilities, targets)
         self.val_auroc.update(
             probabilities[:, 1] if self.num_classes == 2 else probabilities, targets
         )
-
-    def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=True)
-        self.log("val/auroc", self.val_auroc.compute(), prog_bar=True)
-        self.val_metrics.reset()
-        self.val_auroc.reset()
+        # Logged as metric objects: Lightning computes (and syncs) them once at epoch end, then resets.
+        self.log_dict(self.val_metrics, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("val/auroc", self.val_auroc, on_step=False, on_epoch=True, prog_bar=True)
 
     def configure_optimizers(self):
         config = self.train_config

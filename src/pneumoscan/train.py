@@ -2,11 +2,17 @@
 
     pneumoscan train --config configs/binary.yaml --out runs/binary
     pneumoscan train --config configs/binary.yaml --out runs/binary --resume   # after a crash
+    pneumoscan train --config configs/binary.yaml --out runs/binary --devices 2 --strategy ddp
 
 Run folder: config.yaml (resolved), split.csv (patient-grouped), phase-*/ (Lightning checkpoints,
 metrics.csv), model.pt (the result), val_metrics.json. CPU-efficient by design: images are decoded
 once, a frozen backbone's features are computed once and cached, and `train.train_size` trains at
 a lower resolution before `train.finish_epochs` at full resolution.
+
+Under DDP every process runs `fit` (Lightning's launcher reruns the command for the other local
+ranks; torchrun and srun start them all at once). Rank zero alone checks and creates the run
+folder and writes the split, checkpoints, logs, the model file and the reports; every rank
+prepares the same data and split (the decode and feature caches are shared under a file lock).
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
+from filelock import FileLock
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from lightning.pytorch.callbacks.weight_averaging import EMAWeightAveraging
 from lightning.pytorch.loggers import CSVLogger
@@ -30,7 +38,14 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from pneumoscan import dataset as ds
 from pneumoscan.calibration import fit as fit_calibration
-from pneumoscan.config import Config, config_to_dict, load_config, save_config, trainable_blocks
+from pneumoscan.config import (
+    Config,
+    TrainConfig,
+    config_to_dict,
+    load_config,
+    save_config,
+    trainable_blocks,
+)
 from pneumoscan.data import ChestXrayDataModule, ImageTensorDataset, decode_images
 from pneumoscan.errors import ConfigError
 from pneumoscan.fileio import atomic_write, atomic_write_json, atomic_write_text
@@ -61,6 +76,51 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         atomic_write(Path(path), lambda tmp: torch.save(checkpoint, tmp))
+
+
+@dataclass(frozen=True)
+class Launch:
+    """Where this process stands in the run: `world_size` processes in all, `processes_per_node`
+    of them on this machine, this one `global_rank`."""
+
+    world_size: int
+    global_rank: int
+    processes_per_node: int
+
+    @property
+    def is_rank_zero(self) -> bool:
+        return self.global_rank == 0
+
+
+LAUNCH_FLAGS = ("accelerator", "devices", "num_nodes", "strategy")
+
+
+def launch_flags(train: TrainConfig) -> dict:
+    """The TrainConfig fields that say where a run trains, not what it trains."""
+    return {name: getattr(train, name) for name in LAUNCH_FLAGS}
+
+
+def launch_of(train: TrainConfig) -> Launch:
+    """Lightning's own reading of the device flags and of the launcher's environment (LOCAL_RANK
+    and NODE_RANK from its launcher, RANK from torchrun, SLURM_PROCID from srun), from a Trainer
+    that is built and never fitted. Bad flags fail here, before any folder is created."""
+    try:
+        trainer = L.Trainer(
+            accelerator=train.accelerator,
+            devices=train.devices,
+            num_nodes=train.num_nodes,
+            strategy=train.strategy,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+        )
+    except (MisconfigurationException, ValueError, RuntimeError) as error:
+        raise ConfigError(
+            f"train.accelerator={train.accelerator} train.devices={train.devices} "
+            f"train.num_nodes={train.num_nodes} train.strategy={train.strategy}: {error}"
+        ) from None
+    return Launch(trainer.world_size, trainer.global_rank, trainer.num_devices)
 
 
 @dataclass(frozen=True)
@@ -120,9 +180,20 @@ def class_weights(targets: np.ndarray, num_classes: int) -> torch.Tensor:
 def _feature_cache(
     model: Classifier, pixels: np.ndarray, spec: PreprocessSpec, pooled: bool, cache_file: Path
 ) -> torch.Tensor:
-    """Backbone features of every image, computed once (the backbone is frozen and deterministic)."""
-    if cache_file.is_file():
-        return torch.load(cache_file, weights_only=True)
+    """Backbone features of every image, computed once (the backbone is frozen and deterministic).
+
+    Under a lock: DDP ranks started together compute them once, the others wait and read the file.
+    """
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(cache_file.with_name(cache_file.name + ".lock")):
+        if cache_file.is_file():
+            return torch.load(cache_file, weights_only=True)
+        return _compute_features(model, pixels, spec, pooled, cache_file)
+
+
+def _compute_features(
+    model: Classifier, pixels: np.ndarray, spec: PreprocessSpec, pooled: bool, cache_file: Path
+) -> torch.Tensor:
     images = ImageTensorDataset(pixels, np.zeros(len(pixels)), spec)
     outputs = []
     model.eval()
@@ -158,26 +229,18 @@ def fit(
     callbacks: list[Callback] = (),
     progress: bool = True,
 ) -> Path:
-    """Train per `config` into `out_dir`; return the model file path. Resumable."""
+    """Train per `config` into `out_dir`; return the model file path (rank zero writes it).
+    Resumable, on one process or under DDP."""
     out_dir = Path(out_dir)
-    config_file = out_dir / "config.yaml"
-    if not resume:  # fail on a bad architecture or data folder before creating the run folder
-        get_architecture(config.model.arch)
-        ds.training_pool(config.data.root)
-    if resume:
-        if not config_file.is_file():
-            raise ConfigError(
-                f"{out_dir}: nothing to resume (no config.yaml); start without --resume."
-            )
-        config = load_config(config_file)
-    elif any((out_dir / name).exists() for name in ("config.yaml", MODEL_FILE)):
-        raise ConfigError(
-            f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out."
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, config_file)
+    launch = launch_of(config.train)
+    config = open_run_folder(config, out_dir, resume, launch.is_rank_zero)
     started = time.time()
-    torch.set_num_threads(config.train.threads or os.cpu_count() or 1)
+    threads = config.train.threads or max(1, (os.cpu_count() or 1) // launch.processes_per_node)
+    torch.set_num_threads(threads)
+    if launch.world_size > 1:
+        # Lightning's launcher sets torch's thread count from OMP_NUM_THREADS, or to cores /
+        # processes when it is unset; setting it keeps train.threads in force on every rank.
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     L.seed_everything(config.train.seed, workers=True)
 
     task, model_config, train_config = config.data.task, config.model, config.train
@@ -196,7 +259,8 @@ def fit(
         )
     phases = _phases(config, spec)
     run_data = prepare_run_data(config, {size for _, size, _ in phases})
-    write_split(run_data, out_dir / "split.csv")
+    if launch.is_rank_zero:
+        write_split(run_data, out_dir / "split.csv")
     train_index, val_index = run_data.split.train, run_data.split.val
     logger.info(
         "patient-grouped split: %d train images, %d validation images",
@@ -214,6 +278,11 @@ def fit(
     )
     model.set_trainable_blocks(trainable_blocks(model_config.strategy))
     model = model.to(memory_format=torch.channels_last)
+    if launch.world_size > 1:
+        # Same initial weights everywhere (seeded above; DDP also broadcasts rank zero's), then each
+        # rank its own augmentation and dropout draws: with one seed, rank r's k-th film would get
+        # the same random transform as rank zero's k-th film.
+        L.seed_everything(config.train.seed + launch.global_rank, workers=True, verbose=False)
     targets = run_data.targets
     weights = class_weights(targets[train_index], len(class_names))
 
@@ -275,10 +344,15 @@ def fit(
             filename="best",
             monitor=monitor,
             mode="max",
-            save_last=True,
             enable_version_counter=False,
         )
-        phase_callbacks: list[Callback] = [checkpoint, *callbacks]
+        # Every epoch's weights, in a checkpoint of their own: Lightning's `save_last` writes
+        # last.ckpt only in an epoch whose score improved, which left `select: last` with the best
+        # epoch's weights and made --resume repeat the epochs after it.
+        every_epoch = ModelCheckpoint(
+            dirpath=phase_dir, filename="last", monitor=None, enable_version_counter=False
+        )
+        phase_callbacks: list[Callback] = [checkpoint, every_epoch, *callbacks]
         if train_config.ema_decay is not None and name == "phase-1":
             # The averaged weights replace the live ones for validation, in checkpoints and at the
             # end, so `last.ckpt` holds the average. Not in the short full-resolution finish: an
@@ -301,8 +375,11 @@ def fit(
             devices=train_config.devices,
             strategy=train_config.strategy,
             callbacks=phase_callbacks,
-            logger=_csv_logger(phase_dir, keep_history=resume),
+            logger=_csv_logger(phase_dir, keep_history=resume, rank_zero=launch.is_rank_zero),
             enable_progress_bar=progress,
+            num_nodes=train_config.num_nodes,
+            # ChestXrayDataModule gives each rank its own share of the films (DistributedSampler).
+            use_distributed_sampler=False,
             num_sanity_val_steps=0,
             log_every_n_steps=10,
             plugins=[AtomicCheckpointIO()],
@@ -313,8 +390,10 @@ def fit(
         trainer.fit(
             lit, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None
         )
-        if not trainer.is_global_zero:
-            return out_dir / MODEL_FILE
+        if not launch.is_rank_zero:
+            # The next phase starts from rank zero's chosen weights: DDP broadcasts them when it
+            # wraps the model, so the other ranks need not read rank zero's checkpoint files.
+            continue
         # `last` keeps selection off the validation films, which then stay out-of-sample for
         # calibration and reporting; `best` picks the epoch with the best validation score.
         chosen = train_config.select == "best" and checkpoint.best_model_path
@@ -325,6 +404,8 @@ def fit(
             json.dumps({"best_checkpoint": str(best), "best_score": _score(checkpoint)}, indent=2),
         )
 
+    if not launch.is_rank_zero:
+        return out_dir / MODEL_FILE
     model_path = finalize(config, model, run_data, features if frozen else None, spec, out_dir)
     # A resumed run adds to the time already spent, so the record is the run's whole cost.
     timing_file = out_dir / "timing.json"
@@ -334,18 +415,54 @@ def fit(
         "resumed": resume,
         "sessions": earlier.get("sessions", 1 if earlier else 0) + 1,
         "hardware": hardware(),
+        "processes": launch.world_size,
+        "processes_per_node": launch.processes_per_node,
     }
     atomic_write_text(timing_file, json.dumps(timing, indent=2))
     return model_path
 
 
-def _csv_logger(phase_dir: Path, keep_history: bool) -> CSVLogger:
+def open_run_folder(config: Config, out_dir: Path, resume: bool, rank_zero: bool) -> Config:
+    """The run's config; a new run folder is checked and created by rank zero alone.
+
+    The other ranks join the run rank zero opened: Lightning's launcher starts them only once rank
+    zero reaches training, and under torchrun or srun a refusal on rank zero stops them all. On
+    `--resume` every rank reads the saved config, so all train the same recipe, on the devices
+    this launch asked for.
+    """
+    config_file = out_dir / "config.yaml"
+    if resume:
+        if not config_file.is_file():
+            raise ConfigError(
+                f"{out_dir}: nothing to resume (no config.yaml); start without --resume."
+            )
+        saved = load_config(config_file)
+        # The devices are this launch's (a preempted 4-GPU job may come back on 2); the recipe is
+        # the saved one.
+        return replace(saved, train=replace(saved.train, **launch_flags(config.train)))
+    if not rank_zero:
+        return config
+    get_architecture(config.model.arch)  # a bad architecture or data folder fails before mkdir
+    ds.training_pool(config.data.root)
+    if any((out_dir / name).exists() for name in ("config.yaml", MODEL_FILE)):
+        raise ConfigError(
+            f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out."
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, config_file)
+    return config
+
+
+def _csv_logger(phase_dir: Path, keep_history: bool, rank_zero: bool = True) -> CSVLogger:
     """Lightning's CSV logger, keeping the rows of the interrupted run when resuming.
 
     Lightning deletes an existing metrics.csv when its writer starts; we put the old rows back,
-    and its next save appends to them.
+    and its next save appends to them. Only rank zero starts the writer: another rank's would
+    delete rank zero's file.
     """
     csv_logger = CSVLogger(phase_dir, name="", version="logs")
+    if not rank_zero:
+        return csv_logger
     metrics_file = phase_dir / "logs" / "metrics.csv"
     history = metrics_file.read_text() if keep_history and metrics_file.is_file() else None
     writer = csv_logger.experiment  # creating the writer removes the old file
