@@ -277,6 +277,13 @@ def predict(
     paths: Annotated[
         list[str], typer.Argument(help="image files (JPEG, PNG, DICOM), folders or glob patterns")
     ],
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="predict only shard I of N of the expanded file list, e.g. 2/8; join the parts' "
+            "CSVs with `pneumoscan merge`"
+        ),
+    ] = None,
     model: Annotated[
         str, typer.Option("--model", "-m", help="binary, three-class, or an exported .onnx file")
     ] = "binary",
@@ -315,6 +322,12 @@ def predict(
     files = _expand(paths)
     if not files:
         _fail(f"no image files found in {' '.join(paths)}")
+    if shard is not None:
+        from pneumoscan.shards import parse_shard
+
+        part, total = parse_shard(shard), len(files)
+        files = part.select(files)
+        logger.info("shard %s: %d of %d files", part, len(files), total)
     for option, path in (("--csv", csv_out), ("--json", json_out)):
         if path is not None and path.is_dir():
             _fail(f"{option} {path}: is a folder; give a file name, e.g. {path / 'results'}")
@@ -485,6 +498,24 @@ def bench(
         typer.echo(int8)
         write_report(int8, out, section="int8")
     typer.echo(f"wrote {out}")
+
+
+@app.command()
+@friendly
+def merge(
+    parts: Annotated[
+        list[Path], typer.Argument(help="CSV parts written by predict --csv --shard, in order")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the joined CSV to write")] = Path(
+        "predictions.csv"
+    ),
+) -> None:
+    """Join the CSV parts of a sharded `predict` into one file, rows in the order of the parts;
+    refuses parts of different models and files predicted twice."""
+    from pneumoscan.shards import merge_csv
+
+    merged = merge_csv(parts, out)
+    typer.echo(f"wrote {out}: {merged.rows} rows from {merged.parts} parts")
 
 
 @app.command("bench-ood")
