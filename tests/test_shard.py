@@ -76,7 +76,7 @@ def test_sharded_predictions_merge_into_the_unsharded_file(tmp_path):
 
     merged = merge_csv(parts, tmp_path / "merged.csv")
     assert (merged.rows, merged.parts) == (4, 3)
-    assert (tmp_path / "merged.csv").read_text() == (tmp_path / "whole.csv").read_text()
+    assert (tmp_path / "merged.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
 
 
 def test_merge_command_and_its_refusals(tmp_path):

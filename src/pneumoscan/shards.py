@@ -102,7 +102,8 @@ def merge_csv(parts: Sequence[Path], out: Path) -> Merged:
                 )
             rows.append(row)
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    # The dialect predict_io writes (csv's default), so merged parts match byte for byte.
+    writer = csv.writer(buffer)
     writer.writerow(header)
     writer.writerows(rows)
     atomic_write_text(Path(out), buffer.getvalue())
@@ -114,14 +115,14 @@ REQUIRED_COLUMNS = ("file", "status", "model", "model_version")
 
 def _read_part(path: Path) -> list[list[str]]:
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open(encoding="utf-8", newline="") as handle:
+            rows = list(csv.reader(handle))
     except FileNotFoundError:
         raise InputError(
             f"{path}: file not found; give the CSV parts written by predict --csv."
         ) from None
-    except (OSError, UnicodeDecodeError) as error:
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
         raise InputError(f"{path}: cannot be read as a CSV file ({error}).") from None
-    rows = list(csv.reader(io.StringIO(text)))
     missing = [name for name in REQUIRED_COLUMNS if not rows or name not in rows[0]]
     if missing:
         raise InputError(
