@@ -311,12 +311,14 @@ class ChestXrayDataModule(L.LightningDataModule):
         batch_size: int,
         sampler_weights: np.ndarray | None = None,
         seed: int = 0,
+        workers: int = 0,
     ) -> None:
         super().__init__()
         self.train_set, self.val_set = train, val
         self.batch_size = batch_size  # per process: the global batch is this x world size
         self.sampler_weights = sampler_weights
         self.seed = seed
+        self.workers = workers  # training loader processes (train.loader_workers)
 
     def _ranks(self) -> tuple[int, int]:
         return (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
@@ -334,6 +336,8 @@ class ChestXrayDataModule(L.LightningDataModule):
             shuffle=sampler is None,
             # a last batch of one film breaks batch norm; every rank drops alike (equal shares)
             drop_last=films > self.batch_size,
+            num_workers=self.workers,
+            persistent_workers=self.workers > 0,
         )
 
     def val_dataloader(self) -> DataLoader:

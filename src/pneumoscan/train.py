@@ -326,7 +326,12 @@ def fit(
         if train_config.class_balance == "sampler":
             sampler_weights = weights.numpy()[targets[train_index]]
         datamodule = ChestXrayDataModule(
-            train_set, val_set, train_config.batch_size, sampler_weights, seed=train_config.seed
+            train_set,
+            val_set,
+            train_config.batch_size,
+            sampler_weights,
+            seed=train_config.seed,
+            workers=0 if frozen else train_config.loader_workers,  # cached features need none
         )
         phase_config = train_config
         if name == "phase-2":
