@@ -99,6 +99,8 @@ def test_result_is_json_ready_with_heatmap_as_base64_or_array(model):
         "probabilities",
         "threshold",
         "gate_score",
+        "prediction_set",
+        "set_coverage",
         "message",
         "model_name",
         "model_version",

@@ -33,6 +33,8 @@ RESULT_KEYS = {
     "probabilities",
     "threshold",
     "gate_score",
+    "prediction_set",
+    "set_coverage",
     "message",
     "model_name",
     "model_version",
@@ -202,7 +204,7 @@ def test_json_reads_back_with_the_documented_keys(run):
     tmp_path, _, _, indeterminate_film = run
     model = load_model("binary")
     document = json.loads((tmp_path / "out.json").read_text())
-    assert set(document) == {"notice", "model", "summary", "predictions"}
+    assert set(document) == {"notice", "model", "conformal", "summary", "predictions"}
     assert document["notice"] == NOT_DIAGNOSTIC_NOTICE
     assert set(document["model"]) == set(JSON_MODEL_KEYS)
     assert document["model"]["name"] == model.name

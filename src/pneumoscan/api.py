@@ -73,8 +73,11 @@ class Model:
 
     @property
     def card(self) -> str | None:
-        card = self.runtime.path.with_suffix(".md")
-        return card.read_text(encoding="utf-8") if card.is_file() else None
+        # models/<name>.md beside a shipped model; card.md beside a calibrated DIR/model.onnx
+        for card in (self.runtime.path.with_suffix(".md"), self.runtime.path.parent / "card.md"):
+            if card.is_file():
+                return card.read_text(encoding="utf-8")
+        return None
 
     def predict(
         self,
@@ -82,6 +85,7 @@ class Model:
         heatmap: bool = False,
         indeterminate_margin: float = 0.0,
         source: str | Sequence[str] | None = None,
+        sets: float | None = None,
     ) -> Result | list[Result]:
         """Predict on one input, or on a list of them.
 
@@ -94,6 +98,8 @@ class Model:
         (`UnsupportedFormatError`, `ImageTooLargeError`). A list: a list of `Result`s in the same
         order, never raising for one bad item (its result has status `error` and a message).
         heatmap=True adds the class-activation overlay (`result.heatmap`, a PIL image).
+        sets=0.9 adds each result's conformal prediction set at 90% coverage
+        (`result.prediction_set`); `ModelFileError` if the model carries no conformal calibration.
         """
         if isinstance(x, (list, tuple)):
             sources = source if isinstance(source, (list, tuple)) else None
@@ -105,6 +111,7 @@ class Model:
                     heatmap=heatmap,
                     indeterminate_margin=indeterminate_margin,
                     max_pixels=self.max_pixels,
+                    set_coverage=sets,
                 )
             )
         return predict_one(
@@ -114,6 +121,7 @@ class Model:
             heatmap=heatmap,
             indeterminate_margin=indeterminate_margin,
             max_pixels=self.max_pixels,
+            set_coverage=sets,
         )
 
     def __repr__(self) -> str:

@@ -16,6 +16,9 @@ Threshold rules for the binary decision on the calibrated P(pneumonia):
   is decided by a handful of films at its edge (the first release chose 0.13 this way).
 - `sensitivity`: the highest threshold reaching a target sensitivity on the calibration films.
 - `half`: 0.5, the accuracy-optimal decision at the calibration films' own prevalence.
+- `cost`: pneumonia when P(pneumonia) x cost_fn > P(normal), i.e. the threshold 1 / (1 + cost_fn):
+  the decision with the least expected cost when a missed pneumonia costs `cost_fn` false alarms.
+  It needs calibrated probabilities and nothing else, so it is stable on a few dozen films.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from pneumoscan.metrics import (
     youden_threshold,
 )
 
-THRESHOLD_RULES = ("balanced", "youden", "sensitivity", "half")
+THRESHOLD_RULES = ("balanced", "youden", "sensitivity", "half", "cost")
 BINARY_GROUPS = ((0,), (1, 2))  # normal; bacteria + virus -> the binary task's classes
 
 
@@ -42,10 +45,37 @@ class Calibration:
     threshold: float | None  # binary only
     rule: str | None
     films: int
+    bias: tuple[float, ...] | None = None  # per-class logit bias (bias-corrected scaling)
+
+
+def fit_bias_corrected(logits: np.ndarray, targets: np.ndarray) -> tuple[float, tuple[float, ...]]:
+    """Temperature and per-class bias (the first class's fixed at 0) minimising the NLL of
+    softmax(logits / T + b): bias-corrected temperature scaling (Alexandari et al. 2020). The bias
+    absorbs what a temperature cannot: a site whose films sit on one side of the old boundary."""
+    from scipy.optimize import minimize
+    from scipy.special import log_softmax
+
+    logits = np.asarray(logits, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    classes = logits.shape[1]
+
+    def nll(params: np.ndarray) -> float:
+        bias = np.concatenate([[0.0], params[1:]])
+        scaled = log_softmax(logits / np.exp(params[0]) + bias, axis=1)
+        return -float(np.mean(scaled[np.arange(len(targets)), targets]))
+
+    start = np.concatenate([[np.log(fit_temperature(logits, targets))], np.zeros(classes - 1)])
+    bounds = [(np.log(0.05), np.log(20.0))] + [(-10.0, 10.0)] * (classes - 1)
+    result = minimize(nll, start, method="L-BFGS-B", bounds=bounds)
+    return float(np.exp(result.x[0])), (0.0, *(float(b) for b in result.x[1:]))
 
 
 def choose_threshold(
-    rule: str, targets: np.ndarray, scores: np.ndarray, sensitivity: float = 0.98
+    rule: str,
+    targets: np.ndarray,
+    scores: np.ndarray,
+    sensitivity: float = 0.98,
+    cost_fn: float = 1.0,
 ) -> float:
     """A binary threshold on calibrated P(pneumonia) by one of THRESHOLD_RULES."""
     if rule == "balanced":
@@ -57,6 +87,10 @@ def choose_threshold(
         return threshold_at_sensitivity(targets, scores, sensitivity)
     if rule == "half":
         return 0.5
+    if rule == "cost":
+        if cost_fn <= 0:
+            raise ValueError(f"cost of a missed pneumonia {cost_fn}: give a positive number")
+        return 1.0 / (1.0 + cost_fn)
     raise ValueError(f"threshold rule {rule!r}: choose one of {', '.join(THRESHOLD_RULES)}")
 
 
@@ -67,15 +101,24 @@ def grouped_log_probabilities(probabilities: np.ndarray, groups) -> np.ndarray:
 
 
 def fit(
-    logits: np.ndarray, targets: np.ndarray, rule: str | None, sensitivity: float = 0.98
+    logits: np.ndarray,
+    targets: np.ndarray,
+    rule: str | None,
+    sensitivity: float = 0.98,
+    cost_fn: float = 1.0,
+    bias: bool = False,
 ) -> Calibration:
-    """Temperature by NLL and, for two classes, a threshold by `rule`."""
-    temperature = fit_temperature(logits, targets)
+    """Temperature (and with `bias`, per-class biases) by NLL and, for two classes, a threshold by
+    `rule` on the calibrated probabilities."""
+    if bias:
+        temperature, class_bias = fit_bias_corrected(logits, targets)
+    else:
+        temperature, class_bias = fit_temperature(logits, targets), None
     threshold = None
     if logits.shape[1] == 2 and rule is not None:
-        scores = calibrated_probabilities(logits, temperature)[:, 1]
-        threshold = choose_threshold(rule, targets, scores, sensitivity)
-    return Calibration(temperature, threshold, rule, len(targets))
+        scores = calibrated_probabilities(logits, temperature, class_bias)[:, 1]
+        threshold = choose_threshold(rule, targets, scores, sensitivity, cost_fn)
+    return Calibration(temperature, threshold, rule, len(targets), class_bias)
 
 
 def coarse_targets(targets: np.ndarray, groups) -> np.ndarray:
@@ -94,6 +137,41 @@ def fit_grouped(
         calibrated_probabilities(logits, source_temperature), groups
     )
     return source_temperature, fit(grouped, coarse_targets(targets, groups), rule, sensitivity)
+
+
+def crossfit_folds(targets: np.ndarray, patients: list[str], most: int = 5) -> int:
+    """As many folds as the smallest class has patients for: at least 2, at most `most`."""
+    smallest = min(
+        len({p for p, t in zip(patients, targets) if t == c}) for c in np.unique(targets)
+    )
+    return max(2, min(most, smallest))
+
+
+def conformal_crossval(
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    patients: list[str],
+    coverage: float,
+    class_names: tuple[str, ...],
+    seed: int = 0,
+    method: str = "lac",
+) -> dict:
+    """Empirical coverage and set size of split-conformal sets, each patient fold's sets built
+    from the scores of the other folds' films (`probabilities` should be out-of-sample already)."""
+    from pneumoscan.conformal import conformity_scores, coverage_report, prediction_sets, quantile
+
+    members = np.zeros(probabilities.shape, dtype=bool)
+    folds = patient_folds(targets, patients, crossfit_folds(targets, patients), seed)
+    for held in folds:
+        rest = np.setdiff1d(np.arange(len(targets)), held)
+        q = quantile(conformity_scores(probabilities[rest], targets[rest], method), coverage)
+        members[held] = prediction_sets(probabilities[held], q, method)
+    return {
+        "level": coverage,
+        "method": method,
+        "folds": len(folds),
+        **coverage_report(members, targets, class_names),
+    }
 
 
 def patient_folds(

@@ -232,6 +232,151 @@ def evaluate(
     typer.echo(NOT_DIAGNOSTIC_NOTICE)
 
 
+SiteData = Annotated[
+    Path,
+    typer.Argument(
+        help="the site's labelled films: a folder with NORMAL/ and PNEUMONIA/ (or BACTERIA/ and "
+        "VIRUS/) subfolders, or a CSV with path,label[,patient]"
+    ),
+]
+SiteModel = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="binary, three-class, or a model's .onnx/.pt file (e.g. DIR/model.onnx)",
+    ),
+]
+
+
+def _headline(metrics: dict) -> str:
+    text = f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
+    if "sensitivity" in metrics:
+        text += (
+            f", sensitivity {metrics['sensitivity']:.4f}, specificity {metrics['specificity']:.4f}"
+        )
+    return text
+
+
+@app.command()
+@friendly
+def validate(
+    data: SiteData,
+    model: SiteModel = "binary",
+    out: Annotated[
+        Path, typer.Option("--out", help="folder for the report, metrics and plots")
+    ] = Path("validation"),
+    bootstrap: Annotated[
+        int, typer.Option(help="bootstrap resamples (by patient) for the 95% intervals")
+    ] = 1000,
+) -> None:
+    """Check a model on a site's own labelled films: the evaluation report (95% patient-bootstrap
+    intervals, confusion matrix, ROC, PR, reliability diagram), the gate's refusal rate and the
+    coverage of the model's conformal prediction sets. Changes nothing; see `calibrate`."""
+    _setup_logging()
+    from pneumoscan.site import validate as validate_site
+
+    metrics = validate_site(data, model, out, bootstrap=bootstrap)
+    typer.echo(f"{metrics['model_name']} on {data} (n={metrics['n']}): {_headline(metrics)}")
+    if "gate" in metrics:
+        typer.echo(f"gate refused {100 * metrics['gate']['refusal_rate']:.1f}% of the films")
+    for row in (metrics.get("conformal") or {}).get("levels", []):
+        typer.echo(
+            f"{row['level']:.0%} sets: coverage {row['coverage']:.4f}, mean size {row['mean_size']:.3f}"
+        )
+    typer.echo(f"wrote {out / 'report.md'}")
+    typer.echo(NOT_DIAGNOSTIC_NOTICE)
+
+
+@app.command()
+@friendly
+def calibrate(
+    data: SiteData,
+    model: SiteModel = "binary",
+    out: Annotated[
+        Path, typer.Option("--out", help="folder for model.pt, model.onnx, card.md and report.md")
+    ] = Path("calibrated"),
+    target_sensitivity: Annotated[
+        float | None,
+        typer.Option(help="binary: the highest threshold reaching this sensitivity (default 0.95)"),
+    ] = None,
+    rule: Annotated[
+        str | None,
+        typer.Option(
+            help="binary threshold rule instead: youden, cost (with --cost-fn), balanced or half"
+        ),
+    ] = None,
+    cost_fn: Annotated[
+        float, typer.Option(help="--rule cost: a missed pneumonia costs this many false alarms")
+    ] = 1.0,
+    holdout: Annotated[
+        float,
+        typer.Option(help="share of the patients kept apart to report before/after (0: none)"),
+    ] = 0.5,
+    refit_gate: Annotated[
+        bool, typer.Option("--refit-gate", help="widen the gate to accept the site's films")
+    ] = False,
+    bias: Annotated[
+        bool,
+        typer.Option(
+            "--bias/--no-bias",
+            help="fit per-class logit biases besides the temperature (default on; absorbs a "
+            "shifted decision boundary or prevalence)",
+        ),
+    ] = True,
+    sets: Annotated[
+        float, typer.Option(help="coverage level reported for the conformal prediction sets")
+    ] = 0.9,
+    set_method: Annotated[
+        str, typer.Option(help="conformal score: lac (smallest sets) or aps")
+    ] = "lac",
+    name: Annotated[str | None, typer.Option(help="name of the new model")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the patient split")] = 0,
+    bootstrap: Annotated[
+        int, typer.Option(help="bootstrap resamples (by patient) for the 95% intervals")
+    ] = 1000,
+) -> None:
+    """Recalibrate a model for a site: temperature, threshold, conformal sets (and gate) fitted on
+    part of the site's films, before/after on the rest, and how the figures grow with the number
+    of films. Writes a new model (OUT/model.pt, OUT/model.onnx) with its card."""
+    _setup_logging()
+    from pneumoscan.site import Request
+    from pneumoscan.site import calibrate as calibrate_site
+
+    if rule is not None and target_sensitivity is not None:
+        _fail("give --target-sensitivity or --rule, not both")
+    if rule == "sensitivity":
+        _fail("--rule sensitivity: use --target-sensitivity 0.95 instead")
+    if target_sensitivity is not None and not 0.0 < target_sensitivity <= 1.0:
+        _fail(f"--target-sensitivity {target_sensitivity}: give a value in (0, 1]")
+    if cost_fn <= 0:
+        _fail(f"--cost-fn {cost_fn}: give a positive number")
+    if not 0.0 < sets < 1.0:
+        _fail(f"--sets {sets}: give a coverage level between 0 and 1, e.g. 0.9")
+    if set_method not in ("lac", "aps"):
+        _fail(f"--set-method {set_method!r}: choose lac or aps")
+    request = Request(
+        rule=rule or "sensitivity",
+        target_sensitivity=target_sensitivity or 0.95,
+        cost_fn=cost_fn,
+        holdout=holdout,
+        refit_gate=refit_gate,
+        bias=bias,
+        set_method=set_method,
+        seed=seed,
+    )
+    report = calibrate_site(
+        data, model, out, request, coverage=sets, name=name, bootstrap=bootstrap
+    )
+    if "after" in report:
+        typer.echo(f"held-out before: {_headline(report['before'])}")
+        typer.echo(f"held-out after:  {_headline(report['after'])}")
+    typer.echo(
+        f"wrote {out / 'model.onnx'}, {out / 'model.pt'}, {out / 'card.md'} and {out / 'report.md'}"
+    )
+    typer.echo(NOT_DIAGNOSTIC_NOTICE)
+
+
 @app.command()
 @friendly
 def export(
@@ -303,9 +448,18 @@ def predict(
     ] = None,
     indeterminate: IndeterminateMargin = 0.0,
     gate: GateSwitch = True,
+    sets: Annotated[
+        float | None,
+        typer.Option(
+            "--sets",
+            help="also give each film's conformal prediction set at this coverage, e.g. 0.9: the "
+            "classes that hold the true one with that probability on films like the calibration films",
+        ),
+    ] = None,
 ) -> None:
     """Predict on images with ONNX Runtime (no torch needed): label, calibrated probabilities,
-    threshold, gate score, optional heatmaps. Exits 1 when any file could not be read."""
+    threshold, gate score, optional heatmaps and conformal prediction sets. Exits 1 when any file
+    could not be read."""
     _setup_logging()
     # pydicom logs header complaints; the file's own error line says what matters.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
@@ -319,6 +473,7 @@ def predict(
         _fail(f"--indeterminate: {runtime.name} has no decision threshold (it is not binary)")
     if workers is not None and workers < 1:
         _fail(f"--workers {workers}: give 1 or more")
+    runtime.check_coverage(sets)
     files = _expand(paths)
     if not files:
         _fail(f"no image files found in {' '.join(paths)}")
@@ -337,7 +492,12 @@ def predict(
         except OSError as error:
             _fail(f"--heatmaps {heatmaps}: cannot create this folder ({error.strerror or error})")
     stream = predict_many(
-        runtime, files, heatmap_dir=heatmaps, indeterminate_margin=indeterminate, workers=workers
+        runtime,
+        files,
+        heatmap_dir=heatmaps,
+        indeterminate_margin=indeterminate,
+        workers=workers,
+        set_coverage=sets,
     )
     if len(files) > 1 and sys.stderr.isatty():
         from rich.console import Console
@@ -379,6 +539,10 @@ def _print_results(runtime, results) -> None:
     for name in runtime.class_names:
         table.add_column(f"P({name})", justify="right")
     table.add_column("gate score", justify="right")
+    with_sets = any(result.prediction_set is not None for result in results)
+    if with_sets:
+        coverage = next(r.set_coverage for r in results if r.set_coverage is not None)
+        table.add_column(f"{coverage:.0%} set")
     styles = {"indeterminate": "yellow", "not_chest_xray": "magenta", "error": "red"}
     for result in results:
         shown = result.label if result.status == OK else STATUS_TEXT[result.status]
@@ -392,6 +556,7 @@ def _print_results(runtime, results) -> None:
                 for n in runtime.class_names
             ],
             "" if result.gate_score is None else f"{result.gate_score:.1f}",
+            *(["{" + ", ".join(result.prediction_set or []) + "}"] if with_sets else []),
         )
     console = Console()
     console.print(table)
@@ -403,6 +568,13 @@ def _print_results(runtime, results) -> None:
     if runtime.ood_threshold is not None:
         console.print(
             f"gate: scores above {runtime.ood_threshold:.1f} are refused as not a chest X-ray"
+        )
+    if with_sets:
+        console.print(
+            f"sets: split-conformal ({runtime.conformal.method} score) at {coverage:.0%} coverage, "
+            "calibrated on "
+            f"{runtime.conformal.films} films ({runtime.conformal.source}); the promise holds for "
+            "films like those, not for a new site until it is recalibrated (`pneumoscan calibrate`)"
         )
 
 

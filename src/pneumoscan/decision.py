@@ -16,9 +16,15 @@ ONNX_METADATA_FORMAT = "pneumoscan-onnx/1"
 REQUIRED_METADATA_KEYS = ("class_names", "preprocess")
 
 
-def calibrated_probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """softmax(logits / T) in float64, row by row (Guo et al. 2017's temperature scaling)."""
+def calibrated_probabilities(
+    logits: np.ndarray, temperature: float, bias: list[float] | tuple[float, ...] | None = None
+) -> np.ndarray:
+    """softmax(logits / T + b) in float64, row by row: temperature scaling (Guo et al. 2017) and,
+    with a per-class `bias` (a site recalibration), bias-corrected temperature scaling
+    (Alexandari et al. 2020), which also absorbs a change in class prevalence."""
     scaled = np.asarray(logits, dtype=np.float64) / float(temperature)
+    if bias is not None:
+        scaled = scaled + np.asarray(bias, dtype=np.float64)
     scaled = scaled - scaled.max(axis=-1, keepdims=True)
     exp = np.exp(scaled)
     return exp / exp.sum(axis=-1, keepdims=True)

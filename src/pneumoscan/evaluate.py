@@ -95,7 +95,7 @@ def evaluate_samples(
     logits = predict_logits(
         model.to(memory_format=torch.channels_last), DataLoader(images, batch_size=64)
     )
-    probabilities = calibrated_probabilities(logits.numpy(), info.temperature)
+    probabilities = calibrated_probabilities(logits.numpy(), info.temperature, info.class_bias)
     metrics = compute_metrics(
         probabilities,
         targets,
@@ -114,28 +114,51 @@ def evaluate_samples(
         temperature=info.temperature,
         skipped_files=decoded.failed,
     )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "metrics.json", metrics)
-    _write_predictions(out / "predictions.csv", samples, targets, probabilities, info)
-    plots = write_plots(out, probabilities, targets, info.class_names, info.threshold)
-    atomic_write_text(out / "report.md", render_report(metrics, plots, data_label))
+    write_report(
+        out, metrics, samples, targets, probabilities, info.class_names, info.threshold, data_label
+    )
     return metrics
 
 
-def _write_predictions(path: Path, samples, targets, probabilities, info) -> None:
-    predictions = decide(probabilities, info.threshold)
-    header = ["path", "patient", "true", "predicted", *[f"p_{name}" for name in info.class_names]]
-    lines = [",".join(header)]
+def write_report(
+    out: Path,
+    metrics: dict,
+    samples: list[ds.Sample],
+    targets: np.ndarray,
+    probabilities: np.ndarray,
+    class_names: tuple[str, ...],
+    threshold: float | None,
+    data_label: str,
+    sections: list[str] = (),
+    title: str | None = None,
+) -> None:
+    """metrics.json, predictions.csv, the plots and report.md (with any extra Markdown
+    `sections` appended): the one report `evaluate`, `validate` and `calibrate` write."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "metrics.json", metrics)
+    _write_predictions(
+        out / "predictions.csv", samples, targets, probabilities, class_names, threshold
+    )
+    plots = write_plots(out, probabilities, targets, class_names, threshold)
+    report = render_report(metrics, plots, data_label, title)
+    atomic_write_text(out / "report.md", "\n".join([report, *sections]))
+
+
+def _write_predictions(path: Path, samples, targets, probabilities, class_names, threshold) -> None:
+    import csv
+    import io
+
+    predictions = decide(probabilities, threshold)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["path", "patient", "true", "predicted", *[f"p_{n}" for n in class_names]])
     for sample, target, prediction, row in zip(samples, targets, predictions, probabilities):
-        values = [
-            str(sample.path),
-            sample.patient,
-            info.class_names[target],
-            info.class_names[prediction],
-        ]
-        lines.append(",".join(values + [f"{p:.6f}" for p in row]))
-    atomic_write_text(path, "\n".join(lines) + "\n")
+        writer.writerow(
+            [str(sample.path), sample.patient, class_names[target], class_names[prediction]]
+            + [f"{p:.6f}" for p in row]
+        )
+    atomic_write_text(path, buffer.getvalue())
 
 
 def write_plots(
@@ -211,9 +234,11 @@ def _interval(metrics: dict, key: str) -> str:
     return f"{value} [{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else value
 
 
-def render_report(metrics: dict, plots: dict[str, str], data_dir: Path | str) -> str:
+def render_report(
+    metrics: dict, plots: dict[str, str], data_dir: Path | str, title: str | None = None
+) -> str:
     lines = [
-        f"# Evaluation: {metrics['model_name']} on the {metrics['split']} split",
+        "# " + (title or f"Evaluation: {metrics['model_name']} on the {metrics['split']} split"),
         "",
         f"> {NOT_DIAGNOSTIC_NOTICE}",
         "",

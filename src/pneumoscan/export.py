@@ -131,6 +131,7 @@ def onnx_metadata(info: ModelInfo, has_cam: bool, model_version: str | None) -> 
         "class_names": list(info.class_names),
         "threshold": info.threshold,
         "temperature": info.temperature,
+        "class_bias": list(info.class_bias) if info.class_bias is not None else None,
         "preprocess": info.preprocess.to_dict(),
         "has_cam": has_cam,
         "ood_threshold": info.ood.threshold if info.ood is not None else None,
@@ -140,6 +141,7 @@ def onnx_metadata(info: ModelInfo, has_cam: bool, model_version: str | None) -> 
         "training_split": training_split(info),
         "derived_from": info.derived_from,
         "record": info.record,
+        "conformal": info.conformal,
     }
 
 
@@ -165,10 +167,30 @@ def _add_metadata(path: Path, info: ModelInfo, has_cam: bool, model_version: str
     import onnx
 
     proto = onnx.load(str(path))
+    _set_metadata(proto, info, has_cam, model_version)
+    onnx.save(proto, str(path))
+
+
+def _set_metadata(proto, info: ModelInfo, has_cam: bool, model_version: str | None) -> None:
+    for index in reversed(range(len(proto.metadata_props))):
+        if proto.metadata_props[index].key == METADATA_KEY:
+            del proto.metadata_props[index]
     entry = proto.metadata_props.add()
     entry.key = METADATA_KEY
     entry.value = json.dumps(onnx_metadata(info, has_cam, model_version))
-    onnx.save(proto, str(path))
+
+
+def relabel_onnx(source: Path, out: Path, info: ModelInfo, model_version: str) -> Path:
+    """A copy of an exported ONNX file with new metadata (a recalibrated model: the same graph,
+    new temperature, threshold, gate threshold or conformal scores), written atomically."""
+    import onnx
+
+    proto = onnx.load(str(source))
+    previous = next((p.value for p in proto.metadata_props if p.key == METADATA_KEY), None)
+    has_cam = bool(json.loads(previous).get("has_cam")) if previous else False
+    _set_metadata(proto, info, has_cam, model_version)
+    atomic_write(Path(out), lambda tmp: onnx.save(proto, str(tmp)))
+    return Path(out)
 
 
 def parity(model_ref: str | Path, onnx_path: Path, images: np.ndarray) -> float:
@@ -178,6 +200,6 @@ def parity(model_ref: str | Path, onnx_path: Path, images: np.ndarray) -> float:
     model, info = load_model_file(resolve_model(model_ref))
     with torch.no_grad():
         logits = model(torch.from_numpy(images)).numpy()
-    reference = calibrated_probabilities(logits, info.temperature)
+    reference = calibrated_probabilities(logits, info.temperature, info.class_bias)
     onnx_probabilities = OnnxModel(onnx_path).probabilities(images)[0]
     return float(np.abs(reference - onnx_probabilities).max())

@@ -78,7 +78,7 @@ def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray) -
     probs = torch.as_tensor(probabilities, dtype=torch.float64)
     labels = torch.as_tensor(np.asarray(targets), dtype=torch.long)
     if probs.shape[1] == 2:
-        return float(binary_calibration_error(probs[:, 1], labels, n_bins=ECE_BINS))
+        return float(binary_calibration_error(probs[:, 1].contiguous(), labels, n_bins=ECE_BINS))
     return float(
         multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=ECE_BINS)
     )

@@ -428,6 +428,7 @@ class ModelInfo:
     preprocess: PreprocessSpec
     threshold: float | None = None  # binary: on the calibrated probability of class 1
     temperature: float = 1.0
+    class_bias: tuple[float, ...] | None = None  # per-class logit bias after T (site recalibration)
     config: dict | None = None
     val_metrics: dict | None = None
     versions: dict | None = None
@@ -438,6 +439,8 @@ class ModelInfo:
     derived_from: dict | None = None
     # What `pneumoscan ship` recorded: calibration rule and films, out-of-sample figures, run facts.
     record: dict | None = None
+    # Split-conformal calibration scores (conformal.ConformalCalibration.to_dict), for prediction sets.
+    conformal: dict | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -451,11 +454,13 @@ class ModelInfo:
             "preprocess": self.preprocess.to_dict(),
             "threshold": self.threshold,
             "temperature": self.temperature,
+            "class_bias": list(self.class_bias) if self.class_bias is not None else None,
             "config": self.config,
             "val_metrics": self.val_metrics,
             "versions": self.versions,
             "derived_from": self.derived_from,
             "record": self.record,
+            "conformal": self.conformal,
         }
 
     @classmethod
@@ -469,12 +474,14 @@ class ModelInfo:
             preprocess=PreprocessSpec.from_dict(data["preprocess"]),
             threshold=data.get("threshold"),
             temperature=float(data.get("temperature", 1.0)),
+            class_bias=tuple(data["class_bias"]) if data.get("class_bias") is not None else None,
             config=data.get("config"),
             val_metrics=data.get("val_metrics"),
             versions=data.get("versions"),
             name=data.get("name", "pneumoscan-model"),
             derived_from=data.get("derived_from"),
             record=data.get("record"),
+            conformal=data.get("conformal"),
         )
 
 
@@ -505,6 +512,17 @@ def save_model_file(
     if info.ood is not None:
         payload["ood"] = info.ood.to_tensors()
     atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
+
+
+def relabel_model_file(source: Path, out: Path, info: ModelInfo) -> None:
+    """A copy of a model file with new `ModelInfo` (and gate) and the weights bit for bit."""
+    from pneumoscan.fileio import atomic_write
+
+    payload = torch.load(Path(source), map_location="cpu", weights_only=True)
+    payload["info"] = info.to_dict()
+    if info.ood is not None:
+        payload["ood"] = info.ood.to_tensors()
+    atomic_write(Path(out), lambda tmp: torch.save(payload, tmp))
 
 
 def load_model_file(path: Path) -> tuple[Classifier | GroupedClassifier, ModelInfo]:

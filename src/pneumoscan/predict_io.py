@@ -3,7 +3,9 @@ notice. The columns and keys are defined here once; README.md documents them and
 tests/test_outputs.py reads them back with csv, json and pandas.
 
 CSV columns: file, status, label, p_<class> (one per class, in the model's order), threshold,
-gate_score, message, model, model_version, notice. Empty cells mean "not applicable" (no label
+gate_score, prediction_set, set_coverage, message, model, model_version, notice.
+prediction_set holds the conformal set's classes joined by "|" (e.g. "bacteria|virus"), filled
+only with `predict --sets LEVEL`. Empty cells mean "not applicable" (no label
 unless status is ok; no probabilities for not_chest_xray or error; no gate score for a model without a gate or
 for a file that could not be read). With --no-gate the score is still reported, but nothing is refused.
 """
@@ -31,6 +33,8 @@ def csv_columns(class_names: Sequence[str]) -> list[str]:
         *[f"p_{name}" for name in class_names],
         "threshold",
         "gate_score",
+        "prediction_set",
+        "set_coverage",
         "message",
         "model",
         "model_version",
@@ -50,6 +54,8 @@ def csv_row(result: Result, class_names: Sequence[str]) -> list[str]:
         *[_number(result.probabilities.get(name)) for name in class_names],
         _number(result.threshold),
         _number(result.gate_score, 4),
+        "|".join(result.prediction_set) if result.prediction_set is not None else "",
+        _number(result.set_coverage, 3),
         result.message or "",
         result.model_name or "",
         result.model_version or "",
@@ -67,11 +73,15 @@ def write_csv(path: Path, results: list[Result], model: OnnxModel) -> None:
 
 
 def write_json(path: Path, results: list[Result], model: OnnxModel) -> None:
-    """{notice, model: {name, model_version, ...}, summary: {predicted, ...}, predictions: [...]}"""
+    """{notice, model: {name, model_version, ...}, conformal: {films, source} | null,
+    summary: {predicted, ...}, predictions: [...]}"""
     summary = summarize(results)
     document = {
         "notice": NOT_DIAGNOSTIC_NOTICE,
         "model": {key: model.metadata.get(key) for key in JSON_MODEL_KEYS},
+        "conformal": {"films": model.conformal.films, "source": model.conformal.source}
+        if model.conformal is not None
+        else None,
         "summary": {
             "predicted": summary.predicted,
             "indeterminate": summary.indeterminate,

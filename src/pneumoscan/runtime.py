@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from pneumoscan.conformal import ConformalCalibration
 from pneumoscan.decision import (
     METADATA_KEY,
     ONNX_METADATA_FORMAT,
@@ -98,22 +99,43 @@ class OnnxModel:
         self.class_names: tuple[str, ...] = tuple(self.metadata["class_names"])
         self.threshold: float | None = self.metadata.get("threshold")
         self.temperature: float = float(self.metadata.get("temperature", 1.0))
+        self.class_bias: list[float] | None = self.metadata.get("class_bias")
         self.spec = PreprocessSpec.from_dict(self.metadata["preprocess"])
         self.has_cam = bool(self.metadata.get("has_cam"))
         self.ood_threshold: float | None = self.metadata.get("ood_threshold") if gate else None
         self.output_names = [output.name for output in self.session.get_outputs()]
         self.name: str = str(self.metadata.get("name", path.stem))
         self.version: str = str(self.metadata.get("model_version", self.name))
+        try:
+            self.conformal = ConformalCalibration.from_dict(self.metadata.get("conformal"))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ModelFileError(f"{path}: unreadable conformal calibration ({error}).") from None
+
+    def check_coverage(self, coverage: float | None) -> None:
+        """Raise a clear error when prediction sets at `coverage` cannot be given."""
+        if coverage is None:
+            return
+        if not 0.0 < coverage < 1.0:
+            raise ModelFileError(
+                f"set coverage {coverage}: give a level between 0 and 1, e.g. 0.9."
+            )
+        if self.conformal is None:
+            raise ModelFileError(
+                f"{self.path}: this model carries no conformal calibration, so it cannot give "
+                "prediction sets; calibrate it with `pneumoscan calibrate` (or ship it again)."
+            )
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """All outputs by name, with `probabilities` (temperature-calibrated) instead of logits."""
+        """All outputs by name (raw `logits` among them), plus `probabilities`: temperature-calibrated."""
         outputs = dict(
             zip(
                 self.output_names,
                 self.session.run(None, {"image": batch.astype(np.float32, copy=False)}),
             )
         )
-        outputs["probabilities"] = calibrated_probabilities(outputs.pop("logits"), self.temperature)
+        outputs["probabilities"] = calibrated_probabilities(
+            outputs["logits"], self.temperature, self.class_bias
+        )
         return outputs
 
     def probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
@@ -177,6 +199,9 @@ class Result:
     model_version: str | None = None
     notice: str = NOT_DIAGNOSTIC_NOTICE
     heatmap_path: str | None = None
+    # Split-conformal prediction set at `set_coverage` (classes in the model's order), when asked.
+    prediction_set: list[str] | None = None
+    set_coverage: float | None = None
 
     def heatmap_array(self) -> np.ndarray | None:
         """The heatmap overlay as an (H, W, 3) uint8 array, or None."""
@@ -200,6 +225,8 @@ class Result:
             "message": self.message,
             "model_name": self.model_name,
             "model_version": self.model_version,
+            "prediction_set": self.prediction_set,
+            "set_coverage": self.set_coverage,
             "notice": self.notice,
         }
         if heatmap == "base64":
@@ -343,7 +370,7 @@ def _unprepared(source: str, error: Exception) -> str:
 
 
 def _infer(
-    model: OnnxModel, prepared: Sequence[_Prepared], margin: float
+    model: OnnxModel, prepared: Sequence[_Prepared], margin: float, coverage: float | None = None
 ) -> tuple[list[Result], np.ndarray | None]:
     """Results for a batch, and the class maps to draw (one per result, None where not drawn)."""
     ready = [index for index, item in enumerate(prepared) if item.error is None]
@@ -355,7 +382,7 @@ def _infer(
             outputs = model.run(np.stack([prepared[i].tensor for i in ready]))
         except Exception as error:  # one odd input must not sink its batch: retry one by one
             if len(ready) > 1:
-                partial = [_infer(model, [prepared[i]], margin) for i in ready]
+                partial = [_infer(model, [prepared[i]], margin, coverage) for i in ready]
                 for index, (one, one_map) in zip(ready, partial):
                     results[index], maps[index] = one[0], one_map[0]
                 ready = []
@@ -367,7 +394,9 @@ def _infer(
                 )
                 ready = []
     for row, index in enumerate(ready):
-        results[index], maps[index] = _decide(model, outputs, row, prepared[index].source, margin)
+        results[index], maps[index] = _decide(
+            model, outputs, row, prepared[index].source, margin, coverage
+        )
     for index, item in enumerate(prepared):
         if results[index] is None:
             results[index] = _error(model, item.source, item.error or "unknown error")
@@ -385,7 +414,12 @@ def _error(model: OnnxModel, source: str, message: str) -> Result:
 
 
 def _decide(
-    model: OnnxModel, outputs: dict[str, np.ndarray], row: int, source: str, margin: float
+    model: OnnxModel,
+    outputs: dict[str, np.ndarray],
+    row: int,
+    source: str,
+    margin: float,
+    coverage: float | None = None,
 ) -> tuple[Result, np.ndarray | None]:
     """The decision for one row of a batch's outputs (the one place results are built)."""
     probabilities = outputs["probabilities"][row]
@@ -405,6 +439,10 @@ def _decide(
     # Binary: the map of pneumonia evidence; three-class: of the predicted class.
     shown = 1 if len(model.class_names) == 2 else index
     class_map = cams[row, shown] if cams is not None else None
+    if coverage is not None and model.conformal is not None:
+        members = model.conformal.sets(probabilities, coverage)
+        common["prediction_set"] = [n for n, member in zip(model.class_names, members) if member]
+        common["set_coverage"] = coverage
     if is_indeterminate(probabilities, model.threshold, margin):
         message = (
             f"{source}: P({model.class_names[1]}) {probabilities[1]:.3f} is within {margin:g} of "
@@ -439,6 +477,7 @@ def predict_pixels(
     source: str = "<array>",
     heatmap: bool = False,
     indeterminate_margin: float = 0.0,
+    set_coverage: float | None = None,
 ) -> Result:
     """One decoded image (2-D float in [0, 1]) -> Result, with the heatmap as an image if asked.
 
@@ -446,7 +485,9 @@ def predict_pixels(
     `indeterminate_margin` > 0, a binary probability within that distance of the threshold is
     reported as `indeterminate`.
     """
-    return predict_one(model, image, source, heatmap, indeterminate_margin)
+    return predict_one(
+        model, image, source, heatmap, indeterminate_margin, set_coverage=set_coverage
+    )
 
 
 def predict_one(
@@ -456,12 +497,15 @@ def predict_one(
     heatmap: bool = False,
     indeterminate_margin: float = 0.0,
     max_pixels: int = MAX_IMAGE_PIXELS,
+    set_coverage: float | None = None,
 ) -> Result:
     """One path, bytes, array or DICOM dataset -> Result. An unreadable input raises its
-    InputError subclass (the server maps them to HTTP codes); use `predict_many` not to raise."""
+    InputError subclass (the server maps them to HTTP codes); use `predict_many` not to raise.
+    With `set_coverage` (e.g. 0.9), the result carries its conformal prediction set."""
+    model.check_coverage(set_coverage)
     label = source_label(item, source)
     prepared = _prepare(model, item, label, heatmap, max_pixels, raising=True)
-    results, maps = _infer(model, [prepared], indeterminate_margin)
+    results, maps = _infer(model, [prepared], indeterminate_margin, set_coverage)
     _attach_heatmaps(results, maps, [prepared])
     return results[0]
 
@@ -476,14 +520,17 @@ def predict_many(
     workers: int | None = None,
     batch_size: int = BATCH_SIZE,
     max_pixels: int = MAX_IMAGE_PIXELS,
+    set_coverage: float | None = None,
 ) -> Iterator[Result]:
     """Results for every input, in order; never raises for one input.
 
     Inputs are decoded and prepared on `workers` threads (default: the CPU count) while the model
     runs batches of `batch_size` in this thread. With `heatmap_dir`, overlays are written there as
     PNGs (`00012_<name>.png`, `heatmap_path` set, images not kept in memory); with `heatmap` only,
-    each result carries its overlay image.
+    each result carries its overlay image. With `set_coverage` (e.g. 0.9), each prediction
+    carries its conformal prediction set.
     """
+    model.check_coverage(set_coverage)
     labels = [
         source_label(item, sources[index] if sources is not None else None)
         for index, item in enumerate(items)
@@ -511,7 +558,7 @@ def predict_many(
         while pending:
             batch = [pending.popleft().result() for _ in range(min(batch_size, len(pending)))]
             top_up()
-            results, maps = _infer(model, batch, indeterminate_margin)
+            results, maps = _infer(model, batch, indeterminate_margin, set_coverage)
             written: dict[int, Future] = {}
             if heatmap_dir is not None:
                 # Drawn here in one vectorised pass; each PNG is compressed and written on a

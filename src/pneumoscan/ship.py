@@ -28,7 +28,9 @@ from torch.utils.data import DataLoader
 
 from pneumoscan import calibration as cal
 from pneumoscan import dataset as ds
+from pneumoscan.conformal import ConformalCalibration
 from pneumoscan.data import ImageTensorDataset, decode_images
+from pneumoscan.decision import calibrated_probabilities
 from pneumoscan.errors import ConfigError, ModelFileError
 from pneumoscan.export import export_onnx, parity
 from pneumoscan.fileio import atomic_write, atomic_write_text
@@ -49,6 +51,7 @@ from pneumoscan.train import default_cache_dir
 logger = logging.getLogger(__name__)
 
 CROSSFIT_FOLDS = 5
+CONFORMAL_LEVELS = (0.9, 0.95)  # the coverage levels the card reports
 GATE_VARIANTS = 1  # augmented copies of each training film the gate is fitted on, besides the film
 
 
@@ -100,14 +103,6 @@ def score_run(run_dir: Path) -> RunScores:
     return RunScores(run_dir, model, info, logits, targets[decoded.kept], patients)
 
 
-def _folds(targets: np.ndarray, patients: list[str]) -> int:
-    """As many cross-fitting folds as the smallest class has patients for, at most 5."""
-    smallest = min(
-        len({p for p, t in zip(patients, targets) if t == c}) for c in np.unique(targets)
-    )
-    return max(2, min(CROSSFIT_FOLDS, smallest))
-
-
 def out_of_sample(scores: RunScores, derive: str | None, rule: str) -> dict:
     """Cross-fitted figures: calibration fitted on other validation patients than it is scored on."""
     groups = cal.BINARY_GROUPS if derive == "binary" else None
@@ -118,11 +113,19 @@ def out_of_sample(scores: RunScores, derive: str | None, rule: str) -> dict:
         scores.targets,
         scores.patients,
         rule if len(class_names) == 2 else None,
-        folds=_folds(scored, scores.patients),
+        folds=cal.crossfit_folds(scored, scores.patients, CROSSFIT_FOLDS),
         class_names=class_names,
         groups=groups,
     )
-    return cal.crossfit_metrics(result, scores.patients, class_names)
+    metrics = cal.crossfit_metrics(result, scores.patients, class_names)
+    # Sets from the out-of-sample probabilities, each patient fold's from the others' scores.
+    metrics["conformal"] = [
+        cal.conformal_crossval(
+            result.probabilities, result.targets, scores.patients, level, class_names
+        )
+        for level in CONFORMAL_LEVELS
+    ]
+    return metrics
 
 
 def shipped_network(
@@ -135,6 +138,8 @@ def shipped_network(
             scores.logits, scores.targets, rule if len(info.class_names) == 2 else None
         )
         info.temperature, info.threshold = calibration.temperature, calibration.threshold
+        probabilities = calibrated_probabilities(scores.logits, calibration.temperature)
+        info.conformal = _conformal(probabilities, scores.targets, scores.run_dir)
         return model, info
     if derive != "binary" or info.task != Task.THREE_CLASS.value:
         raise ConfigError(
@@ -145,6 +150,14 @@ def shipped_network(
         scores.logits, scores.targets, cal.BINARY_GROUPS, rule
     )
     derived = GroupedClassifier(model, source_temperature, cal.BINARY_GROUPS)
+    grouped = cal.grouped_log_probabilities(
+        calibrated_probabilities(scores.logits, source_temperature), cal.BINARY_GROUPS
+    )
+    conformal = _conformal(
+        calibrated_probabilities(grouped, calibration.temperature),
+        cal.coarse_targets(scores.targets, cal.BINARY_GROUPS),
+        scores.run_dir,
+    )
     derived_info = ModelInfo(
         arch=info.arch,
         head=info.head,
@@ -163,8 +176,15 @@ def shipped_network(
             "temperature": source_temperature,
             "groups": [list(members) for members in cal.BINARY_GROUPS],
         },
+        conformal=conformal,
     )
     return derived, derived_info
+
+
+def _conformal(probabilities: np.ndarray, targets: np.ndarray, run_dir: Path) -> dict:
+    """The shipped conformal scores: every validation film, under the shipped calibration."""
+    source = f"{len(targets)} validation films of {run_dir}"
+    return ConformalCalibration.fit(probabilities, targets, source).to_dict()
 
 
 def refit_gate(run_dir: Path, model, info: ModelInfo, cache: Path) -> None:
@@ -248,7 +268,7 @@ def ship_model(
             {
                 other: _fold_row(out_of_sample(scores, derive, other))
                 for other in cal.THRESHOLD_RULES
-                if other != "sensitivity"
+                if other not in ("sensitivity", "cost")
             }
             if binary
             else None
@@ -280,6 +300,9 @@ def _fold_row(metrics: dict) -> dict:
     keys = ["n", "accuracy", "macro_f1", "roc_auc", "ece", "sensitivity", "specificity"]
     row = {k: metrics[k] for k in keys if k in metrics}
     row["recall"] = {name: value["recall"] for name, value in metrics["per_class"].items()}
+    row["conformal"] = [
+        {k: c[k] for k in ("level", "coverage", "mean_size")} for c in metrics.get("conformal", [])
+    ]
     return row
 
 
@@ -453,6 +476,8 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
             )
     else:
         lines.append("- Decision: the most probable class after calibration.")
+    if info.conformal:
+        lines.append(_conformal_text(info, oos))
     gate = info.ood
     lines.append(
         f"- Out-of-distribution gate: a pooled-feature distance above {gate.threshold:.3f} (the "
@@ -512,6 +537,27 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
         "",
     ]
     return "\n".join(lines)
+
+
+def _conformal_text(info: ModelInfo, oos: dict) -> str:
+    rows = oos.get("conformal") or []
+    measured = "; ".join(
+        f"{row['level']:.0%}: coverage {row['coverage']:.4f}, mean size {row['mean_size']:.3f} "
+        f"(sets of 1 / 2"
+        + (" / 3" if len(row["size_counts"]) > 2 else "")
+        + " classes: "
+        + " / ".join(str(v) for v in row["size_counts"].values())
+        + ")"
+        for row in rows
+    )
+    return (
+        f"- Conformal prediction sets (`pneumoscan predict --sets 0.9`): split-conformal, "
+        f"`{info.conformal['method']}` score, from the {info.conformal['films']} validation films "
+        "under the shipped calibration. Cross-validated over patient folds of the out-of-sample "
+        f"probabilities (each fold's sets from the other folds' scores): {measured}. The "
+        "promise holds for films like the validation films; a new site recalibrates them with "
+        "`pneumoscan calibrate`."
+    )
 
 
 def _rule_text(rule: str) -> str:
