@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 CONFIG ?= configs/binary.yaml
 
-.PHONY: help setup test test-slow fuzz bench lint format train serve
+.PHONY: help setup test test-slow fuzz bench bench-train lint format train serve
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 setup:  ## create .venv and install pneumoscan with training, serving and test extras
@@ -15,6 +15,8 @@ fuzz:  ## 10,000 fuzz cases over read_image and predict; prints the counts
 	PNEUMOSCAN_FUZZ_CASES=10000 $(PY) -m pytest -q -s -m slow tests/test_fuzz.py
 bench:  ## prediction speed, whole processes from the command line -> docs/benchmarks.md
 	.venv/bin/pneumoscan bench --model binary --images ../shared/data/chest_xray/train
+bench-train:  ## training speed: loader vs model step at 160 and 224 px, 1 vs 2 DDP processes -> docs/benchmarks.md
+	$(PY) -m pneumoscan.bench_train --config configs/three_class_robust.yaml --out docs/benchmarks.md
 lint:  ## ruff lint and format check
 	$(PY) -m ruff check src tests && $(PY) -m ruff format --check src tests
 format:  ## ruff format
