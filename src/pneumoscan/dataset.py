@@ -1,12 +1,14 @@
 """Scan a Kermany-style folder and split it by patient. Torch-free (numpy, scikit-learn).
 
-Layouts read: Kaggle (`train/ val/ test/` x `NORMAL/ PNEUMONIA/`) and Mendeley (`train/ test/`).
+Layouts read: Kaggle (`train/ val/ test/` x `NORMAL/ PNEUMONIA/`) and Mendeley (`train/ test/`);
+and a site's own labelled films (`load_site`): class folders without splits, or a CSV.
 The official test split is never part of a training pool: validation is carved from train (+ the
 tiny official val folder) by patient, so one child's films never sit on both sides.
 """
 
 from __future__ import annotations
 
+import csv
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -79,8 +81,20 @@ def scan_split(root: Path | str, split: str) -> list[Sample]:
     return samples
 
 
+def is_site(root: Path | str) -> bool:
+    """A site's labelled films (a CSV, or class folders with no split folders) rather than a
+    Kermany-style download."""
+    root = Path(root).expanduser()
+    if root.is_file():
+        return root.suffix.lower() == ".csv"
+    return root.is_dir() and (root / "NORMAL").is_dir() and not available_splits(root)
+
+
 def training_pool(root: Path | str) -> list[Sample]:
-    """train plus the official val folder when present; never test."""
+    """train plus the official val folder when present; never test. A site's films
+    (`is_site`) are its training pool as a whole."""
+    if is_site(root):
+        return load_site(Path(root))
     root = resolve_root(root)
     pool = scan_split(root, "train")
     if (root / "val").is_dir():
@@ -164,3 +178,90 @@ def subset_patients(
 def class_counts(targets: np.ndarray, num_classes: int) -> np.ndarray:
     counts = Counter(int(t) for t in targets)
     return np.asarray([counts.get(index, 0) for index in range(num_classes)], dtype=np.int64)
+
+
+# --- a site's own labelled films ------------------------------------------------------------
+
+SITE_LAYOUT = (
+    "give a folder with NORMAL/ and PNEUMONIA/ subfolders (or NORMAL/, BACTERIA/ and VIRUS/), or "
+    "a CSV file with the columns path,label[,patient]"
+)
+# A label as a site may write it -> (binary folder label, three-class subtype or None).
+SITE_LABELS = {
+    "normal": ("NORMAL", "normal"),
+    "pneumonia": ("PNEUMONIA", None),
+    "bacteria": ("PNEUMONIA", "bacteria"),
+    "bacterial": ("PNEUMONIA", "bacteria"),
+    "virus": ("PNEUMONIA", "virus"),
+    "viral": ("PNEUMONIA", "virus"),
+}
+
+
+def load_site(data: Path) -> list[Sample]:
+    """The site's labelled films, from a class-folder tree or a CSV (see the module docstring)."""
+    data = Path(data).expanduser()
+    if data.is_file() and data.suffix.lower() == ".csv":
+        samples = _from_csv(data)
+    elif data.is_dir():
+        samples = _from_folders(data)
+    else:
+        raise DatasetError(f"{data}: not found; {SITE_LAYOUT}.")
+    if not samples:
+        raise DatasetError(f"{data}: no images found; {SITE_LAYOUT}.")
+    return samples
+
+
+def _from_folders(root: Path) -> list[Sample]:
+    folders = {child.name.upper(): child for child in root.iterdir() if child.is_dir()}
+    known = {"NORMAL": None, "PNEUMONIA": None, "BACTERIA": "bacteria", "VIRUS": "virus"}
+    if "NORMAL" not in folders or not ({"PNEUMONIA", "BACTERIA", "VIRUS"} & folders.keys()):
+        found = ", ".join(sorted(folders)) or "no subfolders"
+        raise DatasetError(f"{root}: found {found}; {SITE_LAYOUT}.")
+    samples = []
+    for name, subtype in known.items():
+        if name not in folders:
+            continue
+        label = "NORMAL" if name == "NORMAL" else "PNEUMONIA"
+        for path in sorted(folders[name].rglob("*")):
+            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
+                samples.append(_sample(path, label, subtype, None, root))
+    return samples
+
+
+def _from_csv(path: Path) -> list[Sample]:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        columns = {c.strip().lower(): c for c in reader.fieldnames or []}
+        if "path" not in columns or "label" not in columns:
+            raise DatasetError(
+                f"{path}: columns {', '.join(reader.fieldnames or []) or 'none'}; the CSV needs "
+                "path and label (and optionally patient)."
+            )
+        samples = []
+        for line, row in enumerate(reader, start=2):
+            text = (row[columns["label"]] or "").strip().lower()
+            if text not in SITE_LABELS:
+                raise DatasetError(
+                    f"{path}, line {line}: label {text!r}; use one of {', '.join(SITE_LABELS)}."
+                )
+            folder_label, subtype = SITE_LABELS[text]
+            image = Path(row[columns["path"]].strip()).expanduser()
+            image = image if image.is_absolute() else path.parent / image
+            patient = (row.get(columns.get("patient", ""), "") or "").strip() or None
+            samples.append(_sample(image, folder_label, subtype, patient, path.parent))
+    return samples
+
+
+def _sample(path: Path, label: str, subtype: str | None, patient: str | None, root: Path):
+    named = parse_filename(path.name, label)
+    if patient is None:
+        # The Kermany patient when the name follows the pattern, else the file itself.
+        patient = named.patient if named.recognised else _relative(path, root)
+    return Sample(path, "site", label, subtype or named.subtype, patient, named.recognised)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root).with_suffix(""))
+    except ValueError:
+        return str(path.with_suffix(""))

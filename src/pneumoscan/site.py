@@ -24,7 +24,6 @@ card says what was calibrated on how many films.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import logging
 import math
@@ -37,31 +36,17 @@ import numpy as np
 
 from pneumoscan import calibration as cal
 from pneumoscan.conformal import ConformalCalibration, coverage_report
-from pneumoscan.dataset import Sample
+from pneumoscan.dataset import Sample, load_site
 from pneumoscan.decision import calibrated_probabilities
 from pneumoscan.errors import DatasetError, InputError, ModelFileError
 from pneumoscan.fileio import atomic_write, atomic_write_json, atomic_write_text
-from pneumoscan.images import IMAGE_SUFFIXES
-from pneumoscan.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task, parse_filename
+from pneumoscan.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
 from pneumoscan.preprocess import prepare
 from pneumoscan.runtime import OnnxModel, decode_input, load_runtime_model
 from pneumoscan.shipped import resolve_model
 
 logger = logging.getLogger(__name__)
 
-SITE_LAYOUT = (
-    "give a folder with NORMAL/ and PNEUMONIA/ subfolders (or NORMAL/, BACTERIA/ and VIRUS/), or "
-    "a CSV file with the columns path,label[,patient]"
-)
-# A label as a site may write it -> (binary folder label, three-class subtype or None).
-LABELS = {
-    "normal": ("NORMAL", "normal"),
-    "pneumonia": ("PNEUMONIA", None),
-    "bacteria": ("PNEUMONIA", "bacteria"),
-    "bacterial": ("PNEUMONIA", "bacteria"),
-    "virus": ("PNEUMONIA", "virus"),
-    "viral": ("PNEUMONIA", "virus"),
-}
 COVERAGE_LEVELS = (0.9, 0.95)  # the levels every report gives
 CURVE_SIZES = (25, 50, 100, 200, 400, 800)  # calibration films in the learning curve
 CURVE_REPEATS = 30
@@ -69,76 +54,6 @@ GATE_QUANTILE = 0.995  # as ood.QUANTILE: the share of the site's films the refi
 
 
 # --- the site's films ---------------------------------------------------------------------
-
-
-def load_site(data: Path) -> list[Sample]:
-    """The site's labelled films, from a class-folder tree or a CSV (see the module docstring)."""
-    data = Path(data).expanduser()
-    if data.is_file() and data.suffix.lower() == ".csv":
-        samples = _from_csv(data)
-    elif data.is_dir():
-        samples = _from_folders(data)
-    else:
-        raise DatasetError(f"{data}: not found; {SITE_LAYOUT}.")
-    if not samples:
-        raise DatasetError(f"{data}: no images found; {SITE_LAYOUT}.")
-    return samples
-
-
-def _from_folders(root: Path) -> list[Sample]:
-    folders = {child.name.upper(): child for child in root.iterdir() if child.is_dir()}
-    known = {"NORMAL": None, "PNEUMONIA": None, "BACTERIA": "bacteria", "VIRUS": "virus"}
-    if "NORMAL" not in folders or not ({"PNEUMONIA", "BACTERIA", "VIRUS"} & folders.keys()):
-        found = ", ".join(sorted(folders)) or "no subfolders"
-        raise DatasetError(f"{root}: found {found}; {SITE_LAYOUT}.")
-    samples = []
-    for name, subtype in known.items():
-        if name not in folders:
-            continue
-        label = "NORMAL" if name == "NORMAL" else "PNEUMONIA"
-        for path in sorted(folders[name].rglob("*")):
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-                samples.append(_sample(path, label, subtype, None, root))
-    return samples
-
-
-def _from_csv(path: Path) -> list[Sample]:
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = {c.strip().lower(): c for c in reader.fieldnames or []}
-        if "path" not in columns or "label" not in columns:
-            raise DatasetError(
-                f"{path}: columns {', '.join(reader.fieldnames or []) or 'none'}; the CSV needs "
-                "path and label (and optionally patient)."
-            )
-        samples = []
-        for line, row in enumerate(reader, start=2):
-            text = (row[columns["label"]] or "").strip().lower()
-            if text not in LABELS:
-                raise DatasetError(
-                    f"{path}, line {line}: label {text!r}; use one of {', '.join(LABELS)}."
-                )
-            folder_label, subtype = LABELS[text]
-            image = Path(row[columns["path"]].strip()).expanduser()
-            image = image if image.is_absolute() else path.parent / image
-            patient = (row.get(columns.get("patient", ""), "") or "").strip() or None
-            samples.append(_sample(image, folder_label, subtype, patient, path.parent))
-    return samples
-
-
-def _sample(path: Path, label: str, subtype: str | None, patient: str | None, root: Path):
-    named = parse_filename(path.name, label)
-    if patient is None:
-        # The Kermany patient when the name follows the pattern, else the file itself.
-        patient = named.patient if named.recognised else _relative(path, root)
-    return Sample(path, "site", label, subtype or named.subtype, patient, named.recognised)
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root).with_suffix(""))
-    except ValueError:
-        return str(path.with_suffix(""))
 
 
 def site_targets(samples: list[Sample], class_names: tuple[str, ...]) -> np.ndarray:
