@@ -274,10 +274,11 @@ def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
     )
     async def predict(request: Request) -> JSONResponse:
         """Predict on one radiograph (multipart field `file`). Optional form fields: `model`
-        (default: the first loaded), `heatmap` (true adds the overlay PNG as base64)."""
+        (default: the first loaded), `heatmap` (true adds the overlay PNG as base64), `sets`
+        (a coverage level such as 0.9 adds the conformal prediction set)."""
         async with _admitted(request) as state:
             form = await _read(request, state, settings.max_upload_bytes + _MULTIPART_OVERHEAD)
-            model_name, heatmap = _options(form.fields, state)
+            model_name, heatmap, sets = _options(form.fields, state)
             uploads = form.files
             if not uploads:
                 raise UploadRefused(
@@ -294,7 +295,7 @@ def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
             result = await _run(
                 request,
                 state,
-                lambda: _predict_one(model, data, heatmap, settings.indeterminate_margin),
+                lambda: _predict_one(model, data, heatmap, settings.indeterminate_margin, sets),
             )
             if result.status == "error":
                 raise UploadRefused(400, "unreadable", result.message or "unreadable image.")
@@ -316,7 +317,7 @@ def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
         status `error` with a message and code; the others are predicted as usual."""
         async with _admitted(request) as state:
             form = await _read(request, state, settings.max_batch_bytes)
-            model_name, heatmap = _options(form.fields, state)
+            model_name, heatmap, sets = _options(form.fields, state)
             if not form.files:
                 raise UploadRefused(
                     400, "no_file", "no files in the request; send each image in a 'files' field."
@@ -338,6 +339,7 @@ def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
                     [f"upload {index}" for index in accepted],
                     heatmap,
                     settings.indeterminate_margin,
+                    sets,
                 ),
             )
             results = dict(zip(accepted, predicted))
@@ -419,7 +421,7 @@ async def _read(request: Request, state: ServerState, max_body_bytes: int):
     return form
 
 
-def _options(form_fields: dict[str, str], state: ServerState) -> tuple[str, bool]:
+def _options(form_fields: dict[str, str], state: ServerState) -> tuple[str, bool, float | None]:
     model_name = form_fields.get("model", next(iter(state.models)))  # empty: refused below
     if model_name not in state.models:
         raise UploadRefused(
@@ -430,7 +432,23 @@ def _options(form_fields: dict[str, str], state: ServerState) -> tuple[str, bool
     text = form_fields.get("heatmap", "false").lower()
     if text not in ("true", "false"):
         raise UploadRefused(400, "bad_field", "heatmap must be true or false.")
-    return model_name, text == "true"
+    sets = None
+    if form_fields.get("sets", "") != "":
+        try:
+            sets = float(form_fields["sets"])
+        except ValueError:
+            sets = -1.0
+        if not 0.0 < sets < 1.0:
+            raise UploadRefused(
+                400, "bad_field", "sets must be a coverage level in (0, 1), e.g. 0.9."
+            )
+        if state.models[model_name].runtime.conformal is None:
+            raise UploadRefused(
+                400,
+                "no_conformal",
+                f"model {model_name} carries no conformal calibration; leave out sets.",
+            )
+    return model_name, text == "true", sets
 
 
 def _checked_bytes(upload: UploadedFile) -> bytes:
@@ -459,9 +477,11 @@ async def _run(request: Request, state: ServerState, work):
         ) from None
 
 
-def _predict_one(model, data: bytes, heatmap: bool, margin: float):
+def _predict_one(model, data: bytes, heatmap: bool, margin: float, sets: float | None = None):
     try:
-        return model.predict(data, heatmap=heatmap, indeterminate_margin=margin, source="upload")
+        return model.predict(
+            data, heatmap=heatmap, indeterminate_margin=margin, source="upload", sets=sets
+        )
     except ImageTooLargeError as error:
         raise UploadRefused(413, "too_many_pixels", str(error)) from None
     except UnsupportedFormatError as error:
@@ -473,11 +493,18 @@ def _predict_one(model, data: bytes, heatmap: bool, margin: float):
 
 
 def _predict_many(
-    model, items: list[bytes], sources: list[str], heatmap: bool, margin: float
+    model,
+    items: list[bytes],
+    sources: list[str],
+    heatmap: bool,
+    margin: float,
+    sets: float | None = None,
 ) -> list:
     if not items:
         return []
-    return model.predict(items, heatmap=heatmap, indeterminate_margin=margin, source=sources)
+    return model.predict(
+        items, heatmap=heatmap, indeterminate_margin=margin, source=sources, sets=sets
+    )
 
 
 def _prediction(result, model_name: str) -> schemas.Prediction:
@@ -490,6 +517,8 @@ def _prediction(result, model_name: str) -> schemas.Prediction:
         gate_score=record.get("gate_score"),
         message=record.get("message"),
         heatmap_png_base64=record.get("heatmap"),
+        prediction_set=record.get("prediction_set"),
+        set_coverage=record.get("set_coverage"),
         model=model_name,
         model_version=record.get("model_version"),
     )

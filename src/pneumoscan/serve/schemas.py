@@ -59,6 +59,12 @@ class Prediction(BaseModel):
         default=None,
         description="with heatmap=true: PNG of the squared film under the class activation map",
     )
+    prediction_set: list[str] | None = Field(
+        default=None,
+        description="with sets=LEVEL: the split-conformal prediction set, the classes that hold "
+        "the true one with that probability on films like the model's calibration films",
+    )
+    set_coverage: float | None = Field(default=None, description="the level of prediction_set")
     model: str
     model_version: str | None
     notice: str = NOT_DIAGNOSTIC_NOTICE
@@ -107,10 +113,19 @@ _HEATMAP_FIELD = {
     "default": False,
     "description": "add the heatmap overlay as base64 PNG",
 }
+_SETS_FIELD = {
+    "type": "number",
+    "exclusiveMinimum": 0,
+    "exclusiveMaximum": 1,
+    "description": "add each film's conformal prediction set at this coverage, e.g. 0.9 (the "
+    "model must carry a conformal calibration: the shipped ones and `pneumoscan calibrate` "
+    "outputs do)",
+}
 
 
 def _multipart_body(model_names: list[str], upload: str, upload_schema: dict) -> dict:
-    """The multipart form both predict routes take: the upload field, `model` and `heatmap`."""
+    """The multipart form both predict routes take: the upload field, `model`, `heatmap` and
+    `sets`."""
     return {
         "required": True,
         "content": {
@@ -122,6 +137,7 @@ def _multipart_body(model_names: list[str], upload: str, upload_schema: dict) ->
                         upload: upload_schema,
                         "model": {**_MODEL_FIELD, "enum": model_names},
                         "heatmap": _HEATMAP_FIELD,
+                        "sets": _SETS_FIELD,
                     },
                 }
             }

@@ -50,7 +50,7 @@ _OTHER_FORMATS: tuple[tuple[bytes, int, str], ...] = (
     (b"\x1f\x8b", 0, "gzip"),
 )
 _MAX_FIELD_BYTES = 1024  # form fields are short words such as "three-class" or "true"
-_MAX_FIELDS = 8  # the API has two (model, heatmap); a flood of fields is refused, not stored
+_MAX_FIELDS = 8  # the API has three (model, heatmap, sets); a flood of fields is refused
 _MAX_PART_HEADER_BYTES = 4096
 
 
