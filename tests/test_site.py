@@ -167,3 +167,31 @@ def test_site_input_errors_name_the_file_and_the_fix(site, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 6 and len(metrics["skipped_files"]) == 1
     assert "broken.png" in metrics["skipped_files"][0]
+
+
+def test_train_init_fine_tunes_the_shipped_network_on_site_films(site, tmp_path):
+    """`train --init binary` on the site's films: a short run that starts from the shipped
+    network (its weights move a little, not from ImageNet) and writes a usable binary model."""
+    import torch
+
+    from pneumoscan.models import load_model_file
+    from pneumoscan.shipped import resolve_model
+
+    out = tmp_path / "finetuned"
+    _invoke(
+        "train", "--init", "binary", "--data", site, "--out", out,
+        "train.epochs=1", "data.max_patients=60",
+    )  # fmt: skip
+    tuned, info = load_model_file(out / "model.pt")
+    start, start_info = load_model_file(resolve_model("binary"))
+    assert info.task == "binary" and info.config["model"]["init"] == "binary"
+    assert info.derived_from["class_names"] == ["normal", "bacteria", "virus"]
+    assert info.preprocess == start_info.preprocess
+    before = torch.cat([p.flatten() for p in start.source.parameters()])
+    after = torch.cat([p.flatten() for p in tuned.source.parameters()])
+    assert 0 < (after - before).norm() / before.norm() < 0.1  # moved, but stayed near the start
+    assert info.val_metrics["roc_auc"] > 0.9
+    _invoke("export", "--model", out / "model.pt", "--out", out / "model.onnx")
+    film = next((site / "PNEUMONIA").glob("*.png"))
+    result = _invoke("predict", film, "--model", out / "model.onnx")
+    assert "1 predicted" in result.output

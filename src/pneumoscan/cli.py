@@ -115,6 +115,14 @@ def train(
     accelerator: Annotated[
         str | None, typer.Option(help="cpu, gpu or auto (train.accelerator)")
     ] = None,
+    init: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            help="fine-tune from this model: binary, three-class or a .pt file (a calibrated "
+            "DIR/model.pt too); without --config, a short recipe (3 epochs, lr 1e-4)",
+        ),
+    ] = None,
     override: Annotated[
         list[str] | None,
         typer.Argument(
@@ -123,11 +131,18 @@ def train(
     ] = None,
 ) -> None:
     """Train a model from a recipe; writes OUT/model.pt, a self-describing model file. Several
-    devices or machines: --devices 2 (DDP), also under torchrun or srun; rank zero writes."""
+    devices or machines: --devices 2 (DDP), also under torchrun or srun; rank zero writes.
+    --init fine-tunes a shipped or calibrated model on a site's labelled films (--data SITE:
+    NORMAL/ and PNEUMONIA/ folders or a path,label[,patient] CSV)."""
     _setup_logging()
-    from pneumoscan.config import load_config
+    from pneumoscan.config import FINETUNE_RECIPE, load_config
 
-    overrides = list(override or [])
+    overrides = list(FINETUNE_RECIPE if init is not None and config is None else [])
+    if init is not None:
+        overrides.append(f"model.init={init}")
+        if config is None and not any(o.startswith("data.task=") for o in override or []):
+            overrides.append(f"data.task={_task_of(init)}")
+    overrides += list(override or [])
     if data is not None:
         overrides.append(f"data.root={data}")
     if strict:
@@ -154,6 +169,14 @@ def train(
     model_path = fit(cfg, out_dir, resume=resume, progress=sys.stderr.isatty())
     if rank_zero_only.rank == 0:
         typer.echo(f"model file: {model_path}")
+
+
+def _task_of(reference: str) -> str:
+    """The task of a model file, for `train --init` without a recipe."""
+    from pneumoscan.models import load_model_file
+    from pneumoscan.shipped import resolve_model
+
+    return load_model_file(resolve_model(reference))[1].task
 
 
 @app.command()

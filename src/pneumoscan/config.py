@@ -44,6 +44,9 @@ class ModelConfig:
     dropout: tuple[float, ...] = (0.2,)
     image_size: int | None = None  # final (evaluation) resolution; None: the architecture's
     intensity: str = "none"  # none | equalize: grey-level standardisation in preprocess.py
+    # Start from a trained model's network (binary, three-class or a .pt file) instead of
+    # ImageNet weights; its architecture, head and preprocessing replace the keys above.
+    init: str | None = None
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,22 @@ def config_to_dict(config: Config) -> dict:
         return value
 
     return plain(dataclasses.asdict(config))
+
+
+# The short recipe `pneumoscan train --init MODEL` starts from when no --config is given: a few
+# epochs at a low learning rate on a site's few hundred films, the robust recipe's augmentation,
+# and the last weights kept (no epoch chosen on the site's validation films).
+FINETUNE_RECIPE = (
+    "name=finetuned",
+    "train.epochs=3",
+    "train.batch_size=16",
+    "train.lr=0.0001",
+    "train.scheduler=cosine",
+    "train.label_smoothing=0.1",
+    "train.augment_policy=framing",
+    "train.early_stopping_patience=null",
+    "train.select=last",
+)
 
 
 def load_config(path: Path | str | None, overrides: list[str] = ()) -> Config:

@@ -105,6 +105,17 @@ class GroupedClassifier(nn.Module):
     def head(self) -> nn.Module:
         return self.source.head
 
+    def set_trainable_blocks(self, count: int | None) -> None:
+        self.source.set_trainable_blocks(count)
+
+    def derived_from(self, class_names: tuple[str, ...]) -> dict:
+        """What ModelInfo.derived_from records for this reading of the source's `class_names`."""
+        return {
+            "class_names": list(class_names),
+            "temperature": self.source_temperature,
+            "groups": [list(members) for members in self.groups],
+        }
+
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         return self.source.forward_features(images)
 

@@ -37,6 +37,7 @@ from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
 from pneumoscan import dataset as ds
+from pneumoscan.calibration import BINARY_GROUPS
 from pneumoscan.calibration import fit as fit_calibration
 from pneumoscan.config import (
     Config,
@@ -50,21 +51,24 @@ from pneumoscan.data import ChestXrayDataModule, ImageTensorDataset, decode_imag
 from pneumoscan.errors import ConfigError
 from pneumoscan.fileio import atomic_write, atomic_write_json, atomic_write_text
 from pneumoscan.hardware import hardware
-from pneumoscan.labels import CLASS_NAMES
+from pneumoscan.labels import CLASS_NAMES, Task
 from pneumoscan.lit import LitClassifier, monitor_metric
 from pneumoscan.metrics import calibrated_probabilities, compute_metrics
 from pneumoscan.models import (
     SIZE_DEPENDENT_HEADS,
     Classifier,
+    GroupedClassifier,
     ModelInfo,
     create_model,
     get_architecture,
+    load_model_file,
     package_versions,
     predict_logits,
     save_model_file,
 )
 from pneumoscan.ood import fit_gate, pooled_features
 from pneumoscan.preprocess import PreprocessSpec
+from pneumoscan.shipped import resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +237,7 @@ def fit(
     Resumable, on one process or under DDP."""
     out_dir = Path(out_dir)
     launch = launch_of(config.train)
-    config = open_run_folder(config, out_dir, resume, launch.is_rank_zero)
+    config = open_run_folder(with_init(config), out_dir, resume, launch.is_rank_zero)
     started = time.time()
     threads = config.train.threads or max(1, (os.cpu_count() or 1) // launch.processes_per_node)
     torch.set_num_threads(threads)
@@ -268,14 +272,17 @@ def fit(
         len(val_index),
     )
 
-    model = create_model(
-        model_config.arch,
-        len(class_names),
-        head=head,
-        dropout=model_config.dropout,
-        pretrained=model_config.pretrained,
-        image_size=spec.size,
-    )
+    if model_config.init:
+        model = initial_network(model_config.init, task)
+    else:
+        model = create_model(
+            model_config.arch,
+            len(class_names),
+            head=head,
+            dropout=model_config.dropout,
+            pretrained=model_config.pretrained,
+            image_size=spec.size,
+        )
     model.set_trainable_blocks(trainable_blocks(model_config.strategy))
     model = model.to(memory_format=torch.channels_last)
     if launch.world_size > 1:
@@ -427,6 +434,47 @@ def fit(
     return model_path
 
 
+def with_init(config: Config) -> Config:
+    """With `model.init`, the model keys of the network it names: fine-tuning keeps the starting
+    model's architecture, head and preprocessing."""
+    if not config.model.init:
+        return config
+    _, info = load_model_file(resolve_model(config.model.init))
+    return replace(
+        config,
+        model=replace(
+            config.model,
+            arch=info.arch,
+            head=info.head,
+            dropout=tuple(info.dropout),
+            image_size=info.preprocess.size,
+            intensity=info.preprocess.intensity,
+        ),
+    )
+
+
+def initial_network(reference: str, task: Task) -> Classifier | GroupedClassifier:
+    """The trained network `pneumoscan train --init` starts from, read in `task`'s classes: as
+    it is, its three-class source (a shipped binary model is the three-class network read as
+    binary), or a three-class network read as binary (P(pneumonia) = P(bacteria) + P(virus))."""
+    network, info = load_model_file(resolve_model(reference))
+    wanted = CLASS_NAMES[task]
+    if tuple(info.class_names) == wanted:
+        return network
+    source = network.source if isinstance(network, GroupedClassifier) else network
+    derived = info.derived_from
+    source_names = tuple(derived["class_names"]) if derived else tuple(info.class_names)
+    if source_names == wanted:
+        return source
+    if task is Task.BINARY and source_names == CLASS_NAMES[Task.THREE_CLASS]:
+        temperature = derived["temperature"] if derived else info.temperature
+        return GroupedClassifier(source, temperature, BINARY_GROUPS)
+    raise ConfigError(
+        f"--init {reference}: a {', '.join(info.class_names)} model cannot start a "
+        f"{task.value} run; use data.task={info.task}."
+    )
+
+
 def open_run_folder(config: Config, out_dir: Path, resume: bool, rank_zero: bool) -> Config:
     """The run's config; a new run folder is checked and created by rank zero alone.
 
@@ -544,6 +592,9 @@ def finalize(
         versions=package_versions(),
         name=config.name,
         ood=gate,
+        derived_from=model.derived_from(CLASS_NAMES[Task.THREE_CLASS])
+        if isinstance(model, GroupedClassifier)
+        else None,
     )
     model_path = out_dir / MODEL_FILE
     save_model_file(model_path, model.to(memory_format=torch.contiguous_format), info)
