@@ -1,8 +1,9 @@
 # One command per task; CI runs the same ones. `make help` lists them.
 PY ?= .venv/bin/python
 CONFIG ?= configs/binary.yaml
+DATA ?= ../shared/data/chest_xray
 
-.PHONY: help setup test test-slow fuzz bench bench-train lint format train serve
+.PHONY: help setup test test-slow fuzz bench bench-train site-demo lint format train serve
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 setup:  ## create .venv and install pneumoscan with training, serving and test extras
@@ -17,6 +18,13 @@ bench:  ## prediction speed, whole processes from the command line -> docs/bench
 	.venv/bin/pneumoscan bench --model binary --images ../shared/data/chest_xray/train
 bench-train:  ## training speed: loader vs model step at 160 and 224 px, 1 vs 2 DDP processes -> docs/benchmarks.md
 	$(PY) -m pneumoscan.bench_train --config configs/three_class_robust.yaml --out docs/benchmarks.md
+site-demo:  ## a simulated new site: validate, calibrate and conformal sets -> docs/site/
+	$(PY) -m pneumoscan.simulate $(DATA) --model binary --out build/site --films 400 --shift zoomed
+	.venv/bin/pneumoscan validate build/site --model binary --out docs/site/validate
+	.venv/bin/pneumoscan calibrate build/site --model binary --out build/site-binary --target-sensitivity 0.95 --refit-gate
+	.venv/bin/pneumoscan calibrate build/site/labels.csv --model three-class --out build/site-three-class
+	for name in binary three-class; do mkdir -p docs/site/$$name && (cd build/site-$$name && \
+	  cp -r report.md card.md calibration.json learning_curve.png before after ../../docs/site/$$name/); done
 lint:  ## ruff lint and format check
 	$(PY) -m ruff check src tests && $(PY) -m ruff format --check src tests
 format:  ## ruff format

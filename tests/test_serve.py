@@ -158,6 +158,27 @@ def test_batch_isolates_bad_files_and_keeps_order(client, models):
     assert all(item["notice"] == NOT_DIAGNOSTIC_NOTICE for item in body["results"])
 
 
+@pytest.mark.parametrize("name", ["binary", "three-class"])
+def test_sets_field_adds_the_conformal_prediction_set(client, models, name):
+    model = models[name]
+    data = PNEUMONIA_FILM.read_bytes()
+    body = post_film(client, data, model=name, sets="0.95").json()
+    expected = model.predict(data, sets=0.95)
+    assert body["prediction_set"] == expected.prediction_set and body["set_coverage"] == 0.95
+    assert body["label"] in body["prediction_set"]
+    assert set(body["prediction_set"]) <= set(model.class_names)
+    plain = post_film(client, data, model=name).json()
+    assert plain["prediction_set"] is None and plain["set_coverage"] is None
+    batch = client.post(
+        "/v1/predict/batch",
+        files=[("files", ("a.jpeg", data, "image/jpeg"))],
+        data={"model": name, "sets": "0.95"},
+    ).json()
+    assert batch["results"][0]["prediction_set"] == expected.prediction_set
+    for bad in ("1.5", "0", "ninety"):
+        assert_error(post_film(client, data, model=name, sets=bad), 400, "bad_field")
+
+
 def test_batch_over_the_file_limit_is_refused(models):
     with make_client(models, max_batch_files=2) as client:
         files = [("files", ("x.jpeg", NORMAL_FILM.read_bytes(), "image/jpeg"))] * 3

@@ -20,7 +20,7 @@ from pneumoscan.simulate import simulate_site
 
 runner = CliRunner()
 FILMS = 240
-SHIFT = "collimated"  # what moves the shipped binary model's operating point most (stress)
+SHIFT = "zoomed"  # tight framing and edge enhancement: what moves the shipped operating point most
 COVERAGE_TOLERANCE = 0.07  # about 2.5 sd of coverage measured on ~120 held-out films
 
 
@@ -54,7 +54,9 @@ def test_validate_reports_the_model_as_it_is(site, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     films = len(list(site.rglob("*.png")))
     assert metrics["n"] == films and metrics["skipped_files"] == []
-    assert 0.0 <= metrics["gate"]["refusal_rate"] <= 0.05
+    gate = metrics["gate"]
+    assert gate["refusal_rate"] == pytest.approx(gate["refused"] / films)
+    assert len(gate["refused_files"]) == gate["refused"]  # the shift's tight crop: some refused
     report = (out / "report.md").read_text()
     assert NOT_DIAGNOSTIC_NOTICE in report and "Out-of-distribution gate" in report
     assert (out / "reliability.png").stat().st_size > 1000
@@ -134,7 +136,7 @@ def test_three_class_sets_keep_their_coverage_on_held_out_films(site, tmp_path):
     # scored with the calibration-part fit, so refit nothing here: use that fit's model.
     with (out / "after" / "predictions.csv").open() as handle:
         held = list(csv.DictReader(handle))
-    final = load_runtime_model(out / "model.onnx")
+    final = load_runtime_model(out / "model.onnx", gate=False)  # the report counts every film
     results = list(predict_many(final, [Path(r["path"]) for r in held], set_coverage=0.9))
     covered = [r["true"] in res.prediction_set for r, res in zip(held, results)]
     # The written model is refitted on all films (held-out ones included): close, not equal.

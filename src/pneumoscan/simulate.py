@@ -30,6 +30,17 @@ SHIFTS: dict[str, tuple[str, list[perturb.Transform]]] = {
         "lower contrast (x0.75), darker mid-tones (gamma 1.3), blur (sigma 1.2 px), noise (0.02)",
         [perturb.contrast(0.75), perturb.gamma(1.3), perturb.blur(1.2), perturb.noise(0.02)],
     ),
+    "zoomed": (
+        "the scanner shift plus edge enhancement (unsharp mask, radius 2 px, 150%) and tighter "
+        "framing (20% cut from each side)",
+        [
+            perturb.contrast(0.75),
+            perturb.gamma(1.3),
+            perturb.noise(0.02),
+            perturb.sharpen(2.0, 150),
+            perturb.crop(0.2),
+        ],
+    ),
     "collimated": (
         "the scanner shift plus tight collimation (outer 10% of each side shuttered)",
         [
