@@ -585,8 +585,8 @@ def _print_results(runtime, results) -> None:
     console.print(table)
     if runtime.threshold is not None:
         console.print(
-            f"threshold on P({runtime.class_names[1]}): {runtime.threshold:.3f} (chosen on "
-            "validation); probabilities are temperature-calibrated"
+            f"threshold on P({runtime.class_names[1]}): {runtime.threshold:.3f} (chosen on the "
+            "model's calibration films); probabilities are calibrated"
         )
     if runtime.ood_threshold is not None:
         console.print(
