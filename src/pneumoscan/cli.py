@@ -61,6 +61,10 @@ IndeterminateMargin = Annotated[
     float,
     typer.Option(help="binary: report 'indeterminate' within this distance of the threshold"),
 ]
+# Options the report-writing commands (evaluate, validate, calibrate) share.
+Bootstrap = Annotated[
+    int, typer.Option(help="bootstrap resamples (by patient) for the 95% intervals")
+]
 GateSwitch = Annotated[
     bool,
     typer.Option("--gate/--no-gate", help="refuse inputs unlike chest radiographs (default on)"),
@@ -228,9 +232,7 @@ def evaluate(
     strict: Annotated[
         bool, typer.Option("--strict", help="stop on unreadable images instead of skipping them")
     ] = False,
-    bootstrap: Annotated[
-        int, typer.Option(help="bootstrap resamples (by patient) for the 95% intervals")
-    ] = 1000,
+    bootstrap: Bootstrap = 1000,
 ) -> None:
     """Evaluate a model on one split: metrics.json with 95% patient-bootstrap intervals,
     confusion matrix, ROC, PR and reliability plots, report.md."""
@@ -243,12 +245,7 @@ def evaluate(
     if caveat:
         typer.echo(f"warning: {caveat}", err=True)
     metrics = evaluate_model(model, data_dir, split, out, strict=strict, bootstrap=bootstrap)
-    summary = f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, ROC AUC {metrics['roc_auc']:.4f}"
-    if "sensitivity" in metrics:
-        summary += (
-            f", sensitivity {metrics['sensitivity']:.4f}, specificity {metrics['specificity']:.4f}"
-        )
-    typer.echo(f"{split} (n={metrics['n']}): {summary}")
+    typer.echo(f"{split} (n={metrics['n']}): {_headline(metrics, roc_auc=True)}")
     if caveat:
         typer.echo(f"not out-of-sample: {caveat}")
     typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
@@ -272,8 +269,11 @@ SiteModel = Annotated[
 ]
 
 
-def _headline(metrics: dict) -> str:
+def _headline(metrics: dict, roc_auc: bool = False) -> str:
+    """The one-line summary of a metrics.json the report-writing commands print."""
     text = f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
+    if roc_auc:
+        text += f", ROC AUC {metrics['roc_auc']:.4f}"
     if "sensitivity" in metrics:
         text += (
             f", sensitivity {metrics['sensitivity']:.4f}, specificity {metrics['specificity']:.4f}"
@@ -289,9 +289,7 @@ def validate(
     out: Annotated[
         Path, typer.Option("--out", help="folder for the report, metrics and plots")
     ] = Path("validation"),
-    bootstrap: Annotated[
-        int, typer.Option(help="bootstrap resamples (by patient) for the 95% intervals")
-    ] = 1000,
+    bootstrap: Bootstrap = 1000,
 ) -> None:
     """Check a model on a site's own labelled films: the evaluation report (95% patient-bootstrap
     intervals, confusion matrix, ROC, PR, reliability diagram), the gate's refusal rate and the
@@ -355,9 +353,7 @@ def calibrate(
     ] = "lac",
     name: Annotated[str | None, typer.Option(help="name of the new model")] = None,
     seed: Annotated[int, typer.Option(help="seed of the patient split")] = 0,
-    bootstrap: Annotated[
-        int, typer.Option(help="bootstrap resamples (by patient) for the 95% intervals")
-    ] = 1000,
+    bootstrap: Bootstrap = 1000,
 ) -> None:
     """Recalibrate a model for a site: temperature, threshold, conformal sets (and gate) fitted on
     part of the site's films, before/after on the rest, and how the figures grow with the number

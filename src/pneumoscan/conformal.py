@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 METHODS = ("lac", "aps")
+REPORTED_LEVELS = (0.9, 0.95)  # the coverage levels model cards and site reports give
 
 
 def conformity_scores(

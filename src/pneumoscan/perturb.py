@@ -25,32 +25,14 @@ Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 # Which perturbation families each training augmentation policy (data.radiograph_augmentation)
 # covers. JPEG, resolution, text and histogram matching are in no policy, so the benchmark always
 # measures more than what was trained in.
+# Each policy is the one before it plus what it adds.
+_BASIC = ("none", "geometry", "exposure", "contrast")
+_ACQUISITION = (*_BASIC, "gamma", "blur", "sharpen", "noise")
 AUGMENTATION_FAMILIES: dict[str | None, tuple[str, ...]] = {
     None: (),
-    "basic": ("none", "geometry", "exposure", "contrast"),
-    "acquisition": (
-        "none",
-        "geometry",
-        "exposure",
-        "contrast",
-        "gamma",
-        "blur",
-        "sharpen",
-        "noise",
-    ),
-    "framing": (
-        "none",
-        "geometry",
-        "exposure",
-        "contrast",
-        "gamma",
-        "blur",
-        "sharpen",
-        "noise",
-        "border",
-        "collimation",
-        "windowing",
-    ),
+    "basic": _BASIC,
+    "acquisition": _ACQUISITION,
+    "framing": (*_ACQUISITION, "border", "collimation", "windowing"),
 }
 
 

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from pneumoscan import calibration as cal
 from pneumoscan import dataset as ds
-from pneumoscan.conformal import ConformalCalibration
+from pneumoscan.conformal import REPORTED_LEVELS, ConformalCalibration
 from pneumoscan.data import ImageTensorDataset, decode_images
 from pneumoscan.decision import calibrated_probabilities
 from pneumoscan.errors import ConfigError, ModelFileError
@@ -51,7 +51,6 @@ from pneumoscan.train import default_cache_dir
 logger = logging.getLogger(__name__)
 
 CROSSFIT_FOLDS = 5
-CONFORMAL_LEVELS = (0.9, 0.95)  # the coverage levels the card reports
 GATE_VARIANTS = 1  # augmented copies of each training film the gate is fitted on, besides the film
 
 
@@ -123,7 +122,7 @@ def out_of_sample(scores: RunScores, derive: str | None, rule: str) -> dict:
         cal.conformal_crossval(
             result.probabilities, result.targets, scores.patients, level, class_names
         )
-        for level in CONFORMAL_LEVELS
+        for level in REPORTED_LEVELS
     ]
     return metrics
 

@@ -35,22 +35,21 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan import calibration as cal
-from pneumoscan.conformal import ConformalCalibration, coverage_report
+from pneumoscan.conformal import REPORTED_LEVELS, ConformalCalibration, coverage_report
 from pneumoscan.dataset import Sample, load_site
 from pneumoscan.decision import calibrated_probabilities
 from pneumoscan.errors import DatasetError, InputError, ModelFileError
 from pneumoscan.fileio import atomic_write, atomic_write_json, atomic_write_text
 from pneumoscan.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
+from pneumoscan.ood import QUANTILE
 from pneumoscan.preprocess import prepare
 from pneumoscan.runtime import OnnxModel, decode_input, load_runtime_model
 from pneumoscan.shipped import resolve_model
 
 logger = logging.getLogger(__name__)
 
-COVERAGE_LEVELS = (0.9, 0.95)  # the levels every report gives
 CURVE_SIZES = (25, 50, 100, 200, 400, 800)  # calibration films in the learning curve
 CURVE_REPEATS = 30
-GATE_QUANTILE = 0.995  # as ood.QUANTILE: the share of the site's films the refitted gate accepts
 
 
 # --- the site's films ---------------------------------------------------------------------
@@ -174,7 +173,7 @@ def site_metrics(
     operating: Operating,
     class_names: tuple[str, ...],
     bootstrap: int = 1000,
-    levels: tuple[float, ...] = COVERAGE_LEVELS,
+    levels: tuple[float, ...] = REPORTED_LEVELS,
 ) -> tuple[dict, np.ndarray]:
     """The evaluate metrics, the gate's refusals and the conformal coverage on these films."""
     from pneumoscan.metrics import compute_metrics
@@ -337,7 +336,9 @@ def fit_operating(
     if request.refit_gate and scores.gate is not None and gate is not None:
         # Only ever widened: the site's own chest films pass; what was refused as no chest
         # film at all (photos, documents) stays far above either threshold.
-        gate = max(gate, float(np.quantile(scores.gate, GATE_QUANTILE)))
+        # The share of the site's films it accepts is the share of training films the gate was
+        # fitted to accept.
+        gate = max(gate, float(np.quantile(scores.gate, QUANTILE)))
     return Operating(fitted.temperature, fitted.bias, fitted.threshold, gate, conformal)
 
 
@@ -518,7 +519,7 @@ def calibrate(
         after = fit_operating(fit_part, before, request, class_names)
         for label, operating in (("before", before), ("after", after)):
             metrics, probabilities = site_metrics(
-                held, operating, class_names, bootstrap, (*COVERAGE_LEVELS, coverage)
+                held, operating, class_names, bootstrap, (*REPORTED_LEVELS, coverage)
             )
             metrics.update(
                 split=f"held-out site films ({label} calibration)",
