@@ -338,6 +338,10 @@ class ChestXrayDataModule(L.LightningDataModule):
             drop_last=films > self.batch_size,
             num_workers=self.workers,
             persistent_workers=self.workers > 0,
+            # Started fresh, not forked: a worker forked from a trainer whose threads (torch's
+            # OpenMP pool, ONNX Runtime, thread pools) were busy can hang in its first parallel
+            # kernel; one did, in an affine transform, during a full test-suite run.
+            multiprocessing_context="spawn" if self.workers > 0 else None,
         )
 
     def val_dataloader(self) -> DataLoader:
