@@ -21,6 +21,7 @@ AUGMENT_POLICIES = (
     "basic",
     "acquisition",
     "framing",
+    "fov",
 )  # perturb.AUGMENTATION_FAMILIES: what each covers
 
 

@@ -192,19 +192,22 @@ def radiograph_augmentation(size: int, policy: str = "basic") -> v2.Transform:
     `basic`: small geometric changes plus brightness and contrast. `acquisition` adds what differs
     between machines and sites: detector curve (gamma), focus and scatter (blur), edge
     enhancement (sharpening) and quantum noise. `framing` adds how the film is cut and shown:
-    black borders, collimator shutters and display windows.
+    black borders, collimator shutters and display windows. `fov` adds a tighter field of view:
+    in 40% of films a crop of 45-80% of the area (up to about 16% cut from each side), the rest
+    the usual 80-100%.
     """
-    geometric = [
-        v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1)),
-        v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True),
-    ]
+    crop = v2.RandomResizedCrop(size, scale=(0.8, 1.0), ratio=(0.9, 1.1), antialias=True)
+    if policy == "fov":
+        zoom_in = v2.RandomResizedCrop(size, scale=(0.45, 0.8), ratio=(0.85, 1.18), antialias=True)
+        crop = v2.RandomChoice([zoom_in, crop], p=[0.4, 0.6])
+    geometric = [v2.RandomAffine(degrees=10, translate=(0.06, 0.06), scale=(0.9, 1.1)), crop]
     if policy == "basic":
         return v2.Compose([*geometric, v2.ColorJitter(brightness=0.2, contrast=0.2)])
     if policy not in AUGMENT_POLICIES:
         raise ValueError(f"augment policy {policy!r}: choose one of {', '.join(AUGMENT_POLICIES)}")
     framing = (
         [v2.RandomApply([RandomFrame(0.15)], p=0.35), v2.RandomApply([RandomWindow()], p=0.2)]
-        if policy == "framing"
+        if policy in ("framing", "fov")
         else []
     )
     return v2.Compose(

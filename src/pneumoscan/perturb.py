@@ -33,6 +33,7 @@ AUGMENTATION_FAMILIES: dict[str | None, tuple[str, ...]] = {
     "basic": _BASIC,
     "acquisition": _ACQUISITION,
     "framing": (*_ACQUISITION, "border", "collimation", "windowing"),
+    "fov": (*_ACQUISITION, "border", "collimation", "windowing", "zoom"),
 }
 
 
@@ -150,6 +151,21 @@ def crop(fraction: float) -> Transform:
     return apply
 
 
+def crop_off_centre(low: float, high: float) -> Transform:
+    """Zoom in off-centre: each side loses its own share in [low, high], as a tighter, shifted
+    field of view would leave it."""
+
+    def apply(image, rng):
+        height, width = image.shape
+        top, bottom, left, right = rng.uniform(low, high, size=4)
+        return image[
+            round(height * top) : height - round(height * bottom),
+            round(width * left) : width - round(width * right),
+        ]
+
+    return apply
+
+
 def border(fraction: float) -> Transform:
     """Zoom out: the film inside a black frame, as from a scanned or padded export."""
 
@@ -240,8 +256,12 @@ def panel(dark_reference: np.ndarray, bright_reference: np.ndarray) -> list[Pert
         p("resolution-0.25", "resolution", "down to 1/4 and back up", resolution(0.25)),
         p("rotate-7", "geometry", "rotation by 7 degrees, either way", rotate(7.0)),
         p("shift-8", "geometry", "shift by 8% of each side", shift(0.08)),
-        p("crop-12", "geometry", "12% cut from each side (zoom in)", crop(0.12)),
+        p("crop-6", "zoom", "6% cut from each side (zoom in)", crop(0.06)),
+        p("crop-12", "zoom", "12% cut from each side (zoom in)", crop(0.12)),
+        p("crop-20", "zoom", "20% cut from each side (zoom in)", crop(0.20)),
+        p("crop-off-centre", "zoom", "5-20% cut from each side, each its own (zoom in, shifted)", crop_off_centre(0.05, 0.20)),
         p("border-10", "border", "black frame of 10% per side (zoom out)", border(0.10)),
+        p("border-20", "border", "black frame of 20% per side (zoom out)", border(0.20)),
         p("collimation-12", "collimation", "outer 12% of each side shuttered", collimation(0.12)),
         p("text-markers", "text", "burned-in side marker and ID/date line", text_markers()),
         p("histmatch-dark", "histogram", "grey levels of the darkest quarter of other films", histogram_match(dark_reference)),
