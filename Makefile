@@ -7,7 +7,7 @@ DATA ?= ../shared/data/chest_xray
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 setup:  ## create .venv and install pneumoscan with training, serving and test extras
-	python3 -m venv .venv && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e ".[train,serve,dev]"
+	python3 -m venv .venv && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e ".[train,serve,dicom,dev]"
 test:  ## the default test suite (skips slow tests)
 	$(PY) -m pytest -q
 test-slow:  ## only the slow tests

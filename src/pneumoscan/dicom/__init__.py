@@ -1,0 +1,39 @@
+"""Hospital integration: pneumoscan's results as DICOM objects, and a DICOM node that sends them.
+
+What it owns:
+
+- `report`: the TID 1500 measurement report (a Comprehensive 3D SR, IHE AI Results), one per film;
+- `capture`: the heatmap overlay as a Secondary Capture image, with the notice burned in;
+- `codes`: every coded concept those objects use (SNOMED CT, DCM, UCUM), in one place;
+- `outputs`: `pneumoscan predict --dicom-out/--stow`, the objects for a batch of files;
+- `stow`: DICOMweb STOW-RS; `scu`: DIMSE C-STORE to an archive;
+- `spool`: received films and unsent results on disk, with atomic writes, retry and backoff;
+- `node`: `pneumoscan dicom-node`, a C-STORE SCP (with C-ECHO) that predicts on a bounded queue;
+- `orthanc` (a throwaway Orthanc for tests, the benchmark and the screenshots) and `bench`.
+
+Layering: like `serve/`, it sits above the runtime and core layers and may import only them
+(`runtime`, `images`, `labels`, `errors`, `fileio`, `hardware`), never torch, training or
+evaluation code. Its third-party libraries (highdicom, pynetdicom, dicomweb-client) come with the
+`[dicom]` extra and are imported by the modules that need them, so `import pneumoscan.dicom`
+costs nothing and `pneumoscan --help` never loads them.
+
+Privacy: the DICOM objects carry the film's Patient and Study modules, as an archive needs them to
+file the result with the film; nothing else does. No patient field, and no UID from a received
+film, reaches a log line, an error message or a file name.
+"""
+
+import logging
+
+
+def quiet_libraries() -> None:
+    """Keep the DICOM libraries' own logging at warnings: at debug level pynetdicom dumps whole
+    datasets (patient fields included) and dicomweb-client prints request headers (a bearer
+    token included). The commands call this (a process-wide setting, so only commands do);
+    `--verbose` never turns them back on."""
+    for name in ("pynetdicom", "dicomweb_client", "highdicom"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # pydicom's complaints about a header quote its values (a patient's name among them), both
+    # as log records and as Python warnings: route the warnings to logging, and keep neither.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.ERROR)

@@ -1,0 +1,137 @@
+"""The heatmap overlay as a Secondary Capture image, with the notice burned into the pixels.
+
+Any viewer shows a Secondary Capture, including those that cannot read an SR; so the image says
+for itself what it is: a band above the film carries the not-for-diagnostic-use notice and the
+model, a band below carries the answer. BurnedInAnnotation is YES, as DICOM asks of an image
+with text in its pixels (the text holds no patient field).
+"""
+
+from __future__ import annotations
+
+import datetime
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian
+
+from pneumoscan.dicom.producer import (
+    BURNED_IN_NOTICE,
+    CAPTURE_SERIES_DESCRIPTION,
+    CAPTURE_SERIES_NUMBER,
+    MANUFACTURER,
+    Producer,
+    instance_number,
+)
+from pneumoscan.runtime import INDETERMINATE, STATUS_TEXT, Result
+
+BAND_HEIGHT = 44
+FONT_SIZE = 15
+NOTICE_COLOUR = (255, 214, 0)  # amber on black: read as a warning in any viewer
+TEXT_COLOUR = (255, 255, 255)
+
+
+def answer_line(result: Result, producer: Producer) -> str:
+    """The result in one line, as burned in below the film."""
+    shown = result.label if result.label else STATUS_TEXT[result.status]
+    probabilities = ", ".join(
+        f"P({name}) {result.probabilities[name]:.2f}"
+        for name in producer.class_names
+        if name in result.probabilities
+    )
+    threshold = "" if producer.threshold is None else f"; threshold {producer.threshold:.2f}"
+    return f"{shown.upper()}: {probabilities}{threshold}"
+
+
+def burn_in(overlay: Image.Image, result: Result, producer: Producer) -> np.ndarray:
+    """The overlay between two text bands, as an (H, W, 3) uint8 array."""
+    overlay = overlay.convert("RGB")
+    width, height = overlay.size
+    canvas = Image.new("RGB", (width, height + 2 * BAND_HEIGHT), (0, 0, 0))
+    canvas.paste(overlay, (0, BAND_HEIGHT))
+    draw = ImageDraw.Draw(canvas)
+    font = _font(FONT_SIZE)
+    draw.text((8, 4), BURNED_IN_NOTICE, fill=NOTICE_COLOUR, font=font)
+    draw.text(
+        (8, 4 + FONT_SIZE + 6),
+        f"{producer.model_title} (model {producer.model_version}): heatmap of the evidence",
+        fill=TEXT_COLOUR,
+        font=font,
+    )
+    bottom = height + BAND_HEIGHT
+    colour = NOTICE_COLOUR if result.status == INDETERMINATE else TEXT_COLOUR
+    draw.text((8, bottom + 4), answer_line(result, producer), fill=colour, font=font)
+    draw.text((8, bottom + 4 + FONT_SIZE + 6), BURNED_IN_NOTICE, fill=NOTICE_COLOUR, font=font)
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)  # Pillow's bundled font, when FreeType is there
+    except (TypeError, OSError):  # pragma: no cover - Pillow without FreeType
+        return ImageFont.load_default()
+
+
+def build_capture(
+    source: Dataset, result: Result, producer: Producer, when: datetime.datetime | None = None
+) -> Dataset | None:
+    """The Secondary Capture of `result`'s heatmap, or None when the result has none."""
+    overlay = result.heatmap
+    if overlay is None and result.heatmap_path is not None:
+        with Image.open(result.heatmap_path) as image:
+            overlay = image.convert("RGB")
+    if overlay is None:
+        return None
+    import highdicom as hd
+
+    when = when or datetime.datetime.now().astimezone()
+    orientation = _orientation(source)
+    capture = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source,
+        pixel_array=burn_in(overlay, result, producer),
+        photometric_interpretation="RGB",
+        bits_allocated=8,
+        coordinate_system="PATIENT",
+        patient_orientation=orientation or ("L", "F"),
+        series_instance_uid=producer.uid(source.StudyInstanceUID, "capture series"),
+        series_number=CAPTURE_SERIES_NUMBER,
+        sop_instance_uid=producer.uid(source.SOPInstanceUID, "capture"),
+        instance_number=instance_number(source),
+        manufacturer=MANUFACTURER,
+        transfer_syntax_uid=ExplicitVRLittleEndian,
+        series_description=CAPTURE_SERIES_DESCRIPTION,
+        manufacturer_model_name=producer.model_title,
+        software_versions=producer.software_versions,
+        contributing_equipment=[producer.contributing_equipment(when)],
+        content_date=when.date(),
+        content_time=when.time(),
+        series_date=when.date(),
+        series_time=when.time(),
+    )
+    if orientation is None:
+        capture.PatientOrientation = None  # type 2: present, empty, as the film did not say
+    capture.BodyPartExamined = "CHEST"  # unpaired, so the series has no Laterality
+    capture.BurnedInAnnotation = "YES"
+    capture.RecognizableVisualFeatures = "NO"
+    capture.ImageComments = BURNED_IN_NOTICE
+    capture.DerivationDescription = (
+        "Class-activation heatmap of the film's evidence for the reported class, drawn over the "
+        "film squared to the model's view; text bands burned in"
+    )
+    reference = Dataset()
+    reference.ReferencedSOPClassUID = source.SOPClassUID
+    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    capture.SourceImageSequence = [reference]
+    return capture
+
+
+def _orientation(source: Dataset) -> tuple[str, str] | None:
+    """The film's patient orientation when it states a valid one."""
+    try:
+        value = list(source.get("PatientOrientation") or [])
+    except (TypeError, ValueError):
+        return None
+    allowed = set("LRAPHF")
+    if len(value) == 2 and all(text and set(str(text)) <= allowed for text in value):
+        return str(value[0]), str(value[1])
+    return None

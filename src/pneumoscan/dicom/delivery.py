@@ -1,0 +1,182 @@
+"""Sending result objects to an archive: DIMSE C-STORE, DICOMweb STOW-RS, or a folder.
+
+Each destination takes a list of DICOM files (or pydicom datasets) and either stores them all or raises
+`DeliveryError`, whose `retry` says whether trying again later can help (the archive is down,
+busy or out of resources) or not (it refused the objects themselves). Messages name the
+destination and the status, never a patient field; a bearer token never appears in one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pneumoscan.errors import PneumoscanError
+from pneumoscan.fileio import atomic_write
+
+# The SOP classes pneumoscan sends: its SR and its Secondary Capture.
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class DeliveryError(PneumoscanError):
+    """Objects that did not reach a destination; `retry`: whether a later try can succeed."""
+
+    def __init__(self, message: str, retry: bool) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+def _safe_key(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:80]
+
+
+@dataclass(frozen=True)
+class CStoreDestination:
+    """An archive's DIMSE C-STORE SCP: `HOST:PORT:AET`."""
+
+    host: str
+    port: int
+    ae_title: str
+    calling_ae_title: str = "PNEUMOSCAN"
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @classmethod
+    def parse(cls, text: str, calling_ae_title: str = "PNEUMOSCAN") -> CStoreDestination:
+        """`HOST:PORT:AET`, e.g. `pacs.example.org:104:ORTHANC` (an IPv6 host in brackets)."""
+        match = re.fullmatch(r"(\[[^\]]+\]|[^:\s]+):(\d{1,5}):([^:]{1,16})", text.strip())
+        if match is None or not 0 < int(match.group(2)) < 65536:
+            raise PneumoscanError(
+                f"--send-to {text!r}: give HOST:PORT:AET, e.g. pacs.example.org:104:ORTHANC "
+                "(the archive's address, DICOM port and AE title)."
+            )
+        return cls(
+            match.group(1).strip("[]"),
+            int(match.group(2)),
+            match.group(3).strip(),
+            calling_ae_title,
+        )
+
+    @property
+    def key(self) -> str:
+        return _safe_key(f"cstore-{self.host}-{self.port}-{self.ae_title}")
+
+    def __str__(self) -> str:
+        return f"C-STORE {self.host}:{self.port}:{self.ae_title}"
+
+    def send(self, items: list) -> None:
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+        from pynetdicom import AE
+        from pynetdicom.status import code_to_category
+
+        ae = AE(ae_title=self.calling_ae_title)
+        for sop_class in (COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE):
+            ae.add_requested_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout_s
+        ae.connection_timeout = min(self.timeout_s, 10.0)
+        association = ae.associate(self.host, self.port, ae_title=self.ae_title)
+        if not association.is_established:
+            how = "rejected the association" if association.is_rejected else "did not answer"
+            raise DeliveryError(f"{self}: the archive {how}", retry=True)
+        try:
+            for item in items:
+                status = association.send_c_store(item)
+                code = int(status.get("Status", -1)) if status else -1
+                if code == -1:
+                    raise DeliveryError(f"{self}: connection lost before the answer", retry=True)
+                category = code_to_category(code)
+                if category in ("Success", "Warning"):
+                    continue
+                comment = str(status.get("ErrorComment", "") or "")[:120]
+                retry = 0xA700 <= code <= 0xA7FF or code == 0x0210  # out of resources, busy
+                raise DeliveryError(
+                    f"{self}: status 0x{code:04X} ({category}){': ' + comment if comment else ''}",
+                    retry=retry,
+                )
+        finally:
+            if association.is_established:
+                association.release()
+
+
+@dataclass(frozen=True)
+class StowDestination:
+    """An archive's DICOMweb root, e.g. `http://pacs:8042/dicom-web`, with an optional bearer token."""
+
+    url: str
+    token: str | None = None
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if not re.match(r"^https?://[^/\s]+", self.url):
+            raise PneumoscanError(
+                f"--stow {self.url!r}: give the archive's DICOMweb root URL, e.g. "
+                "http://pacs.example.org:8042/dicom-web"
+            )
+
+    @property
+    def key(self) -> str:
+        return "stow-" + hashlib.sha256(self.url.encode()).hexdigest()[:12]
+
+    def __str__(self) -> str:
+        return f"STOW-RS {self.url}"  # the token stays out of every message
+
+    def __repr__(self) -> str:
+        return f"StowDestination(url={self.url!r}, token={'***' if self.token else None})"
+
+    def send(self, items: list) -> None:
+        import pydicom
+        import requests
+        from dicomweb_client.api import DICOMwebClient
+
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        client = DICOMwebClient(self.url, headers=headers, timeout=self.timeout_s)
+        client.set_http_retry_params(retry=False)  # the spool retries, with its own backoff
+        datasets = [
+            item if hasattr(item, "SOPInstanceUID") else pydicom.dcmread(item) for item in items
+        ]
+        try:
+            response = client.store_instances(datasets)
+        except requests.HTTPError as error:
+            code = error.response.status_code if error.response is not None else 0
+            retry = code in (408, 429) or code >= 500
+            raise DeliveryError(f"{self}: HTTP {code}", retry=retry) from None
+        except requests.RequestException as error:
+            raise DeliveryError(
+                f"{self}: {type(error).__name__} (no answer from the archive)", retry=True
+            ) from None
+        failed = response.get("FailedSOPSequence") if response is not None else None
+        if failed:
+            reasons = sorted({int(item.get("FailureReason", 0)) for item in failed})
+            raise DeliveryError(
+                f"{self}: {len(failed)} object(s) refused (failure reasons "
+                f"{', '.join(f'0x{reason:04X}' for reason in reasons)})",
+                retry=any(0xA700 <= reason <= 0xA7FF for reason in reasons),
+            )
+
+
+@dataclass(frozen=True)
+class FolderDestination:
+    """A local folder: each object is copied there atomically, under the spool's own name."""
+
+    folder: Path
+
+    @property
+    def key(self) -> str:
+        return "folder-" + hashlib.sha256(str(self.folder.resolve()).encode()).hexdigest()[:12]
+
+    def __str__(self) -> str:
+        return f"folder {self.folder}"
+
+    def send(self, paths: list[Path]) -> None:
+        for path in paths:
+            target = self.folder / f"{path.parent.name}_{path.name}"
+            try:
+                atomic_write(target, lambda tmp, source=path: shutil.copyfile(source, tmp))
+            except OSError as error:
+                raise DeliveryError(
+                    f"{self}: cannot write {target.name} ({error.strerror or error})", retry=True
+                ) from None

@@ -1,0 +1,610 @@
+"""`pneumoscan dicom-node`: a DICOM C-STORE SCP that predicts on chest films and sends results back.
+
+An archive (or a modality) routes chest films to the node by C-STORE; for each film the node
+writes a TID 1500 SR and a heatmap Secondary Capture into the film's study and sends them to the
+archive by C-STORE (`--send-to`) or STOW-RS (`--stow`), or into a folder (`--out`).
+
+How a film travels, and why nothing is lost:
+
+1. **Admission** (the association's thread). The film's SOP class must be CR or DX (for
+   presentation or processing; DR films are DX objects) and match the presentation context, its
+   dataset must parse and hold the UIDs and pixels of one frame within `max_pixels`, and there
+   must be room in the queue (`queue_size` films waiting; a full queue holds the answer for up to
+   `queue_wait_s`, which slows the sender down, then refuses with 0xA700 so it retries later). The
+   film is written to the spool's inbox, atomically, before the C-STORE is answered with success.
+   A message larger than `max_message_mb` aborts its association (DIMSE cannot answer mid-message).
+2. **Prediction** (`workers` threads, one ONNX Runtime model): the SR and SC are committed to the
+   outbox, then the film leaves the inbox. A film that cannot be read gets an SR that says no
+   result was produced and why, as does one the gate refuses.
+3. **Delivery** (one courier thread): each destination gets each result folder; a destination
+   that is down or busy is retried with exponential backoff (2 s doubling to `retry_max_s`) while
+   the results wait on disk; one that refuses an object for good has it moved to `failed/`.
+
+On SIGTERM or SIGINT the node stops accepting associations, lets those in progress finish (up to
+`drain_s`), finishes the predictions under way and stops; what it holds stays in the spool and the
+next start predicts and delivers it. Logs name films by their spool name and the calling AE title,
+never by a patient field or a UID from the film.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import random
+import signal
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pneumoscan.dicom.delivery import DeliveryError
+from pneumoscan.dicom.producer import Producer
+from pneumoscan.dicom.results import REQUIRED_UIDS, encode, predict_film, result_objects
+from pneumoscan.dicom.spool import FILM_SUFFIX, Spool
+from pneumoscan.errors import PneumoscanError
+from pneumoscan.images import MAX_IMAGE_PIXELS
+from pneumoscan.runtime import OnnxModel, Result
+
+logger = logging.getLogger(__name__)
+
+# The image storage SOP classes the node takes: chest radiographs, as CR or DX objects.
+ACCEPTED_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.1": "CR",
+    "1.2.840.10008.5.1.4.1.1.1.1": "DX for presentation",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "DX for processing",
+}
+VERIFICATION = "1.2.840.10008.1.1"
+
+# C-STORE statuses the node answers with (PS3.4 Annex B.2.3).
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700  # refused: the queue is full, the frame too large, the disk full
+DOES_NOT_MATCH = 0xA900  # the dataset is not the SOP class it claims, or lacks what it needs
+CANNOT_UNDERSTAND = 0xC000  # the dataset cannot be parsed
+NOT_SUPPORTED = 0x0122  # refused: SOP class not supported
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    spool: Path
+    ae_title: str = "PNEUMOSCAN"
+    host: str = "127.0.0.1"
+    port: int = 11112
+    allow_aet: tuple[str, ...] = ()
+    queue_size: int = 16
+    queue_wait_s: float = 10.0
+    workers: int = 1
+    max_pixels: int = MAX_IMAGE_PIXELS
+    max_message_mb: float = 512.0
+    max_associations: int = 10
+    indeterminate_margin: float = 0.0
+    retry_base_s: float = 2.0
+    retry_max_s: float = 300.0
+    drain_s: float = 20.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 < len(self.ae_title.strip()) <= 16:
+            raise PneumoscanError(f"--ae-title {self.ae_title!r}: give 1 to 16 characters.")
+        if self.queue_size < 1 or self.workers < 1:
+            raise PneumoscanError("--queue and --workers: give 1 or more.")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise PneumoscanError("--tls-cert and --tls-key go together: give both, or neither.")
+        if self.tls_ca is not None and self.tls_cert is None:
+            raise PneumoscanError("--tls-ca checks the callers' certificates: give --tls-cert too.")
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The server side of TLS; with `tls_ca`, callers must show a certificate it signed."""
+        if self.tls_cert is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(self.tls_cert, self.tls_key)
+            if self.tls_ca is not None:
+                context.verify_mode = ssl.CERT_REQUIRED
+                context.load_verify_locations(cafile=self.tls_ca)
+        except (OSError, ssl.SSLError) as error:
+            raise PneumoscanError(
+                f"--tls-cert/--tls-key/--tls-ca: cannot load them ({error}); give PEM files."
+            ) from None
+        return context
+
+
+@dataclass
+class Counts:
+    """What the node has done since it started (logged at shutdown, read by the tests)."""
+
+    received: int = 0
+    refused: int = 0
+    predicted: int = 0
+    delivered: int = 0
+    failed: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, name: str) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
+
+    def answered(self, code: int) -> None:
+        with self._lock:
+            self.statuses[code] = self.statuses.get(code, 0) + 1
+            if code == SUCCESS:
+                self.received += 1
+            else:
+                self.refused += 1
+
+
+def accepted_transfer_syntaxes() -> list[str]:
+    """Uncompressed syntaxes first, then the compressed ones this pydicom can decode."""
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import (
+        JPEG2000,
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        JPEG2000Lossless,
+        JPEGBaseline8Bit,
+        JPEGExtended12Bit,
+        JPEGLossless,
+        JPEGLosslessSV1,
+        JPEGLSLossless,
+        JPEGLSNearLossless,
+        RLELossless,
+    )
+
+    candidates = [
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        RLELossless,
+        JPEGLosslessSV1,
+        JPEGLossless,
+        JPEGLSLossless,
+        JPEG2000Lossless,
+        JPEGBaseline8Bit,
+        JPEGExtended12Bit,
+        JPEGLSNearLossless,
+        JPEG2000,
+    ]
+    usable = []
+    for uid in candidates:
+        try:
+            if get_decoder(uid).is_available:
+                usable.append(str(uid))
+        except (NotImplementedError, ValueError):
+            continue
+    return usable
+
+
+def _is_compressed(transfer_syntax: str) -> bool:
+    from pydicom.uid import UID
+
+    return UID(transfer_syntax).is_compressed
+
+
+def _status(code: int, comment: str):
+    from pydicom.dataset import Dataset
+
+    status = Dataset()
+    status.Status = code
+    status.ErrorComment = comment[:64]  # LO
+    return status
+
+
+class DicomNode:
+    """The SCP, its workers and its courier. `start()` returns once it listens; `stop()` drains."""
+
+    def __init__(self, runtime: OnnxModel, destinations: list, settings: NodeSettings) -> None:
+        if not destinations:
+            raise PneumoscanError(
+                "dicom-node needs somewhere to send results: give --send-to HOST:PORT:AET, "
+                "--stow URL or --out DIR."
+            )
+        self.runtime = runtime
+        self.destinations = destinations
+        self.settings = settings
+        self.producer = Producer.from_runtime(runtime, settings.indeterminate_margin)
+        self.spool = Spool(settings.spool)
+        self.counts = Counts()
+        self._films: deque[Path] = deque()
+        self._pending = 0  # films admitted and not yet predicted (waiting or under way)
+        self._queue = threading.Condition()
+        self._stopping = threading.Event()
+        self._workers: list[threading.Thread] = []
+        self._courier = Courier(self.spool, destinations, settings, self.counts)
+        self._server = None
+        self._message_bytes: dict[int, int] = {}
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        from pynetdicom import AE, evt
+        from pynetdicom import _config as pynetdicom_config
+
+        pynetdicom_config.LOG_HANDLER_LEVEL = "none"  # its debug dumps would print datasets
+        backlog = self.spool.films()
+        with self._queue:
+            self._films.extend(backlog)
+            self._pending = len(backlog)
+        waiting = len(self.spool.jobs())
+        if backlog or waiting:
+            logger.info(
+                "spool %s: %d film(s) to predict and %d result(s) to deliver from an earlier run",
+                self.settings.spool,
+                len(backlog),
+                waiting,
+            )
+        for index in range(self.settings.workers):
+            worker = threading.Thread(target=self._work, name=f"predict-{index}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        self._courier.start()
+
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.maximum_associations = self.settings.max_associations
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
+        if self.settings.allow_aet:
+            ae.require_calling_aet = list(self.settings.allow_aet)
+        syntaxes = accepted_transfer_syntaxes()
+        for sop_class in ACCEPTED_SOP_CLASSES:
+            ae.add_supported_context(sop_class, syntaxes)
+        ae.add_supported_context(VERIFICATION)
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_PDU_RECV, self._on_pdu),
+            (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_ACCEPTED, self._on_accepted),
+        ]
+        try:
+            self._server = ae.start_server(
+                (self.settings.host, self.settings.port),
+                block=False,
+                evt_handlers=handlers,
+                ssl_context=self.settings.ssl_context(),
+            )
+        except OSError as error:
+            self._stop_threads()
+            raise PneumoscanError(
+                f"cannot listen on {self.settings.host}:{self.settings.port} "
+                f"({error.strerror or error}); choose another --port or stop what uses it."
+            ) from None
+        self._ae = ae
+        logger.info(
+            "%s listening on %s:%d%s; results to %s. %s",
+            self.settings.ae_title,
+            self.settings.host,
+            self.settings.port,
+            " (TLS)" if self.settings.tls_cert else "",
+            ", ".join(str(destination) for destination in self.destinations),
+            self.producer.model_title,
+        )
+
+    def stop(self) -> None:
+        """Stop listening, let associations in progress finish, finish predictions under way."""
+        if self._server is not None:
+            self._server.shutdown()  # no new associations; the listening socket closes
+            deadline = time.monotonic() + self.settings.drain_s
+            while self._ae.active_associations and time.monotonic() < deadline:
+                time.sleep(0.05)
+            for association in self._ae.active_associations:
+                association.abort()  # an unanswered C-STORE is the sender's to retry
+            self._server = None
+        self._stop_threads()
+        counts = self.counts
+        logger.info(
+            "stopped: %d film(s) received, %d refused, %d predicted, %d delivered, %d failed; "
+            "%d film(s) and %d result(s) stay in %s for the next start",
+            counts.received,
+            counts.refused,
+            counts.predicted,
+            counts.delivered,
+            counts.failed,
+            len(self.spool.films()),
+            len(self.spool.jobs()),
+            self.settings.spool,
+        )
+
+    def _stop_threads(self) -> None:
+        self._stopping.set()
+        with self._queue:
+            self._queue.notify_all()
+        for worker in self._workers:
+            worker.join()
+        self._courier.stop()
+
+    def serve_forever(self) -> None:
+        """Start, then run until SIGTERM or SIGINT, then stop cleanly."""
+        stop = threading.Event()
+        previous = {
+            signum: signal.signal(signum, lambda *_: stop.set())
+            for signum in (signal.SIGTERM, signal.SIGINT)
+        }
+        try:
+            self.start()
+            stop.wait()
+            logger.info("stopping: finishing what is under way")
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self.stop()
+
+    # --- the SCP -------------------------------------------------------------------------
+
+    def _on_accepted(self, event) -> None:
+        logger.debug("association from %s accepted", event.assoc.requestor.ae_title)
+
+    def _on_rejected(self, event) -> None:
+        logger.warning(
+            "association from AE %r at %s refused%s",
+            event.assoc.requestor.ae_title,
+            event.assoc.requestor.address,
+            " (not in --allow-aet)" if self.settings.allow_aet else "",
+        )
+
+    def _on_echo(self, event) -> int:
+        return SUCCESS
+
+    def _on_pdu(self, event) -> None:
+        """Count each message's dataset bytes; abort an association whose message is too large
+        to hold (DIMSE has no way to answer before the whole message has arrived)."""
+        items = getattr(event.pdu, "presentation_data_value_items", None)
+        if not items:
+            return
+        key = id(event.assoc)
+        total = self._message_bytes.get(key, 0)
+        for item in items:
+            data = item.presentation_data_value or b""
+            if data and data[0] & 0x01:  # a command fragment: a new message starts
+                total = 0
+            else:
+                total += max(len(data) - 1, 0)
+        self._message_bytes[key] = total
+        if total > self.settings.max_message_mb * 1024 * 1024:
+            self._message_bytes.pop(key, None)
+            logger.warning(
+                "association from %s aborted: a message over %g MB",
+                event.assoc.requestor.ae_title,
+                self.settings.max_message_mb,
+            )
+            event.assoc.abort(block=False)
+
+    def _on_store(self, event):
+        self._message_bytes.pop(id(event.assoc), None)
+        caller = event.assoc.requestor.ae_title
+        code, comment = self._admit(event)
+        self.counts.answered(code)
+        if code != SUCCESS:
+            logger.warning("C-STORE from %s refused with 0x%04X: %s", caller, code, comment)
+            return _status(code, comment)
+        return SUCCESS
+
+    def _admit(self, event) -> tuple[int, str]:
+        """(status, comment): SUCCESS once the film is on disk and queued."""
+        sop_class = str(event.context.abstract_syntax)
+        if sop_class not in ACCEPTED_SOP_CLASSES:
+            return NOT_SUPPORTED, "pneumoscan takes CR and DX chest films only"
+        try:
+            dataset = event.dataset
+            for _ in dataset:  # parse every top-level element now, not later in a worker
+                pass
+            claimed = str(dataset.get("SOPClassUID", ""))
+            rows = int(dataset.get("Rows") or 0)
+            columns = int(dataset.get("Columns") or 0)
+            frames = int(dataset.get("NumberOfFrames") or 1)
+            samples = int(dataset.get("SamplesPerPixel") or 1)
+            bits = int(dataset.get("BitsAllocated") or 0)
+            missing = [keyword for keyword in REQUIRED_UIDS if not dataset.get(keyword)]
+            has_pixels = "PixelData" in dataset
+            pixel_bytes = len(dataset.PixelData) if has_pixels else 0
+        except Exception:  # pydicom raises many types for broken datasets
+            return CANNOT_UNDERSTAND, "the dataset could not be parsed"
+        if claimed != sop_class or claimed != str(event.request.AffectedSOPClassUID):
+            return DOES_NOT_MATCH, "SOP Class UID differs from the presentation context"
+        if missing or not has_pixels:
+            return DOES_NOT_MATCH, f"no {', '.join(missing) or 'PixelData'} in the dataset"
+        if rows <= 0 or columns <= 0 or frames <= 0 or samples <= 0:
+            return DOES_NOT_MATCH, "Rows, Columns or frames are not positive"
+        if rows * columns * frames * samples > self.settings.max_pixels:
+            return OUT_OF_RESOURCES, f"frame over the {self.settings.max_pixels:,} px limit"
+        native = not _is_compressed(event.context.transfer_syntax)
+        if native and bits >= 8 and pixel_bytes < rows * columns * frames * samples * (bits // 8):
+            return DOES_NOT_MATCH, "PixelData shorter than Rows x Columns need"
+        if not self._reserve():
+            return OUT_OF_RESOURCES, "queue full; retry later"
+        name = self.spool.new_name()
+        try:
+            film = self.spool.admit(name, event.encoded_dataset())
+        except OSError as error:
+            self._release()
+            logger.error("cannot spool a film (%s)", error.strerror or type(error).__name__)
+            return OUT_OF_RESOURCES, "cannot write the spool; retry later"
+        with self._queue:
+            self._films.append(film)
+            self._queue.notify_all()
+        logger.info(
+            "film %s received from %s (%s)",
+            name,
+            event.assoc.requestor.ae_title,
+            ACCEPTED_SOP_CLASSES[sop_class],
+        )
+        return SUCCESS, ""
+
+    def _reserve(self) -> bool:
+        """A place in the queue, waiting up to queue_wait_s for one (back-pressure)."""
+        deadline = time.monotonic() + self.settings.queue_wait_s
+        with self._queue:
+            while self._pending >= self.settings.queue_size:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._stopping.is_set():
+                    return False
+                self._queue.wait(left)
+            self._pending += 1
+            return True
+
+    def _release(self) -> None:
+        with self._queue:
+            self._pending -= 1
+            self._queue.notify_all()
+
+    # --- the workers ---------------------------------------------------------------------
+
+    def _work(self) -> None:
+        while True:
+            with self._queue:
+                while not self._films and not self._stopping.is_set():
+                    self._queue.wait()
+                if self._stopping.is_set():
+                    return
+                film = self._films.popleft()
+            try:
+                self._predict(film)
+            finally:
+                self._release()
+
+    def _predict(self, film: Path) -> None:
+        import pydicom
+
+        name = film.name.removesuffix(FILM_SUFFIX)
+        label = f"film {name}"
+        try:
+            dataset = pydicom.dcmread(film)
+            result = predict_film(
+                self.runtime,
+                dataset,
+                label,
+                self.settings.indeterminate_margin,
+                self.settings.max_pixels,
+            )
+            del dataset  # the pixels are done with; the objects need the header only
+            header = pydicom.dcmread(film, stop_before_pixels=True)
+            objects = [encode(item) for item in result_objects(header, result, self.producer)]
+            record = {
+                "received": received_at(name),
+                "predicted": time.time(),
+                "status": result.status,
+                "label": result.label,
+            }
+            self.spool.commit(film, objects, record)
+        except Exception as error:  # a film that breaks the pipeline must not stop the node
+            reason = f"{label}: no result could be made ({type(error).__name__})"
+            logger.error("%s; the film is kept in %s", reason, self.spool.failed)
+            self.spool.fail(film, reason)
+            self.counts.add("failed")
+            return
+        self.counts.add("predicted")
+        logger.info(
+            "%s: %s%s; %d object(s) queued for delivery",
+            label,
+            result.label or result.status,
+            "" if not result.probabilities else f" ({_probabilities(result)})",
+            len(objects),
+        )
+        self._courier.notify()
+
+
+def _probabilities(result: Result) -> str:
+    return ", ".join(f"P({name}) {value:.3f}" for name, value in result.probabilities.items())
+
+
+def received_at(name: str) -> float:
+    """When a film arrived, from its spool name (UTC seconds since the epoch)."""
+    try:
+        stamp = datetime.datetime.strptime(name.split("-", 1)[0], "%Y%m%dT%H%M%S.%f")
+    except ValueError:
+        return time.time()
+    return stamp.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+class Courier(threading.Thread):
+    """Delivers the outbox to every destination, oldest first; a destination that fails for a
+    reason that may pass (down, busy) waits with exponential backoff, and the rest wait on disk."""
+
+    def __init__(self, spool: Spool, destinations: list, settings: NodeSettings, counts: Counts):
+        super().__init__(name="courier", daemon=True)
+        self.spool = spool
+        self.destinations = destinations
+        self.settings = settings
+        self.counts = counts
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._failures = {destination.key: 0 for destination in destinations}
+        self._retry_at = {destination.key: 0.0 for destination in destinations}
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self.is_alive():
+            self.join()
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            self._deliver_due()
+            now = time.monotonic()
+            waiting = [at - now for key, at in self._retry_at.items() if self._failures[key]]
+            if self.spool.jobs() and waiting:
+                self._wake.wait(max(0.05, min(waiting)))
+            else:
+                self._wake.wait(5.0)  # also picks up results of an earlier run
+
+    def _deliver_due(self) -> None:
+        for destination in self.destinations:
+            key = destination.key
+            if time.monotonic() < self._retry_at[key]:
+                continue
+            for job in self.spool.jobs():
+                if self._stopping.is_set():
+                    return
+                if self.spool.is_sent(job, key) or not job.exists():
+                    continue
+                try:
+                    destination.send(self.spool.objects(job))
+                except DeliveryError as error:
+                    if error.retry:
+                        self._back_off(destination, error)
+                        break
+                    logger.error(
+                        "%s refused for good: %s; kept in %s", job.name, error, self.spool.failed
+                    )
+                    self.spool.fail(job, str(error))
+                    self.counts.add("failed")
+                    continue
+                self.spool.mark_sent(job, key)
+                if self._failures[key]:
+                    logger.info("%s is back: delivering what waited", destination)
+                self._failures[key] = 0
+                self._finish_if_done(job)
+
+    def _finish_if_done(self, job: Path) -> None:
+        if all(self.spool.is_sent(job, d.key) for d in self.destinations):
+            record = self.spool.record(job)
+            self.spool.finish(job)
+            self.counts.add("delivered")
+            received = record.get("received")
+            latency = "" if received is None else f", {time.time() - received:.2f} s after receipt"
+            logger.info("film %s: results delivered%s", job.name, latency)
+
+    def _back_off(self, destination, error: DeliveryError) -> None:
+        key = destination.key
+        self._failures[key] += 1
+        delay = min(
+            self.settings.retry_max_s, self.settings.retry_base_s * 2 ** (self._failures[key] - 1)
+        )
+        delay *= random.uniform(0.8, 1.2)  # several nodes must not retry in step
+        self._retry_at[key] = time.monotonic() + delay
+        logger.warning(
+            "%s; %d result(s) wait in the spool, next try in %.0f s",
+            error,
+            len(self.spool.jobs()),
+            delay,
+        )

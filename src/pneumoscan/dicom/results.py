@@ -1,0 +1,99 @@
+"""The DICOM objects for one prediction: an SR always, a heatmap Secondary Capture when there is one.
+
+Shared by `pneumoscan predict --dicom-out/--stow` (`outputs`) and `pneumoscan dicom-node` (`node`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+from pathlib import Path
+
+from pydicom.dataset import Dataset
+
+from pneumoscan.dicom.capture import build_capture
+from pneumoscan.dicom.producer import Producer
+from pneumoscan.dicom.report import build_report
+from pneumoscan.errors import InputError
+from pneumoscan.images import MAX_IMAGE_PIXELS, is_dicom
+from pneumoscan.runtime import ERROR, OnnxModel, Result, predict_one
+
+# What a film's header must hold for a result to be filed with it.
+REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+def predict_film(
+    runtime: OnnxModel,
+    film: Dataset,
+    label: str,
+    indeterminate_margin: float = 0.0,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> Result:
+    """The film's Result with its heatmap; a film that cannot be read gets an `error` Result
+    (whose SR then says why), never an exception."""
+    try:
+        return predict_one(
+            runtime,
+            film,
+            source=label,
+            heatmap=True,
+            indeterminate_margin=indeterminate_margin,
+            max_pixels=max_pixels,
+        )
+    except InputError as error:
+        return Result(
+            source=label,
+            status=ERROR,
+            message=str(error),
+            model_name=runtime.name,
+            model_version=runtime.version,
+        )
+
+
+def result_objects(
+    header: Dataset, result: Result, producer: Producer, when: datetime.datetime | None = None
+) -> list[Dataset]:
+    """[SR] or [SR, SC] for `result`, in the film's patient and study (see `report`, `capture`)."""
+    when = when or datetime.datetime.now().astimezone()
+    objects = [build_report(header, result, producer, when)]
+    capture = build_capture(header, result, producer, when)
+    if capture is not None:
+        objects.append(capture)
+    return objects
+
+
+def check_header(header: Dataset, label: str) -> None:
+    """An InputError unless the film can have results filed with it."""
+    missing = [keyword for keyword in REQUIRED_UIDS if not str(header.get(keyword, "") or "")]
+    if missing:
+        raise InputError(
+            f"{label}: DICOM header has no {', '.join(missing)}; a DICOM result is filed in the "
+            "film's study and needs them. Re-export the film from the archive."
+        )
+
+
+def read_header(path: Path, label: str) -> Dataset | None:
+    """The film's header (no pixels) when `path` is a DICOM file, None when it is not DICOM.
+    Raises InputError when it is DICOM but unreadable or cannot carry a result."""
+    import pydicom
+
+    try:
+        with open(path, "rb") as handle:
+            if not is_dicom(handle.read(132)):
+                return None
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+    except OSError as error:
+        raise InputError(f"{label}: cannot be read ({error.strerror or error}).") from None
+    except Exception as error:  # pydicom raises many types; its messages can quote values
+        raise InputError(
+            f"{label}: unreadable DICOM header ({type(error).__name__}); re-export the study."
+        ) from None
+    check_header(header, label)
+    return header
+
+
+def encode(dataset: Dataset) -> bytes:
+    """A result object as DICOM Part 10 bytes."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

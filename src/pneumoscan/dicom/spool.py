@@ -1,0 +1,129 @@
+"""The node's disk spool: nothing acknowledged is lost, whatever stops the node or its archive.
+
+    SPOOL/inbox/<film>.dcm          received films, acknowledged to the sender, not yet predicted
+    SPOOL/outbox/<film>/            one film's results waiting for delivery:
+                   0.dcm, 1.dcm       the SR and the heatmap Secondary Capture
+                   job.json           when the film arrived (seconds since the epoch) and its outcome
+                   sent-<key>         one marker per destination that has stored them
+    SPOOL/failed/<film>[.dcm]       what a destination refused for good, or a film that broke
+                                    the predictor, with a reason.txt; kept for a person to look at
+
+A film is written to the inbox (atomically) before its C-STORE is answered with success; its
+results are committed to the outbox by renaming a finished temporary folder, and only then is the
+film removed from the inbox; a result folder is removed only when every destination has stored
+it. A crash at any point leaves either the film or its results on disk, and the next start picks
+them up (`films`, `jobs`). Names are arrival times plus a counter: they sort in arrival order and
+hold nothing from the film. The spool holds patient data (films and results): the folders are
+created readable by their owner only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import threading
+import time
+from pathlib import Path
+
+from pneumoscan.fileio import atomic_write_bytes, atomic_write_text
+
+FILM_SUFFIX = ".dcm"
+JOB_FILE = "job.json"
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.inbox = self.root / "inbox"
+        self.outbox = self.root / "outbox"
+        self.failed = self.root / "failed"
+        for folder in (self.root, self.inbox, self.outbox, self.failed):
+            folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(folder, 0o700)
+        self._counter = itertools.count()
+        self._lock = threading.Lock()
+        self._remove_temporaries()
+
+    def _remove_temporaries(self) -> None:
+        """Half-written files and folders of a previous run (never acknowledged or committed)."""
+        for folder in (self.inbox, self.outbox):
+            for leftover in folder.glob(".*"):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover, ignore_errors=True)
+                else:
+                    leftover.unlink(missing_ok=True)
+
+    # --- films ---------------------------------------------------------------------------
+
+    def new_name(self) -> str:
+        with self._lock:
+            count = next(self._counter)
+        now = time.time()
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+        return f"{stamp}.{int(now % 1 * 1e6):06d}-{os.getpid()}-{count:06d}"
+
+    def admit(self, name: str, data: bytes) -> Path:
+        """A received film, on disk before its C-STORE is answered."""
+        path = self.inbox / f"{name}{FILM_SUFFIX}"
+        atomic_write_bytes(path, data)
+        return path
+
+    def films(self) -> list[Path]:
+        """Films waiting for prediction, oldest first."""
+        return sorted(self.inbox.glob(f"[!.]*{FILM_SUFFIX}"))
+
+    # --- results -------------------------------------------------------------------------
+
+    def commit(self, film: Path, objects: list[bytes], record: dict) -> Path:
+        """The film's results into the outbox in one rename, then the film out of the inbox."""
+        name = film.name.removesuffix(FILM_SUFFIX)
+        job = self.outbox / name
+        if not job.exists():  # a film predicted before a crash, not yet removed: keep the first
+            staging = self.outbox / f".{name}.staging"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+            for index, data in enumerate(objects):
+                atomic_write_bytes(staging / f"{index}{FILM_SUFFIX}", data)
+            atomic_write_text(staging / JOB_FILE, json.dumps(record))
+            os.rename(staging, job)
+        film.unlink(missing_ok=True)
+        return job
+
+    def jobs(self) -> list[Path]:
+        """Result folders waiting for delivery, oldest first."""
+        return sorted(path for path in self.outbox.iterdir() if not path.name.startswith("."))
+
+    @staticmethod
+    def objects(job: Path) -> list[Path]:
+        return sorted(job.glob(f"*{FILM_SUFFIX}"))
+
+    @staticmethod
+    def record(job: Path) -> dict:
+        try:
+            return json.loads((job / JOB_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @staticmethod
+    def is_sent(job: Path, key: str) -> bool:
+        return (job / f"sent-{key}").exists()
+
+    @staticmethod
+    def mark_sent(job: Path, key: str) -> None:
+        atomic_write_text(job / f"sent-{key}", f"{time.time():.3f}\n")
+
+    @staticmethod
+    def finish(job: Path) -> None:
+        shutil.rmtree(job, ignore_errors=True)
+
+    def fail(self, item: Path, reason: str) -> Path:
+        """Move a job (or a film) aside for good, with the reason next to it."""
+        target = self.failed / item.name
+        if target.exists():
+            target = self.failed / f"{item.name}.{time.time_ns()}"
+        os.rename(item, target)
+        note = target / "reason.txt" if target.is_dir() else target.with_name(target.name + ".txt")
+        atomic_write_text(note, reason + "\n")
+        return target
