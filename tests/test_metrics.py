@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from pneumoscan.metrics import (
+from pneumoscan.evaluation.metrics import (
     calibrated_probabilities,
     compute_metrics,
     expected_calibration_error,

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from pneumoscan.errors import ConfigError, ModelFileError, WeightsNotFoundError
-from pneumoscan.models import (
+from pneumoscan.core.errors import ConfigError, ModelFileError, WeightsNotFoundError
+from pneumoscan.core.preprocess import PreprocessSpec
+from pneumoscan.training.networks import (
     ARCHITECTURES,
     HEADS,
     SIZE_DEPENDENT_HEADS,
@@ -11,7 +12,6 @@ from pneumoscan.models import (
     load_model_file,
     save_model_file,
 )
-from pneumoscan.preprocess import PreprocessSpec
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pneumoscan.metrics import (
+from pneumoscan.evaluation.metrics import (
     calibrated_probabilities,
     compute_metrics,
     fit_temperature,
@@ -158,7 +158,12 @@ def conformal_crossval(
 ) -> dict:
     """Empirical coverage and set size of split-conformal sets, each patient fold's sets built
     from the scores of the other folds' films (`probabilities` should be out-of-sample already)."""
-    from pneumoscan.conformal import conformity_scores, coverage_report, prediction_sets, quantile
+    from pneumoscan.core.conformal import (
+        conformity_scores,
+        coverage_report,
+        prediction_sets,
+        quantile,
+    )
 
     members = np.zeros(probabilities.shape, dtype=bool)
     folds = patient_folds(targets, patients, crossfit_folds(targets, patients), seed)

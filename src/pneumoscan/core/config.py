@@ -14,8 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from pneumoscan.errors import ConfigError
-from pneumoscan.labels import Task
+from pneumoscan.core.errors import ConfigError
+from pneumoscan.core.labels import Task
 
 AUGMENT_POLICIES = (
     "basic",
@@ -233,7 +233,7 @@ def load_config(path: Path | str | None, overrides: list[str] = ()) -> Config:
 
 
 def save_config(config: Config, path: Path) -> None:
-    from pneumoscan.fileio import atomic_write_text
+    from pneumoscan.core.fileio import atomic_write_text
 
     atomic_write_text(path, yaml.safe_dump(config_to_dict(config), sort_keys=False))
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pneumoscan.errors import ImageTooLargeError, InputError, UnsupportedFormatError
+from pneumoscan.core.errors import ImageTooLargeError, InputError, UnsupportedFormatError
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydicom.dataset import Dataset

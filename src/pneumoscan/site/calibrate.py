@@ -34,17 +34,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan import calibration as cal
-from pneumoscan.conformal import REPORTED_LEVELS, ConformalCalibration, coverage_report
-from pneumoscan.dataset import Sample, load_site
-from pneumoscan.decision import calibrated_probabilities
-from pneumoscan.errors import DatasetError, InputError, ModelFileError
-from pneumoscan.fileio import atomic_write, atomic_write_json, atomic_write_text
-from pneumoscan.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
-from pneumoscan.ood import QUANTILE
-from pneumoscan.preprocess import prepare
-from pneumoscan.runtime import OnnxModel, decode_input, load_runtime_model
-from pneumoscan.shipped import resolve_model
+from pneumoscan.core.conformal import REPORTED_LEVELS, ConformalCalibration, coverage_report
+from pneumoscan.core.dataset import Sample, load_site
+from pneumoscan.core.decision import calibrated_probabilities
+from pneumoscan.core.errors import DatasetError, InputError, ModelFileError
+from pneumoscan.core.fileio import atomic_write, atomic_write_json, atomic_write_text
+from pneumoscan.core.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
+from pneumoscan.core.preprocess import prepare
+from pneumoscan.core.shipped import resolve_model
+from pneumoscan.evaluation import calibration as cal
+from pneumoscan.runtime.predict import OnnxModel, decode_input, load_runtime_model
+from pneumoscan.training.gate import QUANTILE
 
 logger = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ def site_metrics(
     levels: tuple[float, ...] = REPORTED_LEVELS,
 ) -> tuple[dict, np.ndarray]:
     """The evaluate metrics, the gate's refusals and the conformal coverage on these films."""
-    from pneumoscan.metrics import compute_metrics
+    from pneumoscan.evaluation.metrics import compute_metrics
 
     probabilities = operating.probabilities(scores.logits)
     metrics = compute_metrics(
@@ -257,7 +257,7 @@ def site_sections(metrics: dict) -> list[str]:
 
 def validate(data: Path, model_ref: str | Path, out: Path, bootstrap: int = 1000) -> dict:
     """Score the site's films with the model as it is; write the evaluation report."""
-    from pneumoscan.evaluate import write_report
+    from pneumoscan.training.evaluate import write_report
 
     model, scores = load_scored(data, model_ref)
     metrics, probabilities = site_metrics(scores, Operating.of(model), model.class_names, bootstrap)
@@ -392,7 +392,7 @@ def _films_of_patients(patients: np.ndarray, order: np.ndarray, size: int) -> np
 def _curve_point(
     held: SiteScores, operating: Operating, class_names: tuple[str, ...], coverage: float
 ) -> dict:
-    from pneumoscan.metrics import compute_metrics
+    from pneumoscan.evaluation.metrics import compute_metrics
 
     probabilities = operating.probabilities(held.logits)
     metrics = compute_metrics(
@@ -480,9 +480,9 @@ def calibrate(
 ) -> dict:
     """Fit the site's calibration on part of its films, report before/after on the rest, write
     the recalibrated model (out/model.pt, out/model.onnx), its card and the report."""
-    from pneumoscan.evaluate import write_report
-    from pneumoscan.export import relabel_onnx
-    from pneumoscan.models import load_model_file, relabel_model_file
+    from pneumoscan.training.evaluate import write_report
+    from pneumoscan.training.export import relabel_onnx
+    from pneumoscan.training.networks import load_model_file, relabel_model_file
 
     if request.rule not in cal.THRESHOLD_RULES:
         raise DatasetError(f"rule {request.rule!r}: choose one of {', '.join(cal.THRESHOLD_RULES)}")

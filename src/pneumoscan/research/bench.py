@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pneumoscan.fileio import atomic_write_text
-from pneumoscan.hardware import hardware
-from pneumoscan.images import read_image
-from pneumoscan.preprocess import prepare
-from pneumoscan.runtime import load_runtime_model
+from pneumoscan.core.fileio import atomic_write_text
+from pneumoscan.core.hardware import hardware
+from pneumoscan.core.images import read_image
+from pneumoscan.core.preprocess import prepare
+from pneumoscan.runtime.predict import load_runtime_model
 
 # --- non-radiographs for the gate ----------------------------------------------------------
 
@@ -186,7 +186,7 @@ def gate_report(model_ref: str, run_dir: Path | None) -> str:
     )
     missed = [name for (name, _), flag in zip(samples, rejected) if not flag]
     if run_dir is not None:
-        from pneumoscan.ship import split_samples
+        from pneumoscan.training.ship import split_samples
 
         validation, _ = split_samples(Path(run_dir), "val")
         chest = model.ood_scores([read_image(s.path) for s in validation])
@@ -237,8 +237,8 @@ def speed_report(
     try:
         import torch
 
-        from pneumoscan.models import load_model_file
-        from pneumoscan.shipped import resolve_model
+        from pneumoscan.core.shipped import resolve_model
+        from pneumoscan.training.networks import load_model_file
 
         torch_model, _ = load_model_file(resolve_model(model_ref))
         tensor = torch.from_numpy(image)
@@ -462,9 +462,9 @@ def quantization_report(model_ref: str, run_dir: Path, calibration_images: int =
     from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from pneumoscan.runtime import OnnxModel
-    from pneumoscan.ship import split_samples
-    from pneumoscan.shipped import resolve_model
+    from pneumoscan.core.shipped import resolve_model
+    from pneumoscan.runtime.predict import OnnxModel
+    from pneumoscan.training.ship import split_samples
 
     fp32_path = resolve_model(model_ref, suffix=".onnx")
     fp32 = OnnxModel(fp32_path)

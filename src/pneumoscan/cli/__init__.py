@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from pneumoscan.errors import PneumoscanError
-from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.core.errors import PneumoscanError
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 
 app = typer.Typer(
     help=f"Pneumonia detection in pediatric chest X-rays. {NOT_DIAGNOSTIC_NOTICE}",
@@ -82,7 +82,7 @@ def eda(
     """Explore a data set: counts per split, class and subtype, images per patient, image sizes,
     sample grids; PNG plots and a Markdown summary."""
     _setup_logging()
-    from pneumoscan.eda import run_eda
+    from pneumoscan.research.eda import run_eda
 
     summary = run_eda(data_dir, out)
     typer.echo(f"wrote {summary}")
@@ -139,7 +139,7 @@ def train(
     --init fine-tunes a shipped or calibrated model on a site's labelled films (--data SITE:
     NORMAL/ and PNEUMONIA/ folders or a path,label[,patient] CSV)."""
     _setup_logging()
-    from pneumoscan.config import FINETUNE_RECIPE, load_config
+    from pneumoscan.core.config import FINETUNE_RECIPE, load_config
 
     overrides = list(FINETUNE_RECIPE if init is not None and config is None else [])
     if init is not None:
@@ -163,7 +163,7 @@ def train(
     out_dir = out or Path("runs") / cfg.name
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-    from pneumoscan.train import fit
+    from pneumoscan.training.fit import fit
 
     # Under DDP the other ranks report only warnings and errors; rank zero tells the story once.
     for handler in logging.getLogger().handlers:
@@ -177,8 +177,8 @@ def train(
 
 def _task_of(reference: str) -> str:
     """The task of a model file, for `train --init` without a recipe."""
-    from pneumoscan.models import load_model_file
-    from pneumoscan.shipped import resolve_model
+    from pneumoscan.core.shipped import resolve_model
+    from pneumoscan.training.networks import load_model_file
 
     return load_model_file(resolve_model(reference))[1].task
 
@@ -203,8 +203,8 @@ def cv(
     """Cross-validate a recipe over patient-grouped folds; per-fold and mean ± sd validation metrics.
     Rerun the same command to resume; finished folds are skipped."""
     _setup_logging()
-    from pneumoscan.config import load_config
-    from pneumoscan.train import cross_validate
+    from pneumoscan.core.config import load_config
+    from pneumoscan.training.fit import cross_validate
 
     overrides = list(override or []) + ([f"data.root={data}"] if data is not None else [])
     try:
@@ -237,7 +237,7 @@ def evaluate(
     """Evaluate a model on one split: metrics.json with 95% patient-bootstrap intervals,
     confusion matrix, ROC, PR and reliability plots, report.md."""
     _setup_logging()
-    from pneumoscan.evaluate import evaluate_model, training_pool_caveat
+    from pneumoscan.training.evaluate import evaluate_model, training_pool_caveat
 
     if split not in ("train", "val", "test"):
         _fail(f"--split {split!r}: choose test, val or train")
@@ -295,7 +295,7 @@ def validate(
     intervals, confusion matrix, ROC, PR, reliability diagram), the gate's refusal rate and the
     coverage of the model's conformal prediction sets. Changes nothing; see `calibrate`."""
     _setup_logging()
-    from pneumoscan.site import validate as validate_site
+    from pneumoscan.site.calibrate import validate as validate_site
 
     metrics = validate_site(data, model, out, bootstrap=bootstrap)
     typer.echo(f"{metrics['model_name']} on {data} (n={metrics['n']}): {_headline(metrics)}")
@@ -359,8 +359,8 @@ def calibrate(
     part of the site's films, before/after on the rest, and how the figures grow with the number
     of films. Writes a new model (OUT/model.pt, OUT/model.onnx) with its card."""
     _setup_logging()
-    from pneumoscan.site import Request
-    from pneumoscan.site import calibrate as calibrate_site
+    from pneumoscan.site.calibrate import Request
+    from pneumoscan.site.calibrate import calibrate as calibrate_site
 
     if rule is not None and target_sensitivity is not None:
         _fail("give --target-sensitivity or --rule, not both")
@@ -407,7 +407,7 @@ def export(
     """Export a model file to ONNX with its metadata (classes, threshold, temperature,
     preprocessing) and, for the linear head, a class activation map output."""
     _setup_logging()
-    from pneumoscan.export import export_onnx
+    from pneumoscan.training.export import export_onnx
 
     path = export_onnx(model, out)
     typer.echo(f"wrote {path}")
@@ -417,7 +417,7 @@ def _expand(paths: list[str]) -> list[Path]:
     """Files as given, folders searched recursively for images, glob patterns expanded."""
     import glob
 
-    from pneumoscan.images import IMAGE_SUFFIXES
+    from pneumoscan.core.images import IMAGE_SUFFIXES
 
     found: list[Path] = []
     for text in paths:
@@ -482,8 +482,8 @@ def predict(
     _setup_logging()
     # pydicom logs header complaints; the file's own error line says what matters.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
-    from pneumoscan.predict_io import write_csv, write_json
-    from pneumoscan.runtime import load_runtime_model, predict_many, summarize
+    from pneumoscan.runtime.outputs import write_csv, write_json
+    from pneumoscan.runtime.predict import load_runtime_model, predict_many, summarize
 
     runtime = load_runtime_model(model, threads=threads, gate=gate)
     if not 0.0 <= indeterminate < 0.5:
@@ -497,7 +497,7 @@ def predict(
     if not files:
         _fail(f"no image files found in {' '.join(paths)}")
     if shard is not None:
-        from pneumoscan.shards import parse_shard
+        from pneumoscan.runtime.shards import parse_shard
 
         part, total = parse_shard(shard), len(files)
         files = part.select(files)
@@ -548,7 +548,7 @@ def _print_results(runtime, results) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from pneumoscan.runtime import OK, STATUS_TEXT
+    from pneumoscan.runtime.predict import OK, STATUS_TEXT
 
     table = Table(
         title=f"pneumoscan {runtime.name} ({runtime.version})", caption=NOT_DIAGNOSTIC_NOTICE
@@ -632,7 +632,7 @@ def ship(
     """Ship a run: cross-fitted calibration, refitted gate, fp16 model file, parity-checked ONNX,
     stress benchmark and a model card generated from what was recorded."""
     _setup_logging()
-    from pneumoscan.ship import ship_model, write_card
+    from pneumoscan.training.ship import ship_model, write_card
 
     if card_only:
         path = write_card(name, models_dir, stress_dir=Path("docs/stress") / name)
@@ -672,7 +672,7 @@ def bench(
     """Benchmark prediction speed: in-process latency (ONNX vs torch eager), then whole processes
     from the command line: cold start, folders to CSV with and without heatmaps, 256 px and
     full-size films."""
-    from pneumoscan.bench import speed_report, write_report
+    from pneumoscan.research.bench import speed_report, write_report
 
     files = _expand([str(path) for path in images])
     if not files:
@@ -683,7 +683,7 @@ def bench(
     typer.echo(report)
     write_report(report, out, section="predict-speed")
     if int8_run is not None:
-        from pneumoscan.bench import quantization_report
+        from pneumoscan.research.bench import quantization_report
 
         int8 = quantization_report(model, int8_run)
         typer.echo(int8)
@@ -703,7 +703,7 @@ def merge(
 ) -> None:
     """Join the CSV parts of a sharded `predict` into one file, rows in the order of the parts;
     refuses parts of different models and files predicted twice."""
-    from pneumoscan.shards import merge_csv
+    from pneumoscan.runtime.shards import merge_csv
 
     merged = merge_csv(parts, out)
     typer.echo(f"wrote {out}: {merged.rows} rows from {merged.parts} parts")
@@ -724,7 +724,7 @@ def bench_ood(
 ) -> None:
     """Measure the out-of-distribution gate: rejection of photos, documents, screenshots, blank and
     noise images, and of the run's validation chest X-rays."""
-    from pneumoscan.bench import gate_report, write_report
+    from pneumoscan.research.bench import gate_report, write_report
 
     report = gate_report(model, run)
     typer.echo(report)
@@ -745,7 +745,7 @@ def experiments(
 ) -> None:
     """Rerun a seed study's variants; results.csv, results.md and learning curves. Rerun to resume."""
     _setup_logging()
-    from pneumoscan.experiments import STUDIES, run_study
+    from pneumoscan.research.experiments import STUDIES, run_study
 
     if study not in STUDIES:
         _fail(f"unknown study {study!r}; choose {' or '.join(STUDIES)}")
@@ -781,7 +781,7 @@ def stress(
     patient-grouped validation films; every metric per perturbation, the worst case and the
     gate's refusal rate (never the test split)."""
     _setup_logging()
-    from pneumoscan.stress import run_stress
+    from pneumoscan.evaluation.stress import run_stress
 
     points = None
     if thresholds:
@@ -885,7 +885,7 @@ def serve(
 @app.command()
 def models() -> None:
     """List the architectures, heads and training strategies."""
-    from pneumoscan.models import ARCHITECTURES, HEADS
+    from pneumoscan.training.networks import ARCHITECTURES, HEADS
 
     for name, arch in ARCHITECTURES.items():
         weights = arch.pretrained_source or "trained from scratch"

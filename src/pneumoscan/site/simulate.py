@@ -1,6 +1,6 @@
 """A simulated new site: a model's own validation films through an acquisition shift.
 
-    python -m pneumoscan.simulate DATA --model binary --out site --films 400 --shift scanner
+    python -m pneumoscan.site.simulate DATA --model binary --out site --films 400 --shift scanner
 
 For trying `validate`, `calibrate` and `predict --sets` without a hospital's films, and for the
 tests that check them. The films are the model's validation films, re-drawn from DATA as training
@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumoscan import perturb
-from pneumoscan.fileio import atomic_write_bytes, atomic_write_text
-from pneumoscan.images import read_image
+from pneumoscan.core.fileio import atomic_write_bytes, atomic_write_text
+from pneumoscan.core.images import read_image
+from pneumoscan.evaluation import perturb
 
 # Each shift: what a different hospital's machine and habits could do to every film.
 SHIFTS: dict[str, tuple[str, list[perturb.Transform]]] = {
@@ -58,8 +58,8 @@ def simulate_site(
     data: Path, model: str | Path, out: Path, films: int | None = 400, shift: str = "scanner"
 ) -> Path:
     """Write the simulated site to `out`; returns the path of its labels.csv."""
-    from pneumoscan.runtime import load_runtime_model
-    from pneumoscan.stress import validation_films
+    from pneumoscan.evaluation.stress import validation_films
+    from pneumoscan.runtime.predict import load_runtime_model
 
     if shift not in SHIFTS:
         raise ValueError(f"shift {shift!r}: choose one of {', '.join(SHIFTS)}")

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from pneumoscan.errors import InputError
-from pneumoscan.fileio import atomic_write_text
+from pneumoscan.core.errors import InputError
+from pneumoscan.core.fileio import atomic_write_text
 
 Item = TypeVar("Item")
 

@@ -26,17 +26,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pneumoscan import calibration as cal
-from pneumoscan import dataset as ds
-from pneumoscan.conformal import REPORTED_LEVELS, ConformalCalibration
-from pneumoscan.data import ImageTensorDataset, decode_images
-from pneumoscan.decision import calibrated_probabilities
-from pneumoscan.errors import ConfigError, ModelFileError
-from pneumoscan.export import export_onnx, parity
-from pneumoscan.fileio import atomic_write, atomic_write_text
-from pneumoscan.images import read_image
-from pneumoscan.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
-from pneumoscan.models import (
+from pneumoscan.core import dataset as ds
+from pneumoscan.core.conformal import REPORTED_LEVELS, ConformalCalibration
+from pneumoscan.core.decision import calibrated_probabilities
+from pneumoscan.core.errors import ConfigError, ModelFileError
+from pneumoscan.core.fileio import atomic_write, atomic_write_text
+from pneumoscan.core.images import read_image
+from pneumoscan.core.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
+from pneumoscan.core.preprocess import prepare
+from pneumoscan.evaluation import calibration as cal
+from pneumoscan.training.export import export_onnx, parity
+from pneumoscan.training.fit import default_cache_dir
+from pneumoscan.training.gate import fit_gate, pooled_features
+from pneumoscan.training.loaders import ImageTensorDataset, decode_images
+from pneumoscan.training.networks import (
     GroupedClassifier,
     ModelInfo,
     get_architecture,
@@ -44,9 +47,6 @@ from pneumoscan.models import (
     predict_logits,
     save_model_file,
 )
-from pneumoscan.ood import fit_gate, pooled_features
-from pneumoscan.preprocess import prepare
-from pneumoscan.train import default_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def refit_gate(run_dir: Path, model, info: ModelInfo, cache: Path) -> None:
 
 
 def _gate_from_file(path: Path):
-    from pneumoscan.ood import OodGate
+    from pneumoscan.training.gate import OodGate
 
     return OodGate.from_tensors(torch.load(path, weights_only=True))
 
@@ -289,7 +289,7 @@ def ship_model(
     save_model_file(shipped_pt, model, info, half=True)
     stress = None
     if stress_data is not None:
-        from pneumoscan.stress import run_stress
+        from pneumoscan.evaluation.stress import run_stress
 
         stress = run_stress(onnx_path, stress_data, Path(stress_dir) / name)
     return write_card(name, models_dir, stress, Path(stress_dir) / name)

@@ -21,9 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pneumoscan.errors import ConfigError, WeightsNotFoundError
-from pneumoscan.ood import OodGate
-from pneumoscan.preprocess import (
+from pneumoscan.core.errors import ConfigError, WeightsNotFoundError
+from pneumoscan.core.preprocess import (
     GRAY_MEAN,
     GRAY_STD,
     IMAGENET_MEAN,
@@ -32,6 +31,7 @@ from pneumoscan.preprocess import (
     LITE_STD,
     PreprocessSpec,
 )
+from pneumoscan.training.gate import OodGate
 
 
 class Classifier(nn.Module):
@@ -512,7 +512,7 @@ def save_model_file(
     path: Path, model: Classifier | GroupedClassifier, info: ModelInfo, half: bool = False
 ) -> None:
     """One self-describing file: weights plus `ModelInfo`, written atomically."""
-    from pneumoscan.fileio import atomic_write
+    from pneumoscan.core.fileio import atomic_write
 
     weights = model.source if isinstance(model, GroupedClassifier) else model
     state = {
@@ -527,7 +527,7 @@ def save_model_file(
 
 def relabel_model_file(source: Path, out: Path, info: ModelInfo) -> None:
     """A copy of a model file with new `ModelInfo` (and gate) and the weights bit for bit."""
-    from pneumoscan.fileio import atomic_write
+    from pneumoscan.core.fileio import atomic_write
 
     payload = torch.load(Path(source), map_location="cpu", weights_only=True)
     payload["info"] = info.to_dict()
@@ -537,7 +537,7 @@ def relabel_model_file(source: Path, out: Path, info: ModelInfo) -> None:
 
 
 def load_model_file(path: Path) -> tuple[Classifier | GroupedClassifier, ModelInfo]:
-    from pneumoscan.errors import ModelFileError
+    from pneumoscan.core.errors import ModelFileError
 
     path = Path(path)
     if not path.is_file():

@@ -19,13 +19,18 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan import dataset as ds
-from pneumoscan.errors import DatasetError
-from pneumoscan.fileio import atomic_write, atomic_write_json, atomic_write_text
-from pneumoscan.images import read_image
-from pneumoscan.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
-from pneumoscan.metrics import compute_metrics
-from pneumoscan.perturb import AUGMENTATION_FAMILIES, Perturbation, panel, reference_quantiles
+from pneumoscan.core import dataset as ds
+from pneumoscan.core.errors import DatasetError
+from pneumoscan.core.fileio import atomic_write, atomic_write_json, atomic_write_text
+from pneumoscan.core.images import read_image
+from pneumoscan.core.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
+from pneumoscan.evaluation.metrics import compute_metrics
+from pneumoscan.evaluation.perturb import (
+    AUGMENTATION_FAMILIES,
+    Perturbation,
+    panel,
+    reference_quantiles,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +50,7 @@ class ValidationFilms:
 def training_split(metadata: dict) -> dict:
     """How the model's validation patients were drawn, from its metadata; models shipped before
     the split was recorded fall back to the config defaults their recipes used."""
-    from pneumoscan.config import DataConfig, TrainConfig
+    from pneumoscan.core.config import DataConfig, TrainConfig
 
     data, train = DataConfig(), TrainConfig()
     defaults = {
@@ -95,7 +100,7 @@ def validation_films(
 
 
 def _class_of(sample: ds.Sample, task: Task) -> str:
-    from pneumoscan.labels import class_index
+    from pneumoscan.core.labels import class_index
 
     index = class_index(task, sample.label, sample.subtype)
     if index is None:
@@ -131,7 +136,7 @@ def run_stress(
     thresholds: list[float] | None = None,
 ) -> dict:
     """Score the model on every perturbation of its validation films; write JSON, Markdown, plot."""
-    from pneumoscan.runtime import load_runtime_model
+    from pneumoscan.runtime.predict import load_runtime_model
 
     if only:
         names = [p.name for p in panel(np.zeros(2), np.ones(2))]

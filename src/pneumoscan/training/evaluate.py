@@ -14,15 +14,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from pneumoscan import dataset as ds
-from pneumoscan.data import ImageTensorDataset, decode_images
-from pneumoscan.decision import calibrated_probabilities, decide
-from pneumoscan.errors import DatasetError
-from pneumoscan.fileio import atomic_write, atomic_write_json, atomic_write_text
-from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE, Task
-from pneumoscan.metrics import compute_metrics
-from pneumoscan.models import ModelInfo, load_model_file, predict_logits
-from pneumoscan.shipped import resolve_model
+from pneumoscan.core import dataset as ds
+from pneumoscan.core.decision import calibrated_probabilities, decide
+from pneumoscan.core.errors import DatasetError
+from pneumoscan.core.fileio import atomic_write, atomic_write_json, atomic_write_text
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE, Task
+from pneumoscan.core.shipped import resolve_model
+from pneumoscan.evaluation.metrics import compute_metrics
+from pneumoscan.training.loaders import ImageTensorDataset, decode_images
+from pneumoscan.training.networks import ModelInfo, load_model_file, predict_logits
 
 logger = logging.getLogger(__name__)
 

@@ -36,10 +36,8 @@ from lightning.pytorch.callbacks.weight_averaging import EMAWeightAveraging
 from lightning.pytorch.loggers import CSVLogger
 from torch.utils.data import DataLoader, TensorDataset
 
-from pneumoscan import dataset as ds
-from pneumoscan.calibration import BINARY_GROUPS
-from pneumoscan.calibration import fit as fit_calibration
-from pneumoscan.config import (
+from pneumoscan.core import dataset as ds
+from pneumoscan.core.config import (
     Config,
     TrainConfig,
     config_to_dict,
@@ -47,14 +45,19 @@ from pneumoscan.config import (
     save_config,
     trainable_blocks,
 )
-from pneumoscan.data import ChestXrayDataModule, ImageTensorDataset, decode_images
-from pneumoscan.errors import ConfigError
-from pneumoscan.fileio import atomic_write, atomic_write_json, atomic_write_text
-from pneumoscan.hardware import hardware
-from pneumoscan.labels import CLASS_NAMES, Task
-from pneumoscan.lit import LitClassifier, monitor_metric
-from pneumoscan.metrics import calibrated_probabilities, compute_metrics
-from pneumoscan.models import (
+from pneumoscan.core.errors import ConfigError
+from pneumoscan.core.fileio import atomic_write, atomic_write_json, atomic_write_text
+from pneumoscan.core.hardware import hardware
+from pneumoscan.core.labels import CLASS_NAMES, Task
+from pneumoscan.core.preprocess import PreprocessSpec
+from pneumoscan.core.shipped import resolve_model
+from pneumoscan.evaluation.calibration import BINARY_GROUPS
+from pneumoscan.evaluation.calibration import fit as fit_calibration
+from pneumoscan.evaluation.metrics import calibrated_probabilities, compute_metrics
+from pneumoscan.training.gate import fit_gate, pooled_features
+from pneumoscan.training.lit import LitClassifier, monitor_metric
+from pneumoscan.training.loaders import ChestXrayDataModule, ImageTensorDataset, decode_images
+from pneumoscan.training.networks import (
     SIZE_DEPENDENT_HEADS,
     Classifier,
     GroupedClassifier,
@@ -66,9 +69,6 @@ from pneumoscan.models import (
     predict_logits,
     save_model_file,
 )
-from pneumoscan.ood import fit_gate, pooled_features
-from pneumoscan.preprocess import PreprocessSpec
-from pneumoscan.shipped import resolve_model
 
 logger = logging.getLogger(__name__)
 

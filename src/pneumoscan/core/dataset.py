@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.errors import DatasetError
-from pneumoscan.images import IMAGE_SUFFIXES
-from pneumoscan.labels import LABEL_FOLDERS, Task, class_index, parse_filename
+from pneumoscan.core.errors import DatasetError
+from pneumoscan.core.images import IMAGE_SUFFIXES
+from pneumoscan.core.labels import LABEL_FOLDERS, Task, class_index, parse_filename
 
 logger = logging.getLogger(__name__)
 

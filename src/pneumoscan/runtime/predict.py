@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumoscan.conformal import ConformalCalibration
-from pneumoscan.decision import (
+from pneumoscan.core.conformal import ConformalCalibration
+from pneumoscan.core.decision import (
     METADATA_KEY,
     ONNX_METADATA_FORMAT,
     REQUIRED_METADATA_KEYS,
@@ -39,12 +39,12 @@ from pneumoscan.decision import (
     decide,
     is_indeterminate,
 )
-from pneumoscan.errors import InputError, ModelFileError, PneumoscanError
-from pneumoscan.fileio import atomic_write
-from pneumoscan.images import MAX_IMAGE_PIXELS, is_pydicom_dataset, read_image
-from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
-from pneumoscan.preprocess import PreprocessSpec, prepare, resize_square
-from pneumoscan.shipped import resolve_model
+from pneumoscan.core.errors import InputError, ModelFileError, PneumoscanError
+from pneumoscan.core.fileio import atomic_write
+from pneumoscan.core.images import MAX_IMAGE_PIXELS, is_pydicom_dataset, read_image
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.core.preprocess import PreprocessSpec, prepare, resize_square
+from pneumoscan.core.shipped import resolve_model
 
 logger = logging.getLogger(__name__)
 

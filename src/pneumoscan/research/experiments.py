@@ -19,13 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan import dataset as ds
-from pneumoscan.config import load_config
-from pneumoscan.errors import WeightsNotFoundError
-from pneumoscan.evaluate import evaluate_model
-from pneumoscan.fileio import atomic_write, atomic_write_text
-from pneumoscan.models import torchvision_weights_file
-from pneumoscan.train import MODEL_FILE, fit
+from pneumoscan.core import dataset as ds
+from pneumoscan.core.config import load_config
+from pneumoscan.core.errors import WeightsNotFoundError
+from pneumoscan.core.fileio import atomic_write, atomic_write_text
+from pneumoscan.training.evaluate import evaluate_model
+from pneumoscan.training.fit import MODEL_FILE, fit
+from pneumoscan.training.networks import torchvision_weights_file
 
 logger = logging.getLogger(__name__)
 

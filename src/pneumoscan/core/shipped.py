@@ -6,7 +6,7 @@ import os
 import sys
 from pathlib import Path
 
-from pneumoscan.errors import ModelFileError
+from pneumoscan.core.errors import ModelFileError
 
 SHIPPED_MODELS = ("binary", "three-class")
 
@@ -17,7 +17,7 @@ def models_dir() -> Path:
     override = os.environ.get("PNEUMOSCAN_MODELS_DIR")
     if override:
         return Path(override)
-    checkout = Path(__file__).resolve().parents[2] / "models"
+    checkout = Path(__file__).resolve().parents[3] / "models"
     if checkout.is_dir():
         return checkout
     return Path(sys.prefix) / "share" / "pneumoscan" / "models"

@@ -16,7 +16,7 @@ import torch
 import torchmetrics
 from torch import nn
 
-from pneumoscan.config import TrainConfig
+from pneumoscan.core.config import TrainConfig
 
 
 def monitor_metric(num_classes: int) -> str:

@@ -1,7 +1,7 @@
 """Training speed (a benchmark, not a test): the data loader alone and the model step alone at each
 image size, then Lightning's training loop on one process and under DDP, at the same global batch.
 
-    python -m pneumoscan.bench_train --config configs/three_class_robust.yaml --out docs/benchmarks.md
+    python -m pneumoscan.research.bench_train --config configs/three_class_robust.yaml --out docs/benchmarks.md
     make bench-train
 
 Real films from the recipe's data folder, the recipe's model, augmentation, intensity and
@@ -28,15 +28,15 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.callbacks.weight_averaging import EMAWeightAveraging
 
-from pneumoscan import dataset as ds
-from pneumoscan.bench import cpu_sharing_note, write_report
-from pneumoscan.config import Config, load_config, trainable_blocks
-from pneumoscan.data import ChestXrayDataModule, ImageTensorDataset, decode_images
-from pneumoscan.hardware import hardware
-from pneumoscan.labels import CLASS_NAMES
-from pneumoscan.lit import LitClassifier
-from pneumoscan.models import create_model, get_architecture
-from pneumoscan.train import default_cache_dir, with_overrides
+from pneumoscan.core import dataset as ds
+from pneumoscan.core.config import Config, load_config, trainable_blocks
+from pneumoscan.core.hardware import hardware
+from pneumoscan.core.labels import CLASS_NAMES
+from pneumoscan.research.bench import cpu_sharing_note, write_report
+from pneumoscan.training.fit import default_cache_dir, with_overrides
+from pneumoscan.training.lit import LitClassifier
+from pneumoscan.training.loaders import ChestXrayDataModule, ImageTensorDataset, decode_images
+from pneumoscan.training.networks import create_model, get_architecture
 
 SECTION = "train-speed"
 
@@ -188,7 +188,7 @@ def fit_worker(arguments: argparse.Namespace) -> None:
 def fit_rate(arguments: argparse.Namespace, size: int, devices: int) -> float:
     with tempfile.TemporaryDirectory() as work:
         result = Path(work) / "result.json"
-        command = [sys.executable, "-m", "pneumoscan.bench_train", "fit"]
+        command = [sys.executable, "-m", "pneumoscan.research.bench_train", "fit"]
         command += ["--config", str(arguments.config), "--size", str(size)]
         command += ["--films", str(arguments.fit_films), "--warmup", str(arguments.warmup)]
         command += ["--devices", str(devices), "--result", str(result)]
@@ -220,7 +220,7 @@ def report(arguments: argparse.Namespace) -> str:
     lines = [
         "## Training speed",
         "",
-        f"Measured with `python -m pneumoscan.bench_train --config {arguments.config} --sizes "
+        f"Measured with `python -m pneumoscan.research.bench_train --config {arguments.config} --sizes "
         f"{sizes} --films {arguments.films} --steps {arguments.steps} --fit-films "
         f"{arguments.fit_films}` (`make bench-train`) on {hardware()}, torch "
         f"{torch.__version__}: the recipe's model ({config.model.arch}, {config.model.strategy} "

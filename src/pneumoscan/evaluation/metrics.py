@@ -20,7 +20,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from pneumoscan.decision import calibrated_probabilities, decide
+from pneumoscan.core.decision import calibrated_probabilities, decide
 
 __all__ = [
     "calibrated_probabilities",

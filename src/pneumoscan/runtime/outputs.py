@@ -18,9 +18,9 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from pneumoscan.fileio import atomic_write_text
-from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
-from pneumoscan.runtime import OnnxModel, Result, summarize
+from pneumoscan.core.fileio import atomic_write_text
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.runtime.predict import OnnxModel, Result, summarize
 
 JSON_MODEL_KEYS = ("name", "model_version", "task", "class_names", "threshold", "temperature")
 

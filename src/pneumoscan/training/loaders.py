@@ -23,12 +23,12 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
 from torchvision.transforms import v2
 
-from pneumoscan.config import AUGMENT_POLICIES
-from pneumoscan.dataset import Sample
-from pneumoscan.errors import DatasetError, InputError
-from pneumoscan.fileio import atomic_write
-from pneumoscan.images import read_image
-from pneumoscan.preprocess import LEVELS, PreprocessSpec, prepare_square, square_uint8
+from pneumoscan.core.config import AUGMENT_POLICIES
+from pneumoscan.core.dataset import Sample
+from pneumoscan.core.errors import DatasetError, InputError
+from pneumoscan.core.fileio import atomic_write
+from pneumoscan.core.images import read_image
+from pneumoscan.core.preprocess import LEVELS, PreprocessSpec, prepare_square, square_uint8
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan import dataset as ds
-from pneumoscan.errors import DatasetError, InputError
-from pneumoscan.fileio import atomic_write, atomic_write_text
-from pneumoscan.images import image_size, read_image
-from pneumoscan.preprocess import resize_square
+from pneumoscan.core import dataset as ds
+from pneumoscan.core.errors import DatasetError, InputError
+from pneumoscan.core.fileio import atomic_write, atomic_write_text
+from pneumoscan.core.images import image_size, read_image
+from pneumoscan.core.preprocess import resize_square
 
 logger = logging.getLogger(__name__)
 

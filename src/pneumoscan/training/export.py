@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumoscan.decision import METADATA_KEY, ONNX_METADATA_FORMAT, calibrated_probabilities
-from pneumoscan.fileio import atomic_write
-from pneumoscan.models import Classifier, GroupedClassifier, ModelInfo, load_model_file
-from pneumoscan.ood import OodGate, gate_scores, structure_penalty
-from pneumoscan.shipped import resolve_model
+from pneumoscan.core.decision import METADATA_KEY, ONNX_METADATA_FORMAT, calibrated_probabilities
+from pneumoscan.core.fileio import atomic_write
+from pneumoscan.core.shipped import resolve_model
+from pneumoscan.training.gate import OodGate, gate_scores, structure_penalty
+from pneumoscan.training.networks import Classifier, GroupedClassifier, ModelInfo, load_model_file
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +195,7 @@ def relabel_onnx(source: Path, out: Path, info: ModelInfo, model_version: str) -
 
 def parity(model_ref: str | Path, onnx_path: Path, images: np.ndarray) -> float:
     """Largest absolute difference of calibrated probabilities between torch and ONNX Runtime."""
-    from pneumoscan.runtime import OnnxModel
+    from pneumoscan.runtime.predict import OnnxModel
 
     model, info = load_model_file(resolve_model(model_ref))
     with torch.no_grad():
