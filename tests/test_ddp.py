@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from pneumoscan.cli import app
 from pneumoscan.training.fit import fit, with_overrides
 from pneumoscan.training.loaders import training_sampler, validation_sampler
-from pneumoscan.training.networks import load_model_file
+from pneumoscan.training.model_file import load_model_file
 
 # How far the DDP run's validation scores may fall from the one-process run's at the same global
 # batch, where only the order in which films reach the head and the dropout draws differ. ROC AUC

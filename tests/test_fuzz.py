@@ -18,7 +18,7 @@ from PIL import Image, ImageFile
 
 from pneumoscan.core.errors import ImageTooLargeError
 from pneumoscan.core.images import MAX_IMAGE_PIXELS, read_image
-from pneumoscan.runtime.predict import load_runtime_model
+from pneumoscan.runtime.model import load_runtime_model
 
 SEEDS = all_seeds()
 

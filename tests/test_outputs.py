@@ -268,7 +268,8 @@ def test_unwritable_outputs_are_one_line_errors(tmp_path):
     from typer.testing import CliRunner
 
     from pneumoscan.cli import app
-    from pneumoscan.runtime.predict import load_runtime_model, predict_many
+    from pneumoscan.runtime.model import load_runtime_model
+    from pneumoscan.runtime.predict import predict_many
 
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

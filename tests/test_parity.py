@@ -14,7 +14,8 @@ import pytest
 from pneumoscan.core.images import read_image
 from pneumoscan.core.preprocess import prepare
 from pneumoscan.core.shipped import resolve_model
-from pneumoscan.runtime.predict import load_runtime_model, predict_many
+from pneumoscan.runtime.model import load_runtime_model
+from pneumoscan.runtime.predict import predict_many
 
 
 def _val_films(real_data: Path) -> list[Path]:
@@ -63,7 +64,7 @@ def test_shipped_onnx_reproduces_evaluate_on_validation_films(name, real_data, t
 
 
 def test_gate_score_is_the_same_in_torch_and_onnx(real_data):
-    from pneumoscan.training.networks import load_model_file
+    from pneumoscan.training.model_file import load_model_file
 
     model, info = load_model_file(resolve_model("binary"))
     if info.ood is None:
@@ -78,7 +79,7 @@ def test_gate_score_is_the_same_in_torch_and_onnx(real_data):
 def test_gate_score_survives_fp16_weights(tiny_lite_model, real_data, tmp_path):
     """Shipping stores fp16 weights; the gate's threshold was fitted on the fp32 model's scores."""
     from pneumoscan.training.export import export_onnx
-    from pneumoscan.training.networks import load_model_file, save_model_file
+    from pneumoscan.training.model_file import load_model_file, save_model_file
 
     model, info = load_model_file(tiny_lite_model)
     assert info.ood is not None

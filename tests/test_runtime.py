@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from pneumoscan.cli import app
 from pneumoscan.core.images import read_image
 from pneumoscan.core.preprocess import prepare
-from pneumoscan.runtime.predict import OnnxModel, predict_one
+from pneumoscan.runtime.model import OnnxModel
+from pneumoscan.runtime.predict import predict_one
 from pneumoscan.training.export import parity
 
 runner = CliRunner()
@@ -158,7 +159,8 @@ def test_shipped_gate_refuses_non_radiographs_and_accepts_films(tmp_path):
     """The shipped binary model answers `not a chest X-ray` for photos, documents, screenshots,
     blank and noise images, and predicts on real films."""
     from pneumoscan.research.bench import _to_unit_gray, generated_non_radiographs, skimage_photos
-    from pneumoscan.runtime.predict import NOT_CHEST_XRAY, load_runtime_model, predict_pixels
+    from pneumoscan.runtime.model import load_runtime_model
+    from pneumoscan.runtime.predict import NOT_CHEST_XRAY, predict_pixels
 
     model = load_runtime_model("binary")
     assert model.ood_threshold is not None
@@ -184,7 +186,7 @@ def test_shipped_gate_refuses_non_radiographs_and_accepts_films(tmp_path):
 def test_shipped_gate_accepts_soft_noisy_and_cropped_films(real_data):
     """A slightly blurred, noisy or zoomed chest film is still a chest film."""
     from pneumoscan.evaluation.perturb import blur, crop, noise
-    from pneumoscan.runtime.predict import load_runtime_model
+    from pneumoscan.runtime.model import load_runtime_model
 
     model = load_runtime_model("binary")
     films = [read_image(f) for f in sorted((real_data / "val").rglob("*.jpeg"))]
@@ -196,7 +198,7 @@ def test_shipped_gate_accepts_soft_noisy_and_cropped_films(real_data):
 
 
 def test_shipped_gate_accepts_validation_films(real_data):
-    from pneumoscan.runtime.predict import load_runtime_model
+    from pneumoscan.runtime.model import load_runtime_model
 
     model = load_runtime_model("binary")
     films = sorted((real_data / "val").rglob("*.jpeg"))
@@ -207,7 +209,7 @@ def test_shipped_gate_accepts_validation_films(real_data):
 def test_batch_heatmaps_are_one_vectorised_pass_that_matches_pil(tmp_path):
     """Overlays for a batch come from one array computation; each equals the single-film
     rendering, and the upsampled map follows PIL's bicubic resize of the class map closely."""
-    from pneumoscan.runtime.predict import (
+    from pneumoscan.runtime.heatmap import (
         _upsampling_matrix,
         png_bytes,
         render_heatmap,

@@ -34,8 +34,9 @@ def tiny_three_class_run(tmp_path_factory):
 
 
 def test_ship_three_class_and_derived_binary(tiny_three_class_run, tmp_path):
-    from pneumoscan.runtime.predict import OnnxModel
-    from pneumoscan.training.networks import GroupedClassifier, load_model_file
+    from pneumoscan.runtime.model import OnnxModel
+    from pneumoscan.training.model_file import load_model_file
+    from pneumoscan.training.networks import GroupedClassifier
     from pneumoscan.training.ship import ship_model
 
     models = tmp_path / "models"

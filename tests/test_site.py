@@ -98,7 +98,7 @@ def test_the_calibrated_model_works_wherever_a_shipped_one_does(calibrated, site
     from pneumoscan.core.images import read_image
     from pneumoscan.core.preprocess import prepare
     from pneumoscan.training.export import parity
-    from pneumoscan.training.networks import load_model_file
+    from pneumoscan.training.model_file import load_model_file
 
     report = json.loads((calibrated / "calibration.json").read_text())
     model = pneumoscan.load_model(calibrated / "model.onnx")
@@ -121,7 +121,8 @@ def test_the_calibrated_model_works_wherever_a_shipped_one_does(calibrated, site
 
 
 def test_three_class_sets_keep_their_coverage_on_held_out_films(site, tmp_path):
-    from pneumoscan.runtime.predict import load_runtime_model, predict_many
+    from pneumoscan.runtime.model import load_runtime_model
+    from pneumoscan.runtime.predict import predict_many
 
     out = tmp_path / "three"
     _invoke(
@@ -177,7 +178,7 @@ def test_train_init_fine_tunes_the_shipped_network_on_site_films(site, tmp_path)
     import torch
 
     from pneumoscan.core.shipped import resolve_model
-    from pneumoscan.training.networks import load_model_file
+    from pneumoscan.training.model_file import load_model_file
 
     out = tmp_path / "finetuned"
     _invoke(

@@ -11,7 +11,7 @@ from pneumoscan.core.config import load_config
 from pneumoscan.core.errors import ConfigError
 from pneumoscan.training.evaluate import evaluate_model
 from pneumoscan.training.fit import fit
-from pneumoscan.training.networks import load_model_file
+from pneumoscan.training.model_file import load_model_file
 
 
 def _config(real_data, tmp_path, *overrides):

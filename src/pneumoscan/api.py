@@ -21,15 +21,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pneumoscan.core.images import MAX_IMAGE_PIXELS
-from pneumoscan.runtime.predict import (
-    OnnxModel,
-    Result,
-    Summary,
-    load_runtime_model,
-    predict_many,
-    predict_one,
-    summarize,
-)
+from pneumoscan.runtime.model import OnnxModel, load_runtime_model
+from pneumoscan.runtime.predict import Result, Summary, predict_many, predict_one, summarize
 
 __all__ = ["Model", "Result", "Summary", "load_model", "summarize"]
 

@@ -178,7 +178,7 @@ def train(
 def _task_of(reference: str) -> str:
     """The task of a model file, for `train --init` without a recipe."""
     from pneumoscan.core.shipped import resolve_model
-    from pneumoscan.training.networks import load_model_file
+    from pneumoscan.training.model_file import load_model_file
 
     return load_model_file(resolve_model(reference))[1].task
 
@@ -295,7 +295,7 @@ def validate(
     intervals, confusion matrix, ROC, PR, reliability diagram), the gate's refusal rate and the
     coverage of the model's conformal prediction sets. Changes nothing; see `calibrate`."""
     _setup_logging()
-    from pneumoscan.site.calibrate import validate as validate_site
+    from pneumoscan.site.validate import validate as validate_site
 
     metrics = validate_site(data, model, out, bootstrap=bootstrap)
     typer.echo(f"{metrics['model_name']} on {data} (n={metrics['n']}): {_headline(metrics)}")
@@ -482,8 +482,9 @@ def predict(
     _setup_logging()
     # pydicom logs header complaints; the file's own error line says what matters.
     logging.getLogger("pydicom").setLevel(logging.ERROR)
+    from pneumoscan.runtime.model import load_runtime_model
     from pneumoscan.runtime.outputs import write_csv, write_json
-    from pneumoscan.runtime.predict import load_runtime_model, predict_many, summarize
+    from pneumoscan.runtime.predict import predict_many, summarize
 
     runtime = load_runtime_model(model, threads=threads, gate=gate)
     if not 0.0 <= indeterminate < 0.5:

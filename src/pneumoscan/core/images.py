@@ -4,6 +4,8 @@ JPEG and PNG of any mode and bit depth (8/16-bit, grayscale, RGB, RGBA, palette)
 (modality rescale, VOI LUT / windowing, MONOCHROME1 inverted) all end here on one scale, so
 training, evaluation and serving see the same numbers. The format is sniffed from the content,
 not the file name. DICOM patient fields are never read into anything we return, raise or log.
+`decode_input` also takes a 2-D numpy array under one contract (`pixels_from_array`) and names
+inputs in results without reading anything inside them (`source_label`).
 
 Every failure is an `InputError` (or one of its subclasses) whose one-line message names the file,
 the problem and the fix: whatever a decoder raises, a batch of files never stops on one of them.
@@ -90,6 +92,67 @@ def read_image(
             f"{label}: could not be read as an image ({type(error).__name__}); "
             "re-export it as PNG, JPEG or uncompressed DICOM."
         ) from None
+
+
+# --- every accepted input: paths, bytes, arrays, pydicom datasets ------------------------
+
+
+def source_label(item, source: str | None = None) -> str:
+    """How an input is named in results: the given source, a path as given, or a placeholder
+    (uploads and arrays are never named after anything inside them)."""
+    if source is not None:
+        return str(source)
+    if isinstance(item, (str, Path)):
+        return str(item)
+    if isinstance(item, (bytes, bytearray)):
+        return "<upload>"
+    if isinstance(item, np.ndarray):
+        return "<array>"
+    return "<dicom>" if is_pydicom_dataset(item) else "<input>"
+
+
+def pixels_from_array(array: np.ndarray, label: str = "<array>") -> np.ndarray:
+    """The array contract: 2-D grayscale; float in [0, 1], or uint8 / uint16 with the range their
+    dtype implies (0..255, 0..65535). Anything else is an InputError, never a silent rescale."""
+    if array.ndim != 2 or array.size == 0:
+        raise InputError(
+            f"{label}: array of shape {array.shape}; pass a 2-D grayscale image (H, W) "
+            "(convert colour first, e.g. PIL's .convert('L'))."
+        )
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if np.issubdtype(array.dtype, np.floating):
+        pixels = array.astype(np.float32)
+        if not np.isfinite(pixels).all():
+            raise InputError(f"{label}: array holds NaN or infinity; pass finite values in [0, 1].")
+        low, high = float(pixels.min()), float(pixels.max())
+        if low < 0.0 or high > 1.0:
+            raise InputError(
+                f"{label}: float pixels range {low:g}..{high:g}; float input must be in [0, 1] "
+                "(divide by the bit depth's maximum, or pass uint8 / uint16)."
+            )
+        return pixels
+    raise InputError(
+        f"{label}: array dtype {array.dtype}; pass uint8 (0..255), uint16 (0..65535) or float "
+        "in [0, 1]."
+    )
+
+
+def decode_input(item, label: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Any accepted input -> the [0, 1] 2-D pixel contract, or an InputError."""
+    if isinstance(item, np.ndarray):
+        return pixels_from_array(item, label)
+    if isinstance(item, (str, Path, bytes, bytearray)) or is_pydicom_dataset(item):
+        return read_image(item, name=label, max_pixels=max_pixels)
+    raise InputError(
+        f"{label}: cannot predict on a {type(item).__name__}; pass a path, bytes, a 2-D numpy "
+        "array or a pydicom Dataset."
+    )
+
+
+# --- reading files -------------------------------------------------------------------------
 
 
 def _read_bytes(path: Path, label: str) -> bytes:

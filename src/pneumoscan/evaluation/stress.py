@@ -136,7 +136,7 @@ def run_stress(
     thresholds: list[float] | None = None,
 ) -> dict:
     """Score the model on every perturbation of its validation films; write JSON, Markdown, plot."""
-    from pneumoscan.runtime.predict import load_runtime_model
+    from pneumoscan.runtime.model import load_runtime_model
 
     if only:
         names = [p.name for p in panel(np.zeros(2), np.ones(2))]

@@ -24,7 +24,7 @@ from pneumoscan.core.fileio import atomic_write_text
 from pneumoscan.core.hardware import hardware
 from pneumoscan.core.images import read_image
 from pneumoscan.core.preprocess import prepare
-from pneumoscan.runtime.predict import load_runtime_model
+from pneumoscan.runtime.model import load_runtime_model
 
 # --- non-radiographs for the gate ----------------------------------------------------------
 
@@ -238,7 +238,7 @@ def speed_report(
         import torch
 
         from pneumoscan.core.shipped import resolve_model
-        from pneumoscan.training.networks import load_model_file
+        from pneumoscan.training.model_file import load_model_file
 
         torch_model, _ = load_model_file(resolve_model(model_ref))
         tensor = torch.from_numpy(image)
@@ -463,7 +463,7 @@ def quantization_report(model_ref: str, run_dir: Path, calibration_images: int =
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from pneumoscan.core.shipped import resolve_model
-    from pneumoscan.runtime.predict import OnnxModel
+    from pneumoscan.runtime.model import OnnxModel
     from pneumoscan.training.ship import split_samples
 
     fp32_path = resolve_model(model_ref, suffix=".onnx")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from pneumoscan.core.fileio import atomic_write_text
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
-from pneumoscan.runtime.predict import OnnxModel, Result, summarize
+from pneumoscan.runtime.model import OnnxModel
+from pneumoscan.runtime.predict import Result, summarize
 
 JSON_MODEL_KEYS = ("name", "model_version", "task", "class_names", "threshold", "temperature")
 

@@ -8,19 +8,17 @@ Three layers that the CLI, the Python API (`pneumoscan.api`) and the server all 
   one input becomes that input's `error` result and the batch goes on;
 - one summary of outcomes, `summarize`, with the counts and the exit code.
 
-Every input is prepared by the same two functions as in training (`images.read_image`, then
-`preprocess.prepare` with the spec from the model's metadata). Temperature, threshold and the
-decision rule come from `decision`, the module training and export use too.
+Every input is prepared by the same two functions as in training (`core.images.read_image`, then
+`core.preprocess.prepare` with the spec from the model's metadata). Temperature, threshold and the
+decision rule come from `core.decision`, the module training and export use too. The model itself
+is `runtime.model.OnnxModel`; heatmaps are drawn by `runtime.heatmap`.
 """
 
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import os
-import struct
-import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,21 +28,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pneumoscan.core.conformal import ConformalCalibration
-from pneumoscan.core.decision import (
-    METADATA_KEY,
-    ONNX_METADATA_FORMAT,
-    REQUIRED_METADATA_KEYS,
-    calibrated_probabilities,
-    decide,
-    is_indeterminate,
-)
-from pneumoscan.core.errors import InputError, ModelFileError, PneumoscanError
-from pneumoscan.core.fileio import atomic_write
-from pneumoscan.core.images import MAX_IMAGE_PIXELS, is_pydicom_dataset, read_image
+from pneumoscan.core.decision import decide, is_indeterminate
+from pneumoscan.core.errors import InputError, PneumoscanError
+from pneumoscan.core.images import MAX_IMAGE_PIXELS, decode_input, source_label
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
-from pneumoscan.core.preprocess import PreprocessSpec, prepare, resize_square
-from pneumoscan.core.shipped import resolve_model
+from pneumoscan.core.preprocess import prepare, resize_square
+from pneumoscan.runtime.heatmap import (
+    HEATMAP_SIZE,
+    heatmap_file_name,
+    png_bytes,
+    render_heatmaps,
+    save_png,
+)
+from pneumoscan.runtime.model import OnnxModel
 
 logger = logging.getLogger(__name__)
 
@@ -57,126 +53,7 @@ STATUS_TEXT = {
     NOT_CHEST_XRAY: "not a chest X-ray",
     ERROR: "error",
 }
-HEATMAP_SIZE = 512
 BATCH_SIZE = 16
-
-
-class OnnxModel:
-    """An ONNX Runtime session plus the pneumoscan metadata stored in the file."""
-
-    def __init__(self, path: Path | str, threads: int | None = None, gate: bool = True) -> None:
-        import onnxruntime as ort
-
-        path = Path(path)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        # Decoding runs beside inference on the same cores: idle ONNX threads must not spin.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        try:
-            self.session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
-        except Exception as error:  # onnxruntime raises its own untyped errors for bad files
-            raise ModelFileError(
-                f"{path}: not a readable ONNX model ({type(error).__name__})."
-            ) from None
-        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-        if raw is None:
-            raise ModelFileError(
-                f"{path}: ONNX file has no pneumoscan metadata; export it with `pneumoscan export`."
-            )
-        self.metadata = json.loads(raw)
-        version = self.metadata.get("format", ONNX_METADATA_FORMAT)
-        missing = [key for key in REQUIRED_METADATA_KEYS if key not in self.metadata]
-        if version != ONNX_METADATA_FORMAT or missing:
-            raise ModelFileError(
-                f"{path}: metadata format {version!r} (missing {', '.join(missing) or 'nothing'}); "
-                f"this pneumoscan reads {ONNX_METADATA_FORMAT}. Re-export it with `pneumoscan export`."
-            )
-        self.path = path
-        self.class_names: tuple[str, ...] = tuple(self.metadata["class_names"])
-        self.threshold: float | None = self.metadata.get("threshold")
-        self.temperature: float = float(self.metadata.get("temperature", 1.0))
-        self.class_bias: list[float] | None = self.metadata.get("class_bias")
-        self.spec = PreprocessSpec.from_dict(self.metadata["preprocess"])
-        self.has_cam = bool(self.metadata.get("has_cam"))
-        self.ood_threshold: float | None = self.metadata.get("ood_threshold") if gate else None
-        self.output_names = [output.name for output in self.session.get_outputs()]
-        self.name: str = str(self.metadata.get("name", path.stem))
-        self.version: str = str(self.metadata.get("model_version", self.name))
-        try:
-            self.conformal = ConformalCalibration.from_dict(self.metadata.get("conformal"))
-        except (ValueError, KeyError, TypeError) as error:
-            raise ModelFileError(f"{path}: unreadable conformal calibration ({error}).") from None
-
-    def check_coverage(self, coverage: float | None) -> None:
-        """Raise a clear error when prediction sets at `coverage` cannot be given."""
-        if coverage is None:
-            return
-        if not 0.0 < coverage < 1.0:
-            raise ModelFileError(
-                f"set coverage {coverage}: give a level between 0 and 1, e.g. 0.9."
-            )
-        if self.conformal is None:
-            raise ModelFileError(
-                f"{self.path}: this model carries no conformal calibration, so it cannot give "
-                "prediction sets; calibrate it with `pneumoscan calibrate` (or ship it again)."
-            )
-
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """All outputs by name (raw `logits` among them), plus `probabilities`: temperature-calibrated."""
-        outputs = dict(
-            zip(
-                self.output_names,
-                self.session.run(None, {"image": batch.astype(np.float32, copy=False)}),
-            )
-        )
-        outputs["probabilities"] = calibrated_probabilities(
-            outputs["logits"], self.temperature, self.class_bias
-        )
-        return outputs
-
-    def probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Calibrated probabilities (N, classes) and, when exported, class maps (N, classes, h, w)."""
-        outputs = self.run(batch)
-        return outputs["probabilities"], outputs.get("cam")
-
-    def run_images(self, images: list[np.ndarray], batch_size: int = 64) -> dict[str, np.ndarray]:
-        """`run` over decoded [0, 1] images, prepared with the model's own spec, in batches."""
-        batches = [
-            self.run(
-                np.stack(
-                    [prepare(image, self.spec) for image in images[start : start + batch_size]]
-                )
-            )
-            for start in range(0, len(images), batch_size)
-        ]
-        return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
-
-    def ood_scores(self, images: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
-        """Gate scores of decoded [0, 1] images."""
-        return self.run_images(images, batch_size)["ood_score"]
-
-    def is_out_of_distribution(self, score: float) -> bool:
-        return self.ood_threshold is not None and score > self.ood_threshold
-
-    def label_index(self, probabilities: np.ndarray) -> int:
-        return decide(probabilities, self.threshold, self.class_names)
-
-
-def load_runtime_model(
-    reference: str | Path = "binary", threads: int | None = None, gate: bool = True
-) -> OnnxModel:
-    """A shipped model name (`binary`, `three-class`) or a path to an exported .onnx file."""
-    path = resolve_model(reference, suffix=".onnx")
-    if path.suffix != ".onnx":
-        raise ModelFileError(
-            f"{path}: prediction runs on ONNX; convert it first with "
-            f"`pneumoscan export --model {path} --out model.onnx`."
-        )
-    return OnnxModel(path, threads=threads, gate=gate)
 
 
 # --- results -------------------------------------------------------------------------------
@@ -278,61 +155,6 @@ def summarize(results: Iterable[Result]) -> Summary:
 
 
 # --- inputs --------------------------------------------------------------------------------
-
-
-def source_label(item, source: str | None = None) -> str:
-    """How an input is named in results: the given source, a path as given, or a placeholder
-    (uploads and arrays are never named after anything inside them)."""
-    if source is not None:
-        return str(source)
-    if isinstance(item, (str, Path)):
-        return str(item)
-    if isinstance(item, (bytes, bytearray)):
-        return "<upload>"
-    if isinstance(item, np.ndarray):
-        return "<array>"
-    return "<dicom>" if is_pydicom_dataset(item) else "<input>"
-
-
-def pixels_from_array(array: np.ndarray, label: str = "<array>") -> np.ndarray:
-    """The array contract: 2-D grayscale; float in [0, 1], or uint8 / uint16 with the range their
-    dtype implies (0..255, 0..65535). Anything else is an InputError, never a silent rescale."""
-    if array.ndim != 2 or array.size == 0:
-        raise InputError(
-            f"{label}: array of shape {array.shape}; pass a 2-D grayscale image (H, W) "
-            "(convert colour first, e.g. PIL's .convert('L'))."
-        )
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
-    if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
-    if np.issubdtype(array.dtype, np.floating):
-        pixels = array.astype(np.float32)
-        if not np.isfinite(pixels).all():
-            raise InputError(f"{label}: array holds NaN or infinity; pass finite values in [0, 1].")
-        low, high = float(pixels.min()), float(pixels.max())
-        if low < 0.0 or high > 1.0:
-            raise InputError(
-                f"{label}: float pixels range {low:g}..{high:g}; float input must be in [0, 1] "
-                "(divide by the bit depth's maximum, or pass uint8 / uint16)."
-            )
-        return pixels
-    raise InputError(
-        f"{label}: array dtype {array.dtype}; pass uint8 (0..255), uint16 (0..65535) or float "
-        "in [0, 1]."
-    )
-
-
-def decode_input(item, label: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Any accepted input -> the [0, 1] 2-D pixel contract, or an InputError."""
-    if isinstance(item, np.ndarray):
-        return pixels_from_array(item, label)
-    if isinstance(item, (str, Path, bytes, bytearray)) or is_pydicom_dataset(item):
-        return read_image(item, name=label, max_pixels=max_pixels)
-    raise InputError(
-        f"{label}: cannot predict on a {type(item).__name__}; pass a path, bytes, a 2-D numpy "
-        "array or a pydicom Dataset."
-    )
 
 
 @dataclass
@@ -567,7 +389,7 @@ def predict_many(
                     zip(results, _render_batch(batch, maps))
                 ):
                     if overlay is not None:
-                        path = Path(heatmap_dir) / _heatmap_name(done + offset, result.source)
+                        path = Path(heatmap_dir) / heatmap_file_name(done + offset, result.source)
                         result.heatmap_path = str(path)
                         written[offset] = pool.submit(_write_heatmap, overlay, path)
             elif draw:
@@ -598,7 +420,7 @@ def _when_written(results: list[Result], written: dict[int, Future]) -> list[Res
 
 def _write_heatmap(overlay: Image.Image, path: Path) -> str | None:
     try:
-        _save_png(overlay, path)
+        save_png(overlay, path)
     except OSError as error:
         return f"{path}: {error.strerror or error}"
     return None
@@ -607,114 +429,6 @@ def _write_heatmap(overlay: Image.Image, path: Path) -> str | None:
 def _attach_heatmaps(results, maps, prepared) -> None:
     for result, overlay in zip(results, _render_batch(prepared, maps)):
         result.heatmap = overlay
-
-
-def _heatmap_name(index: int, source: str) -> str:
-    stem = Path(source).stem if not source.startswith("<") else "input"
-    safe = "".join(char if char.isalnum() or char in "-_." else "_" for char in stem)[:80]
-    return f"{index:05d}_{safe or 'input'}.png"
-
-
-def _save_png(image: Image.Image, path: Path) -> None:
-    data = png_bytes(np.asarray(image))
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
-
-
-def png_bytes(rgb: np.ndarray) -> bytes:
-    """An (H, W, 3) uint8 array as an 8-bit RGB PNG, fast.
-
-    Every row uses PNG's `Up` filter (the difference from the row above, one numpy subtraction)
-    and zlib level 1: for a smooth overlay that is as small as Pillow's adaptive filtering at
-    level 1 and about twice as fast, and zlib runs without the GIL, beside the model.
-    """
-    height, width, _ = rgb.shape
-    rows = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(height, width * 3)
-    raw = np.empty((height, width * 3 + 1), dtype=np.uint8)
-    raw[:, 0] = 2  # filter type Up
-    raw[0, 1:] = rows[0]
-    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # uint8 arithmetic wraps modulo 256
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1))
-        + chunk(b"IEND", b"")
-    )
-
-
-# --- heatmaps ------------------------------------------------------------------------------
-
-
-def _upsampling_matrix(source_size: int, size: int) -> np.ndarray:
-    """(size, source_size) bicubic interpolation weights (Keys, a = -0.5, as PIL's BICUBIC), pixel
-    centres aligned and edges clamped: upsampling a map is then one matrix product per axis."""
-    positions = (np.arange(size) + 0.5) * source_size / size - 0.5
-    base = np.floor(positions).astype(int)
-    weights = np.zeros((size, source_size), dtype=np.float64)
-    for step in (-1, 0, 1, 2):
-        distance = np.abs(positions - (base + step))
-        kernel = np.where(
-            distance <= 1,
-            1.5 * distance**3 - 2.5 * distance**2 + 1,
-            np.where(distance < 2, -0.5 * distance**3 + 2.5 * distance**2 - 4 * distance + 2, 0.0),
-        )
-        np.add.at(weights, (np.arange(size), np.clip(base + step, 0, source_size - 1)), kernel)
-    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-HEAT_LEVELS = 256  # the map is shown in 8 bits, so colour and weight are looked up, not computed
-
-
-def _jet_tables(alpha: float) -> tuple[np.ndarray, np.ndarray]:
-    """(levels, 3) jet colours scaled by their blend weight, and (levels,) blend weights."""
-    heat = np.linspace(0.0, 1.0, HEAT_LEVELS, dtype=np.float32)
-    colour = np.stack(
-        [np.clip(1.5 - np.abs(4.0 * heat - offset), 0.0, 1.0) for offset in (3.0, 2.0, 1.0)],
-        axis=1,
-    )
-    weight = alpha * np.sqrt(heat)  # hotter regions cover more of the film
-    return (colour * weight[:, None] * 255.0).astype(np.float32), weight.astype(np.float32)
-
-
-def render_heatmaps(bases: np.ndarray, class_maps: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Overlays for a whole batch at once: (N, S, S) films in [0, 1] under (N, h, w) class maps
-    -> (N, S, S, 3) uint8.
-
-    Each map is clipped at zero (evidence for the class), scaled to its own maximum, upsampled by
-    two small matrix products, coloured with the jet colormap and blended more strongly where it
-    is higher, so cold regions still show the film. Colour and weight come from 256-entry tables.
-    """
-    size = bases.shape[-1]
-    positive = np.maximum(class_maps, 0.0).astype(np.float32)
-    peak = positive.reshape(len(positive), -1).max(axis=1)
-    positive /= np.where(peak > 0, peak, 1.0)[:, None, None]
-    rows = _upsampling_matrix(positive.shape[1], size)
-    columns = _upsampling_matrix(positive.shape[2], size)
-    heat = np.einsum("ij,njk,lk->nil", rows, positive, columns, optimize=True)
-    levels = np.clip(heat * (HEAT_LEVELS - 1) + 0.5, 0, HEAT_LEVELS - 1).astype(np.uint8)
-    coloured, weight = _jet_tables(alpha)
-    film = bases.astype(np.float32) * (255.0 * (1.0 - weight[levels]))
-    film += 0.5  # rounds on the cast below
-    rgb = np.empty(levels.shape + (3,), dtype=np.uint8)
-    channel = np.empty_like(film)
-    for index in range(3):  # one-dimensional lookups per channel are far cheaper than (256, 3)
-        np.add(film, coloured[:, index][levels], out=channel)
-        rgb[..., index] = channel
-    return rgb
-
-
-def render_heatmap(
-    image: np.ndarray, class_map: np.ndarray, size: int = HEATMAP_SIZE
-) -> Image.Image:
-    """One overlay as a PIL image: the film squared (as the model saw it) under its class map."""
-    base = resize_square(image, size)
-    return Image.fromarray(render_heatmaps(base[None], class_map[None])[0])
 
 
 def _render_batch(

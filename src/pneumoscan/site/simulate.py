@@ -59,7 +59,7 @@ def simulate_site(
 ) -> Path:
     """Write the simulated site to `out`; returns the path of its labels.csv."""
     from pneumoscan.evaluation.stress import validation_films
-    from pneumoscan.runtime.predict import load_runtime_model
+    from pneumoscan.runtime.model import load_runtime_model
 
     if shift not in SHIFTS:
         raise ValueError(f"shift {shift!r}: choose one of {', '.join(SHIFTS)}")

@@ -22,7 +22,8 @@ from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE, Task
 from pneumoscan.core.shipped import resolve_model
 from pneumoscan.evaluation.metrics import compute_metrics
 from pneumoscan.training.loaders import ImageTensorDataset, decode_images
-from pneumoscan.training.networks import ModelInfo, load_model_file, predict_logits
+from pneumoscan.training.model_file import ModelInfo, load_model_file
+from pneumoscan.training.networks import predict_logits
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from pneumoscan.core.decision import METADATA_KEY, ONNX_METADATA_FORMAT, calibra
 from pneumoscan.core.fileio import atomic_write
 from pneumoscan.core.shipped import resolve_model
 from pneumoscan.training.gate import OodGate, gate_scores, structure_penalty
-from pneumoscan.training.networks import Classifier, GroupedClassifier, ModelInfo, load_model_file
+from pneumoscan.training.model_file import ModelInfo, load_model_file
+from pneumoscan.training.networks import Classifier, GroupedClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ def relabel_onnx(source: Path, out: Path, info: ModelInfo, model_version: str) -
 
 def parity(model_ref: str | Path, onnx_path: Path, images: np.ndarray) -> float:
     """Largest absolute difference of calibrated probabilities between torch and ONNX Runtime."""
-    from pneumoscan.runtime.predict import OnnxModel
+    from pneumoscan.runtime.model import OnnxModel
 
     model, info = load_model_file(resolve_model(model_ref))
     with torch.no_grad():

@@ -57,17 +57,19 @@ from pneumoscan.evaluation.metrics import calibrated_probabilities, compute_metr
 from pneumoscan.training.gate import fit_gate, pooled_features
 from pneumoscan.training.lit import LitClassifier, monitor_metric
 from pneumoscan.training.loaders import ChestXrayDataModule, ImageTensorDataset, decode_images
+from pneumoscan.training.model_file import (
+    ModelInfo,
+    load_model_file,
+    package_versions,
+    save_model_file,
+)
 from pneumoscan.training.networks import (
     SIZE_DEPENDENT_HEADS,
     Classifier,
     GroupedClassifier,
-    ModelInfo,
     create_model,
     get_architecture,
-    load_model_file,
-    package_versions,
     predict_logits,
-    save_model_file,
 )
 
 logger = logging.getLogger(__name__)

@@ -39,14 +39,8 @@ from pneumoscan.training.export import export_onnx, parity
 from pneumoscan.training.fit import default_cache_dir
 from pneumoscan.training.gate import fit_gate, pooled_features
 from pneumoscan.training.loaders import ImageTensorDataset, decode_images
-from pneumoscan.training.networks import (
-    GroupedClassifier,
-    ModelInfo,
-    get_architecture,
-    load_model_file,
-    predict_logits,
-    save_model_file,
-)
+from pneumoscan.training.model_file import ModelInfo, load_model_file, save_model_file
+from pneumoscan.training.networks import GroupedClassifier, get_architecture, predict_logits
 
 logger = logging.getLogger(__name__)
 
