@@ -98,7 +98,8 @@ def test_crossfit_scores_every_film_with_a_calibration_fitted_on_other_patients(
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0)
     assert len(result.temperatures) == 4 and len(set(result.temperatures)) > 1
     # the out-of-sample scores differ from the in-sample ones: each fold had its own temperature
-    from pneumoscan.evaluation.metrics import calibrated_probabilities, fit_temperature
+    from pneumoscan.core.decision import calibrated_probabilities
+    from pneumoscan.evaluation.calibration import fit_temperature
 
     in_sample = calibrated_probabilities(logits, fit_temperature(logits, targets))
     assert not np.allclose(in_sample, result.probabilities)

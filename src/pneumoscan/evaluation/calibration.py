@@ -26,14 +26,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
+from sklearn.metrics import roc_curve
 
-from pneumoscan.evaluation.metrics import (
-    calibrated_probabilities,
-    compute_metrics,
-    fit_temperature,
-    threshold_at_sensitivity,
-    youden_threshold,
-)
+from pneumoscan.core.decision import calibrated_probabilities
+from pneumoscan.evaluation.metrics import compute_metrics
 
 THRESHOLD_RULES = ("balanced", "youden", "sensitivity", "half", "cost")
 BINARY_GROUPS = ((0,), (1, 2))  # normal; bacteria + virus -> the binary task's classes
@@ -48,12 +46,38 @@ class Calibration:
     bias: tuple[float, ...] | None = None  # per-class logit bias (bias-corrected scaling)
 
 
+def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Temperature T minimising the negative log-likelihood of softmax(logits / T) (Guo et al. 2017)."""
+    targets = np.asarray(targets)
+
+    def nll(log_temperature: float) -> float:
+        scaled = log_softmax(logits / np.exp(log_temperature), axis=1)
+        return -float(np.mean(scaled[np.arange(len(targets)), targets]))
+
+    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def youden_threshold(targets: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold maximising sensitivity + specificity - 1 on validation."""
+    false_positive, true_positive, thresholds = roc_curve(targets, scores, drop_intermediate=False)
+    finite = np.isfinite(thresholds)  # roc_curve starts with +inf: "call nothing positive"
+    best = int(np.argmax(np.where(finite, true_positive - false_positive, -np.inf)))
+    return float(thresholds[best])
+
+
+def threshold_at_sensitivity(targets: np.ndarray, scores: np.ndarray, sensitivity: float) -> float:
+    """The highest threshold whose validation sensitivity is at least `sensitivity`."""
+    _, true_positive, thresholds = roc_curve(targets, scores, drop_intermediate=False)
+    reaching = np.flatnonzero(true_positive >= sensitivity)
+    return float(min(thresholds[reaching[0]], 1.0))
+
+
 def fit_bias_corrected(logits: np.ndarray, targets: np.ndarray) -> tuple[float, tuple[float, ...]]:
     """Temperature and per-class bias (the first class's fixed at 0) minimising the NLL of
     softmax(logits / T + b): bias-corrected temperature scaling (Alexandari et al. 2020). The bias
     absorbs what a temperature cannot: a site whose films sit on one side of the old boundary."""
     from scipy.optimize import minimize
-    from scipy.special import log_softmax
 
     logits = np.asarray(logits, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.int64)

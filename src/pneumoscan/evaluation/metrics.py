@@ -1,65 +1,26 @@
-"""Metric functions: probabilities and labels in, numbers out (scikit-learn, torchmetrics, SciPy).
+"""Metric functions: probabilities and labels in, numbers out (scikit-learn, numpy).
 
-Also the two choices made on validation and stored in the model file: the temperature that
-calibrates the probabilities and, for binary, the decision threshold. Nothing is chosen on test.
-Applying them (`calibrated_probabilities`, the decision rule) lives in the torch-free `decision`
-module, re-exported here, so evaluation and the runtime apply them identically.
+Choosing the temperature and the binary threshold on validation lives in `calibration`; applying
+them (`calibrated_probabilities`, the decision rule) lives in `core.decision`, so evaluation and
+the runtime apply them identically.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from scipy.special import log_softmax
 from sklearn.metrics import (
     accuracy_score,
     confusion_matrix,
     f1_score,
     precision_recall_fscore_support,
     roc_auc_score,
-    roc_curve,
 )
 
-from pneumoscan.core.decision import calibrated_probabilities, decide
+from pneumoscan.core.decision import decide
 
-__all__ = [
-    "calibrated_probabilities",
-    "compute_metrics",
-    "expected_calibration_error",
-    "fit_temperature",
-    "predict_labels",
-    "threshold_at_sensitivity",
-    "youden_threshold",
-]
+__all__ = ["compute_metrics", "expected_calibration_error", "predict_labels"]
 
 ECE_BINS = 15
-
-
-def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Temperature T minimising the negative log-likelihood of softmax(logits / T) (Guo et al. 2017)."""
-    targets = np.asarray(targets)
-
-    def nll(log_temperature: float) -> float:
-        scaled = log_softmax(logits / np.exp(log_temperature), axis=1)
-        return -float(np.mean(scaled[np.arange(len(targets)), targets]))
-
-    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
-    return float(np.exp(result.x))
-
-
-def youden_threshold(targets: np.ndarray, scores: np.ndarray) -> float:
-    """The threshold maximising sensitivity + specificity - 1 on validation."""
-    false_positive, true_positive, thresholds = roc_curve(targets, scores, drop_intermediate=False)
-    finite = np.isfinite(thresholds)  # roc_curve starts with +inf: "call nothing positive"
-    best = int(np.argmax(np.where(finite, true_positive - false_positive, -np.inf)))
-    return float(thresholds[best])
-
-
-def threshold_at_sensitivity(targets: np.ndarray, scores: np.ndarray, sensitivity: float) -> float:
-    """The highest threshold whose validation sensitivity is at least `sensitivity`."""
-    _, true_positive, thresholds = roc_curve(targets, scores, drop_intermediate=False)
-    reaching = np.flatnonzero(true_positive >= sensitivity)
-    return float(min(thresholds[reaching[0]], 1.0))
 
 
 def predict_labels(probabilities: np.ndarray, threshold: float | None) -> np.ndarray:
@@ -68,20 +29,24 @@ def predict_labels(probabilities: np.ndarray, threshold: float | None) -> np.nda
 
 
 def expected_calibration_error(probabilities: np.ndarray, targets: np.ndarray) -> float:
-    """Binary: calibration of P(pneumonia); multiclass: top-label ECE. 15 equal-width bins."""
-    import torch
-    from torchmetrics.functional.classification import (
-        binary_calibration_error,
-        multiclass_calibration_error,
-    )
+    """Binary: calibration of P(pneumonia); multiclass: top-label ECE. 15 equal-width bins.
 
-    probs = torch.as_tensor(probabilities, dtype=torch.float64)
-    labels = torch.as_tensor(np.asarray(targets), dtype=torch.long)
-    if probs.shape[1] == 2:
-        return float(binary_calibration_error(probs[:, 1].contiguous(), labels, n_bins=ECE_BINS))
-    return float(
-        multiclass_calibration_error(probs, labels, num_classes=probs.shape[1], n_bins=ECE_BINS)
-    )
+    Sum over bins of |observed frequency - mean confidence| x the bin's share of films. Bins are
+    closed on the left ([0, 1/15), ..., a confidence of exactly 1 in a bin of its own), as
+    torchmetrics bins them; this is the same figure in float64 without torch.
+    """
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    targets = np.asarray(targets)
+    if probabilities.shape[1] == 2:
+        confidences = probabilities[:, 1]
+        outcomes = (targets == 1).astype(np.float64)
+    else:
+        confidences = probabilities.max(axis=1)
+        outcomes = (probabilities.argmax(axis=1) == targets).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, ECE_BINS + 1)
+    bins = np.searchsorted(edges, confidences, side="right") - 1
+    gaps = np.bincount(bins, weights=outcomes - confidences, minlength=len(edges))
+    return float(np.abs(gaps).sum() / len(confidences))
 
 
 def roc_auc(targets: np.ndarray, probabilities: np.ndarray) -> float:

@@ -45,6 +45,7 @@ from pneumoscan.core.config import (
     save_config,
     trainable_blocks,
 )
+from pneumoscan.core.decision import calibrated_probabilities
 from pneumoscan.core.errors import ConfigError
 from pneumoscan.core.fileio import atomic_write, atomic_write_json, atomic_write_text
 from pneumoscan.core.hardware import hardware
@@ -53,7 +54,7 @@ from pneumoscan.core.preprocess import PreprocessSpec
 from pneumoscan.core.shipped import resolve_model
 from pneumoscan.evaluation.calibration import BINARY_GROUPS
 from pneumoscan.evaluation.calibration import fit as fit_calibration
-from pneumoscan.evaluation.metrics import calibrated_probabilities, compute_metrics
+from pneumoscan.evaluation.metrics import compute_metrics
 from pneumoscan.training.gate import fit_gate, pooled_features
 from pneumoscan.training.lit import LitClassifier, monitor_metric
 from pneumoscan.training.loaders import ChestXrayDataModule, ImageTensorDataset, decode_images
