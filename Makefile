@@ -17,9 +17,9 @@ fuzz:  ## 10,000 fuzz cases over read_image and predict; prints the counts
 bench:  ## prediction speed, whole processes from the command line -> docs/benchmarks.md
 	.venv/bin/pneumoscan bench --model binary --images ../shared/data/chest_xray/train
 bench-train:  ## training speed: loader vs model step at 160 and 224 px, 1 vs 2 DDP processes -> docs/benchmarks.md
-	$(PY) -m pneumoscan.bench_train --config configs/three_class_robust.yaml --out docs/benchmarks.md
+	$(PY) -m pneumoscan.research.bench_train --config configs/three_class_robust.yaml --out docs/benchmarks.md
 site-demo:  ## a simulated new site: validate, calibrate and conformal sets -> docs/site/
-	$(PY) -m pneumoscan.simulate $(DATA) --model binary --out build/site --films 400 --shift zoomed
+	$(PY) -m pneumoscan.site.simulate $(DATA) --model binary --out build/site --films 400 --shift zoomed
 	.venv/bin/pneumoscan validate build/site --model binary --out docs/site/validate
 	.venv/bin/pneumoscan calibrate build/site --model binary --out build/site-binary --target-sensitivity 0.95 --refit-gate
 	.venv/bin/pneumoscan calibrate build/site/labels.csv --model three-class --out build/site-three-class

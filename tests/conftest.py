@@ -49,8 +49,8 @@ def make_layout(root: Path, splits=("train", "test"), per_class: int = 3) -> Pat
 def tiny_lite_model(tmp_path_factory) -> Path:
     """A real EfficientNet-Lite0 (ImageNet weights, linear head) trained one epoch at 64 px on
     generated images: small enough for the default suite, real enough for export and predict."""
-    from pneumoscan.config import load_config
-    from pneumoscan.train import fit
+    from pneumoscan.core.config import load_config
+    from pneumoscan.training.fit import fit
 
     root = tmp_path_factory.mktemp("tiny")
     data = make_layout(root / "data", splits=("train",), per_class=6)
@@ -74,6 +74,6 @@ def tiny_lite_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_lite_model, tmp_path_factory) -> Path:
-    from pneumoscan.export import export_onnx
+    from pneumoscan.training.export import export_onnx
 
     return export_onnx(tiny_lite_model, tmp_path_factory.mktemp("onnx") / "tiny.onnx")

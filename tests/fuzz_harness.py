@@ -43,9 +43,9 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from pneumoscan.errors import InputError
-from pneumoscan.images import read_image
-from pneumoscan.runtime import STATUSES, predict_many
+from pneumoscan.core.errors import InputError
+from pneumoscan.core.images import read_image
+from pneumoscan.runtime.predict import STATUSES, predict_many
 
 SEED_SIZE = (48, 40)  # width, height: small, so 10,000 cases take minutes
 

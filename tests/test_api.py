@@ -15,15 +15,15 @@ from pydicom import dcmread
 
 import pneumoscan
 from pneumoscan.api import Model, Result, load_model
-from pneumoscan.errors import (
+from pneumoscan.core.errors import (
     ImageTooLargeError,
     InputError,
     ModelFileError,
     UnsupportedFormatError,
 )
-from pneumoscan.images import read_image
-from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
-from pneumoscan.runtime import STATUSES
+from pneumoscan.core.images import read_image
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.runtime.predict import STATUSES
 
 REPO = Path(__file__).resolve().parents[1]
 FILM = REPO / "examples" / "pneumonia_person1946_bacteria_4874.jpeg"
@@ -199,7 +199,7 @@ def test_read_image_accepts_bytes_and_datasets(tmp_path):
 
 def test_a_failure_inside_the_pipeline_is_one_items_error(model, monkeypatch):
     """Whatever raises after decoding (preprocessing, the model) fails that input only."""
-    import pneumoscan.runtime as runtime
+    import pneumoscan.runtime.predict as runtime
 
     real_prepare = runtime.prepare
 

@@ -12,7 +12,7 @@ from pydicom import dcmread
 from typer.testing import CliRunner
 
 from pneumoscan.cli import app
-from pneumoscan.images import MAX_IMAGE_PIXELS
+from pneumoscan.core.images import MAX_IMAGE_PIXELS
 
 
 def _encoded(fmt: str) -> bytes:

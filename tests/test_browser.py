@@ -13,7 +13,7 @@ import pytest
 from serve_fixtures import NORMAL_FILM, PNEUMONIA_FILM, TEST_OUTPUT
 
 from pneumoscan.api import load_model
-from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.serve.loadtest import ServerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")

@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan.config import load_config, trainable_blocks
-from pneumoscan.errors import ConfigError
-from pneumoscan.labels import Task
+from pneumoscan.core.config import load_config, trainable_blocks
+from pneumoscan.core.errors import ConfigError
+from pneumoscan.core.labels import Task
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

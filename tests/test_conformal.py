@@ -8,8 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from pneumoscan.calibration import conformal_crossval
-from pneumoscan.conformal import (
+from pneumoscan.core.conformal import (
     METHODS,
     ConformalCalibration,
     conformity_scores,
@@ -17,6 +16,7 @@ from pneumoscan.conformal import (
     prediction_sets,
     quantile,
 )
+from pneumoscan.evaluation.calibration import conformal_crossval
 
 CLASSES = ("normal", "bacteria", "virus")
 

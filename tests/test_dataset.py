@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from conftest import make_layout
 
-from pneumoscan import dataset as ds
-from pneumoscan.errors import DatasetError
-from pneumoscan.labels import Task
+from pneumoscan.core import dataset as ds
+from pneumoscan.core.errors import DatasetError
+from pneumoscan.core.labels import Task
 
 
 def test_mendeley_layout_train_test_only(tmp_path):

@@ -19,9 +19,9 @@ import torch
 from typer.testing import CliRunner
 
 from pneumoscan.cli import app
-from pneumoscan.data import training_sampler, validation_sampler
-from pneumoscan.models import load_model_file
-from pneumoscan.train import fit, with_overrides
+from pneumoscan.training.fit import fit, with_overrides
+from pneumoscan.training.loaders import training_sampler, validation_sampler
+from pneumoscan.training.model_file import load_model_file
 
 # How far the DDP run's validation scores may fall from the one-process run's at the same global
 # batch, where only the order in which films reach the head and the dropout draws differ. ROC AUC
@@ -127,7 +127,7 @@ def test_ddp_training_matches_one_process_at_the_same_global_batch(real_data, tm
         "train.lr=0.003",
         "train.scheduler=none",
     ]
-    from pneumoscan.config import load_config
+    from pneumoscan.core.config import load_config
 
     single = load_config(
         None,

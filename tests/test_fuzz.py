@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageFile
 
-from pneumoscan.errors import ImageTooLargeError
-from pneumoscan.images import MAX_IMAGE_PIXELS, read_image
-from pneumoscan.runtime import load_runtime_model
+from pneumoscan.core.errors import ImageTooLargeError
+from pneumoscan.core.images import MAX_IMAGE_PIXELS, read_image
+from pneumoscan.runtime.model import load_runtime_model
 
 SEEDS = all_seeds()
 

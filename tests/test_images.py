@@ -5,8 +5,8 @@ import pytest
 from dicom_fixtures import write_dicom
 from PIL import Image
 
-from pneumoscan.errors import InputError
-from pneumoscan.images import MAX_IMAGE_PIXELS, read_image
+from pneumoscan.core.errors import InputError
+from pneumoscan.core.images import MAX_IMAGE_PIXELS, read_image
 
 GRADIENT = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (32, 1))  # 32 x 64, 0..252
 

@@ -1,6 +1,6 @@
 import pytest
 
-from pneumoscan.labels import Task, class_index, parse_filename
+from pneumoscan.core.labels import Task, class_index, parse_filename
 
 
 @pytest.mark.parametrize(

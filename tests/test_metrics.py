@@ -2,14 +2,13 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from pneumoscan.metrics import (
-    calibrated_probabilities,
-    compute_metrics,
-    expected_calibration_error,
+from pneumoscan.core.decision import calibrated_probabilities
+from pneumoscan.evaluation.calibration import (
     fit_temperature,
     threshold_at_sensitivity,
     youden_threshold,
 )
+from pneumoscan.evaluation.metrics import compute_metrics, expected_calibration_error
 
 # Hand-checked binary case: 4 normal, 4 pneumonia.
 TARGETS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -50,6 +49,26 @@ def test_ece_hand_checked():
     targets = np.array([1, 0])
     # |0.9 - 1| * 1/2 + |0.6 - 0| * 1/2 = 0.35
     assert expected_calibration_error(probs, targets) == pytest.approx(0.35)
+
+
+@pytest.mark.parametrize("classes", [2, 3])
+def test_ece_matches_torchmetrics(classes):
+    """The numpy ECE is the figure torchmetrics gave before it (binary and top-label)."""
+    torch = pytest.importorskip("torch")
+    calibration_error = pytest.importorskip("torchmetrics.functional.classification")
+    rng = np.random.default_rng(classes)
+    probs = softmax(rng.normal(0, 2, size=(500, classes)), axis=1)
+    targets = rng.integers(0, classes, size=500)
+    labels = torch.as_tensor(targets)
+    if classes == 2:
+        reference = calibration_error.binary_calibration_error(
+            torch.as_tensor(probs[:, 1]), labels, n_bins=15
+        )
+    else:
+        reference = calibration_error.multiclass_calibration_error(
+            torch.as_tensor(probs), labels, num_classes=classes, n_bins=15
+        )
+    assert expected_calibration_error(probs, targets) == pytest.approx(float(reference), abs=1e-6)
 
 
 def test_three_class_metrics():

@@ -1,17 +1,10 @@
 import pytest
 import torch
 
-from pneumoscan.errors import ConfigError, ModelFileError, WeightsNotFoundError
-from pneumoscan.models import (
-    ARCHITECTURES,
-    HEADS,
-    SIZE_DEPENDENT_HEADS,
-    ModelInfo,
-    create_model,
-    load_model_file,
-    save_model_file,
-)
-from pneumoscan.preprocess import PreprocessSpec
+from pneumoscan.core.errors import ConfigError, ModelFileError, WeightsNotFoundError
+from pneumoscan.core.preprocess import PreprocessSpec
+from pneumoscan.training.model_file import ModelInfo, load_model_file, save_model_file
+from pneumoscan.training.networks import ARCHITECTURES, HEADS, SIZE_DEPENDENT_HEADS, create_model
 
 
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))

@@ -20,8 +20,8 @@ from PIL import Image
 from pydicom import dcmread
 
 from pneumoscan.api import load_model
-from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
-from pneumoscan.predict_io import JSON_MODEL_KEYS, csv_columns
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.runtime.outputs import JSON_MODEL_KEYS, csv_columns
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.jpeg"))
@@ -268,7 +268,8 @@ def test_unwritable_outputs_are_one_line_errors(tmp_path):
     from typer.testing import CliRunner
 
     from pneumoscan.cli import app
-    from pneumoscan.runtime import load_runtime_model, predict_many
+    from pneumoscan.runtime.model import load_runtime_model
+    from pneumoscan.runtime.predict import predict_many
 
     blocker = tmp_path / "a-file"
     blocker.write_text("x")

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pneumoscan.images import read_image
-from pneumoscan.preprocess import prepare
-from pneumoscan.runtime import load_runtime_model, predict_many
-from pneumoscan.shipped import resolve_model
+from pneumoscan.core.images import read_image
+from pneumoscan.core.preprocess import prepare
+from pneumoscan.core.shipped import resolve_model
+from pneumoscan.runtime.model import load_runtime_model
+from pneumoscan.runtime.predict import predict_many
 
 
 def _val_films(real_data: Path) -> list[Path]:
@@ -24,7 +25,7 @@ def _val_films(real_data: Path) -> list[Path]:
 def _torch_gate_scores(model, gate, batch: np.ndarray) -> np.ndarray:
     import torch
 
-    from pneumoscan.ood import gate_scores
+    from pneumoscan.training.gate import gate_scores
 
     tensors = gate.to_tensors()
     with torch.no_grad():
@@ -40,7 +41,7 @@ def _torch_gate_scores(model, gate, batch: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["binary", "three-class"])
 def test_shipped_onnx_reproduces_evaluate_on_validation_films(name, real_data, tmp_path):
-    from pneumoscan.evaluate import evaluate_model
+    from pneumoscan.training.evaluate import evaluate_model
 
     metrics = evaluate_model(name, real_data, "val", tmp_path / "eval", bootstrap=0)
     with (tmp_path / "eval" / "predictions.csv").open(newline="") as handle:
@@ -63,7 +64,7 @@ def test_shipped_onnx_reproduces_evaluate_on_validation_films(name, real_data, t
 
 
 def test_gate_score_is_the_same_in_torch_and_onnx(real_data):
-    from pneumoscan.models import load_model_file
+    from pneumoscan.training.model_file import load_model_file
 
     model, info = load_model_file(resolve_model("binary"))
     if info.ood is None:
@@ -77,8 +78,8 @@ def test_gate_score_is_the_same_in_torch_and_onnx(real_data):
 
 def test_gate_score_survives_fp16_weights(tiny_lite_model, real_data, tmp_path):
     """Shipping stores fp16 weights; the gate's threshold was fitted on the fp32 model's scores."""
-    from pneumoscan.export import export_onnx
-    from pneumoscan.models import load_model_file, save_model_file
+    from pneumoscan.training.export import export_onnx
+    from pneumoscan.training.model_file import load_model_file, save_model_file
 
     model, info = load_model_file(tiny_lite_model)
     assert info.ood is not None

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pneumoscan.images import read_image
-from pneumoscan.preprocess import (
+from pneumoscan.core.images import read_image
+from pneumoscan.core.preprocess import (
     LITE_MEAN,
     LITE_STD,
     PreprocessSpec,

@@ -14,18 +14,17 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pneumoscan.cli import app
-from pneumoscan.export import parity
-from pneumoscan.images import read_image
-from pneumoscan.preprocess import prepare
-from pneumoscan.runtime import OnnxModel, predict_one
+from pneumoscan.core.images import read_image
+from pneumoscan.core.preprocess import prepare
+from pneumoscan.runtime.model import OnnxModel
+from pneumoscan.runtime.predict import predict_one
+from pneumoscan.training.export import parity
 
 runner = CliRunner()
 
 
 def test_runtime_never_imports_torch():
-    code = (
-        "import sys, pneumoscan.runtime, pneumoscan.predict_io; assert 'torch' not in sys.modules"
-    )
+    code = "import sys, pneumoscan.runtime.predict, pneumoscan.runtime.outputs; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -159,8 +158,9 @@ def test_lean_install_predicts_offline_without_torch(tmp_path):
 def test_shipped_gate_refuses_non_radiographs_and_accepts_films(tmp_path):
     """The shipped binary model answers `not a chest X-ray` for photos, documents, screenshots,
     blank and noise images, and predicts on real films."""
-    from pneumoscan.bench import _to_unit_gray, generated_non_radiographs, skimage_photos
-    from pneumoscan.runtime import NOT_CHEST_XRAY, load_runtime_model, predict_pixels
+    from pneumoscan.research.bench import _to_unit_gray, generated_non_radiographs, skimage_photos
+    from pneumoscan.runtime.model import load_runtime_model
+    from pneumoscan.runtime.predict import NOT_CHEST_XRAY, predict_pixels
 
     model = load_runtime_model("binary")
     assert model.ood_threshold is not None
@@ -185,8 +185,8 @@ def test_shipped_gate_refuses_non_radiographs_and_accepts_films(tmp_path):
 
 def test_shipped_gate_accepts_soft_noisy_and_cropped_films(real_data):
     """A slightly blurred, noisy or zoomed chest film is still a chest film."""
-    from pneumoscan.perturb import blur, crop, noise
-    from pneumoscan.runtime import load_runtime_model
+    from pneumoscan.evaluation.perturb import blur, crop, noise
+    from pneumoscan.runtime.model import load_runtime_model
 
     model = load_runtime_model("binary")
     films = [read_image(f) for f in sorted((real_data / "val").rglob("*.jpeg"))]
@@ -198,7 +198,7 @@ def test_shipped_gate_accepts_soft_noisy_and_cropped_films(real_data):
 
 
 def test_shipped_gate_accepts_validation_films(real_data):
-    from pneumoscan.runtime import load_runtime_model
+    from pneumoscan.runtime.model import load_runtime_model
 
     model = load_runtime_model("binary")
     films = sorted((real_data / "val").rglob("*.jpeg"))
@@ -209,7 +209,12 @@ def test_shipped_gate_accepts_validation_films(real_data):
 def test_batch_heatmaps_are_one_vectorised_pass_that_matches_pil(tmp_path):
     """Overlays for a batch come from one array computation; each equals the single-film
     rendering, and the upsampled map follows PIL's bicubic resize of the class map closely."""
-    from pneumoscan.runtime import _upsampling_matrix, png_bytes, render_heatmap, render_heatmaps
+    from pneumoscan.runtime.heatmap import (
+        _upsampling_matrix,
+        png_bytes,
+        render_heatmap,
+        render_heatmaps,
+    )
 
     rng = np.random.default_rng(0)
     bases = rng.random((3, 64, 64)).astype(np.float32)

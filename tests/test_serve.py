@@ -29,7 +29,7 @@ from serve_fixtures import (
 )
 
 from pneumoscan.api import load_model
-from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.serve.app import STATIC_DIR, ServeSettings, create_app
 
 

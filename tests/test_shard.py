@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from pneumoscan.errors import InputError
-from pneumoscan.shards import Shard, merge_csv, parse_shard
+from pneumoscan.core.errors import InputError
+from pneumoscan.runtime.shards import Shard, merge_csv, parse_shard
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

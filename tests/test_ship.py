@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 from conftest import make_layout
 
-from pneumoscan.calibration import choose_threshold, crossfit, grouped_log_probabilities
+from pneumoscan.evaluation.calibration import choose_threshold, crossfit, grouped_log_probabilities
 
 
 @pytest.fixture(scope="module")
 def tiny_three_class_run(tmp_path_factory):
-    from pneumoscan.config import load_config
-    from pneumoscan.train import fit
+    from pneumoscan.core.config import load_config
+    from pneumoscan.training.fit import fit
 
     root = tmp_path_factory.mktemp("tiny3")
     data = make_layout(root / "data", splits=("train",), per_class=8)
@@ -34,9 +34,10 @@ def tiny_three_class_run(tmp_path_factory):
 
 
 def test_ship_three_class_and_derived_binary(tiny_three_class_run, tmp_path):
-    from pneumoscan.models import GroupedClassifier, load_model_file
-    from pneumoscan.runtime import OnnxModel
-    from pneumoscan.ship import ship_model
+    from pneumoscan.runtime.model import OnnxModel
+    from pneumoscan.training.model_file import load_model_file
+    from pneumoscan.training.networks import GroupedClassifier
+    from pneumoscan.training.ship import ship_model
 
     models = tmp_path / "models"
     card3 = ship_model(tiny_three_class_run, "three-class", models).read_text()
@@ -97,7 +98,8 @@ def test_crossfit_scores_every_film_with_a_calibration_fitted_on_other_patients(
     np.testing.assert_allclose(result.probabilities.sum(axis=1), 1.0)
     assert len(result.temperatures) == 4 and len(set(result.temperatures)) > 1
     # the out-of-sample scores differ from the in-sample ones: each fold had its own temperature
-    from pneumoscan.metrics import calibrated_probabilities, fit_temperature
+    from pneumoscan.core.decision import calibrated_probabilities
+    from pneumoscan.evaluation.calibration import fit_temperature
 
     in_sample = calibrated_probabilities(logits, fit_temperature(logits, targets))
     assert not np.allclose(in_sample, result.probabilities)

@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pneumoscan.cli import app
-from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
-from pneumoscan.simulate import simulate_site
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.site.simulate import simulate_site
 
 runner = CliRunner()
 FILMS = 240
@@ -95,10 +95,10 @@ def test_the_learning_curve_starts_at_a_few_dozen_films(calibrated):
 
 def test_the_calibrated_model_works_wherever_a_shipped_one_does(calibrated, site, tmp_path):
     import pneumoscan
-    from pneumoscan.export import parity
-    from pneumoscan.images import read_image
-    from pneumoscan.models import load_model_file
-    from pneumoscan.preprocess import prepare
+    from pneumoscan.core.images import read_image
+    from pneumoscan.core.preprocess import prepare
+    from pneumoscan.training.export import parity
+    from pneumoscan.training.model_file import load_model_file
 
     report = json.loads((calibrated / "calibration.json").read_text())
     model = pneumoscan.load_model(calibrated / "model.onnx")
@@ -121,7 +121,8 @@ def test_the_calibrated_model_works_wherever_a_shipped_one_does(calibrated, site
 
 
 def test_three_class_sets_keep_their_coverage_on_held_out_films(site, tmp_path):
-    from pneumoscan.runtime import load_runtime_model, predict_many
+    from pneumoscan.runtime.model import load_runtime_model
+    from pneumoscan.runtime.predict import predict_many
 
     out = tmp_path / "three"
     _invoke(
@@ -176,8 +177,8 @@ def test_train_init_fine_tunes_the_shipped_network_on_site_films(site, tmp_path)
     network (its weights move a little, not from ImageNet) and writes a usable binary model."""
     import torch
 
-    from pneumoscan.models import load_model_file
-    from pneumoscan.shipped import resolve_model
+    from pneumoscan.core.shipped import resolve_model
+    from pneumoscan.training.model_file import load_model_file
 
     out = tmp_path / "finetuned"
     _invoke(

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from pneumoscan.perturb import AUGMENTATION_FAMILIES, panel, reference_quantiles
+from pneumoscan.evaluation.perturb import AUGMENTATION_FAMILIES, panel, reference_quantiles
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_histogram_matching_takes_the_reference_grey_levels(perturbations):
 
 
 def test_stress_report_on_the_shipped_model(real_data, tmp_path):
-    from pneumoscan.stress import run_stress
+    from pneumoscan.evaluation.stress import run_stress
 
     report = run_stress(
         "binary",

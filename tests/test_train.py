@@ -7,11 +7,11 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from pneumoscan.config import load_config
-from pneumoscan.errors import ConfigError
-from pneumoscan.evaluate import evaluate_model
-from pneumoscan.models import load_model_file
-from pneumoscan.train import fit
+from pneumoscan.core.config import load_config
+from pneumoscan.core.errors import ConfigError
+from pneumoscan.training.evaluate import evaluate_model
+from pneumoscan.training.fit import fit
+from pneumoscan.training.model_file import load_model_file
 
 
 def _config(real_data, tmp_path, *overrides):

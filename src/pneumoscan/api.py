@@ -7,7 +7,7 @@
     >>> result.heatmap_array().shape                        # (512, 512, 3)
 
 Torch-free (ONNX Runtime). The CLI's `predict` and the HTTP server run the same functions from
-`pneumoscan.runtime`, so all three give the same answer for the same input.
+`pneumoscan.runtime.predict`, so all three give the same answer for the same input.
 
 Array inputs follow one pixel contract: a 2-D grayscale image, either float in [0, 1] or uint8 /
 uint16 with the range the dtype implies (0..255, 0..65535). Other shapes, dtypes or ranges raise
@@ -20,16 +20,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pneumoscan.images import MAX_IMAGE_PIXELS
-from pneumoscan.runtime import (
-    OnnxModel,
-    Result,
-    Summary,
-    load_runtime_model,
-    predict_many,
-    predict_one,
-    summarize,
-)
+from pneumoscan.core.images import MAX_IMAGE_PIXELS
+from pneumoscan.runtime.model import OnnxModel, load_runtime_model
+from pneumoscan.runtime.predict import Result, Summary, predict_many, predict_one, summarize
 
 __all__ = ["Model", "Result", "Summary", "load_model", "summarize"]
 

@@ -21,7 +21,7 @@ from pneumoscan.dicom.harness import (  # noqa: E402
     dicomweb_plugin,
     orthanc_binary,
 )
-from pneumoscan.runtime import load_runtime_model  # noqa: E402
+from pneumoscan.runtime.model import load_runtime_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 ROUTING_SCRIPT = REPO / "docs" / "orthanc" / "route-to-pneumoscan.lua"

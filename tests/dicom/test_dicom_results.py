@@ -12,10 +12,10 @@ import pytest
 import sr_reading as sr
 from films import PATIENT_ID, PATIENT_NAME, chest_film, jpeg_pixels, write_film
 
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.dicom.producer import Producer
 from pneumoscan.dicom.results import encode, predict_film, result_objects
-from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
-from pneumoscan.runtime import predict_one
+from pneumoscan.runtime.predict import predict_one
 
 
 def objects_for(model, path, margin: float = 0.0):
@@ -187,3 +187,18 @@ def test_dciodvfy_finds_no_errors(case, binary_model, three_class_model, films, 
         assert errors == [], "\n".join(errors)
         # The only warnings: our private coding scheme, and the SC's empty-by-design Laterality.
         assert all("99PNEUMOSCAN" in w or "Laterality" in w for w in warnings), warnings
+
+
+def test_the_dicom_layer_never_imports_torch_or_training_code():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pneumoscan.dicom.node, pneumoscan.dicom.outputs, pneumoscan.dicom.bench, "
+        "pneumoscan.cli.dicom\n"
+        "import highdicom, pynetdicom, dicomweb_client\n"
+        "loaded = [m for m in sys.modules if m == 'torch' or m.startswith(('pneumoscan.training', "
+        "'pneumoscan.evaluation', 'pneumoscan.site', 'pneumoscan.research', 'pneumoscan.serve'))]\n"
+        "assert not loaded, loaded"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

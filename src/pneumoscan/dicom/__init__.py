@@ -5,17 +5,19 @@ What it owns:
 - `report`: the TID 1500 measurement report (a Comprehensive 3D SR, IHE AI Results), one per film;
 - `capture`: the heatmap overlay as a Secondary Capture image, with the notice burned in;
 - `codes`: every coded concept those objects use (SNOMED CT, DCM, UCUM), in one place;
-- `outputs`: `pneumoscan predict --dicom-out/--stow`, the objects for a batch of files;
-- `stow`: DICOMweb STOW-RS; `scu`: DIMSE C-STORE to an archive;
+- `producer`: the model and software facts every object carries, and their stable UIDs;
+- `results`: the objects for one prediction; `outputs`: `pneumoscan predict --dicom-out/--stow`;
+- `delivery`: sending objects by DIMSE C-STORE, DICOMweb STOW-RS or into a folder;
 - `spool`: received films and unsent results on disk, with atomic writes, retry and backoff;
 - `node`: `pneumoscan dicom-node`, a C-STORE SCP (with C-ECHO) that predicts on a bounded queue;
-- `orthanc` (a throwaway Orthanc for tests, the benchmark and the screenshots) and `bench`.
+- `harness` (throwaway Orthanc and node processes for the tests, `bench` and `screenshot`).
 
-Layering: like `serve/`, it sits above the runtime and core layers and may import only them
-(`runtime`, `images`, `labels`, `errors`, `fileio`, `hardware`), never torch, training or
-evaluation code. Its third-party libraries (highdicom, pynetdicom, dicomweb-client) come with the
-`[dicom]` extra and are imported by the modules that need them, so `import pneumoscan.dicom`
-costs nothing and `pneumoscan --help` never loads them.
+Layering: like `serve/`, it sits above `runtime/` and `core/` and may import only those two
+layers (the ONNX model, the predict path, the image reader, the notice, errors, atomic writes),
+never torch and never `training/`, `evaluation/`, `site/` or `research/`. Its third-party
+libraries (highdicom, pynetdicom, dicomweb-client) come with the `[dicom]` extra and are imported
+by the modules that need them, so `import pneumoscan.dicom` costs nothing and `pneumoscan --help`
+never loads them. The `dicom-node` command lives in `cli/dicom.py`.
 
 Privacy: the DICOM objects carry the film's Patient and Study modules, as an archive needs them to
 file the result with the film; nothing else does. No patient field, and no UID from a received

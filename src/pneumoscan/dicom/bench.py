@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumoscan.core.fileio import atomic_write_text
+from pneumoscan.core.hardware import hardware
 from pneumoscan.dicom.harness import (
     NodeProcess,
     OrthancProcess,
@@ -36,8 +38,6 @@ from pneumoscan.dicom.harness import (
     jpeg_pixels,
     send_films,
 )
-from pneumoscan.fileio import atomic_write_text
-from pneumoscan.hardware import hardware
 
 SECTION_BEGIN = "<!-- dicom-node-bench:begin -->"
 SECTION_END = "<!-- dicom-node-bench:end -->"

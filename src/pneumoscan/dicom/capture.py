@@ -23,7 +23,7 @@ from pneumoscan.dicom.producer import (
     Producer,
     instance_number,
 )
-from pneumoscan.runtime import INDETERMINATE, STATUS_TEXT, Result
+from pneumoscan.runtime.predict import INDETERMINATE, STATUS_TEXT, Result
 
 BAND_HEIGHT = 44
 FONT_SIZE = 15

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 
-from pneumoscan.errors import ModelFileError
+from pneumoscan.core.errors import ModelFileError
 
 # Findings, one per class name a pneumoscan model can have (labels.CLASS_NAMES).
 PNEUMONIA = Code("233604007", "SCT", "Pneumonia")

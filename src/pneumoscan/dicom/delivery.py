@@ -14,8 +14,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pneumoscan.errors import PneumoscanError
-from pneumoscan.fileio import atomic_write
+from pneumoscan.core.errors import PneumoscanError
+from pneumoscan.core.fileio import atomic_write
 
 # The SOP classes pneumoscan sends: its SR and its Secondary Capture.
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"

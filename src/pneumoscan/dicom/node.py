@@ -39,13 +39,14 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pneumoscan.core.errors import PneumoscanError
+from pneumoscan.core.images import MAX_IMAGE_PIXELS
 from pneumoscan.dicom.delivery import DeliveryError
 from pneumoscan.dicom.producer import Producer
 from pneumoscan.dicom.results import REQUIRED_UIDS, encode, predict_film, result_objects
 from pneumoscan.dicom.spool import FILM_SUFFIX, Spool
-from pneumoscan.errors import PneumoscanError
-from pneumoscan.images import MAX_IMAGE_PIXELS
-from pneumoscan.runtime import OnnxModel, Result
+from pneumoscan.runtime.model import OnnxModel
+from pneumoscan.runtime.predict import Result
 
 logger = logging.getLogger(__name__)
 

@@ -12,12 +12,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from pneumoscan.core.errors import InputError
+from pneumoscan.core.fileio import atomic_write_bytes
 from pneumoscan.dicom.delivery import DeliveryError, StowDestination
 from pneumoscan.dicom.producer import Producer
 from pneumoscan.dicom.results import encode, read_header, result_objects
-from pneumoscan.errors import InputError
-from pneumoscan.fileio import atomic_write_bytes
-from pneumoscan.runtime import ERROR, OnnxModel, Result
+from pneumoscan.runtime.model import OnnxModel
+from pneumoscan.runtime.predict import ERROR, Result
 
 OBJECT_SUFFIXES = ("_sr.dcm", "_sc.dcm")
 
@@ -110,7 +111,7 @@ def open_outputs(
     indeterminate_margin: float = 0.0,
 ) -> DicomOutputs:
     """`DicomOutputs` for predict's options, with a clear error for a missing extra or folder."""
-    from pneumoscan.errors import PneumoscanError
+    from pneumoscan.core.errors import PneumoscanError
 
     try:
         import highdicom  # noqa: F401

@@ -16,8 +16,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from pneumoscan import __version__
-from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
-from pneumoscan.runtime import OnnxModel
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.runtime.model import OnnxModel
 
 MANUFACTURER = "pneumoscan (research software)"
 DEVICE_NAME = "pneumoscan"

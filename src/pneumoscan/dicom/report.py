@@ -37,7 +37,7 @@ from pneumoscan.dicom.producer import (
     Producer,
     instance_number,
 )
-from pneumoscan.runtime import ERROR, INDETERMINATE, NOT_CHEST_XRAY, OK, Result
+from pneumoscan.runtime.predict import ERROR, INDETERMINATE, NOT_CHEST_XRAY, OK, Result
 
 
 def build_report(

@@ -11,12 +11,13 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
+from pneumoscan.core.errors import InputError
+from pneumoscan.core.images import MAX_IMAGE_PIXELS, is_dicom
 from pneumoscan.dicom.capture import build_capture
 from pneumoscan.dicom.producer import Producer
 from pneumoscan.dicom.report import build_report
-from pneumoscan.errors import InputError
-from pneumoscan.images import MAX_IMAGE_PIXELS, is_dicom
-from pneumoscan.runtime import ERROR, OnnxModel, Result, predict_one
+from pneumoscan.runtime.model import OnnxModel
+from pneumoscan.runtime.predict import ERROR, Result, predict_one
 
 # What a film's header must hold for a result to be filed with it.
 REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")

@@ -67,9 +67,7 @@ def take(out: Path, workdir: Path) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
         shots = []
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=str(CHROMIUM), args=CHROMIUM_ARGS
-            )
+            browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1100, "height": 620})
             page.goto(explorer + f"study?uuid={study}")
             page.wait_for_selector("text=pneumoscan heatmap")

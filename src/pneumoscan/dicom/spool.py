@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from pneumoscan.fileio import atomic_write_bytes, atomic_write_text
+from pneumoscan.core.fileio import atomic_write_bytes, atomic_write_text
 
 FILM_SUFFIX = ".dcm"
 JOB_FILE = "job.json"

@@ -31,8 +31,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pneumoscan import __version__
 from pneumoscan.api import Result, summarize
-from pneumoscan.errors import ImageTooLargeError, InputError, UnsupportedFormatError
-from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.core.errors import ImageTooLargeError, InputError, UnsupportedFormatError
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.serve import schemas
 from pneumoscan.serve.uploads import (
     MemoryBudget,

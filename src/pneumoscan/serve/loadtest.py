@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.images import IMAGE_SUFFIXES
+from pneumoscan.core.images import IMAGE_SUFFIXES
 
 SECTION_BEGIN = "<!-- serve-load:begin -->"
 SECTION_END = "<!-- serve-load:end -->"
@@ -298,7 +298,7 @@ def markdown(
 
 def write_section(text: str, out: Path) -> None:
     """Replace the serve-load section of `out` (or append it), leaving the rest of the file."""
-    from pneumoscan.fileio import atomic_write_text
+    from pneumoscan.core.fileio import atomic_write_text
 
     current = out.read_text() if out.exists() else ""
     if SECTION_BEGIN in current and SECTION_END in current:

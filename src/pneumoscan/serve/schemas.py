@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from pneumoscan.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 
 Status = Literal["ok", "indeterminate", "not_chest_xray", "error"]
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from pneumoscan.images import is_dicom
+from pneumoscan.core.images import is_dicom
 
 # Content types a browser or client may declare for a radiograph; anything else is refused (415)
 # before the bytes are looked at. The bytes themselves decide the format afterwards.

@@ -1,0 +1,51 @@
+"""cli: the `pneumoscan` command (entry point `pneumoscan.cli:app`).
+
+One module per command group: `predict` (predict, merge), `training` (train, cv, export, ship,
+models), `evaluation` (evaluate, stress), `site` (validate, calibrate), `research` (eda, bench,
+bench-ood, experiments), `serve` and `dicom` (dicom-node); `common` holds the shared options, logging set-up and the
+one-line error wrapper. Thin: each command imports its heavy modules inside itself, so
+`pneumoscan --help` is instant and never imports torch, and `predict` and `serve` never do.
+
+May import: every layer (inside the commands); at import time only typer and `core`.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from pneumoscan.cli import dicom, evaluation, predict, research, serve, site, training
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+
+app = typer.Typer(
+    help=f"Pneumonia detection in pediatric chest X-rays. {NOT_DIAGNOSTIC_NOTICE}",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+# The order `pneumoscan --help` lists them in.
+COMMANDS = (
+    research.eda,
+    training.train,
+    training.cv,
+    evaluation.evaluate,
+    site.validate,
+    site.calibrate,
+    training.export,
+    predict.predict,
+    training.ship,
+    research.bench,
+    predict.merge,
+    research.bench_ood,
+    research.experiments,
+    evaluation.stress,
+    serve.serve,
+    dicom.dicom_node,
+    training.models,
+)
+for command in COMMANDS:
+    app.command()(command)
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,103 @@
+"""What the command modules share: logging set-up, one-line errors, the error wrapper and the
+options several commands take."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pneumoscan.core.errors import PneumoscanError
+
+logger = logging.getLogger("pneumoscan")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    handler = RichHandler(console=Console(stderr=True), show_path=False, show_time=False)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
+    logging.getLogger("pneumoscan").setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("lightning").propagate = False  # Lightning prints through its own handler
+
+
+def fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def friendly(command):
+    """Turn PneumoscanError into a one-line message and Ctrl-C into a resume hint, no traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except PneumoscanError as error:
+            fail(str(error))
+        except KeyboardInterrupt:
+            fail("interrupted; a training run continues with the same command plus --resume.", 130)
+
+    return wrapper
+
+
+DataDir = Annotated[
+    Path, typer.Argument(help="data folder: DATA_DIR/<train|val|test>/<NORMAL|PNEUMONIA>/")
+]
+
+
+# Options `predict` and `serve` share.
+IndeterminateMargin = Annotated[
+    float,
+    typer.Option(help="binary: report 'indeterminate' within this distance of the threshold"),
+]
+
+
+# Options the report-writing commands (evaluate, validate, calibrate) share.
+Bootstrap = Annotated[
+    int, typer.Option(help="bootstrap resamples (by patient) for the 95% intervals")
+]
+
+
+GateSwitch = Annotated[
+    bool,
+    typer.Option("--gate/--no-gate", help="refuse inputs unlike chest radiographs (default on)"),
+]
+
+
+def expand_paths(paths: list[str]) -> list[Path]:
+    """Files as given, folders searched recursively for images, glob patterns expanded."""
+    import glob
+
+    from pneumoscan.core.images import IMAGE_SUFFIXES
+
+    found: list[Path] = []
+    for text in paths:
+        path = Path(text)
+        if path.is_dir():
+            found += sorted(
+                p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+        elif any(char in text for char in "*?[") and not path.exists():
+            found += sorted(
+                Path(match) for match in glob.glob(text, recursive=True) if Path(match).is_file()
+            )
+        else:
+            found.append(path)
+    return found
+
+
+def headline(metrics: dict, roc_auc: bool = False) -> str:
+    """The one-line summary of a metrics.json the report-writing commands print."""
+    text = f"accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}"
+    if roc_auc:
+        text += f", ROC AUC {metrics['roc_auc']:.4f}"
+    if "sensitivity" in metrics:
+        text += (
+            f", sensitivity {metrics['sensitivity']:.4f}, specificity {metrics['specificity']:.4f}"
+        )
+    return text

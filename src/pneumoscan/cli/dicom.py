@@ -1,0 +1,138 @@
+"""`dicom-node`: the DICOM node an archive routes chest films to (the [dicom] extra)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pneumoscan.cli.common import (
+    GateSwitch,
+    IndeterminateMargin,
+    fail,
+    friendly,
+    logger,
+    setup_logging,
+)
+from pneumoscan.core.images import MAX_IMAGE_PIXELS
+
+
+@friendly
+def dicom_node(
+    port: Annotated[int, typer.Option(help="DICOM port to listen on")] = 11112,
+    ae_title: Annotated[
+        str, typer.Option("--ae-title", help="this node's AE title")
+    ] = "PNEUMOSCAN",
+    host: Annotated[
+        str, typer.Option(help="address to bind; 0.0.0.0 lets other machines (the PACS) connect")
+    ] = "127.0.0.1",
+    send_to: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--send-to", help="send results by C-STORE to HOST:PORT:AET (repeat for several)"
+        ),
+    ] = None,
+    stow: Annotated[
+        str | None,
+        typer.Option("--stow", help="send results by DICOMweb STOW-RS to this root URL"),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="PNEUMOSCAN_STOW_TOKEN",
+            help="bearer token for --stow",
+            show_default=False,
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="also write every result object to this folder")
+    ] = None,
+    spool: Annotated[
+        Path,
+        typer.Option(help="folder holding received films and unsent results (patient data)"),
+    ] = Path("~/.local/state/pneumoscan/dicom-node"),
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="binary, three-class, or an exported .onnx file")
+    ] = "binary",
+    allow_aet: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-aet", help="accept associations only from this calling AE title (repeat)"
+        ),
+    ] = None,
+    queue: Annotated[
+        int, typer.Option(help="films waiting for prediction; past it, senders wait, then retry")
+    ] = 16,
+    workers: Annotated[int, typer.Option(help="films predicted at once")] = 1,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for ONNX Runtime")] = None,
+    max_pixels: Annotated[
+        int, typer.Option(help="largest film accepted, in pixels")
+    ] = MAX_IMAGE_PIXELS,
+    max_mb: Annotated[
+        float, typer.Option(help="largest C-STORE message accepted, in MB (larger ones abort)")
+    ] = 512.0,
+    retry_max: Annotated[
+        float, typer.Option(help="longest wait between delivery attempts, in seconds")
+    ] = 300.0,
+    tls_cert: Annotated[
+        Path | None, typer.Option("--tls-cert", help="PEM certificate: accept DICOM over TLS")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key")] = None,
+    tls_ca: Annotated[
+        Path | None,
+        typer.Option("--tls-ca", help="PEM CA bundle: require callers' certificates signed by it"),
+    ] = None,
+    indeterminate: IndeterminateMargin = 0.0,
+    gate: GateSwitch = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every association")] = False,
+) -> None:
+    """A DICOM node (C-STORE SCP with C-ECHO) for an archive to route chest films to: each CR or DX
+    film gets a TID 1500 SR and a heatmap Secondary Capture in its own study, sent back by
+    C-STORE or STOW-RS, spooled on disk until delivered (the \\[dicom] extra). Stops cleanly on
+    SIGTERM."""
+    setup_logging(verbose)
+    try:
+        import highdicom  # noqa: F401
+        import pynetdicom  # noqa: F401
+
+        from pneumoscan.dicom import quiet_libraries
+        from pneumoscan.dicom.delivery import CStoreDestination, FolderDestination, StowDestination
+        from pneumoscan.dicom.node import DicomNode, NodeSettings
+    except ImportError as error:
+        fail(
+            f'dicom-node needs the [dicom] extra ({error.name} is missing): pip install "pneumoscan[dicom]"'
+        )
+    from pneumoscan.runtime.model import load_runtime_model
+
+    quiet_libraries()
+    destinations = [CStoreDestination.parse(text, ae_title) for text in send_to or []]
+    if stow is not None:
+        destinations.append(StowDestination(stow, token or None))
+    if out is not None:
+        destinations.append(FolderDestination(out))
+    settings = NodeSettings(
+        spool=spool.expanduser(),
+        ae_title=ae_title,
+        host=host,
+        port=port,
+        allow_aet=tuple(allow_aet or ()),
+        queue_size=queue,
+        workers=workers,
+        max_pixels=max_pixels,
+        max_message_mb=max_mb,
+        indeterminate_margin=indeterminate,
+        retry_max_s=retry_max,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_ca=tls_ca,
+    )
+    runtime = load_runtime_model(model, threads=threads, gate=gate)
+    if host not in ("127.0.0.1", "localhost", "::1") and not allow_aet:
+        logger.warning(
+            "listening on %s without --allow-aet: any DICOM peer that reaches this port can send "
+            "films and receive nothing back but its status; name the archive's AE title",
+            host,
+        )
+    DicomNode(runtime, destinations, settings).serve_forever()

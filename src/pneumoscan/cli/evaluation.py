@@ -1,0 +1,102 @@
+"""`evaluate` (a model on one split of a data folder) and `stress` (the acquisition-shift
+benchmark)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pneumoscan.cli.common import (
+    Bootstrap,
+    DataDir,
+    fail,
+    friendly,
+    headline,
+    setup_logging,
+)
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+
+
+@friendly
+def evaluate(
+    data_dir: DataDir,
+    model: Annotated[
+        str,
+        typer.Option(
+            "--model", "-m", help="model file, or a shipped model name: binary, three-class"
+        ),
+    ],
+    split: Annotated[str, typer.Option("--split", help="test, val or train")] = "test",
+    out: Annotated[
+        Path, typer.Option("--out", help="folder for metrics.json, plots and report.md")
+    ] = Path("evaluation"),
+    strict: Annotated[
+        bool, typer.Option("--strict", help="stop on unreadable images instead of skipping them")
+    ] = False,
+    bootstrap: Bootstrap = 1000,
+) -> None:
+    """Evaluate a model on one split: metrics.json with 95% patient-bootstrap intervals,
+    confusion matrix, ROC, PR and reliability plots, report.md."""
+    setup_logging()
+    from pneumoscan.training.evaluate import evaluate_model, training_pool_caveat
+
+    if split not in ("train", "val", "test"):
+        fail(f"--split {split!r}: choose test, val or train")
+    caveat = training_pool_caveat(split)
+    if caveat:
+        typer.echo(f"warning: {caveat}", err=True)
+    metrics = evaluate_model(model, data_dir, split, out, strict=strict, bootstrap=bootstrap)
+    typer.echo(f"{split} (n={metrics['n']}): {headline(metrics, roc_auc=True)}")
+    if caveat:
+        typer.echo(f"not out-of-sample: {caveat}")
+    typer.echo(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
+    typer.echo(NOT_DIAGNOSTIC_NOTICE)
+
+
+@friendly
+def stress(
+    data: DataDir,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="binary, three-class or an .onnx file")
+    ] = "binary",
+    out: Annotated[Path, typer.Option("--out", help="folder for stress.json, .md and .png")] = Path(
+        "runs/stress"
+    ),
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="at most this many validation films (quick look)")
+    ] = None,
+    bootstrap: Annotated[int, typer.Option("--bootstrap", help="patient-bootstrap draws")] = 200,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="run only these perturbations (and clean)")
+    ] = None,
+    thresholds: Annotated[
+        str | None,
+        typer.Option(
+            "--thresholds", help="binary: also report these operating points, e.g. 0.1,0.5"
+        ),
+    ] = None,
+) -> None:
+    """Shift stress benchmark: a fixed, seeded panel of acquisition perturbations of the model's
+    patient-grouped validation films; every metric per perturbation, the worst case and the
+    gate's refusal rate (never the test split)."""
+    setup_logging()
+    from pneumoscan.evaluation.stress import run_stress
+
+    points = None
+    if thresholds:
+        try:
+            points = [float(value) for value in thresholds.split(",")]
+        except ValueError:
+            fail(f"--thresholds {thresholds!r}: give numbers between 0 and 1, e.g. 0.1,0.5")
+    report = run_stress(
+        model, data, out, limit=limit, bootstrap=bootstrap, only=only, thresholds=points
+    )
+    worst = report["worst"]
+    typer.echo(
+        f"{report['films']} films x {len(report['perturbations'])} perturbations; worst accuracy "
+        f"{worst['accuracy']['value']:.4f} ({worst['accuracy']['perturbation']}), worst gate "
+        f"refusal {100 * worst['refusal_rate']['value']:.1f}% "
+        f"({worst['refusal_rate']['perturbation']}); report in {out}/stress.md"
+    )

@@ -1,0 +1,240 @@
+"""`predict` (ONNX Runtime, torch-free) and `merge` (the CSV parts of a sharded predict)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pneumoscan.cli.common import (
+    GateSwitch,
+    IndeterminateMargin,
+    expand_paths,
+    fail,
+    friendly,
+    logger,
+    setup_logging,
+)
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+
+
+@friendly
+def predict(
+    paths: Annotated[
+        list[str], typer.Argument(help="image files (JPEG, PNG, DICOM), folders or glob patterns")
+    ],
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            help="predict only shard I of N of the expanded file list, e.g. 2/8; join the parts' "
+            "CSVs with `pneumoscan merge`"
+        ),
+    ] = None,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="binary, three-class, or an exported .onnx file")
+    ] = "binary",
+    csv_out: Annotated[
+        Path | None, typer.Option("--csv", help="also write the results as CSV")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="also write the results as JSON")
+    ] = None,
+    heatmaps: Annotated[
+        Path | None, typer.Option("--heatmaps", help="folder for heatmap overlay PNGs")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for ONNX Runtime")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="threads decoding files while the model runs (default: CPU count)"),
+    ] = None,
+    indeterminate: IndeterminateMargin = 0.0,
+    gate: GateSwitch = True,
+    sets: Annotated[
+        float | None,
+        typer.Option(
+            "--sets",
+            help="also give each film's conformal prediction set at this coverage, e.g. 0.9: the "
+            "classes that hold the true one with that probability on films like the calibration films",
+        ),
+    ] = None,
+    dicom_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--dicom-out",
+            help="folder for each DICOM film's results as DICOM: a TID 1500 SR and a heatmap "
+            "Secondary Capture, in the film's study (the \\[dicom] extra)",
+        ),
+    ] = None,
+    stow: Annotated[
+        str | None,
+        typer.Option(
+            "--stow",
+            help="store those DICOM results in an archive by DICOMweb STOW-RS, e.g. "
+            "http://pacs:8042/dicom-web",
+        ),
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            "--token",
+            envvar="PNEUMOSCAN_STOW_TOKEN",
+            help="bearer token for --stow",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Predict on images with ONNX Runtime (no torch needed): label, calibrated probabilities,
+    threshold, gate score, optional heatmaps and conformal prediction sets, and DICOM results.
+    Exits 1 when any file could not be read, or its DICOM results not written or stored."""
+    setup_logging()
+    # pydicom logs header complaints; the file's own error line says what matters.
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    from pneumoscan.runtime.model import load_runtime_model
+    from pneumoscan.runtime.outputs import write_csv, write_json
+    from pneumoscan.runtime.predict import predict_many, summarize
+
+    runtime = load_runtime_model(model, threads=threads, gate=gate)
+    if not 0.0 <= indeterminate < 0.5:
+        fail(f"--indeterminate {indeterminate}: give a distance from the threshold in [0, 0.5)")
+    if indeterminate > 0 and runtime.threshold is None:
+        fail(f"--indeterminate: {runtime.name} has no decision threshold (it is not binary)")
+    if workers is not None and workers < 1:
+        fail(f"--workers {workers}: give 1 or more")
+    runtime.check_coverage(sets)
+    files = expand_paths(paths)
+    if not files:
+        fail(f"no image files found in {' '.join(paths)}")
+    if shard is not None:
+        from pneumoscan.runtime.shards import parse_shard
+
+        part, total = parse_shard(shard), len(files)
+        files = part.select(files)
+        logger.info("shard %s: %d of %d files", part, len(files), total)
+    for option, path in (("--csv", csv_out), ("--json", json_out)):
+        if path is not None and path.is_dir():
+            fail(f"{option} {path}: is a folder; give a file name, e.g. {path / 'results'}")
+    if heatmaps is not None:
+        try:
+            heatmaps.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            fail(f"--heatmaps {heatmaps}: cannot create this folder ({error.strerror or error})")
+    dicom = None
+    if dicom_out is not None or stow is not None:
+        from pneumoscan.dicom import quiet_libraries
+        from pneumoscan.dicom.outputs import open_outputs
+
+        quiet_libraries()
+        dicom = open_outputs(runtime, dicom_out, stow, token, indeterminate)
+    stream = predict_many(
+        runtime,
+        files,
+        heatmap=dicom is not None,  # the DICOM results include the heatmap as an image
+        heatmap_dir=heatmaps,
+        indeterminate_margin=indeterminate,
+        workers=workers,
+        set_coverage=sets,
+    )
+    if dicom is not None:
+        stream = dicom.process(stream)
+    if len(files) > 1 and sys.stderr.isatty():
+        from rich.console import Console
+        from rich.progress import track
+
+        stream = track(
+            stream, total=len(files), description="predicting", console=Console(stderr=True)
+        )
+    results = list(stream)
+    _print_results(runtime, results)
+    for result in results:
+        if result.status == "error":
+            typer.echo(f"error: {result.message}", err=True)
+    if dicom is not None:
+        for line in dicom.notes:
+            typer.echo(line, err=True)
+        for line in dicom.failures:
+            typer.echo(f"error: {line}", err=True)
+    for option, path, write in (("--csv", csv_out, write_csv), ("--json", json_out, write_json)):
+        if path is not None:
+            try:
+                write(path, results, runtime)
+            except OSError as error:
+                fail(f"{option} {path}: cannot write it ({error.strerror or error})")
+    summary = summarize(results)
+    typer.echo(summary.text())
+    if summary.exit_code or (dicom is not None and dicom.failures):
+        raise typer.Exit(1)
+
+
+def _print_results(runtime, results) -> None:
+    """The table on screen: every status as it is, probabilities where there are some, and the
+    gate score under its own name."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pneumoscan.runtime.predict import OK, STATUS_TEXT
+
+    table = Table(
+        title=f"pneumoscan {runtime.name} ({runtime.version})", caption=NOT_DIAGNOSTIC_NOTICE
+    )
+    table.add_column("file", overflow="fold")
+    table.add_column("result")
+    for name in runtime.class_names:
+        table.add_column(f"P({name})", justify="right")
+    table.add_column("gate score", justify="right")
+    with_sets = any(result.prediction_set is not None for result in results)
+    if with_sets:
+        coverage = next(r.set_coverage for r in results if r.set_coverage is not None)
+        table.add_column(f"{coverage:.0%} set")
+    styles = {"indeterminate": "yellow", "not_chest_xray": "magenta", "error": "red"}
+    for result in results:
+        shown = result.label if result.status == OK else STATUS_TEXT[result.status]
+        if result.status in styles:
+            shown = f"[{styles[result.status]}]{shown}[/{styles[result.status]}]"
+        table.add_row(
+            result.source,
+            shown,
+            *[
+                f"{result.probabilities[n]:.3f}" if result.probabilities else ""
+                for n in runtime.class_names
+            ],
+            "" if result.gate_score is None else f"{result.gate_score:.1f}",
+            *(["{" + ", ".join(result.prediction_set or []) + "}"] if with_sets else []),
+        )
+    console = Console()
+    console.print(table)
+    if runtime.threshold is not None:
+        console.print(
+            f"threshold on P({runtime.class_names[1]}): {runtime.threshold:.3f} (chosen on the "
+            "model's calibration films); probabilities are calibrated"
+        )
+    if runtime.ood_threshold is not None:
+        console.print(
+            f"gate: scores above {runtime.ood_threshold:.1f} are refused as not a chest X-ray"
+        )
+    if with_sets:
+        console.print(
+            f"sets: split-conformal ({runtime.conformal.method} score) at {coverage:.0%} coverage, "
+            "calibrated on "
+            f"{runtime.conformal.films} films ({runtime.conformal.source}); the promise holds for "
+            "films like those, not for a new site until it is recalibrated (`pneumoscan calibrate`)"
+        )
+
+
+@friendly
+def merge(
+    parts: Annotated[
+        list[Path], typer.Argument(help="CSV parts written by predict --csv --shard, in order")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="the joined CSV to write")] = Path(
+        "predictions.csv"
+    ),
+) -> None:
+    """Join the CSV parts of a sharded `predict` into one file, rows in the order of the parts;
+    refuses parts of different models and files predicted twice."""
+    from pneumoscan.runtime.shards import merge_csv
+
+    merged = merge_csv(parts, out)
+    typer.echo(f"wrote {out}: {merged.rows} rows from {merged.parts} parts")

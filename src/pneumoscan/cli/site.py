@@ -1,0 +1,148 @@
+"""A site's own labelled films: `validate` a model on them, `calibrate` it for them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pneumoscan.cli.common import (
+    Bootstrap,
+    fail,
+    friendly,
+    headline,
+    setup_logging,
+)
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+
+SiteData = Annotated[
+    Path,
+    typer.Argument(
+        help="the site's labelled films: a folder with NORMAL/ and PNEUMONIA/ (or BACTERIA/ and "
+        "VIRUS/) subfolders, or a CSV with path,label[,patient]"
+    ),
+]
+
+
+SiteModel = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="binary, three-class, or a model's .onnx/.pt file (e.g. DIR/model.onnx)",
+    ),
+]
+
+
+@friendly
+def validate(
+    data: SiteData,
+    model: SiteModel = "binary",
+    out: Annotated[
+        Path, typer.Option("--out", help="folder for the report, metrics and plots")
+    ] = Path("validation"),
+    bootstrap: Bootstrap = 1000,
+) -> None:
+    """Check a model on a site's own labelled films: the evaluation report (95% patient-bootstrap
+    intervals, confusion matrix, ROC, PR, reliability diagram), the gate's refusal rate and the
+    coverage of the model's conformal prediction sets. Changes nothing; see `calibrate`."""
+    setup_logging()
+    from pneumoscan.site.validate import validate as validate_site
+
+    metrics = validate_site(data, model, out, bootstrap=bootstrap)
+    typer.echo(f"{metrics['model_name']} on {data} (n={metrics['n']}): {headline(metrics)}")
+    if "gate" in metrics:
+        typer.echo(f"gate refused {100 * metrics['gate']['refusal_rate']:.1f}% of the films")
+    for row in (metrics.get("conformal") or {}).get("levels", []):
+        typer.echo(
+            f"{row['level']:.0%} sets: coverage {row['coverage']:.4f}, mean size {row['mean_size']:.3f}"
+        )
+    typer.echo(f"wrote {out / 'report.md'}")
+    typer.echo(NOT_DIAGNOSTIC_NOTICE)
+
+
+@friendly
+def calibrate(
+    data: SiteData,
+    model: SiteModel = "binary",
+    out: Annotated[
+        Path, typer.Option("--out", help="folder for model.pt, model.onnx, card.md and report.md")
+    ] = Path("calibrated"),
+    target_sensitivity: Annotated[
+        float | None,
+        typer.Option(help="binary: the highest threshold reaching this sensitivity (default 0.95)"),
+    ] = None,
+    rule: Annotated[
+        str | None,
+        typer.Option(
+            help="binary threshold rule instead: youden, cost (with --cost-fn), balanced or half"
+        ),
+    ] = None,
+    cost_fn: Annotated[
+        float, typer.Option(help="--rule cost: a missed pneumonia costs this many false alarms")
+    ] = 1.0,
+    holdout: Annotated[
+        float,
+        typer.Option(help="share of the patients kept apart to report before/after (0: none)"),
+    ] = 0.5,
+    refit_gate: Annotated[
+        bool, typer.Option("--refit-gate", help="widen the gate to accept the site's films")
+    ] = False,
+    bias: Annotated[
+        bool,
+        typer.Option(
+            "--bias/--no-bias",
+            help="fit per-class logit biases besides the temperature (default on; absorbs a "
+            "shifted decision boundary or prevalence)",
+        ),
+    ] = True,
+    sets: Annotated[
+        float, typer.Option(help="coverage level reported for the conformal prediction sets")
+    ] = 0.9,
+    set_method: Annotated[
+        str, typer.Option(help="conformal score: lac (smallest sets) or aps")
+    ] = "lac",
+    name: Annotated[str | None, typer.Option(help="name of the new model")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the patient split")] = 0,
+    bootstrap: Bootstrap = 1000,
+) -> None:
+    """Recalibrate a model for a site: temperature, threshold, conformal sets (and gate) fitted on
+    part of the site's films, before/after on the rest, and how the figures grow with the number
+    of films. Writes a new model (OUT/model.pt, OUT/model.onnx) with its card."""
+    setup_logging()
+    from pneumoscan.site.calibrate import Request
+    from pneumoscan.site.calibrate import calibrate as calibrate_site
+
+    if rule is not None and target_sensitivity is not None:
+        fail("give --target-sensitivity or --rule, not both")
+    if rule == "sensitivity":
+        fail("--rule sensitivity: use --target-sensitivity 0.95 instead")
+    if target_sensitivity is not None and not 0.0 < target_sensitivity <= 1.0:
+        fail(f"--target-sensitivity {target_sensitivity}: give a value in (0, 1]")
+    if cost_fn <= 0:
+        fail(f"--cost-fn {cost_fn}: give a positive number")
+    if not 0.0 < sets < 1.0:
+        fail(f"--sets {sets}: give a coverage level between 0 and 1, e.g. 0.9")
+    if set_method not in ("lac", "aps"):
+        fail(f"--set-method {set_method!r}: choose lac or aps")
+    request = Request(
+        rule=rule or "sensitivity",
+        target_sensitivity=target_sensitivity or 0.95,
+        cost_fn=cost_fn,
+        holdout=holdout,
+        refit_gate=refit_gate,
+        bias=bias,
+        set_method=set_method,
+        seed=seed,
+    )
+    report = calibrate_site(
+        data, model, out, request, coverage=sets, name=name, bootstrap=bootstrap
+    )
+    if "after" in report:
+        typer.echo(f"held-out before: {headline(report['before'])}")
+        typer.echo(f"held-out after:  {headline(report['after'])}")
+    typer.echo(
+        f"wrote {out / 'model.onnx'}, {out / 'model.pt'}, {out / 'card.md'} and {out / 'report.md'}"
+    )
+    typer.echo(NOT_DIAGNOSTIC_NOTICE)

@@ -1,0 +1,411 @@
+"""Read any supported file into one pixel contract: a 2-D float32 array in [0, 1], 0 = black.
+
+JPEG and PNG of any mode and bit depth (8/16-bit, grayscale, RGB, RGBA, palette) and DICOM
+(modality rescale, VOI LUT / windowing, MONOCHROME1 inverted) all end here on one scale, so
+training, evaluation and serving see the same numbers. The format is sniffed from the content,
+not the file name. DICOM patient fields are never read into anything we return, raise or log.
+`decode_input` also takes a 2-D numpy array under one contract (`pixels_from_array`) and names
+inputs in results without reading anything inside them (`source_label`).
+
+Every failure is an `InputError` (or one of its subclasses) whose one-line message names the file,
+the problem and the fix: whatever a decoder raises, a batch of files never stops on one of them.
+Sizes are checked from the header before any pixel is decoded (decompression bombs).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from pneumoscan.core.errors import ImageTooLargeError, InputError, UnsupportedFormatError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pydicom.dataset import Dataset
+
+logger = logging.getLogger(__name__)
+
+# A full-size radiograph is under 10 Mpx; anything above this is refused from its header, before
+# a pixel is decoded. `read_image(..., max_pixels=...)` changes it per call.
+MAX_IMAGE_PIXELS = 50_000_000
+# Files are read whole into memory; a radiograph is tens of MB at most.
+MAX_FILE_BYTES = 512 * 1024 * 1024
+IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
+RASTER_FORMATS = ("JPEG", "PNG")
+
+_DICOM_MAGIC_OFFSET = 128
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
+_NOT_AN_IMAGE = "not a JPEG, PNG or DICOM image; pneumoscan reads chest radiographs only."
+
+# `warnings.catch_warnings` swaps process-wide state, so two threads decoding at once would
+# restore each other's filters. Decoders run under this lock; inference runs outside it.
+_DECODER_LOCK = threading.Lock()
+
+
+def is_dicom(data: bytes) -> bool:
+    """True for DICOM Part 10 files (the 'DICM' magic after the 128-byte preamble)."""
+    return data[_DICOM_MAGIC_OFFSET : _DICOM_MAGIC_OFFSET + 4] == b"DICM"
+
+
+def read_image(
+    source: Path | str | bytes | Dataset,
+    name: str | None = None,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> np.ndarray:
+    """Decode a file, its bytes or a pydicom Dataset into a 2-D float32 array in [0, 1].
+
+    `name` labels the input in messages (default: the path, or `<upload>` for bytes). Raises
+    `UnsupportedFormatError` for content that is no JPEG/PNG/DICOM, `ImageTooLargeError` for more
+    than `max_pixels` pixels (checked before decoding) and `InputError` for anything else that
+    cannot be read; never a raw decoder error.
+    """
+    label = name or (str(source) if isinstance(source, (str, Path)) else "<upload>")
+    try:
+        if is_pydicom_dataset(source):
+            return _decoded(lambda: _dicom_pixels(source, label, max_pixels), label)
+        data = (
+            source if isinstance(source, (bytes, bytearray)) else _read_bytes(Path(source), label)
+        )
+        if not data:
+            raise InputError(f"{label}: file is empty (0 bytes); re-export or re-download it.")
+        if is_dicom(data):
+            return _decoded(lambda: _read_dicom(bytes(data), label, max_pixels), label)
+        return _decoded(lambda: _read_raster(bytes(data), label, max_pixels), label)
+    except InputError:
+        raise
+    except MemoryError:
+        raise ImageTooLargeError(
+            f"{label}: not enough memory to decode this image; downscale it first."
+        ) from None
+    except Exception as error:  # the last line of defence: one bad file never stops a batch
+        raise InputError(
+            f"{label}: could not be read as an image ({type(error).__name__}); "
+            "re-export it as PNG, JPEG or uncompressed DICOM."
+        ) from None
+
+
+# --- every accepted input: paths, bytes, arrays, pydicom datasets ------------------------
+
+
+def source_label(item, source: str | None = None) -> str:
+    """How an input is named in results: the given source, a path as given, or a placeholder
+    (uploads and arrays are never named after anything inside them)."""
+    if source is not None:
+        return str(source)
+    if isinstance(item, (str, Path)):
+        return str(item)
+    if isinstance(item, (bytes, bytearray)):
+        return "<upload>"
+    if isinstance(item, np.ndarray):
+        return "<array>"
+    return "<dicom>" if is_pydicom_dataset(item) else "<input>"
+
+
+def pixels_from_array(array: np.ndarray, label: str = "<array>") -> np.ndarray:
+    """The array contract: 2-D grayscale; float in [0, 1], or uint8 / uint16 with the range their
+    dtype implies (0..255, 0..65535). Anything else is an InputError, never a silent rescale."""
+    if array.ndim != 2 or array.size == 0:
+        raise InputError(
+            f"{label}: array of shape {array.shape}; pass a 2-D grayscale image (H, W) "
+            "(convert colour first, e.g. PIL's .convert('L'))."
+        )
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if np.issubdtype(array.dtype, np.floating):
+        pixels = array.astype(np.float32)
+        if not np.isfinite(pixels).all():
+            raise InputError(f"{label}: array holds NaN or infinity; pass finite values in [0, 1].")
+        low, high = float(pixels.min()), float(pixels.max())
+        if low < 0.0 or high > 1.0:
+            raise InputError(
+                f"{label}: float pixels range {low:g}..{high:g}; float input must be in [0, 1] "
+                "(divide by the bit depth's maximum, or pass uint8 / uint16)."
+            )
+        return pixels
+    raise InputError(
+        f"{label}: array dtype {array.dtype}; pass uint8 (0..255), uint16 (0..65535) or float "
+        "in [0, 1]."
+    )
+
+
+def decode_input(item, label: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
+    """Any accepted input -> the [0, 1] 2-D pixel contract, or an InputError."""
+    if isinstance(item, np.ndarray):
+        return pixels_from_array(item, label)
+    if isinstance(item, (str, Path, bytes, bytearray)) or is_pydicom_dataset(item):
+        return read_image(item, name=label, max_pixels=max_pixels)
+    raise InputError(
+        f"{label}: cannot predict on a {type(item).__name__}; pass a path, bytes, a 2-D numpy "
+        "array or a pydicom Dataset."
+    )
+
+
+# --- reading files -------------------------------------------------------------------------
+
+
+def _read_bytes(path: Path, label: str) -> bytes:
+    try:
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ImageTooLargeError(
+                f"{label}: file is {size / 1e6:.0f} MB, over the {MAX_FILE_BYTES / 1e6:.0f} MB "
+                "limit for one radiograph; downscale it first."
+            )
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise InputError(f"{label}: file not found.") from None
+    except IsADirectoryError:
+        raise InputError(f"{label}: is a folder, not an image file.") from None
+    except OSError as error:
+        raise InputError(f"{label}: cannot be read ({error.strerror or error}).") from None
+
+
+@contextmanager
+def _quiet_decoders() -> Iterator[list]:
+    """Third-party warnings (pydicom's header checks, Pillow's) are recorded, never printed; the
+    file's own error message says what went wrong when it matters."""
+    with _DECODER_LOCK, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield caught
+
+
+def _decoded(decode: Callable[[], np.ndarray], label: str) -> np.ndarray:
+    with _quiet_decoders() as caught:
+        image = decode()
+    if caught:
+        # Counted, not quoted: a DICOM warning can quote a header value, and those stay private.
+        logger.debug("%d decoder warning(s) suppressed", len(caught))
+    return _checked(image, label)
+
+
+def _checked(image: np.ndarray, label: str) -> np.ndarray:
+    """The pixel contract, enforced: 2-D, not empty, finite, float32 in [0, 1]."""
+    if image.ndim != 2 or image.size == 0:
+        raise InputError(
+            f"{label}: decoded to an array of shape {image.shape}, not a 2-D image; "
+            "export a single grayscale frame."
+        )
+    image = image.astype(np.float32, copy=False)
+    low, high = float(image.min()), float(image.max())  # NaN and infinity show up here
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise InputError(f"{label}: pixel values are not finite (NaN or infinity); re-export it.")
+    return image if low >= 0.0 and high <= 1.0 else np.clip(image, 0.0, 1.0)
+
+
+def _too_large(label: str, width: int, height: int, max_pixels: int, frames: int = 1) -> None:
+    if width * height * max(frames, 1) > max_pixels:
+        extra = f" x {frames} frames" if frames > 1 else ""
+        raise ImageTooLargeError(
+            f"{label}: image is {width}x{height} px{extra}, over the {max_pixels:,} px limit for "
+            "safe decoding; downscale it first."
+        )
+
+
+def _read_raster(data: bytes, label: str, max_pixels: int) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data), formats=RASTER_FORMATS) as image:
+            width, height = image.size
+            _too_large(label, width, height, max_pixels)  # from the header: nothing decoded yet
+            image.load()
+            return _to_gray_unit(image)
+    except UnidentifiedImageError:
+        if data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC):
+            kind = "PNG" if data.startswith(_PNG_MAGIC) else "JPEG"
+            raise InputError(
+                f"{label}: {kind} header is truncated or corrupt (or describes an impossible "
+                "image); re-export the file."
+            ) from None
+        raise UnsupportedFormatError(f"{label}: {_NOT_AN_IMAGE}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageTooLargeError(
+            f"{label}: image is too large to decode safely (over {max_pixels:,} px)."
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError) as error:
+        detail = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise InputError(
+            f"{label}: image data is truncated or corrupt ({detail}); re-export the file."
+        ) from None
+
+
+def _to_gray_unit(image: Image.Image) -> np.ndarray:
+    """Any Pillow mode to grayscale in [0, 1], keeping the full precision of 16-bit images."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(image, dtype=np.float32) / 65535.0
+    if image.mode == "I":
+        pixels = np.asarray(image, dtype=np.float32)
+        top = 65535.0 if pixels.max(initial=0) > 255 else 255.0
+        return np.clip(pixels / top, 0.0, 1.0)
+    if image.mode == "F":
+        return _min_max(np.asarray(image, dtype=np.float32))
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA"):
+        # Transparent pixels become black, the background of a radiograph.
+        background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(background, image.convert("RGBA"))
+    if image.mode != "L":
+        image = image.convert("L")
+    return np.asarray(image, dtype=np.float32) / 255.0
+
+
+def is_pydicom_dataset(source) -> bool:
+    """True for a pydicom Dataset (imports pydicom only when the input could be one)."""
+    if isinstance(source, (str, Path, bytes, bytearray)):
+        return False
+    try:
+        from pydicom.dataset import Dataset
+    except ImportError:  # pragma: no cover - pydicom is a core dependency
+        return False
+    return isinstance(source, Dataset)
+
+
+def _read_dicom(data: bytes, label: str, max_pixels: int) -> np.ndarray:
+    try:
+        import pydicom
+    except ImportError:  # pragma: no cover - pydicom is a core dependency
+        raise InputError(f"{label}: reading DICOM needs pydicom: pip install pydicom") from None
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data))
+    except Exception as error:  # pydicom raises many unrelated types for broken files
+        # The type only: pydicom's message can quote header values, patient fields included.
+        raise InputError(
+            f"{label}: unreadable DICOM ({type(error).__name__} while parsing the header); "
+            "re-export the study."
+        ) from None
+    return _dicom_pixels(dataset, label, max_pixels)
+
+
+def _header_int(dataset, keyword: str, default: int, label: str) -> int:
+    """An integer header value; a malformed one is an InputError naming the field."""
+    try:
+        value = dataset.get(keyword, default)
+        if value is None or value == "":
+            return default
+        return int(float(value))
+    except Exception:  # invalid IS/US values surface as many types, on access or conversion
+        raise InputError(
+            f"{label}: DICOM {keyword} is not a valid number; fix the header or re-export the study."
+        ) from None
+
+
+def _header_float(dataset, keyword: str, default: float, label: str) -> float:
+    try:
+        value = dataset.get(keyword, default)
+        value = float(value if value not in (None, "") else default)
+    except Exception:
+        raise InputError(
+            f"{label}: DICOM {keyword} is not a valid number; fix the header or re-export the study."
+        ) from None
+    if not np.isfinite(value):
+        raise InputError(f"{label}: DICOM {keyword} is not finite; fix the header.")
+    return value
+
+
+def _dicom_pixels(dataset, label: str, max_pixels: int) -> np.ndarray:
+    """Pixels of a parsed dataset, checked field by field before anything is decoded."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    try:
+        photometric = str(dataset.get("PhotometricInterpretation", "") or "").strip().upper()
+    except Exception:
+        photometric = "unreadable"
+    if photometric not in _MONOCHROME:
+        shown = photometric[:24] if photometric.isprintable() else "unreadable"
+        raise InputError(
+            f"{label}: DICOM has PhotometricInterpretation '{shown or 'missing'}'; pneumoscan "
+            "reads grayscale radiographs only. Export the study as MONOCHROME2."
+        )
+    frames = _header_int(dataset, "NumberOfFrames", 1, label)
+    if frames > 1:
+        raise InputError(
+            f"{label}: DICOM has {frames} frames; pneumoscan reads single-frame radiographs only. "
+            "Export the frontal view as its own file."
+        )
+    if "PixelData" not in dataset:
+        raise InputError(
+            f"{label}: DICOM has no pixel data (is it a report or a structured document?)."
+        )
+    rows = _header_int(dataset, "Rows", 0, label)
+    columns = _header_int(dataset, "Columns", 0, label)
+    if rows <= 0 or columns <= 0:
+        raise InputError(f"{label}: DICOM has {rows}x{columns} pixels; re-export the study.")
+    _too_large(label, columns, rows, max_pixels, frames)
+    try:
+        pixels = dataset.pixel_array
+    except Exception as error:  # missing decoders and damaged pixel data both land here
+        syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
+        syntax_name = getattr(syntax, "name", syntax) or "unknown"
+        detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise InputError(
+            f"{label}: cannot decode DICOM pixel data (transfer syntax {syntax_name}: {detail}). "
+            "Install pydicom's optional decoders (pip install pylibjpeg pylibjpeg-libjpeg "
+            "pylibjpeg-openjpeg) or export the study uncompressed."
+        ) from None
+    if pixels.ndim != 2:
+        raise InputError(
+            f"{label}: DICOM pixel data has shape {pixels.shape}, not one grayscale frame; "
+            "export a single-frame MONOCHROME2 study."
+        )
+    values = apply_modality_lut(pixels, dataset).astype(np.float64)
+    if "VOILUTSequence" in dataset:
+        image = _min_max(apply_voi_lut(values, dataset))
+    else:
+        if "WindowCenter" in dataset:
+            values = apply_voi_lut(values, dataset)
+        # Scale by the range the stored bits can hold (not this image's min and max), as a 16-bit
+        # PNG is scaled by 65535: the same film exported either way gives the same numbers.
+        low, high = _stored_range(dataset, label)
+        image = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
+    if photometric == "MONOCHROME1":
+        image = 1.0 - image
+    return image
+
+
+def _stored_range(dataset, label: str) -> tuple[float, float]:
+    """The modality-LUT output range of the stored bits (windowing keeps this range)."""
+    allocated = _header_int(dataset, "BitsAllocated", 16, label)
+    bits = _header_int(dataset, "BitsStored", allocated, label)
+    if not 1 <= bits <= 32:
+        raise InputError(f"{label}: DICOM BitsStored is {bits}; expected 1 to 32. Fix the header.")
+    if _header_int(dataset, "PixelRepresentation", 0, label) == 1:
+        raw_low, raw_high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    else:
+        raw_low, raw_high = 0, 2**bits - 1
+    slope = _header_float(dataset, "RescaleSlope", 1.0, label) or 1.0
+    intercept = _header_float(dataset, "RescaleIntercept", 0.0, label)
+    low, high = sorted((raw_low * slope + intercept, raw_high * slope + intercept))
+    if high <= low:
+        raise InputError(f"{label}: DICOM stored range is empty; fix BitsStored or RescaleSlope.")
+    return low, high
+
+
+def _min_max(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    finite = values[np.isfinite(values)]
+    if finite.size == 0:
+        return np.zeros(values.shape, dtype=np.float32)
+    low, high = float(finite.min()), float(finite.max())
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.float32)
+    return ((values - low) / (high - low)).astype(np.float32)
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """Width and height from the header alone (fast, for EDA); None when unreadable."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError):
+        return None

@@ -1,0 +1,287 @@
+"""Calibration and decision rules, fitted on one set of patients and reported on another.
+
+Validation on this data saturates: a threshold and a temperature chosen on the same films whose
+figures are then reported look better than they are. `crossfit` splits the validation patients
+into folds, fits the temperature (and the binary threshold) on all folds but one, and scores the
+held-out fold with them, so every reported film was scored by a calibration that never saw it.
+The shipped calibration is then fitted once on all validation films.
+
+Threshold rules for the binary decision on the calibrated P(pneumonia):
+- `balanced` (shipped): pneumonia when the calibrated odds exceed the calibration films' prior
+  odds. It is set by the class balance, not by the few films at the edge of a saturated ROC
+  curve, so it is the same in every calibration fold, and it sits high enough on the probability
+  scale that normal films pushed toward pneumonia by acquisition shift keep room below it. In the
+  stress benchmark it had the best worst-case accuracy of the rules (docs/experiments.md).
+- `youden`: the ROC point maximising sensitivity + specificity - 1. On a saturated ROC curve this
+  is decided by a handful of films at its edge (the first release chose 0.13 this way).
+- `sensitivity`: the highest threshold reaching a target sensitivity on the calibration films.
+- `half`: 0.5, the accuracy-optimal decision at the calibration films' own prevalence.
+- `cost`: pneumonia when P(pneumonia) x cost_fn > P(normal), i.e. the threshold 1 / (1 + cost_fn):
+  the decision with the least expected cost when a missed pneumonia costs `cost_fn` false alarms.
+  It needs calibrated probabilities and nothing else, so it is stable on a few dozen films.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax
+from sklearn.metrics import roc_curve
+
+from pneumoscan.core.decision import calibrated_probabilities
+from pneumoscan.evaluation.metrics import compute_metrics
+
+THRESHOLD_RULES = ("balanced", "youden", "sensitivity", "half", "cost")
+BINARY_GROUPS = ((0,), (1, 2))  # normal; bacteria + virus -> the binary task's classes
+
+
+@dataclass(frozen=True)
+class Calibration:
+    temperature: float
+    threshold: float | None  # binary only
+    rule: str | None
+    films: int
+    bias: tuple[float, ...] | None = None  # per-class logit bias (bias-corrected scaling)
+
+
+def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Temperature T minimising the negative log-likelihood of softmax(logits / T) (Guo et al. 2017)."""
+    targets = np.asarray(targets)
+
+    def nll(log_temperature: float) -> float:
+        scaled = log_softmax(logits / np.exp(log_temperature), axis=1)
+        return -float(np.mean(scaled[np.arange(len(targets)), targets]))
+
+    result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(result.x))
+
+
+def youden_threshold(targets: np.ndarray, scores: np.ndarray) -> float:
+    """The threshold maximising sensitivity + specificity - 1 on validation."""
+    false_positive, true_positive, thresholds = roc_curve(targets, scores, drop_intermediate=False)
+    finite = np.isfinite(thresholds)  # roc_curve starts with +inf: "call nothing positive"
+    best = int(np.argmax(np.where(finite, true_positive - false_positive, -np.inf)))
+    return float(thresholds[best])
+
+
+def threshold_at_sensitivity(targets: np.ndarray, scores: np.ndarray, sensitivity: float) -> float:
+    """The highest threshold whose validation sensitivity is at least `sensitivity`."""
+    _, true_positive, thresholds = roc_curve(targets, scores, drop_intermediate=False)
+    reaching = np.flatnonzero(true_positive >= sensitivity)
+    return float(min(thresholds[reaching[0]], 1.0))
+
+
+def fit_bias_corrected(logits: np.ndarray, targets: np.ndarray) -> tuple[float, tuple[float, ...]]:
+    """Temperature and per-class bias (the first class's fixed at 0) minimising the NLL of
+    softmax(logits / T + b): bias-corrected temperature scaling (Alexandari et al. 2020). The bias
+    absorbs what a temperature cannot: a site whose films sit on one side of the old boundary."""
+    from scipy.optimize import minimize
+
+    logits = np.asarray(logits, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    classes = logits.shape[1]
+
+    def nll(params: np.ndarray) -> float:
+        bias = np.concatenate([[0.0], params[1:]])
+        scaled = log_softmax(logits / np.exp(params[0]) + bias, axis=1)
+        return -float(np.mean(scaled[np.arange(len(targets)), targets]))
+
+    start = np.concatenate([[np.log(fit_temperature(logits, targets))], np.zeros(classes - 1)])
+    bounds = [(np.log(0.05), np.log(20.0))] + [(-10.0, 10.0)] * (classes - 1)
+    result = minimize(nll, start, method="L-BFGS-B", bounds=bounds)
+    return float(np.exp(result.x[0])), (0.0, *(float(b) for b in result.x[1:]))
+
+
+def choose_threshold(
+    rule: str,
+    targets: np.ndarray,
+    scores: np.ndarray,
+    sensitivity: float = 0.98,
+    cost_fn: float = 1.0,
+) -> float:
+    """A binary threshold on calibrated P(pneumonia) by one of THRESHOLD_RULES."""
+    if rule == "balanced":
+        prevalence = float(np.mean(targets == 1))
+        return prevalence
+    if rule == "youden":
+        return youden_threshold(targets, scores)
+    if rule == "sensitivity":
+        return threshold_at_sensitivity(targets, scores, sensitivity)
+    if rule == "half":
+        return 0.5
+    if rule == "cost":
+        if cost_fn <= 0:
+            raise ValueError(f"cost of a missed pneumonia {cost_fn}: give a positive number")
+        return 1.0 / (1.0 + cost_fn)
+    raise ValueError(f"threshold rule {rule!r}: choose one of {', '.join(THRESHOLD_RULES)}")
+
+
+def grouped_log_probabilities(probabilities: np.ndarray, groups) -> np.ndarray:
+    """Fine-class probabilities summed into groups, as log-probabilities (GroupedClassifier's output)."""
+    summed = np.stack([probabilities[:, list(members)].sum(axis=1) for members in groups], axis=1)
+    return np.log(np.clip(summed, 1e-12, None))
+
+
+def fit(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    rule: str | None,
+    sensitivity: float = 0.98,
+    cost_fn: float = 1.0,
+    bias: bool = False,
+) -> Calibration:
+    """Temperature (and with `bias`, per-class biases) by NLL and, for two classes, a threshold by
+    `rule` on the calibrated probabilities."""
+    if bias:
+        temperature, class_bias = fit_bias_corrected(logits, targets)
+    else:
+        temperature, class_bias = fit_temperature(logits, targets), None
+    threshold = None
+    if logits.shape[1] == 2 and rule is not None:
+        scores = calibrated_probabilities(logits, temperature, class_bias)[:, 1]
+        threshold = choose_threshold(rule, targets, scores, sensitivity, cost_fn)
+    return Calibration(temperature, threshold, rule, len(targets), class_bias)
+
+
+def coarse_targets(targets: np.ndarray, groups) -> np.ndarray:
+    """Fine class indices mapped to the index of the group that holds them."""
+    lookup = {member: row for row, members in enumerate(groups) for member in members}
+    return np.asarray([lookup[int(t)] for t in targets], dtype=np.int64)
+
+
+def fit_grouped(
+    logits: np.ndarray, targets: np.ndarray, groups, rule: str | None, sensitivity: float = 0.98
+) -> tuple[float, Calibration]:
+    """A model read in coarser classes (GroupedClassifier): the fine temperature, fitted on the
+    fine labels, then the coarse temperature and threshold on the grouped log-probabilities."""
+    source_temperature = fit_temperature(logits, targets)
+    grouped = grouped_log_probabilities(
+        calibrated_probabilities(logits, source_temperature), groups
+    )
+    return source_temperature, fit(grouped, coarse_targets(targets, groups), rule, sensitivity)
+
+
+def crossfit_folds(targets: np.ndarray, patients: list[str], most: int = 5) -> int:
+    """As many folds as the smallest class has patients for: at least 2, at most `most`."""
+    smallest = min(
+        len({p for p, t in zip(patients, targets) if t == c}) for c in np.unique(targets)
+    )
+    return max(2, min(most, smallest))
+
+
+def conformal_crossval(
+    probabilities: np.ndarray,
+    targets: np.ndarray,
+    patients: list[str],
+    coverage: float,
+    class_names: tuple[str, ...],
+    seed: int = 0,
+    method: str = "lac",
+) -> dict:
+    """Empirical coverage and set size of split-conformal sets, each patient fold's sets built
+    from the scores of the other folds' films (`probabilities` should be out-of-sample already)."""
+    from pneumoscan.core.conformal import (
+        conformity_scores,
+        coverage_report,
+        prediction_sets,
+        quantile,
+    )
+
+    members = np.zeros(probabilities.shape, dtype=bool)
+    folds = patient_folds(targets, patients, crossfit_folds(targets, patients), seed)
+    for held in folds:
+        rest = np.setdiff1d(np.arange(len(targets)), held)
+        q = quantile(conformity_scores(probabilities[rest], targets[rest], method), coverage)
+        members[held] = prediction_sets(probabilities[held], q, method)
+    return {
+        "level": coverage,
+        "method": method,
+        "folds": len(folds),
+        **coverage_report(members, targets, class_names),
+    }
+
+
+def patient_folds(
+    targets: np.ndarray, patients: list[str], folds: int, seed: int
+) -> list[np.ndarray]:
+    """Stratified patient-grouped folds of the validation films (indices of each)."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [held for _, held in splitter.split(np.zeros(len(targets)), targets, patients)]
+
+
+@dataclass(frozen=True)
+class CrossFit:
+    probabilities: np.ndarray  # out-of-sample calibrated probabilities, one row per film
+    targets: np.ndarray  # the class each film belongs to, in the scored (coarse) classes
+    thresholds: list[float | None]  # the threshold each fold's calibration chose
+    temperatures: list[float]
+    per_fold: list[dict]  # metrics of each held-out fold
+
+
+def crossfit(
+    logits: np.ndarray,
+    targets: np.ndarray,
+    patients: list[str],
+    rule: str | None,
+    folds: int = 5,
+    seed: int = 0,
+    sensitivity: float = 0.98,
+    class_names: tuple[str, ...] = (),
+    groups=None,
+) -> CrossFit:
+    """Calibrate on all folds but one, score that fold; every film is scored out-of-sample.
+
+    With `groups`, the fine logits are read in coarser classes as the shipped GroupedClassifier
+    reads them (`fit_grouped`), and folds are stratified on the coarse classes.
+    """
+    scored = coarse_targets(targets, groups) if groups else targets
+    out = np.zeros((len(targets), len(groups) if groups else logits.shape[1]))
+    thresholds, temperatures, per_fold = [], [], []
+    for held in patient_folds(scored, patients, folds, seed):
+        rest = np.setdiff1d(np.arange(len(targets)), held)
+        if groups:
+            source, calibration = fit_grouped(
+                logits[rest], targets[rest], groups, rule, sensitivity
+            )
+            held_logits = grouped_log_probabilities(
+                calibrated_probabilities(logits[held], source), groups
+            )
+        else:
+            calibration = fit(logits[rest], targets[rest], rule, sensitivity)
+            held_logits = logits[held]
+        out[held] = calibrated_probabilities(held_logits, calibration.temperature)
+        thresholds.append(calibration.threshold)
+        temperatures.append(calibration.temperature)
+        per_fold.append(
+            compute_metrics(
+                out[held], scored[held], class_names, calibration.threshold, bootstrap=0
+            )
+        )
+    return CrossFit(out, scored, thresholds, temperatures, per_fold)
+
+
+def crossfit_metrics(
+    fit_result: CrossFit, patients: list[str], class_names: tuple[str, ...], bootstrap: int = 1000
+) -> dict:
+    """Metrics of the pooled out-of-sample scores, decided at the median of the folds' thresholds
+    (the per-fold figures in `calibration_folds` use each fold's own)."""
+    thresholds = [t for t in fit_result.thresholds if t is not None]
+    threshold = float(np.median(thresholds)) if thresholds else None
+    metrics = compute_metrics(
+        fit_result.probabilities, fit_result.targets, class_names, threshold, patients, bootstrap
+    )
+    keys = ["accuracy", "macro_f1", "roc_auc", "ece"]
+    keys += ["sensitivity", "specificity"] if len(class_names) == 2 else []
+    folds = fit_result.per_fold
+    metrics["calibration_folds"] = {
+        "count": len(folds),
+        "mean": {k: float(np.mean([m[k] for m in folds])) for k in keys},
+        "std": {k: float(np.std([m[k] for m in folds], ddof=1)) for k in keys},
+        "thresholds": fit_result.thresholds,
+        "temperatures": fit_result.temperatures,
+    }
+    return metrics

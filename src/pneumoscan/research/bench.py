@@ -1,0 +1,539 @@
+"""Benchmarks (not tests): speed of the runtime and the out-of-distribution gate's rejection rates.
+
+    pneumoscan bench --model binary --images examples/ --out docs/benchmarks.md
+    pneumoscan bench-ood --model binary --run runs/binary-cv/fold-0 --out docs/ood.md
+
+Every figure is measured in one run on the machine named in the report.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pneumoscan.core.fileio import atomic_write_text
+from pneumoscan.core.hardware import hardware
+from pneumoscan.core.images import read_image
+from pneumoscan.core.preprocess import prepare
+from pneumoscan.runtime.model import load_runtime_model
+
+# --- non-radiographs for the gate ----------------------------------------------------------
+
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "binary_blobs",
+    "brick",
+    "camera",
+    "cat",
+    "cell",
+    "checkerboard",
+    "chelsea",
+    "clock",
+    "coffee",
+    "coins",
+    "colorwheel",
+    "grass",
+    "gravel",
+    "horse",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "logo",
+    "microaneurysms",
+    "moon",
+    "page",
+    "retina",
+    "rocket",
+    "shepp_logan_phantom",
+    "text",
+    "stereo_motorcycle",
+)
+
+
+def skimage_photos() -> list[tuple[str, np.ndarray]]:
+    """scikit-image's bundled sample images (those that need no download)."""
+    import skimage.data
+
+    photos = []
+    for name in SKIMAGE_PHOTOS:
+        image = getattr(skimage.data, name)()
+        image = image[0] if isinstance(image, tuple) else image
+        if image.dtype == bool:
+            image = image.astype(np.uint8) * 255
+        elif image.dtype != np.uint8:
+            image = (255 * (image - image.min()) / max(np.ptp(image), 1e-9)).astype(np.uint8)
+        photos.append((f"skimage:{name}", image))
+    return photos
+
+
+def generated_non_radiographs(seed: int = 0) -> list[tuple[str, np.ndarray]]:
+    """Blank, noise, gradients, patterns, text documents, screenshots and shapes, as uint8 images."""
+    rng = np.random.default_rng(seed)
+    height, width = 480, 640
+    x = np.linspace(0, 1, width)[None, :]
+    y = np.linspace(0, 1, height)[:, None]
+    images: list[tuple[str, np.ndarray]] = [
+        ("blank:black", np.zeros((height, width), np.uint8)),
+        ("blank:white", np.full((height, width), 255, np.uint8)),
+        ("blank:gray", np.full((height, width), 128, np.uint8)),
+        ("gradient:horizontal", np.broadcast_to(x * 255, (height, width)).astype(np.uint8)),
+        ("gradient:vertical", np.broadcast_to(y * 255, (height, width)).astype(np.uint8)),
+        ("gradient:radial", (255 * np.hypot(x - 0.5, y - 0.5) / 0.71).astype(np.uint8)),
+    ]
+    for index in range(4):
+        images.append(
+            (f"noise:uniform{index}", rng.integers(0, 256, (height, width), dtype=np.uint8))
+        )
+        noise = rng.normal(128, 40, (height, width))
+        images.append((f"noise:gaussian{index}", np.clip(noise, 0, 255).astype(np.uint8)))
+    for period in (8, 32, 64):
+        stripes = 127.5 + 127.5 * np.sin(
+            2 * np.pi * (x * width / period + y * height / (2 * period))
+        )
+        images.append((f"pattern:waves{period}", stripes.astype(np.uint8)))
+        tiles = (
+            (np.arange(width)[None, :] // period + np.arange(height)[:, None] // period) % 2
+        ) * 255
+        images.append((f"pattern:checker{period}", tiles.astype(np.uint8)))
+    words = (
+        "patient report summary findings lorem ipsum dolor sit amet invoice total page "
+        "section table figure results method the and of to in"
+    ).split()
+    for index in range(6):
+        page = Image.new("L", (width, height), 255)
+        draw = ImageDraw.Draw(page)
+        for line in range(28):
+            text = " ".join(rng.choice(words, size=rng.integers(4, 12)))
+            draw.text((20 + 10 * (index % 3), 12 + line * 16), text, fill=int(rng.integers(0, 60)))
+        images.append((f"document:{index}", np.asarray(page)))
+    for index in range(6):
+        screen = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(200, 256, 3)))
+        draw = ImageDraw.Draw(screen)
+        draw.rectangle((0, 0, width, 28), fill=tuple(int(v) for v in rng.integers(0, 120, 3)))
+        for _ in range(8):
+            left, top = int(rng.integers(0, width - 120)), int(rng.integers(40, height - 60))
+            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
+            draw.rectangle(
+                (left, top, left + int(rng.integers(60, 200)), top + int(rng.integers(20, 120))),
+                fill=colour,
+            )
+            draw.text((left + 4, top + 4), " ".join(rng.choice(words, size=3)), fill=(0, 0, 0))
+        images.append((f"screenshot:{index}", np.asarray(screen)))
+    for index in range(6):
+        canvas = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(0, 256, 3)))
+        draw = ImageDraw.Draw(canvas)
+        for _ in range(12):
+            left, top = int(rng.integers(0, width)), int(rng.integers(0, height))
+            size = int(rng.integers(20, 160))
+            draw.ellipse(
+                (left, top, left + size, top + size),
+                fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
+            )
+        images.append((f"shapes:{index}", np.asarray(canvas)))
+    return images
+
+
+def _to_unit_gray(image: np.ndarray) -> np.ndarray:
+    """Through the same reader as a user's file: encode as PNG, decode with images.read_image."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return read_image(buffer.getvalue(), name="sample.png")
+
+
+def gate_report(model_ref: str, run_dir: Path | None) -> str:
+    """Markdown: rejection of non-radiographs per category, and of validation chest X-rays."""
+    model = load_runtime_model(model_ref)
+    if model.ood_threshold is None:
+        return f"{model_ref}: this model has no out-of-distribution gate.\n"
+
+    samples = []
+    try:
+        samples += skimage_photos()
+    except ImportError:
+        pass
+    samples += generated_non_radiographs()
+    values = model.ood_scores([_to_unit_gray(image) for _, image in samples])
+    rejected = values > model.ood_threshold
+    categories: dict[str, list[bool]] = {}
+    for (name, _), flag in zip(samples, rejected):
+        categories.setdefault(name.split(":")[0], []).append(bool(flag))
+    lines = [
+        f"# Out-of-distribution gate: `{model_ref}`",
+        "",
+        f"Measured with `pneumoscan bench-ood --model {model_ref}"
+        + (f" --run {run_dir}`" if run_dir else "`")
+        + f" on {hardware()}.",
+        "",
+        f"Gate threshold {model.ood_threshold:.3f} (99.5th percentile of the training films' scores).",
+        "",
+        "| inputs | n | rejected as `not a chest X-ray` |",
+        "|---|---:|---:|",
+    ]
+    for category, flags in categories.items():
+        lines.append(f"| {category} | {len(flags)} | {sum(flags)} ({100 * np.mean(flags):.1f}%) |")
+    lines.append(
+        f"| **all non-radiographs** | {len(rejected)} | {int(rejected.sum())} ({100 * rejected.mean():.1f}%) |"
+    )
+    missed = [name for (name, _), flag in zip(samples, rejected) if not flag]
+    if run_dir is not None:
+        from pneumoscan.training.ship import split_samples
+
+        validation, _ = split_samples(Path(run_dir), "val")
+        chest = model.ood_scores([read_image(s.path) for s in validation])
+        refused = int((chest > model.ood_threshold).sum())
+        lines.append(
+            f"| patient-grouped validation chest X-rays ({run_dir}) | {len(chest)} | {refused} ({100 * refused / len(chest):.2f}%) |"
+        )
+    lines += ["", "Not rejected: " + (", ".join(missed) if missed else "none") + ".", ""]
+    return "\n".join(lines)
+
+
+# --- speed ---------------------------------------------------------------------------------
+
+
+def _timeit(function, repeats: int) -> list[float]:
+    function()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def speed_report(
+    model_ref: str,
+    image_paths: list[Path],
+    repeats: int = 30,
+    films: int = 624,
+    full_size_films: int = 200,
+    process_repeats: int = 3,
+) -> str:
+    """Markdown: in-process latency (ONNX vs torch eager), then whole-process figures from the
+    command line: cold start, and folders to CSV (with and without heatmaps) on the given films
+    and on full-size copies of them."""
+    model = load_runtime_model(model_ref)
+    image = prepare(read_image(image_paths[0]), model.spec)[None]
+    onnx_latency = statistics.median(_timeit(lambda: model.run(image), repeats))
+    batch = np.repeat(image, 32, axis=0)
+    onnx_batch = statistics.median(_timeit(lambda: model.run(batch), max(3, repeats // 5))) / 32
+    rows = [("ONNX Runtime, batch 1, median latency (in process)", f"{onnx_latency * 1000:.1f} ms")]
+    rows.append(
+        (
+            "ONNX Runtime, batch 32, per image (in process)",
+            f"{onnx_batch * 1000:.1f} ms ({1 / onnx_batch:.0f} img/s)",
+        )
+    )
+    try:
+        import torch
+
+        from pneumoscan.core.shipped import resolve_model
+        from pneumoscan.training.model_file import load_model_file
+
+        torch_model, _ = load_model_file(resolve_model(model_ref))
+        tensor = torch.from_numpy(image)
+        with torch.no_grad():
+            eager = statistics.median(_timeit(lambda: torch_model(tensor), repeats))
+        rows.append(("torch eager, batch 1, median latency (in process)", f"{eager * 1000:.1f} ms"))
+        rows.append(("ONNX Runtime speed-up at batch 1", f"{eager / onnx_latency:.1f}x"))
+    except ImportError:
+        rows.append(("torch eager", "not installed (lean install)"))
+    sharing = cpu_sharing_note()
+    cold, timings = whole_process_timings(
+        model_ref, image_paths, films, full_size_films, process_repeats
+    )
+    plain = next(t for t in timings if t.measure == FOLDER_RUNS[0][0])
+    ceiling = 1 / onnx_batch
+    lines = [
+        f"# Benchmarks: `{model_ref}` ({model.spec.size} px)",
+        "",
+        f"Measured with `pneumoscan bench --model {model_ref} --images ... --films {films} "
+        f"--full-size-films {full_size_films}` on {hardware()}, onnxruntime graph optimisation "
+        f"level ALL, {model.session.get_session_options().intra_op_num_threads} threads. "
+        f"{sharing}",
+        "",
+        "## In process",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        *[f"| {name} | {value} |" for name, value in rows],
+        "",
+        "## Whole process, from the command line",
+        "",
+        "Each figure times `pneumoscan predict` as a user runs it: a new process that loads the "
+        "model, reads every file (decoding on worker threads while the model runs), predicts and "
+        f"writes the CSV (median of {process_repeats} runs; the cold start of at least 5). "
+        "Full-size films are the same films upscaled (bicubic) to a shorter side of "
+        f"{FULL_SIZE_SHORT_SIDE} px and saved as JPEG (quality 95), since the original full-size "
+        "films are not on this machine.",
+        "",
+        "| measure | films | time | throughput |",
+        "|---|---|---:|---:|",
+        f"| cold start: `pneumoscan predict one.jpeg`, process start to output | 1 | "
+        f"{cold:.2f} s | |",
+        *[
+            f"| {t.measure} | {t.count}, {t.films} | {t.seconds:.1f} s | "
+            f"{t.films_per_second:.0f} films/s |"
+            for t in timings
+        ],
+        "",
+        f"The folder run of {plain.count} {plain.films} reaches "
+        f"{100 * plain.films_per_second / ceiling:.0f}% of the in-process inference rate measured "
+        f"in the same session (batch 32, {ceiling:.0f} films/s): decoding overlaps inference, and "
+        "process start, decoding and the CSV cost the rest.",
+        "",
+        "| goal (issue 13, 2 cores) | target | measured here | reached |",
+        "|---|---|---:|---|",
+        *_goal_rows(cold, timings),
+        "",
+        "Commands (FOLDER holds the films, copied or upscaled as above):",
+        "",
+        "```bash",
+        f"pneumoscan predict --model {model_ref} one.jpeg",
+        f"pneumoscan predict --model {model_ref} FOLDER --csv out.csv",
+        f"pneumoscan predict --model {model_ref} FOLDER --csv out.csv --heatmaps maps/",
+        f"pneumoscan predict --model {model_ref} FOLDER --csv out.csv --workers 1",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+FULL_SIZE_SHORT_SIDE = 1400
+
+
+def cpu_sharing_note() -> str:
+    """Say so when another pneumoscan job (training, a study) shared the cores while timing."""
+    import os
+
+    busy = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            words = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = " ".join(word.decode(errors="replace") for word in words if word)
+        if "pneumoscan" in text and any(
+            f" {job} " in f"{text} " for job in ("train", "cv", "experiments", "stress", "ship")
+        ):
+            busy.append(" ".join(text.split("pneumoscan", 1)[1].split()[:3]))
+    if not busy:
+        return "No other pneumoscan job was running."
+    jobs = "; ".join(f"`pneumoscan {job}`" for job in sorted(set(busy)))
+    return (
+        f"Other pneumoscan jobs were running on the same cores while these figures were taken "
+        f"({jobs}), so every figure is lower than on an idle machine."
+    )
+
+
+def _film_folder(sources: list[Path], count: int, folder: Path, full_size: bool) -> Path:
+    """`count` films spread evenly over `sources` (cycled when fewer), copied or upscaled."""
+    folder.mkdir(parents=True)
+    for index in range(count):
+        source = sources[(index * max(len(sources) // count, 1)) % len(sources)]
+        if full_size:
+            with Image.open(source) as image:
+                image = image.convert("L")
+                scale = FULL_SIZE_SHORT_SIDE / min(image.size)
+                size = (round(image.width * scale), round(image.height * scale))
+                image.resize(size, Image.Resampling.BICUBIC).save(
+                    folder / f"film{index:04d}.jpeg", quality=95
+                )
+        else:
+            (folder / f"film{index:04d}{source.suffix.lower()}").write_bytes(source.read_bytes())
+    return folder
+
+
+def _predict_seconds(model_ref: str, arguments: list[str], repeats: int) -> float:
+    command = [sys.executable, "-m", "pneumoscan", "predict", "--model", model_ref, *arguments]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        finished = subprocess.run(command, capture_output=True, text=True)
+        times.append(time.perf_counter() - start)
+        if finished.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed: {finished.stderr[-500:]}")
+    return statistics.median(times)
+
+
+# (measure, extra arguments) for each folder run; FOLDER and the CSV path come first.
+FOLDER_RUNS = (
+    ("folder to CSV", []),
+    ("folder to CSV with heatmaps", ["--heatmaps", "{work}/maps"]),
+    ("folder to CSV, one decoding thread (`--workers 1`)", ["--workers", "1"]),
+)
+# Issue 13's goals on 2 cores: (measure, kind of films, goal in films/s; None for seconds)
+GOALS = (
+    ("folder to CSV", "256 px copies", 150.0),
+    ("folder to CSV with heatmaps", "256 px copies", 60.0),
+)
+COLD_START_GOAL_S = 0.5
+
+
+@dataclass(frozen=True)
+class ProcessTiming:
+    measure: str
+    films: str  # which films: "256 px copies" or "full-size copies"
+    count: int
+    seconds: float
+
+    @property
+    def films_per_second(self) -> float:
+        return self.count / self.seconds
+
+
+def whole_process_timings(
+    model_ref: str, sources: list[Path], films: int, full_size_films: int, repeats: int
+) -> tuple[float, list[ProcessTiming]]:
+    """Cold start (median of at least 5) and every folder run (median of `repeats`)."""
+    timings = []
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        cold = _predict_seconds(model_ref, [str(sources[0])], max(repeats, 5))
+        for kind, count, full_size in (
+            ("256 px copies", films, False),
+            ("full-size copies", full_size_films, True),
+        ):
+            if count <= 0:
+                continue
+            folder = _film_folder(sources, count, work / kind.replace(" ", "-"), full_size)
+            for measure, extra in FOLDER_RUNS:
+                arguments = [str(folder), "--csv", str(work / "out.csv")]
+                arguments += [value.format(work=work) for value in extra]
+                seconds = _predict_seconds(model_ref, arguments, repeats)
+                timings.append(ProcessTiming(measure, kind, count, seconds))
+    return cold, timings
+
+
+def _goal_rows(cold: float, timings: list[ProcessTiming]) -> list[str]:
+    rows = [
+        f"| cold start | under {COLD_START_GOAL_S} s | {cold:.2f} s | "
+        f"{'yes' if cold < COLD_START_GOAL_S else 'no'} |"
+    ]
+    for measure, kind, goal in GOALS:
+        for timing in timings:
+            if timing.measure == measure and timing.films == kind:
+                reached = timing.films_per_second >= goal
+                rows.append(
+                    f"| {measure}, {kind} | at least {goal:.0f} films/s | "
+                    f"{timing.films_per_second:.0f} films/s | {'yes' if reached else 'no'} |"
+                )
+    return rows
+
+
+def write_report(text: str, out: Path, section: str | None = None) -> Path:
+    """Write `out`; with `section`, replace only the text between its `<!-- section:begin -->`
+    and `<!-- section:end -->` markers (appending it when absent), so reports that other
+    commands keep in the same file (serving under load, int8) stay as they are."""
+    out = Path(out)
+    if section is None:
+        atomic_write_text(out, text)
+        return out
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    block = f"{begin}\n{text.strip()}\n{end}"
+    current = out.read_text() if out.exists() else ""
+    if begin in current and end in current:
+        head, rest = current.split(begin, 1)
+        updated = head + block + rest.split(end, 1)[1]
+    else:
+        updated = current.rstrip("\n") + ("\n\n" if current else "") + block + "\n"
+    atomic_write_text(out, updated)
+    return out
+
+
+# --- int8 ----------------------------------------------------------------------------------
+
+
+def quantization_report(model_ref: str, run_dir: Path, calibration_images: int = 200) -> str:
+    """Static int8 quantization (QDQ, onnxruntime) calibrated on training films: validation
+    accuracy and batch-1 latency against fp32, on the run's own validation split."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from pneumoscan.core.shipped import resolve_model
+    from pneumoscan.runtime.model import OnnxModel
+    from pneumoscan.training.ship import split_samples
+
+    fp32_path = resolve_model(model_ref, suffix=".onnx")
+    fp32 = OnnxModel(fp32_path)
+    train, _ = split_samples(Path(run_dir), "train")
+    chosen = np.random.default_rng(0).choice(
+        len(train), size=min(calibration_images, len(train)), replace=False
+    )
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.items = iter(chosen.tolist())
+
+        def get_next(self):
+            index = next(self.items, None)
+            if index is None:
+                return None
+            return {"image": prepare(read_image(train[index].path), fp32.spec)[None]}
+
+    with tempfile.TemporaryDirectory() as folder:
+        prepared = Path(folder) / "prepared.onnx"
+        int8_path = Path(folder) / "int8.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(int8_path),
+            Reader(),
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
+        import onnx
+
+        proto = onnx.load(str(int8_path))
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = "pneumoscan", json.dumps(fp32.metadata)
+        onnx.save(proto, str(int8_path))
+        int8 = OnnxModel(int8_path)
+        size_mb = int8_path.stat().st_size / 1e6
+        validation, targets = split_samples(Path(run_dir), "val")
+        correct = {"fp32": 0, "int8": 0}
+        for start in range(0, len(validation), 64):
+            batch = np.stack(
+                [prepare(read_image(s.path), fp32.spec) for s in validation[start : start + 64]]
+            )
+            for name, model in (("fp32", fp32), ("int8", int8)):
+                probabilities = model.run(batch)["probabilities"]
+                labels = np.array([model.label_index(p) for p in probabilities])
+                correct[name] += int((labels == targets[start : start + 64]).sum())
+        image = prepare(read_image(validation[0].path), fp32.spec)[None]
+        latency = {
+            name: statistics.median(_timeit(lambda m=m: m.run(image), 30))
+            for name, m in (("fp32", fp32), ("int8", int8))
+        }
+    accuracy = {name: value / len(validation) for name, value in correct.items()}
+    drop = 100 * (accuracy["fp32"] - accuracy["int8"])
+    verdict = "within" if drop <= 0.5 else "over"
+    return "\n".join(
+        [
+            f"## int8 quantization: `{model_ref}`",
+            "",
+            f"`pneumoscan bench --model {model_ref} --int8-run {run_dir} ...`: static QDQ quantization "
+            f"(per-channel int8 weights, uint8 activations) calibrated on {len(chosen)} training films.",
+            "",
+            "| | validation accuracy | batch-1 latency | file size |",
+            "|---|---|---|---|",
+            f"| fp32 | {accuracy['fp32']:.4f} | {latency['fp32'] * 1000:.1f} ms | {fp32_path.stat().st_size / 1e6:.1f} MB |",
+            f"| int8 | {accuracy['int8']:.4f} | {latency['int8'] * 1000:.1f} ms | {size_mb:.1f} MB |",
+            "",
+            f"Accuracy drop {drop:.2f} points ({verdict} the 0.5-point limit for shipping int8).",
+            "",
+        ]
+    )

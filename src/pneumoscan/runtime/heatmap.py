@@ -1,0 +1,124 @@
+"""Class-activation heatmaps drawn over the film, and the fast PNG writer they are saved with.
+
+The class map is the exported model's second output (for a global-pool + linear head, CAM equals
+Grad-CAM up to scale), so heatmaps need no torch: upsample, colour, blend, encode.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pneumoscan.core.fileio import atomic_write
+from pneumoscan.core.preprocess import resize_square
+
+HEATMAP_SIZE = 512
+
+
+def heatmap_file_name(index: int, source: str) -> str:
+    stem = Path(source).stem if not source.startswith("<") else "input"
+    safe = "".join(char if char.isalnum() or char in "-_." else "_" for char in stem)[:80]
+    return f"{index:05d}_{safe or 'input'}.png"
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    data = png_bytes(np.asarray(image))
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+def png_bytes(rgb: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 array as an 8-bit RGB PNG, fast.
+
+    Every row uses PNG's `Up` filter (the difference from the row above, one numpy subtraction)
+    and zlib level 1: for a smooth overlay that is as small as Pillow's adaptive filtering at
+    level 1 and about twice as fast, and zlib runs without the GIL, beside the model.
+    """
+    height, width, _ = rgb.shape
+    rows = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(height, width * 3)
+    raw = np.empty((height, width * 3 + 1), dtype=np.uint8)
+    raw[:, 0] = 2  # filter type Up
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # uint8 arithmetic wraps modulo 256
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _upsampling_matrix(source_size: int, size: int) -> np.ndarray:
+    """(size, source_size) bicubic interpolation weights (Keys, a = -0.5, as PIL's BICUBIC), pixel
+    centres aligned and edges clamped: upsampling a map is then one matrix product per axis."""
+    positions = (np.arange(size) + 0.5) * source_size / size - 0.5
+    base = np.floor(positions).astype(int)
+    weights = np.zeros((size, source_size), dtype=np.float64)
+    for step in (-1, 0, 1, 2):
+        distance = np.abs(positions - (base + step))
+        kernel = np.where(
+            distance <= 1,
+            1.5 * distance**3 - 2.5 * distance**2 + 1,
+            np.where(distance < 2, -0.5 * distance**3 + 2.5 * distance**2 - 4 * distance + 2, 0.0),
+        )
+        np.add.at(weights, (np.arange(size), np.clip(base + step, 0, source_size - 1)), kernel)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+HEAT_LEVELS = 256  # the map is shown in 8 bits, so colour and weight are looked up, not computed
+
+
+def _jet_tables(alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """(levels, 3) jet colours scaled by their blend weight, and (levels,) blend weights."""
+    heat = np.linspace(0.0, 1.0, HEAT_LEVELS, dtype=np.float32)
+    colour = np.stack(
+        [np.clip(1.5 - np.abs(4.0 * heat - offset), 0.0, 1.0) for offset in (3.0, 2.0, 1.0)],
+        axis=1,
+    )
+    weight = alpha * np.sqrt(heat)  # hotter regions cover more of the film
+    return (colour * weight[:, None] * 255.0).astype(np.float32), weight.astype(np.float32)
+
+
+def render_heatmaps(bases: np.ndarray, class_maps: np.ndarray, alpha: float = 0.55) -> np.ndarray:
+    """Overlays for a whole batch at once: (N, S, S) films in [0, 1] under (N, h, w) class maps
+    -> (N, S, S, 3) uint8.
+
+    Each map is clipped at zero (evidence for the class), scaled to its own maximum, upsampled by
+    two small matrix products, coloured with the jet colormap and blended more strongly where it
+    is higher, so cold regions still show the film. Colour and weight come from 256-entry tables.
+    """
+    size = bases.shape[-1]
+    positive = np.maximum(class_maps, 0.0).astype(np.float32)
+    peak = positive.reshape(len(positive), -1).max(axis=1)
+    positive /= np.where(peak > 0, peak, 1.0)[:, None, None]
+    rows = _upsampling_matrix(positive.shape[1], size)
+    columns = _upsampling_matrix(positive.shape[2], size)
+    heat = np.einsum("ij,njk,lk->nil", rows, positive, columns, optimize=True)
+    levels = np.clip(heat * (HEAT_LEVELS - 1) + 0.5, 0, HEAT_LEVELS - 1).astype(np.uint8)
+    coloured, weight = _jet_tables(alpha)
+    film = bases.astype(np.float32) * (255.0 * (1.0 - weight[levels]))
+    film += 0.5  # rounds on the cast below
+    rgb = np.empty(levels.shape + (3,), dtype=np.uint8)
+    channel = np.empty_like(film)
+    for index in range(3):  # one-dimensional lookups per channel are far cheaper than (256, 3)
+        np.add(film, coloured[:, index][levels], out=channel)
+        rgb[..., index] = channel
+    return rgb
+
+
+def render_heatmap(
+    image: np.ndarray, class_map: np.ndarray, size: int = HEATMAP_SIZE
+) -> Image.Image:
+    """One overlay as a PIL image: the film squared (as the model saw it) under its class map."""
+    base = resize_square(image, size)
+    return Image.fromarray(render_heatmaps(base[None], class_map[None])[0])

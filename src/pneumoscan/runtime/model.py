@@ -1,0 +1,142 @@
+"""The exported model on ONNX Runtime: the session, the pneumoscan metadata stored in the file
+(classes, preprocessing, temperature, threshold, gate threshold, conformal scores), checked on
+load, and `load_runtime_model` for a shipped name or a path. Never imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan.core.conformal import ConformalCalibration
+from pneumoscan.core.decision import (
+    METADATA_KEY,
+    ONNX_METADATA_FORMAT,
+    REQUIRED_METADATA_KEYS,
+    calibrated_probabilities,
+    decide,
+)
+from pneumoscan.core.errors import ModelFileError
+from pneumoscan.core.preprocess import PreprocessSpec, prepare
+from pneumoscan.core.shipped import resolve_model
+
+
+class OnnxModel:
+    """An ONNX Runtime session plus the pneumoscan metadata stored in the file."""
+
+    def __init__(self, path: Path | str, threads: int | None = None, gate: bool = True) -> None:
+        import onnxruntime as ort
+
+        path = Path(path)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.inter_op_num_threads = 1
+        # Decoding runs beside inference on the same cores: idle ONNX threads must not spin.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            self.session = ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as error:  # onnxruntime raises its own untyped errors for bad files
+            raise ModelFileError(
+                f"{path}: not a readable ONNX model ({type(error).__name__})."
+            ) from None
+        raw = self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        if raw is None:
+            raise ModelFileError(
+                f"{path}: ONNX file has no pneumoscan metadata; export it with `pneumoscan export`."
+            )
+        self.metadata = json.loads(raw)
+        version = self.metadata.get("format", ONNX_METADATA_FORMAT)
+        missing = [key for key in REQUIRED_METADATA_KEYS if key not in self.metadata]
+        if version != ONNX_METADATA_FORMAT or missing:
+            raise ModelFileError(
+                f"{path}: metadata format {version!r} (missing {', '.join(missing) or 'nothing'}); "
+                f"this pneumoscan reads {ONNX_METADATA_FORMAT}. Re-export it with `pneumoscan export`."
+            )
+        self.path = path
+        self.class_names: tuple[str, ...] = tuple(self.metadata["class_names"])
+        self.threshold: float | None = self.metadata.get("threshold")
+        self.temperature: float = float(self.metadata.get("temperature", 1.0))
+        self.class_bias: list[float] | None = self.metadata.get("class_bias")
+        self.spec = PreprocessSpec.from_dict(self.metadata["preprocess"])
+        self.has_cam = bool(self.metadata.get("has_cam"))
+        self.ood_threshold: float | None = self.metadata.get("ood_threshold") if gate else None
+        self.output_names = [output.name for output in self.session.get_outputs()]
+        self.name: str = str(self.metadata.get("name", path.stem))
+        self.version: str = str(self.metadata.get("model_version", self.name))
+        try:
+            self.conformal = ConformalCalibration.from_dict(self.metadata.get("conformal"))
+        except (ValueError, KeyError, TypeError) as error:
+            raise ModelFileError(f"{path}: unreadable conformal calibration ({error}).") from None
+
+    def check_coverage(self, coverage: float | None) -> None:
+        """Raise a clear error when prediction sets at `coverage` cannot be given."""
+        if coverage is None:
+            return
+        if not 0.0 < coverage < 1.0:
+            raise ModelFileError(
+                f"set coverage {coverage}: give a level between 0 and 1, e.g. 0.9."
+            )
+        if self.conformal is None:
+            raise ModelFileError(
+                f"{self.path}: this model carries no conformal calibration, so it cannot give "
+                "prediction sets; calibrate it with `pneumoscan calibrate` (or ship it again)."
+            )
+
+    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """All outputs by name (raw `logits` among them), plus `probabilities`: temperature-calibrated."""
+        outputs = dict(
+            zip(
+                self.output_names,
+                self.session.run(None, {"image": batch.astype(np.float32, copy=False)}),
+            )
+        )
+        outputs["probabilities"] = calibrated_probabilities(
+            outputs["logits"], self.temperature, self.class_bias
+        )
+        return outputs
+
+    def probabilities(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities (N, classes) and, when exported, class maps (N, classes, h, w)."""
+        outputs = self.run(batch)
+        return outputs["probabilities"], outputs.get("cam")
+
+    def run_images(self, images: list[np.ndarray], batch_size: int = 64) -> dict[str, np.ndarray]:
+        """`run` over decoded [0, 1] images, prepared with the model's own spec, in batches."""
+        batches = [
+            self.run(
+                np.stack(
+                    [prepare(image, self.spec) for image in images[start : start + batch_size]]
+                )
+            )
+            for start in range(0, len(images), batch_size)
+        ]
+        return {name: np.concatenate([batch[name] for batch in batches]) for name in batches[0]}
+
+    def ood_scores(self, images: list[np.ndarray], batch_size: int = 64) -> np.ndarray:
+        """Gate scores of decoded [0, 1] images."""
+        return self.run_images(images, batch_size)["ood_score"]
+
+    def is_out_of_distribution(self, score: float) -> bool:
+        return self.ood_threshold is not None and score > self.ood_threshold
+
+    def label_index(self, probabilities: np.ndarray) -> int:
+        return decide(probabilities, self.threshold, self.class_names)
+
+
+def load_runtime_model(
+    reference: str | Path = "binary", threads: int | None = None, gate: bool = True
+) -> OnnxModel:
+    """A shipped model name (`binary`, `three-class`) or a path to an exported .onnx file."""
+    path = resolve_model(reference, suffix=".onnx")
+    if path.suffix != ".onnx":
+        raise ModelFileError(
+            f"{path}: prediction runs on ONNX; convert it first with "
+            f"`pneumoscan export --model {path} --out model.onnx`."
+        )
+    return OnnxModel(path, threads=threads, gate=gate)

@@ -1,0 +1,331 @@
+"""`pneumoscan calibrate SITE --model M --out DIR`: recalibrate a model for a site's films.
+
+`calibrate` keeps the network and refits what depends on the site: the temperature, the binary
+threshold (a target sensitivity, Youden, or the expected-cost rule), the conformal scores and,
+with --refit-gate, the gate's threshold. It fits them on a patient-grouped part of the films and
+reports before and after on the rest, with patient-bootstrap intervals, and measures how the
+figures depend on the number of calibration films. The result is a new model file pair whose
+card says what was calibrated on how many films. SITE is read as `validate` reads it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan.core.conformal import REPORTED_LEVELS, ConformalCalibration, coverage_report
+from pneumoscan.core.decision import calibrated_probabilities
+from pneumoscan.core.errors import DatasetError, ModelFileError
+from pneumoscan.core.fileio import atomic_write_json, atomic_write_text
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.core.shipped import resolve_model
+from pneumoscan.evaluation import calibration as cal
+from pneumoscan.site.report import (
+    plot_learning_curve,
+    render_calibration_report,
+    render_site_card,
+    site_sections,
+)
+from pneumoscan.site.validate import (
+    Operating,
+    SiteScores,
+    load_scored,
+    site_metrics,
+)
+from pneumoscan.training.gate import QUANTILE
+
+logger = logging.getLogger(__name__)
+
+
+CURVE_SIZES = (25, 50, 100, 200, 400, 800)  # calibration films in the learning curve
+CURVE_REPEATS = 30
+
+
+# --- calibration --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """What `calibrate` was asked to fit."""
+
+    rule: str = "sensitivity"
+    target_sensitivity: float = 0.95
+    cost_fn: float = 1.0
+    holdout: float = 0.5
+    refit_gate: bool = False
+    bias: bool = True  # per-class biases besides the temperature (bias-corrected scaling)
+    set_method: str = "lac"  # conformal score: conformal.METHODS
+    seed: int = 0
+
+    def describe(self) -> str:
+        if self.rule == "sensitivity":
+            return f"the highest threshold reaching sensitivity {self.target_sensitivity:g}"
+        if self.rule == "cost":
+            return (
+                f"expected cost, a missed pneumonia costing {self.cost_fn:g} false alarms "
+                f"(threshold 1 / (1 + {self.cost_fn:g}))"
+            )
+        return f"rule `{self.rule}`"
+
+
+def fit_operating(
+    scores: SiteScores, before: Operating, request: Request, class_names: tuple[str, ...]
+) -> Operating:
+    """Temperature, threshold, conformal scores (and gate threshold) fitted on these films."""
+    binary = len(class_names) == 2
+    fitted = cal.fit(
+        scores.logits,
+        scores.targets,
+        request.rule if binary else None,
+        request.target_sensitivity,
+        request.cost_fn,
+        bias=request.bias,
+    )
+    probabilities = calibrated_probabilities(scores.logits, fitted.temperature, fitted.bias)
+    conformal = ConformalCalibration.fit(
+        probabilities,
+        scores.targets,
+        f"{len(scores.targets)} site calibration films",
+        request.set_method,
+    )
+    gate = before.gate_threshold
+    if request.refit_gate and scores.gate is not None and gate is not None:
+        # Only ever widened: the site's own chest films pass; what was refused as no chest
+        # film at all (photos, documents) stays far above either threshold.
+        # The share of the site's films it accepts is the share of training films the gate was
+        # fitted to accept.
+        gate = max(gate, float(np.quantile(scores.gate, QUANTILE)))
+    return Operating(fitted.temperature, fitted.bias, fitted.threshold, gate, conformal)
+
+
+def holdout_split(scores: SiteScores, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(calibration, held-out) film indices, grouped by patient and stratified by class; the
+    held-out share is the nearest 1/k to `fraction`."""
+    folds = max(2, round(1 / fraction))
+    held = cal.patient_folds(scores.targets, scores.patients, folds, seed)[0]
+    return np.setdiff1d(np.arange(len(scores.targets)), held), held
+
+
+def learning_curve(
+    fit_part: SiteScores,
+    held: SiteScores,
+    before: Operating,
+    request: Request,
+    class_names: tuple[str, ...],
+    coverage: float,
+) -> list[dict]:
+    """Held-out figures when calibrating on random patient subsets of n films, for growing n."""
+    rng = np.random.default_rng(request.seed)
+    patients = np.asarray(fit_part.patients)
+    unique = np.unique(patients)
+    rows = []
+    sizes = [n for n in CURVE_SIZES if n < len(fit_part.targets)] + [len(fit_part.targets)]
+    for size in sizes:
+        runs = []
+        for _ in range(CURVE_REPEATS if size < len(fit_part.targets) else 1):
+            chosen = _films_of_patients(patients, rng.permutation(unique), size)
+            part = fit_part.subset(chosen)
+            if len(np.unique(part.targets)) < len(class_names):
+                continue  # a class absent: nothing to calibrate on
+            operating = fit_operating(part, before, request, class_names)
+            runs.append(_curve_point(held, operating, class_names, coverage))
+        if runs:
+            rows.append(_summarise(size, runs))
+    return rows
+
+
+def _films_of_patients(patients: np.ndarray, order: np.ndarray, size: int) -> np.ndarray:
+    chosen, count = [], 0
+    for patient in order:
+        films = np.flatnonzero(patients == patient)
+        chosen.append(films)
+        count += len(films)
+        if count >= size:
+            break
+    return np.concatenate(chosen)
+
+
+def _curve_point(
+    held: SiteScores, operating: Operating, class_names: tuple[str, ...], coverage: float
+) -> dict:
+    from pneumoscan.evaluation.metrics import compute_metrics
+
+    probabilities = operating.probabilities(held.logits)
+    metrics = compute_metrics(
+        probabilities, held.targets, class_names, operating.threshold, bootstrap=0
+    )
+    point = {k: metrics[k] for k in ("accuracy", "macro_f1", "ece")}
+    if len(class_names) == 2:
+        point.update(sensitivity=metrics["sensitivity"], specificity=metrics["specificity"])
+    sets = coverage_report(
+        operating.conformal.sets(probabilities, coverage), held.targets, class_names
+    )
+    point.update(coverage=sets["coverage"], mean_set_size=sets["mean_size"])
+    return point
+
+
+def _summarise(size: int, runs: list[dict]) -> dict:
+    row = {"films": size, "repeats": len(runs)}
+    for key in runs[0]:
+        values = np.asarray([r[key] for r in runs])
+        row[key] = {
+            "mean": float(values.mean()),
+            "p10": float(np.quantile(values, 0.1)),
+            "p90": float(np.quantile(values, 0.9)),
+        }
+    return row
+
+
+def source_files(model_ref: str | Path) -> tuple[Path, Path]:
+    """The (model file, ONNX file) pair of a shipped name, a .pt or a .onnx path."""
+    reference = str(model_ref)
+    if Path(reference).suffix.lower() == ".onnx":
+        onnx_path = resolve_model(reference, suffix=".onnx")
+        pt_path = onnx_path.with_suffix(".pt")
+    else:
+        pt_path = resolve_model(reference, suffix=".pt")
+        onnx_path = pt_path.with_suffix(".onnx")
+    for path, what in ((pt_path, "model file (.pt)"), (onnx_path, "ONNX file")):
+        if not path.is_file():
+            raise ModelFileError(
+                f"{path}: the {what} is missing; calibrate needs both files of a model side by "
+                "side (export the ONNX file with `pneumoscan export`)."
+            )
+    return pt_path, onnx_path
+
+
+def calibrate(
+    data: Path,
+    model_ref: str | Path,
+    out: Path,
+    request: Request = Request(),
+    coverage: float = 0.9,
+    name: str | None = None,
+    bootstrap: int = 1000,
+) -> dict:
+    """Fit the site's calibration on part of its films, report before/after on the rest, write
+    the recalibrated model (out/model.pt, out/model.onnx), its card and the report."""
+    from pneumoscan.training.evaluate import write_report
+    from pneumoscan.training.export import relabel_onnx
+    from pneumoscan.training.model_file import load_model_file, relabel_model_file
+
+    if request.rule not in cal.THRESHOLD_RULES:
+        raise DatasetError(f"rule {request.rule!r}: choose one of {', '.join(cal.THRESHOLD_RULES)}")
+    if not 0.0 <= request.holdout < 1.0:
+        raise DatasetError(f"--holdout {request.holdout}: give a fraction in [0, 1), e.g. 0.5")
+    pt_path, onnx_path = source_files(model_ref)
+    out = Path(out)
+    if (out / "model.pt").exists() and out.resolve() == pt_path.parent.resolve():
+        raise DatasetError(f"{out}: holds the model being calibrated; choose another --out folder.")
+    model, scores = load_scored(data, onnx_path)
+    class_names = model.class_names
+    before = Operating.of(model)
+    if len(np.unique(scores.targets)) < len(class_names):
+        raise DatasetError(
+            f"{data}: films of {len(np.unique(scores.targets))} class(es); calibration needs every "
+            f"class of the model ({', '.join(class_names)})."
+        )
+    report: dict = {
+        "model": str(onnx_path),
+        "model_name": model.name,
+        "model_version": model.version,
+        "data": str(data),
+        "films": len(scores.targets),
+        "patients": len(set(scores.patients)),
+        "skipped_files": scores.failed,
+        "request": dataclasses.asdict(request),
+        "coverage_level": coverage,
+        "notice": NOT_DIAGNOSTIC_NOTICE,
+    }
+    sections: list[str] = []
+    if request.holdout > 0:
+        fit_index, held_index = holdout_split(scores, request.holdout, request.seed)
+        fit_part, held = scores.subset(fit_index), scores.subset(held_index)
+        after = fit_operating(fit_part, before, request, class_names)
+        for label, operating in (("before", before), ("after", after)):
+            metrics, probabilities = site_metrics(
+                held, operating, class_names, bootstrap, (*REPORTED_LEVELS, coverage)
+            )
+            metrics.update(
+                split=f"held-out site films ({label} calibration)",
+                in_training_pool=False,
+                caveat=None,
+                model=str(onnx_path),
+                model_name=model.name,
+                skipped_files=[],
+            )
+            write_report(
+                out / label,
+                metrics,
+                held.samples,
+                held.targets,
+                probabilities,
+                class_names,
+                operating.threshold,
+                str(data),
+                sections=site_sections(metrics),
+                title=f"{model.name} on held-out site films, {label} calibration",
+            )
+            report[label] = _without_files(metrics)
+        curve = learning_curve(fit_part, held, before, request, class_names, coverage)
+        report["learning_curve"] = curve
+        plot_learning_curve(
+            out / "learning_curve.png", curve, report["before"], len(class_names) == 2, coverage
+        )
+        report["split"] = {
+            "calibration_films": len(fit_index),
+            "held_out_films": len(held_index),
+            "calibration_patients": len(set(fit_part.patients)),
+            "held_out_patients": len(set(held.patients)),
+        }
+    # The shipped calibration is refitted on every film, the way ship fits on all validation films.
+    final = fit_operating(scores, before, request, class_names)
+    _, info = load_model_file(pt_path)
+    name = name or f"{model.name}-site"
+    version = f"{name}-{datetime.now(timezone.utc):%Y%m%d%H%M}"
+    info.name = name
+    info.temperature, info.threshold = final.temperature, final.threshold
+    info.class_bias = final.bias
+    info.conformal = final.conformal.to_dict()
+    if info.ood is not None and final.gate_threshold is not None:
+        info.ood = dataclasses.replace(info.ood, threshold=final.gate_threshold)
+    calibration_record = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "source_model": str(onnx_path),
+        "source_version": model.version,
+        "data": str(data),
+        "films": len(scores.targets),
+        "patients": len(set(scores.patients)),
+        "class_counts": {n: int((scores.targets == i).sum()) for i, n in enumerate(class_names)},
+        "rule": request.describe() if len(class_names) == 2 else None,
+        "temperature": {"before": before.temperature, "after": final.temperature},
+        "class_bias": {"before": before.bias, "after": final.bias},
+        "threshold": {"before": before.threshold, "after": final.threshold},
+        "gate_threshold": {"before": before.gate_threshold, "after": final.gate_threshold},
+        "held_out": {
+            "level": coverage,
+            **{k: report[k] for k in ("split", "before", "after") if k in report},
+        },
+    }
+    info.record = {**(info.record or {}), "site_calibration": calibration_record}
+    out.mkdir(parents=True, exist_ok=True)
+    relabel_model_file(pt_path, out / "model.pt", info)
+    relabel_onnx(onnx_path, out / "model.onnx", info, version)
+    report["written"] = {"model": str(out / "model.pt"), "onnx": str(out / "model.onnx")}
+    report["version"] = version
+    atomic_write_json(out / "calibration.json", report)
+    atomic_write_text(out / "card.md", render_site_card(name, version, info, calibration_record))
+    atomic_write_text(out / "report.md", render_calibration_report(report, sections, CURVE_REPEATS))
+    return report
+
+
+def _without_files(metrics: dict) -> dict:
+    trimmed = {k: v for k, v in metrics.items() if k not in ("confusion_matrix", "skipped_files")}
+    if "gate" in trimmed:
+        trimmed["gate"] = {k: v for k, v in trimmed["gate"].items() if k != "refused_files"}
+    return trimmed

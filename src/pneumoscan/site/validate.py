@@ -1,0 +1,227 @@
+"""`pneumoscan validate SITE --model M --out DIR`: a model as it is, on a site's labelled films.
+
+SITE is a folder with NORMAL/ and PNEUMONIA/ subfolders (images anywhere below each; BACTERIA/ and
+VIRUS/ subfolders, or Kermany file names, give the three-class labels), or a CSV file with the
+columns path,label[,patient] (label: normal, pneumonia, bacteria or virus; paths relative to the
+CSV's folder). A film's patient is the CSV's patient, else the patient in a Kermany file name,
+else the file itself: films of one child must never sit on both sides of a split, so give the
+patient column when a child has several films.
+
+`validate` scores the films with the model as it is and writes the evaluation report (the one
+`evaluate` writes), plus the gate's refusal rate and, for a model that carries them, the coverage
+of its conformal prediction sets. Torch-free: it runs on the exported model.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan.core.conformal import REPORTED_LEVELS, ConformalCalibration, coverage_report
+from pneumoscan.core.dataset import Sample, load_site
+from pneumoscan.core.decision import calibrated_probabilities
+from pneumoscan.core.errors import DatasetError, InputError
+from pneumoscan.core.images import decode_input
+from pneumoscan.core.labels import CLASS_NAMES, Task
+from pneumoscan.core.preprocess import prepare
+from pneumoscan.runtime.model import OnnxModel, load_runtime_model
+from pneumoscan.site.report import site_sections
+
+logger = logging.getLogger(__name__)
+
+
+# --- the site's films ---------------------------------------------------------------------
+
+
+def site_targets(samples: list[Sample], class_names: tuple[str, ...]) -> np.ndarray:
+    """Each film's class index for a model with these classes; a three-class model needs a
+    bacteria/virus label on every pneumonia film."""
+    if tuple(class_names) == CLASS_NAMES[Task.BINARY]:
+        return np.asarray([int(s.label == "PNEUMONIA") for s in samples], dtype=np.int64)
+    missing = [s for s in samples if s.subtype is None]
+    if missing:
+        shown = ", ".join(str(s.path) for s in missing[:3])
+        raise DatasetError(
+            f"{len(missing)} pneumonia film(s) have no bacteria/virus label (e.g. {shown}); a "
+            "three-class model needs one for every film: put them in BACTERIA/ and VIRUS/ "
+            "folders, or give a CSV with label bacteria or virus, or use the binary model."
+        )
+    return np.asarray([class_names.index(s.subtype) for s in samples], dtype=np.int64)
+
+
+@dataclass
+class SiteScores:
+    """The model's raw outputs on the films it could read."""
+
+    samples: list[Sample]
+    targets: np.ndarray
+    logits: np.ndarray  # before the model's temperature
+    gate: np.ndarray | None  # gate scores, None for a model without a gate
+    failed: list[str]  # one line per film that could not be read
+
+    @property
+    def patients(self) -> list[str]:
+        return [s.patient for s in self.samples]
+
+    def subset(self, index: np.ndarray) -> SiteScores:
+        return SiteScores(
+            [self.samples[i] for i in index],
+            self.targets[index],
+            self.logits[index],
+            None if self.gate is None else self.gate[index],
+            [],
+        )
+
+
+def score_site(
+    model: OnnxModel, samples: list[Sample], targets: np.ndarray, batch_size: int = 32
+) -> SiteScores:
+    """Run the model on every film; a film that cannot be read is listed, never fatal."""
+
+    def load(sample: Sample):
+        try:
+            return prepare(decode_input(sample.path, str(sample.path)), model.spec), None
+        except InputError as error:
+            return None, str(error)
+        except OSError as error:
+            return None, f"{sample.path}: cannot be read ({error.strerror or error})."
+
+    kept, logits, gate, failed = [], [], [], []
+    with ThreadPoolExecutor() as pool:
+        for start in range(0, len(samples), batch_size):
+            chunk = list(range(start, min(start + batch_size, len(samples))))
+            loaded = list(pool.map(load, [samples[i] for i in chunk]))
+            ready = [(i, tensor) for i, (tensor, _) in zip(chunk, loaded) if tensor is not None]
+            failed += [error for _, error in loaded if error is not None]
+            if not ready:
+                continue
+            outputs = model.run(np.stack([tensor for _, tensor in ready]))
+            kept += [i for i, _ in ready]
+            logits.append(outputs["logits"])
+            if "ood_score" in outputs:
+                gate.append(outputs["ood_score"])
+    if failed:
+        logger.warning(
+            "%d of %d films could not be read and are left out", len(failed), len(samples)
+        )
+    if not kept:
+        raise DatasetError(f"none of the {len(samples)} films could be read: {failed[0]}")
+    index = np.asarray(kept)
+    return SiteScores(
+        [samples[i] for i in index],
+        targets[index],
+        np.concatenate(logits).astype(np.float64),
+        np.concatenate(gate) if gate else None,
+        failed,
+    )
+
+
+def load_scored(data: Path, model_ref: str | Path) -> tuple[OnnxModel, SiteScores]:
+    model = load_runtime_model(model_ref, gate=True)
+    samples = load_site(data)
+    targets = site_targets(samples, model.class_names)
+    logger.info("scoring %d films of %s with %s", len(samples), data, model.name)
+    return model, score_site(model, samples, targets)
+
+
+# --- reports ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Operating:
+    """What turns a network's logits into decisions: calibration, threshold, gate, sets."""
+
+    temperature: float
+    bias: tuple[float, ...] | None
+    threshold: float | None
+    gate_threshold: float | None
+    conformal: ConformalCalibration | None
+
+    @classmethod
+    def of(cls, model: OnnxModel) -> Operating:
+        bias = tuple(model.class_bias) if model.class_bias is not None else None
+        return cls(model.temperature, bias, model.threshold, model.ood_threshold, model.conformal)
+
+    def probabilities(self, logits: np.ndarray) -> np.ndarray:
+        return calibrated_probabilities(logits, self.temperature, self.bias)
+
+
+def site_metrics(
+    scores: SiteScores,
+    operating: Operating,
+    class_names: tuple[str, ...],
+    bootstrap: int = 1000,
+    levels: tuple[float, ...] = REPORTED_LEVELS,
+) -> tuple[dict, np.ndarray]:
+    """The evaluate metrics, the gate's refusals and the conformal coverage on these films."""
+    from pneumoscan.evaluation.metrics import compute_metrics
+
+    probabilities = operating.probabilities(scores.logits)
+    metrics = compute_metrics(
+        probabilities,
+        scores.targets,
+        class_names,
+        operating.threshold,
+        groups=scores.patients,
+        bootstrap=bootstrap,
+    )
+    metrics["temperature"] = operating.temperature
+    metrics["class_bias"] = list(operating.bias) if operating.bias is not None else None
+    if scores.gate is not None and operating.gate_threshold is not None:
+        refused = scores.gate > operating.gate_threshold
+        metrics["gate"] = {
+            "threshold": operating.gate_threshold,
+            "refused": int(refused.sum()),
+            "refusal_rate": float(refused.mean()),
+            "refused_files": [str(s.path) for s, r in zip(scores.samples, refused) if r],
+        }
+    if operating.conformal is not None:
+        metrics["conformal"] = {
+            "method": operating.conformal.method,
+            "films": operating.conformal.films,
+            "source": operating.conformal.source,
+            "levels": [
+                {
+                    "level": level,
+                    **coverage_report(
+                        operating.conformal.sets(probabilities, level), scores.targets, class_names
+                    ),
+                }
+                for level in sorted(set(levels))
+            ],
+        }
+    return metrics, probabilities
+
+
+def validate(data: Path, model_ref: str | Path, out: Path, bootstrap: int = 1000) -> dict:
+    """Score the site's films with the model as it is; write the evaluation report."""
+    from pneumoscan.training.evaluate import write_report
+
+    model, scores = load_scored(data, model_ref)
+    metrics, probabilities = site_metrics(scores, Operating.of(model), model.class_names, bootstrap)
+    metrics.update(
+        split="site",
+        in_training_pool=False,
+        caveat=None,
+        model=str(model.path),
+        model_name=model.name,
+        model_version=model.version,
+        skipped_files=scores.failed,
+    )
+    write_report(
+        out,
+        metrics,
+        scores.samples,
+        scores.targets,
+        probabilities,
+        model.class_names,
+        model.threshold,
+        str(data),
+        sections=site_sections(metrics),
+        title=f"Site validation: {model.name} ({model.version}) on {data}",
+    )
+    return metrics

@@ -1,0 +1,568 @@
+"""`ship_model`: turn a finished training run into the files the repository ships.
+
+    pneumoscan ship --run runs/robust-f0 --name three-class --fold-run runs/robust-f1 --stress-data DATA
+    pneumoscan ship --run runs/robust-f0 --name binary --derive binary --fold-run runs/robust-f1 ...
+
+writes models/<name>.pt (fp16 weights), models/<name>.onnx (with class-map and gate outputs),
+models/<name>.md (the model card) and docs/stress/<name>/ (the shift stress benchmark).
+
+Selection, calibration and reporting stay apart. Training selected nothing on validation when
+its recipe says `train.select: last`; here the temperature and threshold are cross-fitted over
+patient folds of the validation films (each film scored by a calibration fitted on other
+patients) for the reported figures, then fitted once on all validation films for the shipped
+file. Every line of the card comes from what the run and this command recorded.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from pneumoscan.core import dataset as ds
+from pneumoscan.core.conformal import REPORTED_LEVELS, ConformalCalibration
+from pneumoscan.core.decision import calibrated_probabilities
+from pneumoscan.core.errors import ConfigError, ModelFileError
+from pneumoscan.core.fileio import atomic_write, atomic_write_text
+from pneumoscan.core.images import read_image
+from pneumoscan.core.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
+from pneumoscan.core.preprocess import prepare
+from pneumoscan.evaluation import calibration as cal
+from pneumoscan.training.export import export_onnx, parity
+from pneumoscan.training.fit import default_cache_dir
+from pneumoscan.training.gate import fit_gate, pooled_features
+from pneumoscan.training.loaders import ImageTensorDataset, decode_images
+from pneumoscan.training.model_file import ModelInfo, load_model_file, save_model_file
+from pneumoscan.training.networks import GroupedClassifier, get_architecture, predict_logits
+
+logger = logging.getLogger(__name__)
+
+CROSSFIT_FOLDS = 5
+GATE_VARIANTS = 1  # augmented copies of each training film the gate is fitted on, besides the film
+
+
+def split_samples(run_dir: Path, subset: str = "val") -> tuple[list[ds.Sample], np.ndarray]:
+    """The run's own validation (or training) images, from its split.csv."""
+    samples, targets = [], []
+    with (Path(run_dir) / "split.csv").open() as handle:
+        for row in csv.DictReader(handle):
+            if row["subset"] != subset:
+                continue
+            path = Path(row["path"])
+            samples.append(ds.Sample(path, "train", path.parent.name, None, row["patient"], True))
+            targets.append(int(row["target"]))
+    return samples, np.asarray(targets, dtype=np.int64)
+
+
+def run_timing(run_dir: Path) -> dict:
+    timing = Path(run_dir) / "timing.json"
+    return json.loads(timing.read_text()) if timing.is_file() else {}
+
+
+@dataclass
+class RunScores:
+    """A run's network on its own validation films: raw logits, targets, patients."""
+
+    run_dir: Path
+    model: torch.nn.Module
+    info: ModelInfo
+    logits: np.ndarray
+    targets: np.ndarray
+    patients: list[str]
+
+
+def score_run(run_dir: Path) -> RunScores:
+    run_dir = Path(run_dir)
+    source = run_dir / "model.pt"
+    if not source.is_file():
+        raise ModelFileError(
+            f"{source}: the run has not finished (no model.pt); train or --resume it first."
+        )
+    model, info = load_model_file(source)
+    samples, targets = split_samples(run_dir, "val")
+    decoded = decode_images(samples, info.preprocess.size, cache_dir=default_cache_dir())
+    images = ImageTensorDataset(decoded.pixels, targets[decoded.kept], info.preprocess)
+    logits = predict_logits(
+        model.to(memory_format=torch.channels_last), DataLoader(images, batch_size=64)
+    ).numpy()
+    patients = [samples[i].patient for i in decoded.kept]
+    return RunScores(run_dir, model, info, logits, targets[decoded.kept], patients)
+
+
+def out_of_sample(scores: RunScores, derive: str | None, rule: str) -> dict:
+    """Cross-fitted figures: calibration fitted on other validation patients than it is scored on."""
+    groups = cal.BINARY_GROUPS if derive == "binary" else None
+    class_names = CLASS_NAMES[Task.BINARY] if groups else scores.info.class_names
+    scored = cal.coarse_targets(scores.targets, groups) if groups else scores.targets
+    result = cal.crossfit(
+        scores.logits,
+        scores.targets,
+        scores.patients,
+        rule if len(class_names) == 2 else None,
+        folds=cal.crossfit_folds(scored, scores.patients, CROSSFIT_FOLDS),
+        class_names=class_names,
+        groups=groups,
+    )
+    metrics = cal.crossfit_metrics(result, scores.patients, class_names)
+    # Sets from the out-of-sample probabilities, each patient fold's from the others' scores.
+    metrics["conformal"] = [
+        cal.conformal_crossval(
+            result.probabilities, result.targets, scores.patients, level, class_names
+        )
+        for level in REPORTED_LEVELS
+    ]
+    return metrics
+
+
+def shipped_network(
+    scores: RunScores, derive: str | None, rule: str
+) -> tuple[torch.nn.Module, ModelInfo]:
+    """The network and its info, calibrated on all validation films of the run."""
+    model, info = scores.model, scores.info
+    if derive is None:
+        calibration = cal.fit(
+            scores.logits, scores.targets, rule if len(info.class_names) == 2 else None
+        )
+        info.temperature, info.threshold = calibration.temperature, calibration.threshold
+        probabilities = calibrated_probabilities(scores.logits, calibration.temperature)
+        info.conformal = _conformal(probabilities, scores.targets, scores.run_dir)
+        return model, info
+    if derive != "binary" or info.task != Task.THREE_CLASS.value:
+        raise ConfigError(
+            f"--derive {derive}: only a binary model can be read from a three-class run "
+            f"(this run is {info.task})."
+        )
+    source_temperature, calibration = cal.fit_grouped(
+        scores.logits, scores.targets, cal.BINARY_GROUPS, rule
+    )
+    derived = GroupedClassifier(model, source_temperature, cal.BINARY_GROUPS)
+    grouped = cal.grouped_log_probabilities(
+        calibrated_probabilities(scores.logits, source_temperature), cal.BINARY_GROUPS
+    )
+    conformal = _conformal(
+        calibrated_probabilities(grouped, calibration.temperature),
+        cal.coarse_targets(scores.targets, cal.BINARY_GROUPS),
+        scores.run_dir,
+    )
+    derived_info = ModelInfo(
+        arch=info.arch,
+        head=info.head,
+        dropout=info.dropout,
+        task=Task.BINARY.value,
+        class_names=CLASS_NAMES[Task.BINARY],
+        preprocess=info.preprocess,
+        threshold=calibration.threshold,
+        temperature=calibration.temperature,
+        config=info.config,
+        versions=info.versions,
+        name=info.name,
+        ood=info.ood,
+        derived_from={
+            "class_names": list(info.class_names),
+            "temperature": source_temperature,
+            "groups": [list(members) for members in cal.BINARY_GROUPS],
+        },
+        conformal=conformal,
+    )
+    return derived, derived_info
+
+
+def _conformal(probabilities: np.ndarray, targets: np.ndarray, run_dir: Path) -> dict:
+    """The shipped conformal scores: every validation film, under the shipped calibration."""
+    source = f"{len(targets)} validation films of {run_dir}"
+    return ConformalCalibration.fit(probabilities, targets, source).to_dict()
+
+
+def refit_gate(run_dir: Path, model, info: ModelInfo, cache: Path) -> None:
+    """Fit the gate on the run's training films as training presented them: each film as stored
+    and `GATE_VARIANTS` copies through the run's augmentation (blur, noise, gamma, geometry...).
+    A softer, noisier or re-framed chest film is still a chest film; photos and documents stay far
+    away. Cached in the run folder, so shipping both models from one run fits it once."""
+    if cache.is_file():
+        info.ood = _gate_from_file(cache)
+        return
+    samples, targets = split_samples(run_dir, "train")
+    decoded = decode_images(samples, info.preprocess.size, cache_dir=default_cache_dir())
+    train = (info.config or {}).get("train", {})
+    policy = train.get("augment_policy", "basic") if train.get("augment", True) else False
+    torch.manual_seed(0)
+    sets = [ImageTensorDataset(decoded.pixels, targets[decoded.kept], info.preprocess)]
+    sets += [
+        ImageTensorDataset(decoded.pixels, targets[decoded.kept], info.preprocess, augment=policy)
+        for _ in range(GATE_VARIANTS if policy else 0)
+    ]
+    source = model.source if isinstance(model, GroupedClassifier) else model
+    features = np.concatenate(
+        [pooled_features(source, DataLoader(images, batch_size=64)) for images in sets]
+    )
+    info.ood = fit_gate(features)
+    atomic_write(cache, lambda tmp: torch.save(info.ood.to_tensors(), tmp))
+
+
+def _gate_from_file(path: Path):
+    from pneumoscan.training.gate import OodGate
+
+    return OodGate.from_tensors(torch.load(path, weights_only=True))
+
+
+def ship_model(
+    run_dir: Path,
+    name: str,
+    models_dir: Path,
+    fold_runs: list[Path] = (),
+    derive: str | None = None,
+    rule: str = "balanced",
+    stress_data: Path | None = None,
+    stress_dir: Path = Path("docs/stress"),
+) -> Path:
+    """Calibrate, refit the gate, write the fp16 model file, the ONNX file and the card."""
+    if rule not in cal.THRESHOLD_RULES:
+        raise ConfigError(f"--rule {rule!r}: choose one of {', '.join(cal.THRESHOLD_RULES)}")
+    run_dir, models_dir = Path(run_dir), Path(models_dir)
+    scores = score_run(run_dir)
+    logger.info("cross-fitting calibration on %d validation films", len(scores.targets))
+    oos = out_of_sample(scores, derive, rule)
+    folds = [{"run": str(run_dir), **_fold_row(oos)}]
+    for other in fold_runs:
+        other_scores = score_run(Path(other))
+        folds.append({"run": str(other), **_fold_row(out_of_sample(other_scores, derive, rule))})
+    model, info = shipped_network(scores, derive, rule)
+    info.val_metrics = oos  # the figures a user should expect: out-of-sample for calibration
+    refit_gate(run_dir, model, info, run_dir / "gate.pt")
+    info.name = name
+    binary = len(info.class_names) == 2
+    arch = get_architecture(info.arch)
+    timing = run_timing(run_dir)
+    config = info.config or {}
+    info.record = {
+        "run": str(run_dir),
+        "config": config,
+        "weights_source": arch.pretrained_source
+        if config.get("model", {}).get("pretrained", True)
+        else None,
+        "architecture": arch.description,
+        "training_hardware": timing.get("hardware"),
+        "training_minutes": round(timing["wall_seconds"] / 60, 1)
+        if "wall_seconds" in timing
+        else None,
+        "threshold_rule": rule if binary else None,
+        "calibration_films": int(len(scores.targets)),
+        "crossfit_folds": oos["calibration_folds"]["count"],
+        "out_of_sample": {k: v for k, v in oos.items() if k != "confusion_matrix"},
+        "fold_runs": folds,
+        "rule_comparison": (
+            {
+                other: _fold_row(out_of_sample(scores, derive, other))
+                for other in cal.THRESHOLD_RULES
+                if other not in ("sensitivity", "cost")
+            }
+            if binary
+            else None
+        ),
+        "shipped": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+    }
+    shipped_pt = models_dir / f"{name}.pt"
+    save_model_file(shipped_pt, model, info, half=True)
+    version = f"{name}-{datetime.now(timezone.utc):%Y%m%d}"
+    onnx_path = export_onnx(shipped_pt, models_dir / f"{name}.onnx", model_version=version)
+    samples, _ = split_samples(run_dir, "val")
+    check = np.stack([prepare(read_image(s.path), info.preprocess) for s in samples[:8]])
+    difference = parity(shipped_pt, onnx_path, check)
+    if difference > 1e-4:
+        raise ModelFileError(
+            f"{onnx_path}: ONNX differs from torch by {difference:.2e}; not shipping it."
+        )
+    info.record["onnx_parity"] = difference  # in the model file; the ONNX file was written before
+    save_model_file(shipped_pt, model, info, half=True)
+    stress = None
+    if stress_data is not None:
+        from pneumoscan.evaluation.stress import run_stress
+
+        stress = run_stress(onnx_path, stress_data, Path(stress_dir) / name)
+    return write_card(name, models_dir, stress, Path(stress_dir) / name)
+
+
+def _fold_row(metrics: dict) -> dict:
+    keys = ["n", "accuracy", "macro_f1", "roc_auc", "ece", "sensitivity", "specificity"]
+    row = {k: metrics[k] for k in keys if k in metrics}
+    row["recall"] = {name: value["recall"] for name, value in metrics["per_class"].items()}
+    row["conformal"] = [
+        {k: c[k] for k in ("level", "coverage", "mean_size")} for c in metrics.get("conformal", [])
+    ]
+    return row
+
+
+def write_card(
+    name: str, models_dir: Path, stress: dict | None = None, stress_dir: Path | None = None
+) -> Path:
+    """(Re)write models/<name>.md from what the shipped model file recorded."""
+    models_dir = Path(models_dir)
+    shipped_pt = models_dir / f"{name}.pt"
+    _, info = load_model_file(shipped_pt)
+    if info.record is None:
+        raise ModelFileError(
+            f"{shipped_pt}: no shipping record; ship it again with `pneumoscan ship`."
+        )
+    if stress is None and stress_dir is not None and (Path(stress_dir) / "stress.json").is_file():
+        stress = json.loads((Path(stress_dir) / "stress.json").read_text())
+    card = render_card(name, info, stress, stress_dir)
+    path = models_dir / f"{name}.md"
+    atomic_write_text(path, card)
+    return path
+
+
+def _ci(metrics: dict, key: str) -> str:
+    low, high = metrics[f"{key}_ci"]
+    return f"{metrics[key]:.4f} [{low:.4f}, {high:.4f}]"
+
+
+def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Path | None) -> str:
+    record, config = info.record, info.record["config"]
+    data, model_cfg, train = config["data"], config["model"], config["train"]
+    binary = info.task == Task.BINARY.value
+    oos = record["out_of_sample"]
+    task_word = (
+        "binary (normal / pneumonia)" if binary else "three-class (normal / bacterial / viral)"
+    )
+    derived = info.derived_from
+    size_text = (
+        f"{train['train_size']} px for {train['epochs']} epochs, then {info.preprocess.size} px "
+        f"for {train['finish_epochs']}"
+        if train.get("train_size")
+        else f"{info.preprocess.size} px for {train['epochs']} epochs"
+    )
+    weights = record["weights_source"] or "none (trained from scratch)"
+    minutes = record["training_minutes"]
+    lines = [
+        f"# Model card: `{name}`",
+        "",
+        f"> **{NOT_DIAGNOSTIC_NOTICE}**",
+        "",
+        f"- Task: {task_word} classification of pediatric chest radiographs.",
+        f"- Files: `models/{name}.pt` (pneumoscan model file, fp16 weights) and `models/{name}.onnx` "
+        f"(ONNX Runtime with class-map and gate outputs; largest probability difference from torch "
+        f"on 8 validation films: {record['onnx_parity']:.1e}). Shipped {record['shipped']}.",
+        f"- Network: {record['architecture']} ({info.arch}), pretrained weights: {weights}; "
+        f"head {info.head}, dropout {list(info.dropout)}; training strategy `{model_cfg['strategy']}`.",
+    ]
+    if derived:
+        names = derived["class_names"]
+        lines.append(
+            f"- Read from the three-class network of the same run: P({info.class_names[1]}) = "
+            + " + ".join(f"P({names[i]})" for i in derived["groups"][1])
+            + f", with the three-class temperature {derived['temperature']:.4f} applied first. "
+            "One backbone, trained on the finer labels, serves both tasks."
+        )
+    lines += [
+        f"- Input: the whole image resized to {info.preprocess.size}x{info.preprocess.size}, "
+        f"rounded to 8 bits, intensity `{info.preprocess.intensity}`"
+        + (" (histogram equalisation)" if info.preprocess.intensity == "equalize" else "")
+        + f", mean {info.preprocess.mean[0]} / std {info.preprocess.std[0]}, grey replicated to "
+        f"{info.preprocess.channels} channel(s).",
+        "",
+        "## Data and split",
+        "",
+        f"Kermany et al. 2018 (CC BY 4.0), train + official val folders of `{data['root']}`. "
+        f"Validation is fold {data['fold']} of {round(1 / data['val_fraction'])} stratified "
+        f"patient-grouped folds (seed {train['seed']}, split on the {data['task']} labels): no child "
+        "is on both sides. The official test split was never used.",
+        "",
+        "## Recipe",
+        "",
+        f"Run `{record['run']}`: {train['optimizer']} lr {train['lr']} ({train['scheduler']}), "
+        f"{size_text}, batch {train['batch_size']}, label smoothing {train['label_smoothing']}, "
+        f"class balance `{train['class_balance']}`, augmentation "
+        + (f"`{train.get('augment_policy', 'basic')}`" if train.get("augment", True) else "off")
+        + (f", EMA of weights (decay {train['ema_decay']})" if train.get("ema_decay") else "")
+        + f"; weights kept: `{train.get('select', 'best')}`"
+        + (
+            " (no checkpoint chosen on validation)"
+            if train.get("select") == "last"
+            else " (best validation epoch)"
+        )
+        + ".",
+        "",
+        f"Training hardware: {record['training_hardware'] or 'not recorded'}; wall time "
+        + (f"{minutes} min" if minutes is not None else "not recorded")
+        + " (other work may have shared the cores, so it is an upper bound).",
+        "",
+        "## Out-of-sample validation",
+        "",
+        f"n = {oos['n']} validation films. Calibration (temperature"
+        + (", threshold" if binary else "")
+        + f") is cross-fitted over {record['crossfit_folds']} patient-grouped folds of these films: "
+        "each film is scored with a calibration fitted on other children. 95% intervals from "
+        "1,000 patient-bootstrap resamples.",
+        "",
+        "| metric | value [95% CI] |",
+        "|---|---|",
+        f"| accuracy | {_ci(oos, 'accuracy')} |",
+        f"| macro-F1 | {_ci(oos, 'macro_f1')} |",
+        f"| ROC AUC | {_ci(oos, 'roc_auc')} |",
+    ]
+    if binary:
+        lines += [
+            f"| sensitivity | {oos['sensitivity']:.4f} |",
+            f"| specificity | {oos['specificity']:.4f} |",
+        ]
+    lines += [f"| ECE (15 bins) | {oos['ece']:.4f} |", ""]
+    lines += ["| class | precision | recall | F1 | n |", "|---|---|---|---|---|"]
+    lines += [
+        f"| {c} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |"
+        for c, r in oos["per_class"].items()
+    ]
+    folds = record["fold_runs"]
+    keys = ["accuracy", "macro_f1", "roc_auc", "ece"] + (
+        ["sensitivity", "specificity"] if binary else []
+    )
+    lines += [
+        "",
+        f"### Fold spread ({len(folds)} training run(s), each validated out-of-sample on its own fold)",
+        "",
+        "| run | n | " + " | ".join(keys) + " | recall per class |",
+        "|---|---|" + "---|" * len(keys) + "---|",
+    ]
+    for fold in folds:
+        recall = ", ".join(f"{k} {v:.3f}" for k, v in fold["recall"].items())
+        lines.append(
+            f"| `{fold['run']}` | {fold['n']} | "
+            + " | ".join(f"{fold[k]:.4f}" for k in keys)
+            + f" | {recall} |"
+        )
+    if len(folds) > 1:
+        lines.append(
+            "| mean ± sd | | "
+            + " | ".join(
+                f"{np.mean([f[k] for f in folds]):.4f} ± {np.std([f[k] for f in folds], ddof=1):.4f}"
+                for k in keys
+            )
+            + " | |"
+        )
+    lines += ["", "## Calibration and decision", ""]
+    lines.append(
+        f"- Temperature {info.temperature:.4f}, fitted on all {record['calibration_films']} "
+        "validation films by negative log-likelihood."
+    )
+    if binary:
+        lines.append(
+            f"- Decision threshold {info.threshold:.4f} on the calibrated P(pneumonia), rule "
+            f"`{record['threshold_rule']}`" + _rule_text(record["threshold_rule"])
+        )
+        comparison = record.get("rule_comparison") or {}
+        if comparison:
+            lines.append(
+                "- The other rules, cross-fitted the same way (accuracy / sensitivity / "
+                "specificity): "
+                + "; ".join(
+                    f"`{rule}` {row['accuracy']:.4f} / {row['sensitivity']:.4f} / "
+                    f"{row['specificity']:.4f}"
+                    for rule, row in comparison.items()
+                )
+                + "."
+            )
+    else:
+        lines.append("- Decision: the most probable class after calibration.")
+    if info.conformal:
+        lines.append(_conformal_text(info, oos))
+    gate = info.ood
+    lines.append(
+        f"- Out-of-distribution gate: a pooled-feature distance above {gate.threshold:.3f} (the "
+        "99.5th percentile over the training films, each as stored and once through the training "
+        "augmentation) is answered `not a chest X-ray`. Its refusals under the stress panel are "
+        "below; its rejection of non-radiographs is in docs/ood.md."
+    )
+    if stress:
+        lines += ["", "## Shift stress benchmark", ""]
+        lines.append(
+            f"`pneumoscan stress DATA --model models/{name}.onnx --out {stress_dir}`: "
+            f"{stress['films']} validation films of {stress['patients']} patients under "
+            f"{len(stress['perturbations'])} fixed perturbations (full table and plot in "
+            f"`{stress_dir}/stress.md`). Families marked `no` were kept out of training augmentation."
+        )
+        lines += [
+            "",
+            "| perturbation | in training aug. | accuracy | macro-F1 | "
+            + ("sensitivity | specificity | " if binary else "")
+            + "gate refused |",
+        ]
+        lines.append("|---|---|---|---|" + ("---|---|" if binary else "") + "---|")
+        for row in stress["perturbations"]:
+            cells = [
+                row["name"],
+                "yes" if row["trained"] else "no",
+                f"{row['accuracy']:.4f}",
+                f"{row['macro_f1']:.4f}",
+            ]
+            if binary:
+                cells += [f"{row['sensitivity']:.4f}", f"{row['specificity']:.4f}"]
+            cells.append(f"{100 * row['refusal_rate']:.1f}%")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += [
+            "",
+            "Worst case: "
+            + "; ".join(
+                f"{k} {v['value']:.4f} ({v['perturbation']})" for k, v in stress["worst"].items()
+            )
+            + ".",
+        ]
+    lines += [
+        "",
+        "## Intended use and limitations",
+        "",
+        "- Research and teaching on the Kermany pediatric chest X-ray benchmark.",
+        "- Trained on anterior-posterior films of children aged 1-5 from one hospital (Guangzhou Women and "
+        "Children's Medical Center). Adults, other views, other hospitals and other devices are out of scope; "
+        "check and recalibrate on local films before any use.",
+        "- Validation comes from the same hospital and period as training, so even out-of-sample validation "
+        "figures are optimistic for new sites; the stress benchmark is a proxy for acquisition shift, not a "
+        "substitute for local data.",
+        "- Labels are per image from the data set's graders; viral versus bacterial is the least reliable distinction.",
+        "- Heatmaps show where the network's evidence lies, not where disease is.",
+        "",
+        f"**{NOT_DIAGNOSTIC_NOTICE}**",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _conformal_text(info: ModelInfo, oos: dict) -> str:
+    rows = oos.get("conformal") or []
+    measured = "; ".join(
+        f"{row['level']:.0%}: coverage {row['coverage']:.4f}, mean size {row['mean_size']:.3f} "
+        f"(sets of 1 / 2"
+        + (" / 3" if len(row["size_counts"]) > 2 else "")
+        + " classes: "
+        + " / ".join(str(v) for v in row["size_counts"].values())
+        + ")"
+        for row in rows
+    )
+    return (
+        f"- Conformal prediction sets (`pneumoscan predict --sets 0.9`): split-conformal, "
+        f"`{info.conformal['method']}` score, from the {info.conformal['films']} validation films "
+        "under the shipped calibration. Cross-validated over patient folds of the out-of-sample "
+        f"probabilities (each fold's sets from the other folds' scores): {measured}. The "
+        "promise holds for films like the validation films; a new site recalibrates them with "
+        "`pneumoscan calibrate`."
+    )
+
+
+def _rule_text(rule: str) -> str:
+    return {
+        "balanced": ": pneumonia when the calibrated odds exceed the validation films' prior odds. "
+        "It is set by the class balance, not by the few films at the edge of a saturated ROC "
+        "curve, so it does not move between calibration folds, and it leaves normal films room: "
+        "acquisition shift mostly pushes normal films toward pneumonia (the first release lost "
+        "specificity on the test films; here, shutters and crops do it in the stress benchmark). "
+        "On clean validation it trades sensitivity for specificity; `pneumoscan stress "
+        "--thresholds` and docs/experiments.md compare it with the other rules under shift.",
+        "youden": ": the ROC point maximising sensitivity + specificity - 1 on validation.",
+        "sensitivity": ": the highest threshold reaching the target sensitivity on validation.",
+        "half": ": 0.5, the accuracy-optimal decision at the validation prevalence.",
+    }[rule]
