@@ -160,6 +160,7 @@ def wait_until(condition, what: str, timeout: float = 60.0):
 # --- hostile C-STOREs ---------------------------------------------------------------------
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
+CR = "1.2.840.10008.5.1.4.1.1.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"
 
 
@@ -216,6 +217,10 @@ def test_hostile_cstores_are_refused_and_the_node_keeps_serving(orthanc_factory,
         "4000000",
         "--max-mb",
         "8",
+        "--queue",
+        "1",
+        "--queue-wait",
+        "0",
         *NODE_FLAGS,
     ]
     statuses: dict[str, int] = {}
@@ -229,7 +234,7 @@ def test_hostile_cstores_are_refused_and_the_node_keeps_serving(orthanc_factory,
         # 2. Bytes that parse into nothing like a film.
         noise = np.random.default_rng(1).integers(0, 256, 4096, dtype=np.uint8).tobytes()
         statuses["garbage"] = raw_store(port, with_dataset_bytes(tmp_path / "g.dcm", DX, noise), DX)
-        # 3. A CT dataset sent in a DX context.
+        # 3. A CT dataset sent in a DX context (an SCU that would not take no at negotiation).
         ct = chest_film(jpeg_pixels(PNEUMONIA_JPEG))
         ct.SOPClassUID = CT
         statuses["wrong SOP class"] = raw_store(
@@ -256,18 +261,27 @@ def test_hostile_cstores_are_refused_and_the_node_keeps_serving(orthanc_factory,
         statuses["CT context"] = ct_context_result(port)
         # 9. A caller outside --allow-aet.
         statuses["unknown AE title"] = 0 if echo("127.0.0.1", port, calling="STRANGER") else -2
-        # ... and the node still answers C-ECHO and predicts a real film.
+        # 10. More films than the queue holds (--queue 1, --queue-wait 0): the node refuses what
+        #     it cannot hold yet with 0xA700, for the sender to retry, instead of growing.
+        burst = [chest_film(jpeg_pixels(PNEUMONIA_JPEG)) for _ in range(6)]
+        burst_statuses = send_films("127.0.0.1", port, burst)
+        # ... and the node still answers C-ECHO and predicts a real film, a CR one this time.
         assert echo("127.0.0.1", port)
-        film = pydicom.dcmread(films["pneumonia"])
-        assert send_films("127.0.0.1", port, [films["pneumonia"]]) == [0]
-        orthanc.wait_for(film.StudyInstanceUID, {"SR", "OT"}, timeout=60)
+        cr = chest_film(jpeg_pixels(PNEUMONIA_JPEG), sop_class=CR)
+        wait_until(lambda: send_films("127.0.0.1", port, [cr]) == [0], "room in the queue")
+        orthanc.wait_for(cr.StudyInstanceUID, {"SR", "OT"}, timeout=60)
+        for film, status in zip(burst, burst_statuses):
+            if status == 0:  # every film it took has its results in the archive
+                orthanc.wait_for(film.StudyInstanceUID, {"SR", "OT"}, timeout=60)
         assert node.stop() == 0
         output = node.output()
+    print("burst of 6 films on a 1-film queue:", [hex(status) for status in burst_statuses])
+    assert set(burst_statuses) == {0, 0xA700}, burst_statuses
     print("hostile C-STORE statuses:", {k: hex(v) if v >= 0 else v for k, v in statuses.items()})
     assert statuses == {
         "malformed": 0xC000,
         "garbage": 0xA900,
-        "wrong SOP class": 0xA900,
+        "wrong SOP class": 0x0122,
         "huge frame": 0xA700,
         "frame over the limit": 0xA700,
         "truncated pixels": 0xA900,

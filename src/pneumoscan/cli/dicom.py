@@ -65,6 +65,10 @@ def dicom_node(
     queue: Annotated[
         int, typer.Option(help="films waiting for prediction; past it, senders wait, then retry")
     ] = 16,
+    queue_wait: Annotated[
+        float,
+        typer.Option(help="seconds a sender waits for room in a full queue before 0xA700"),
+    ] = 10.0,
     workers: Annotated[int, typer.Option(help="films predicted at once")] = 1,
     threads: Annotated[int | None, typer.Option(help="CPU threads for ONNX Runtime")] = None,
     max_pixels: Annotated[
@@ -119,6 +123,7 @@ def dicom_node(
         port=port,
         allow_aet=tuple(allow_aet or ()),
         queue_size=queue,
+        queue_wait_s=queue_wait,
         workers=workers,
         max_pixels=max_pixels,
         max_message_mb=max_mb,

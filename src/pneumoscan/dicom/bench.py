@@ -1,11 +1,12 @@
 """Throughput and latency of `pneumoscan dicom-node` on loopback, against a real Orthanc.
 
-    python -m pneumoscan.dicom.bench --images ../shared/data/chest_xray/val --films 80 \\
-        --out docs/dicom.md
+    python -m pneumoscan.dicom.bench --images ../shared/data/chest_xray/train --films 80 \\
+        --shorter-side 0 --shorter-side 2000 --out docs/dicom.md
 
 Starts a throwaway Orthanc (the archive) and a real `pneumoscan dicom-node --send-to` it, wraps
-the first films of `--images` (JPEG or PNG) into DX objects, one study each, and C-STOREs them to
-the node as an archive's router would. Two measures:
+the first films of `--images` (JPEG or PNG) into DX objects, one study each (optionally resized
+to a full-size film's shorter side), and C-STOREs them to the node as an archive's router would.
+Two measures:
 
 - **latency**, films sent one at a time: from the node receiving the film (the C-STORE handler) to
   the archive confirming it stored the SR and SC (its C-STORE response), as the node logs it; and
@@ -44,17 +45,25 @@ SECTION_END = "<!-- dicom-node-bench:end -->"
 RASTER_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
-def prepare_films(images: Path, count: int, folder: Path, longest: int | None) -> list[Path]:
+def prepare_films(images: Path, count: int, folder: Path, shorter_side: int) -> list[Path]:
+    """`count` DX films from the JPEG/PNG films of `images` (cycled), one study each, resized so
+    the shorter side is `shorter_side` pixels (0: as stored), with made-up patient fields."""
+    from PIL import Image
+
     sources = sorted(p for p in images.rglob("*") if p.suffix.lower() in RASTER_SUFFIXES)
     if not sources:
         raise SystemExit(f"--images {images}: no JPEG or PNG films found")
+    folder.mkdir(parents=True, exist_ok=True)
     films = []
     for index in range(count):
-        source = sources[index % len(sources)]
+        pixels = jpeg_pixels(sources[index % len(sources)])
+        if shorter_side:
+            height, width = pixels.shape
+            scale = shorter_side / min(height, width)
+            size = (round(width * scale), round(height * scale))
+            pixels = np.asarray(Image.fromarray(pixels).resize(size, Image.BICUBIC))
         film = chest_film(
-            jpeg_pixels(source, longest),
-            patient_id=f"BENCH-{index:04d}",
-            patient_name=f"Bench^Film{index:04d}",
+            pixels, patient_id=f"BENCH-{index:04d}", patient_name=f"Bench^Film{index:04d}"
         )
         path = folder / f"film{index:04d}.dcm"
         film.save_as(path, enforce_file_format=True)
@@ -161,39 +170,53 @@ def sharing_note() -> str:
 def describe(films: list[Path]) -> str:
     import pydicom
 
-    sizes = [pydicom.dcmread(path, stop_before_pixels=True) for path in films]
-    width = np.median([ds.Columns for ds in sizes])
-    height = np.median([ds.Rows for ds in sizes])
+    headers = [pydicom.dcmread(path, stop_before_pixels=True) for path in films]
+    width = np.median([ds.Columns for ds in headers])
+    height = np.median([ds.Rows for ds in headers])
     megabytes = np.median([path.stat().st_size for path in films]) / 1e6
-    return f"median {width:.0f}x{height:.0f} px, {megabytes:.2f} MB each (8-bit DX)"
+    return f"films of median {width:.0f}x{height:.0f} px ({megabytes:.2f} MB)"
 
 
-def markdown(summary: dict, command: str, images: str, films: str) -> str:
-    node, observed = summary["latency_node_s"], summary["latency_observed_s"]
+def markdown(summaries: list[dict], command: str, images: str) -> str:
+    header = "| measure | " + " | ".join(s["described"] for s in summaries) + " |"
+    rows = [header, "|---|" + "---|" * len(summaries)]
+
+    def row(name: str, cell) -> None:
+        rows.append(f"| {name} | " + " | ".join(cell(s) for s in summaries) + " |")
+
+    def spread(values: dict) -> str:
+        return f"p50 {values['p50']:g} s, p95 {values['p95']:g} s, max {values['max']:g} s"
+
+    first = summaries[0]
+    row(
+        f"latency: film received by the node -> SR and SC stored in Orthanc (the node's log; "
+        f"{first['latency_films']} films one at a time)",
+        lambda s: spread(s["latency_node_s"]),
+    )
+    row(
+        "latency: sender's C-STORE acknowledged -> both objects visible in Orthanc's REST API "
+        "(polled every 10 ms)",
+        lambda s: spread(s["latency_observed_s"]),
+    )
+    row(
+        f"throughput: {first['burst_films']} films back to back on one association, first "
+        "C-STORE -> last result in Orthanc",
+        lambda s: f"**{s['films_per_second']:g} films/s** ({s['burst_seconds']:g} s)",
+    )
+    row("films refused in the burst (queue full)", lambda s: str(s["burst_refused"]))
+    row("node's peak resident memory", lambda s: f"{s['node_peak_rss_mb']:g} MB")
     return "\n".join(
         [
             SECTION_BEGIN,
             "### Throughput and latency (`python -m pneumoscan.dicom.bench`)",
             "",
-            f"`{command}`: {summary['films']} films from `{images}` ({films}) wrapped into DX "
-            "objects, one study each, C-STOREd over loopback to `pneumoscan dicom-node --send-to` "
-            "a real Orthanc 1.10 on the same machine, binary model, one prediction worker. "
-            f"Hardware: {hardware()}; {sharing_note()}. Orthanc, the node and the sender all run "
-            "on these two cores.",
+            f"`{command}`: films from `{images}` wrapped into 8-bit DX objects (one study each, "
+            "made-up patients), C-STOREd over loopback to `pneumoscan dicom-node --send-to` a "
+            "real Orthanc 1.10 on the same machine; binary model, one prediction worker, default "
+            f"queue. Hardware: {hardware()}; {sharing_note()}. Orthanc, the node and the sender "
+            "all run on these cores.",
             "",
-            "| measure | value |",
-            "|---|---|",
-            f"| latency, film received by the node -> SR and SC stored in Orthanc (node's log; "
-            f"{summary['latency_films']} films one at a time) | p50 {node['p50']:g} s, p95 "
-            f"{node['p95']:g} s, max {node['max']:g} s |",
-            f"| latency, sender's C-STORE acknowledged -> both visible in Orthanc's REST API "
-            f"(polled every 10 ms) | p50 {observed['p50']:g} s, p95 {observed['p95']:g} s, max "
-            f"{observed['max']:g} s |",
-            f"| throughput, {summary['burst_films']} films back to back on one association, "
-            f"first C-STORE -> last result in Orthanc | {summary['films_per_second']:g} films/s "
-            f"({summary['burst_seconds']:g} s) |",
-            f"| films refused (queue full) | {summary['burst_refused']} |",
-            f"| node peak resident memory | {summary['node_peak_rss_mb']:g} MB |",
+            *rows,
             "",
             "Rerun with the command above; it starts and stops its own Orthanc and node.",
             SECTION_END,
@@ -215,9 +238,14 @@ def write_section(text: str, out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=Path, default=Path("examples"), help="JPEG/PNG films")
-    parser.add_argument("--films", type=int, default=80, help="films in all")
+    parser.add_argument("--films", type=int, default=80, help="films per run")
     parser.add_argument("--sequential", type=int, default=20, help="of which sent one at a time")
-    parser.add_argument("--longest", type=int, default=None, help="shrink films to this size")
+    parser.add_argument(
+        "--shorter-side",
+        type=int,
+        action="append",
+        help="resize films to this shorter side, 0 for as stored (repeat: one run each)",
+    )
     parser.add_argument("--model", default="binary")
     parser.add_argument("--out", type=Path, help="Markdown file whose benchmark section to write")
     args = parser.parse_args(argv)
@@ -226,15 +254,18 @@ def main(argv: list[str] | None = None) -> int:
     from pneumoscan.dicom import quiet_libraries
 
     quiet_libraries()
-    with tempfile.TemporaryDirectory(prefix="pneumoscan-bench-") as folder:
-        work = Path(folder)
-        films = prepare_films(args.images, args.films, work, args.longest)
-        summary = run(films, args.sequential, args.model, work)
-        described = describe(films)
-    print(json.dumps(summary, indent=2))
+    summaries = []
+    for side in args.shorter_side or [0]:
+        with tempfile.TemporaryDirectory(prefix="pneumoscan-bench-") as folder:
+            work = Path(folder)
+            films = prepare_films(args.images, args.films, work / "films", side)
+            summary = run(films, args.sequential, args.model, work)
+            summary["described"] = describe(films)
+        print(json.dumps(summary, indent=2), flush=True)
+        summaries.append(summary)
     if args.out:
         command = "python -m pneumoscan.dicom.bench " + " ".join(argv or sys.argv[1:])
-        write_section(markdown(summary, command, str(args.images), described), args.out)
+        write_section(markdown(summaries, command, str(args.images)), args.out)
         print(f"wrote {args.out}")
     return 0
 

@@ -84,7 +84,14 @@ class CStoreDestination:
             raise DeliveryError(f"{self}: the archive {how}", retry=True)
         try:
             for item in items:
-                status = association.send_c_store(item)
+                try:
+                    status = association.send_c_store(item)
+                except ValueError:  # no accepted presentation context for this SOP class
+                    raise DeliveryError(
+                        f"{self}: the archive accepts no Comprehensive 3D SR or Secondary "
+                        "Capture storage from this AE title",
+                        retry=False,
+                    ) from None
                 code = int(status.get("Status", -1)) if status else -1
                 if code == -1:
                     raise DeliveryError(f"{self}: connection lost before the answer", retry=True)

@@ -61,9 +61,9 @@ VERIFICATION = "1.2.840.10008.1.1"
 # C-STORE statuses the node answers with (PS3.4 Annex B.2.3).
 SUCCESS = 0x0000
 OUT_OF_RESOURCES = 0xA700  # refused: the queue is full, the frame too large, the disk full
-DOES_NOT_MATCH = 0xA900  # the dataset is not the SOP class it claims, or lacks what it needs
+DOES_NOT_MATCH = 0xA900  # the dataset is not its context's SOP class, or lacks what it needs
 CANNOT_UNDERSTAND = 0xC000  # the dataset cannot be parsed
-NOT_SUPPORTED = 0x0122  # refused: SOP class not supported
+NOT_SUPPORTED = 0x0122  # refused: the dataset is of a SOP class the node does not take
 
 
 @dataclass(frozen=True)
@@ -262,6 +262,7 @@ class DicomNode:
             (evt.EVT_PDU_RECV, self._on_pdu),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ACCEPTED, self._on_accepted),
+            (evt.EVT_CONN_CLOSE, self._on_close),
         ]
         try:
             self._server = ae.start_server(
@@ -298,6 +299,7 @@ class DicomNode:
                 association.abort()  # an unanswered C-STORE is the sender's to retry
             self._server = None
         self._stop_threads()
+        self.spool.close()
         counts = self.counts
         logger.info(
             "stopped: %d film(s) received, %d refused, %d predicted, %d delivered, %d failed; "
@@ -348,6 +350,9 @@ class DicomNode:
             event.assoc.requestor.address,
             " (not in --allow-aet)" if self.settings.allow_aet else "",
         )
+
+    def _on_close(self, event) -> None:
+        self._message_bytes.pop(id(event.assoc), None)
 
     def _on_echo(self, event) -> int:
         return SUCCESS
@@ -406,6 +411,8 @@ class DicomNode:
             pixel_bytes = len(dataset.PixelData) if has_pixels else 0
         except Exception:  # pydicom raises many types for broken datasets
             return CANNOT_UNDERSTAND, "the dataset could not be parsed"
+        if claimed and claimed not in ACCEPTED_SOP_CLASSES:  # e.g. a CT image in a DX context
+            return NOT_SUPPORTED, "pneumoscan takes CR and DX chest films only"
         if claimed != sop_class or claimed != str(event.request.AffectedSOPClassUID):
             return DOES_NOT_MATCH, "SOP Class UID differs from the presentation context"
         if missing or not has_pixels:
@@ -580,6 +587,12 @@ class Courier(threading.Thread):
                     self.spool.fail(job, str(error))
                     self.counts.add("failed")
                     continue
+                except Exception as error:  # a library's surprise must not end deliveries
+                    self._back_off(
+                        destination,
+                        DeliveryError(f"{destination}: {type(error).__name__}", retry=True),
+                    )
+                    break
                 self.spool.mark_sent(job, key)
                 if self._failures[key]:
                     logger.info("%s is back: delivering what waited", destination)

@@ -71,11 +71,13 @@ def take(out: Path, workdir: Path) -> list[Path]:
             page = browser.new_page(viewport={"width": 1100, "height": 620})
             page.goto(explorer + f"study?uuid={study}")
             page.wait_for_selector("text=pneumoscan heatmap")
+            time.sleep(1.0)  # jQuery Mobile fades pages in
             shots.append(_save(page, out / "orthanc-study.png"))
 
-            page.set_viewport_size({"width": 1100, "height": 1250})
+            page.set_viewport_size({"width": 1100, "height": 1400})
             page.goto(explorer + f"instance?uuid={by_modality['SR']}")
             page.wait_for_selector("text=VerificationFlag")
+            time.sleep(1.0)
             shots.append(_save(page, out / "orthanc-sr.png"))
 
             page.set_viewport_size({"width": 1100, "height": 760})

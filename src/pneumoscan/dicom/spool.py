@@ -13,8 +13,8 @@ results are committed to the outbox by renaming a finished temporary folder, and
 film removed from the inbox; a result folder is removed only when every destination has stored
 it. A crash at any point leaves either the film or its results on disk, and the next start picks
 them up (`films`, `jobs`). Names are arrival times plus a counter: they sort in arrival order and
-hold nothing from the film. The spool holds patient data (films and results): the folders are
-created readable by their owner only.
+hold nothing from the film. The spool holds patient data (films and results): its folders are
+readable by their owner only. A lock file keeps a second node off a spool in use.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+from pneumoscan.core.errors import PneumoscanError
 from pneumoscan.core.fileio import atomic_write_bytes, atomic_write_text
 
 FILM_SUFFIX = ".dcm"
@@ -34,17 +35,49 @@ JOB_FILE = "job.json"
 
 
 class Spool:
+    """The spool folder, locked for one node process at a time (`SpoolInUseError` otherwise)."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         self.inbox = self.root / "inbox"
         self.outbox = self.root / "outbox"
         self.failed = self.root / "failed"
-        for folder in (self.root, self.inbox, self.outbox, self.failed):
-            folder.mkdir(parents=True, exist_ok=True)
-            os.chmod(folder, 0o700)
+        try:
+            if not self.root.exists():
+                self.root.mkdir(parents=True, mode=0o700)
+            for folder in (self.inbox, self.outbox, self.failed):
+                folder.mkdir(exist_ok=True)
+                os.chmod(folder, 0o700)  # its own folders only: the root may be shared
+            self._lock_file = self._take_lock()
+        except OSError as error:
+            raise PneumoscanError(
+                f"--spool {self.root}: cannot use this folder ({error.strerror or error}); "
+                "give a folder this user can write."
+            ) from None
         self._counter = itertools.count()
         self._lock = threading.Lock()
         self._remove_temporaries()
+
+    def _take_lock(self):
+        """Two nodes on one spool would predict and send the same films twice."""
+        import fcntl
+
+        handle = open(self.root / "lock", "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise PneumoscanError(
+                f"--spool {self.root}: another dicom-node is using this spool; stop it, or give "
+                "each node its own --spool."
+            ) from None
+        return handle
+
+    def close(self) -> None:
+        """Release the spool for another process (the lock also goes when the process ends)."""
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     def _remove_temporaries(self) -> None:
         """Half-written files and folders of a previous run (never acknowledged or committed)."""

@@ -1,0 +1,85 @@
+"""The node's spool and destinations, in process: locking, atomic commits, parsing, secrets."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from pneumoscan.core.errors import PneumoscanError
+from pneumoscan.dicom.delivery import CStoreDestination, StowDestination
+from pneumoscan.dicom.node import received_at
+from pneumoscan.dicom.spool import Spool
+
+
+def test_a_spool_serves_one_node_at_a_time(tmp_path):
+    first = Spool(tmp_path / "spool")
+    with pytest.raises(PneumoscanError, match="another dicom-node is using this spool"):
+        Spool(tmp_path / "spool")
+    first.close()
+    Spool(tmp_path / "spool").close()  # free again once the first lets go
+
+
+def test_spool_keeps_patient_data_private_without_touching_a_shared_root(tmp_path):
+    tmp_path.chmod(0o755)
+    spool = Spool(tmp_path)
+    assert oct(tmp_path.stat().st_mode & 0o777) == "0o755"
+    for folder in (spool.inbox, spool.outbox, spool.failed):
+        assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    spool.close()
+
+
+def test_results_are_committed_once_and_the_film_leaves_the_inbox(tmp_path):
+    spool = Spool(tmp_path)
+    name = spool.new_name()
+    film = spool.admit(name, b"film")
+    assert spool.films() == [film]
+    job = spool.commit(film, [b"sr", b"sc"], {"received": 1.0})
+    assert spool.films() == [] and spool.jobs() == [job]
+    assert [path.read_bytes() for path in spool.objects(job)] == [b"sr", b"sc"]
+    # A film predicted again after a crash (before it left the inbox) keeps the first results.
+    again = spool.admit(name, b"film")
+    assert spool.commit(again, [b"other"], {}) == job
+    assert [path.read_bytes() for path in spool.objects(job)] == [b"sr", b"sc"]
+    assert spool.films() == []
+    spool.mark_sent(job, "cstore-a")
+    assert spool.is_sent(job, "cstore-a") and not spool.is_sent(job, "stow-b")
+    spool.close()
+
+
+def test_half_written_leftovers_are_cleared_at_start(tmp_path):
+    spool = Spool(tmp_path)
+    (spool.outbox / ".x.staging").mkdir()
+    (spool.inbox / ".film.dcm.abc.tmp").write_bytes(b"half")
+    spool.close()
+    spool = Spool(tmp_path)
+    assert list(spool.outbox.iterdir()) == [] and spool.films() == []
+    spool.close()
+
+
+def test_spool_names_sort_by_arrival_and_tell_when(tmp_path):
+    spool = Spool(tmp_path)
+    before = time.time()
+    names = [spool.new_name() for _ in range(3)]
+    assert names == sorted(names)
+    assert before - 1e-3 <= received_at(names[0]) <= time.time() + 1e-3
+    assert str(os.getpid()) in names[0]
+    spool.close()
+
+
+def test_destinations_parse_and_keep_secrets():
+    destination = CStoreDestination.parse("pacs.example.org:4242:ORTHANC")
+    assert (destination.host, destination.port, destination.ae_title) == (
+        "pacs.example.org",
+        4242,
+        "ORTHANC",
+    )
+    assert CStoreDestination.parse("[::1]:104:PACS").host == "::1"
+    for bad in ("pacs:ORTHANC", "pacs:99999:ORTHANC", "pacs:104:" + "A" * 17):
+        with pytest.raises(PneumoscanError, match="give HOST:PORT:AET"):
+            CStoreDestination.parse(bad)
+    stow = StowDestination("http://pacs:8042/dicom-web", token="s3cret")
+    assert "s3cret" not in str(stow) and "s3cret" not in repr(stow) and "s3cret" not in stow.key
+    with pytest.raises(PneumoscanError, match="DICOMweb root URL"):
+        StowDestination("pacs:8042")
