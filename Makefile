@@ -3,7 +3,7 @@ PY ?= .venv/bin/python
 CONFIG ?= configs/binary.yaml
 DATA ?= ../shared/data/chest_xray
 
-.PHONY: help setup test test-slow fuzz bench bench-train site-demo lint format train serve
+.PHONY: help setup test test-slow fuzz bench bench-train bench-dicom site-demo lint format train serve
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 setup:  ## create .venv and install pneumoscan with training, serving and test extras
@@ -18,6 +18,8 @@ bench:  ## prediction speed, whole processes from the command line -> docs/bench
 	.venv/bin/pneumoscan bench --model binary --images ../shared/data/chest_xray/train
 bench-train:  ## training speed: loader vs model step at 160 and 224 px, 1 vs 2 DDP processes -> docs/benchmarks.md
 	$(PY) -m pneumoscan.research.bench_train --config configs/three_class_robust.yaml --out docs/benchmarks.md
+bench-dicom:  ## DICOM node throughput and latency into a real Orthanc (needs the orthanc package) -> docs/dicom.md
+	$(PY) -m pneumoscan.dicom.bench --images $(DATA)/train --films 80 --shorter-side 0 --shorter-side 2000 --out docs/dicom.md
 site-demo:  ## a simulated new site: validate, calibrate and conformal sets -> docs/site/
 	$(PY) -m pneumoscan.site.simulate $(DATA) --model binary --out build/site --films 400 --shift zoomed
 	.venv/bin/pneumoscan validate build/site --model binary --out docs/site/validate

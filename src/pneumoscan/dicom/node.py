@@ -229,6 +229,7 @@ class DicomNode:
         from pynetdicom import _config as pynetdicom_config
 
         pynetdicom_config.LOG_HANDLER_LEVEL = "none"  # its debug dumps would print datasets
+        tls = self.settings.ssl_context()  # a bad certificate stops us before anything starts
         backlog = self.spool.films()
         with self._queue:
             self._films.extend(backlog)
@@ -269,7 +270,7 @@ class DicomNode:
                 (self.settings.host, self.settings.port),
                 block=False,
                 evt_handlers=handlers,
-                ssl_context=self.settings.ssl_context(),
+                ssl_context=tls,
             )
         except OSError as error:
             self._stop_threads()
