@@ -27,8 +27,8 @@ site-demo:  ## a simulated new site: validate, calibrate and conformal sets -> d
 	.venv/bin/pneumoscan calibrate build/site/labels.csv --model three-class --out build/site-three-class
 	for name in binary three-class; do mkdir -p docs/site/$$name && (cd build/site-$$name && \
 	  cp -r report.md card.md calibration.json learning_curve.png before after ../../docs/site/$$name/); done
-lint:  ## ruff lint and format check
-	$(PY) -m ruff check src tests && $(PY) -m ruff format --check src tests
+lint:  ## ruff lint and format check, and the import contracts (lint-imports)
+	$(PY) -m ruff check src tests && $(PY) -m ruff format --check src tests && $(dir $(PY))lint-imports
 format:  ## ruff format
 	$(PY) -m ruff format src tests && $(PY) -m ruff check --fix src tests
 train:  ## train a recipe: make train CONFIG=configs/three_class.yaml

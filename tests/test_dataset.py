@@ -124,3 +124,18 @@ def test_synthetic_folds_partition_patients():
     for first in range(5):
         for second in range(first + 1, 5):
             assert not fold_patients[first] & fold_patients[second]
+
+
+def test_split_file_round_trips_paths_with_commas_and_quotes(tmp_path):
+    """split.csv is written and read by one pair of functions through the csv module."""
+    samples = [
+        ds.Sample(tmp_path / "NORMAL" / 'a, "b".jpeg', "train", "NORMAL", "normal", "p1", True),
+        ds.Sample(tmp_path / "PNEUMONIA" / "c.jpeg", "train", "PNEUMONIA", None, "p2", True),
+        ds.Sample(tmp_path / "NORMAL" / "d.jpeg", "train", "NORMAL", "normal", "p3", True),
+    ]
+    ds.write_split(tmp_path / ds.SPLIT_FILE, samples, np.array([0, 1, 0]), ["val", "train", "val"])
+    val, targets = ds.read_split(tmp_path, "val")
+    assert [s.path for s in val] == [samples[0].path, samples[2].path]
+    assert [s.patient for s in val] == ["p1", "p3"] and targets.tolist() == [0, 0]
+    train, targets = ds.read_split(tmp_path, "train")
+    assert [s.path for s in train] == [samples[1].path] and targets.tolist() == [1]

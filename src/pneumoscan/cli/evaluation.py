@@ -25,7 +25,10 @@ def evaluate(
     model: Annotated[
         str,
         typer.Option(
-            "--model", "-m", help="model file, or a shipped model name: binary, three-class"
+            "--model",
+            "-m",
+            help="model file (.pt), an exported .onnx (evaluated without torch), or a shipped "
+            "model name: binary, three-class",
         ),
     ],
     split: Annotated[str, typer.Option("--split", help="test, val or train")] = "test",
@@ -40,10 +43,14 @@ def evaluate(
     """Evaluate a model on one split: metrics.json with 95% patient-bootstrap intervals,
     confusion matrix, ROC, PR and reliability plots, report.md."""
     setup_logging()
-    from pneumoscan.training.evaluate import evaluate_model, training_pool_caveat
+    from pneumoscan.evaluation.report import training_pool_caveat
 
     if split not in ("train", "val", "test"):
         fail(f"--split {split!r}: choose test, val or train")
+    if Path(model).suffix.lower() == ".onnx":  # ONNX Runtime: the [eval] extra, no torch
+        from pneumoscan.evaluation.evaluate import evaluate_onnx as evaluate_model
+    else:
+        from pneumoscan.training.evaluate import evaluate_model
     caveat = training_pool_caveat(split)
     if caveat:
         typer.echo(f"warning: {caveat}", err=True)

@@ -1,4 +1,5 @@
-"""Scan a Kermany-style folder and split it by patient. Torch-free (numpy, scikit-learn).
+"""Scan a Kermany-style folder, split it by patient, and read and write a run's split.csv.
+Torch-free (numpy; scikit-learn for the patient split).
 
 Layouts read: Kaggle (`train/ val/ test/` x `NORMAL/ PNEUMONIA/`) and Mendeley (`train/ test/`);
 and a site's own labelled films (`load_site`): class folders without splits, or a CSV.
@@ -9,6 +10,7 @@ tiny official val folder) by patient, so one child's films never sit on both sid
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.errors import DatasetError
+from pneumoscan.core.fileio import atomic_write_text
 from pneumoscan.core.images import IMAGE_SUFFIXES
 from pneumoscan.core.labels import LABEL_FOLDERS, Task, class_index, parse_filename
 
@@ -173,6 +176,38 @@ def subset_patients(
     return np.asarray(
         [i for i, patient in enumerate(patients) if patient in chosen], dtype=np.int64
     )
+
+
+# --- a run's split.csv ------------------------------------------------------------------------
+
+SPLIT_FILE = "split.csv"
+SPLIT_COLUMNS = ("path", "patient", "target", "subset")
+
+
+def write_split(path: Path, samples: list[Sample], targets: np.ndarray, subsets: list[str]) -> None:
+    """A run's split.csv: one row per film (path, patient, target index, subset train or val),
+    written through the csv module so that a comma or a quote in a path survives."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(SPLIT_COLUMNS)
+    writer.writerows(
+        (str(sample.path), sample.patient, int(target), subset)
+        for sample, target, subset in zip(samples, targets, subsets)
+    )
+    atomic_write_text(Path(path), buffer.getvalue())
+
+
+def read_split(run_dir: Path, subset: str = "val") -> tuple[list[Sample], np.ndarray]:
+    """The films of one subset (`val` or `train`) of a run, from its split.csv, with their targets."""
+    samples, targets = [], []
+    with (Path(run_dir) / SPLIT_FILE).open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["subset"] != subset:
+                continue
+            path = Path(row["path"])
+            samples.append(Sample(path, "train", path.parent.name, None, row["patient"], True))
+            targets.append(int(row["target"]))
+    return samples, np.asarray(targets, dtype=np.int64)
 
 
 def class_counts(targets: np.ndarray, num_classes: int) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""The decision rule, written once: calibration, the class decision and the model-file metadata key.
+"""The decision rule, written once: calibration, the class decision, the gate's quantile and the
+model-file metadata key.
 
 Training (threshold and temperature chosen on validation), export (metadata written into the ONNX
 file), evaluation and the runtime all import these, so the rule a model was validated with is the
@@ -14,6 +15,10 @@ METADATA_KEY = "pneumoscan"
 ONNX_METADATA_FORMAT = "pneumoscan-onnx/1"
 # Keys the runtime cannot work without; the rest (name, version, gate threshold...) are optional.
 REQUIRED_METADATA_KEYS = ("class_names", "preprocess")
+# The gate's threshold: this quantile of the scores of the films it is fitted on (the training
+# films; a site's films when `calibrate --refit-gate` widens it). The gate itself is fitted in
+# `training.gate` and scored inside the ONNX graph.
+GATE_QUANTILE = 0.995
 
 
 def calibrated_probabilities(

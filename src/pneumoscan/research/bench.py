@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from pneumoscan.core.dataset import read_split
 from pneumoscan.core.fileio import atomic_write_text
 from pneumoscan.core.hardware import hardware
 from pneumoscan.core.images import read_image
@@ -186,9 +187,7 @@ def gate_report(model_ref: str, run_dir: Path | None) -> str:
     )
     missed = [name for (name, _), flag in zip(samples, rejected) if not flag]
     if run_dir is not None:
-        from pneumoscan.training.ship import split_samples
-
-        validation, _ = split_samples(Path(run_dir), "val")
+        validation, _ = read_split(Path(run_dir), "val")
         chest = model.ood_scores([read_image(s.path) for s in validation])
         refused = int((chest > model.ood_threshold).sum())
         lines.append(
@@ -464,11 +463,10 @@ def quantization_report(model_ref: str, run_dir: Path, calibration_images: int =
 
     from pneumoscan.core.shipped import resolve_model
     from pneumoscan.runtime.model import OnnxModel
-    from pneumoscan.training.ship import split_samples
 
     fp32_path = resolve_model(model_ref, suffix=".onnx")
     fp32 = OnnxModel(fp32_path)
-    train, _ = split_samples(Path(run_dir), "train")
+    train, _ = read_split(Path(run_dir), "train")
     chosen = np.random.default_rng(0).choice(
         len(train), size=min(calibration_images, len(train)), replace=False
     )
@@ -503,7 +501,7 @@ def quantization_report(model_ref: str, run_dir: Path, calibration_images: int =
         onnx.save(proto, str(int8_path))
         int8 = OnnxModel(int8_path)
         size_mb = int8_path.stat().st_size / 1e6
-        validation, targets = split_samples(Path(run_dir), "val")
+        validation, targets = read_split(Path(run_dir), "val")
         correct = {"fp32": 0, "int8": 0}
         for start in range(0, len(validation), 64):
             batch = np.stack(

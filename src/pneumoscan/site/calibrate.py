@@ -19,25 +19,20 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.conformal import REPORTED_LEVELS, ConformalCalibration, coverage_report
-from pneumoscan.core.decision import calibrated_probabilities
+from pneumoscan.core.decision import GATE_QUANTILE, calibrated_probabilities
 from pneumoscan.core.errors import DatasetError, ModelFileError
 from pneumoscan.core.fileio import atomic_write_json, atomic_write_text
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.core.shipped import resolve_model
 from pneumoscan.evaluation import calibration as cal
+from pneumoscan.evaluation.scoring import FilmScores
 from pneumoscan.site.report import (
     plot_learning_curve,
     render_calibration_report,
     render_site_card,
     site_sections,
 )
-from pneumoscan.site.validate import (
-    Operating,
-    SiteScores,
-    load_scored,
-    site_metrics,
-)
-from pneumoscan.training.gate import QUANTILE
+from pneumoscan.site.validate import Operating, load_scored, site_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +69,7 @@ class Request:
 
 
 def fit_operating(
-    scores: SiteScores, before: Operating, request: Request, class_names: tuple[str, ...]
+    scores: FilmScores, before: Operating, request: Request, class_names: tuple[str, ...]
 ) -> Operating:
     """Temperature, threshold, conformal scores (and gate threshold) fitted on these films."""
     binary = len(class_names) == 2
@@ -99,11 +94,11 @@ def fit_operating(
         # film at all (photos, documents) stays far above either threshold.
         # The share of the site's films it accepts is the share of training films the gate was
         # fitted to accept.
-        gate = max(gate, float(np.quantile(scores.gate, QUANTILE)))
+        gate = max(gate, float(np.quantile(scores.gate, GATE_QUANTILE)))
     return Operating(fitted.temperature, fitted.bias, fitted.threshold, gate, conformal)
 
 
-def holdout_split(scores: SiteScores, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def holdout_split(scores: FilmScores, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(calibration, held-out) film indices, grouped by patient and stratified by class; the
     held-out share is the nearest 1/k to `fraction`."""
     folds = max(2, round(1 / fraction))
@@ -112,8 +107,8 @@ def holdout_split(scores: SiteScores, fraction: float, seed: int) -> tuple[np.nd
 
 
 def learning_curve(
-    fit_part: SiteScores,
-    held: SiteScores,
+    fit_part: FilmScores,
+    held: FilmScores,
     before: Operating,
     request: Request,
     class_names: tuple[str, ...],
@@ -151,7 +146,7 @@ def _films_of_patients(patients: np.ndarray, order: np.ndarray, size: int) -> np
 
 
 def _curve_point(
-    held: SiteScores, operating: Operating, class_names: tuple[str, ...], coverage: float
+    held: FilmScores, operating: Operating, class_names: tuple[str, ...], coverage: float
 ) -> dict:
     from pneumoscan.evaluation.metrics import compute_metrics
 
@@ -210,7 +205,7 @@ def calibrate(
 ) -> dict:
     """Fit the site's calibration on part of its films, report before/after on the rest, write
     the recalibrated model (out/model.pt, out/model.onnx), its card and the report."""
-    from pneumoscan.training.evaluate import write_report
+    from pneumoscan.evaluation.report import write_report
     from pneumoscan.training.export import relabel_onnx
     from pneumoscan.training.model_file import load_model_file, relabel_model_file
 

@@ -15,7 +15,6 @@ of its conformal prediction sets. Torch-free: it runs on the exported model.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +23,9 @@ import numpy as np
 from pneumoscan.core.conformal import REPORTED_LEVELS, ConformalCalibration, coverage_report
 from pneumoscan.core.dataset import Sample, load_site
 from pneumoscan.core.decision import calibrated_probabilities
-from pneumoscan.core.errors import DatasetError, InputError
-from pneumoscan.core.images import decode_input
+from pneumoscan.core.errors import DatasetError
 from pneumoscan.core.labels import CLASS_NAMES, Task
-from pneumoscan.core.preprocess import prepare
+from pneumoscan.evaluation.scoring import FilmScores, score_films
 from pneumoscan.runtime.model import OnnxModel, load_runtime_model
 from pneumoscan.site.report import site_sections
 
@@ -53,79 +51,12 @@ def site_targets(samples: list[Sample], class_names: tuple[str, ...]) -> np.ndar
     return np.asarray([class_names.index(s.subtype) for s in samples], dtype=np.int64)
 
 
-@dataclass
-class SiteScores:
-    """The model's raw outputs on the films it could read."""
-
-    samples: list[Sample]
-    targets: np.ndarray
-    logits: np.ndarray  # before the model's temperature
-    gate: np.ndarray | None  # gate scores, None for a model without a gate
-    failed: list[str]  # one line per film that could not be read
-
-    @property
-    def patients(self) -> list[str]:
-        return [s.patient for s in self.samples]
-
-    def subset(self, index: np.ndarray) -> SiteScores:
-        return SiteScores(
-            [self.samples[i] for i in index],
-            self.targets[index],
-            self.logits[index],
-            None if self.gate is None else self.gate[index],
-            [],
-        )
-
-
-def score_site(
-    model: OnnxModel, samples: list[Sample], targets: np.ndarray, batch_size: int = 32
-) -> SiteScores:
-    """Run the model on every film; a film that cannot be read is listed, never fatal."""
-
-    def load(sample: Sample):
-        try:
-            return prepare(decode_input(sample.path, str(sample.path)), model.spec), None
-        except InputError as error:
-            return None, str(error)
-        except OSError as error:
-            return None, f"{sample.path}: cannot be read ({error.strerror or error})."
-
-    kept, logits, gate, failed = [], [], [], []
-    with ThreadPoolExecutor() as pool:
-        for start in range(0, len(samples), batch_size):
-            chunk = list(range(start, min(start + batch_size, len(samples))))
-            loaded = list(pool.map(load, [samples[i] for i in chunk]))
-            ready = [(i, tensor) for i, (tensor, _) in zip(chunk, loaded) if tensor is not None]
-            failed += [error for _, error in loaded if error is not None]
-            if not ready:
-                continue
-            outputs = model.run(np.stack([tensor for _, tensor in ready]))
-            kept += [i for i, _ in ready]
-            logits.append(outputs["logits"])
-            if "ood_score" in outputs:
-                gate.append(outputs["ood_score"])
-    if failed:
-        logger.warning(
-            "%d of %d films could not be read and are left out", len(failed), len(samples)
-        )
-    if not kept:
-        raise DatasetError(f"none of the {len(samples)} films could be read: {failed[0]}")
-    index = np.asarray(kept)
-    return SiteScores(
-        [samples[i] for i in index],
-        targets[index],
-        np.concatenate(logits).astype(np.float64),
-        np.concatenate(gate) if gate else None,
-        failed,
-    )
-
-
-def load_scored(data: Path, model_ref: str | Path) -> tuple[OnnxModel, SiteScores]:
+def load_scored(data: Path, model_ref: str | Path) -> tuple[OnnxModel, FilmScores]:
     model = load_runtime_model(model_ref, gate=True)
     samples = load_site(data)
     targets = site_targets(samples, model.class_names)
     logger.info("scoring %d films of %s with %s", len(samples), data, model.name)
-    return model, score_site(model, samples, targets)
+    return model, score_films(model, samples, targets)
 
 
 # --- reports ------------------------------------------------------------------------------
@@ -151,7 +82,7 @@ class Operating:
 
 
 def site_metrics(
-    scores: SiteScores,
+    scores: FilmScores,
     operating: Operating,
     class_names: tuple[str, ...],
     bootstrap: int = 1000,
@@ -199,7 +130,7 @@ def site_metrics(
 
 def validate(data: Path, model_ref: str | Path, out: Path, bootstrap: int = 1000) -> dict:
     """Score the site's films with the model as it is; write the evaluation report."""
-    from pneumoscan.training.evaluate import write_report
+    from pneumoscan.evaluation.report import write_report
 
     model, scores = load_scored(data, model_ref)
     metrics, probabilities = site_metrics(scores, Operating.of(model), model.class_names, bootstrap)

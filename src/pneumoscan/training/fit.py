@@ -169,12 +169,7 @@ def write_split(run_data: RunData, path: Path) -> None:
     role = np.empty(len(run_data.samples), dtype=object)
     role[run_data.split.train] = "train"
     role[run_data.split.val] = "val"
-    lines = ["path,patient,target,subset"]
-    lines += [
-        f"{sample.path},{sample.patient},{target},{subset}"
-        for sample, target, subset in zip(run_data.samples, run_data.targets, role)
-    ]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    ds.write_split(path, run_data.samples, run_data.targets, list(role))
 
 
 def class_weights(targets: np.ndarray, num_classes: int) -> torch.Tensor:
@@ -267,7 +262,7 @@ def fit(
     phases = _phases(config, spec)
     run_data = prepare_run_data(config, {size for _, size, _ in phases})
     if launch.is_rank_zero:
-        write_split(run_data, out_dir / "split.csv")
+        write_split(run_data, out_dir / ds.SPLIT_FILE)
     train_index, val_index = run_data.split.train, run_data.split.val
     logger.info(
         "patient-grouped split: %d train images, %d validation images",

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pneumoscan.core.decision import GATE_QUANTILE
+
 COMPONENTS = 64
 FILMS_PER_COMPONENT = 10
-QUANTILE = 0.995
 # Radiographs are smooth at the model's resolution: the correlation of neighbouring input pixels
 # was at least 0.89 for every validation film under every stress perturbation (blur, noise,
 # sharpening, JPEG, crops...), against 0 for a blank image and 0.23 for pure noise, which the
@@ -79,7 +80,7 @@ def structure_penalty(images: torch.Tensor) -> torch.Tensor:
 
 
 def fit_gate(
-    features: np.ndarray, components: int = COMPONENTS, quantile: float = QUANTILE
+    features: np.ndarray, components: int = COMPONENTS, quantile: float = GATE_QUANTILE
 ) -> OodGate:
     """Fit on the pooled features (N, F) of training films."""
     features = features.astype(np.float64)

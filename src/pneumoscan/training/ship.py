@@ -15,7 +15,6 @@ file. Every line of the card comes from what the run and this command recorded.
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from dataclasses import dataclass
@@ -48,19 +47,6 @@ CROSSFIT_FOLDS = 5
 GATE_VARIANTS = 1  # augmented copies of each training film the gate is fitted on, besides the film
 
 
-def split_samples(run_dir: Path, subset: str = "val") -> tuple[list[ds.Sample], np.ndarray]:
-    """The run's own validation (or training) images, from its split.csv."""
-    samples, targets = [], []
-    with (Path(run_dir) / "split.csv").open() as handle:
-        for row in csv.DictReader(handle):
-            if row["subset"] != subset:
-                continue
-            path = Path(row["path"])
-            samples.append(ds.Sample(path, "train", path.parent.name, None, row["patient"], True))
-            targets.append(int(row["target"]))
-    return samples, np.asarray(targets, dtype=np.int64)
-
-
 def run_timing(run_dir: Path) -> dict:
     timing = Path(run_dir) / "timing.json"
     return json.loads(timing.read_text()) if timing.is_file() else {}
@@ -86,7 +72,7 @@ def score_run(run_dir: Path) -> RunScores:
             f"{source}: the run has not finished (no model.pt); train or --resume it first."
         )
     model, info = load_model_file(source)
-    samples, targets = split_samples(run_dir, "val")
+    samples, targets = ds.read_split(run_dir, "val")
     decoded = decode_images(samples, info.preprocess.size, cache_dir=default_cache_dir())
     images = ImageTensorDataset(decoded.pixels, targets[decoded.kept], info.preprocess)
     logits = predict_logits(
@@ -188,7 +174,7 @@ def refit_gate(run_dir: Path, model, info: ModelInfo, cache: Path) -> None:
     if cache.is_file():
         info.ood = _gate_from_file(cache)
         return
-    samples, targets = split_samples(run_dir, "train")
+    samples, targets = ds.read_split(run_dir, "train")
     decoded = decode_images(samples, info.preprocess.size, cache_dir=default_cache_dir())
     train = (info.config or {}).get("train", {})
     policy = train.get("augment_policy", "basic") if train.get("augment", True) else False
@@ -272,7 +258,7 @@ def ship_model(
     save_model_file(shipped_pt, model, info, half=True)
     version = f"{name}-{datetime.now(timezone.utc):%Y%m%d}"
     onnx_path = export_onnx(shipped_pt, models_dir / f"{name}.onnx", model_version=version)
-    samples, _ = split_samples(run_dir, "val")
+    samples, _ = ds.read_split(run_dir, "val")
     check = np.stack([prepare(read_image(s.path), info.preprocess) for s in samples[:8]])
     difference = parity(shipped_pt, onnx_path, check)
     if difference > 1e-4:
