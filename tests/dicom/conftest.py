@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from films import example_film
+
+from dicom.films import example_film
 
 pytest.importorskip("highdicom", reason='the [dicom] extra: pip install ".[dicom]"')
 pytest.importorskip("pynetdicom", reason='the [dicom] extra: pip install ".[dicom]"')

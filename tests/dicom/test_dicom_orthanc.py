@@ -18,8 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-import sr_reading as sr
-from films import (
+from typer.testing import CliRunner
+
+from dicom import sr_reading as sr
+from dicom.films import (
     NORMAL_JPEG,
     PATIENT_ID,
     PATIENT_NAME,
@@ -28,8 +30,6 @@ from films import (
     jpeg_pixels,
     write_film,
 )
-from typer.testing import CliRunner
-
 from pneumoscan.cli import app
 from pneumoscan.dicom.harness import NodeProcess, echo, free_port, send_films
 

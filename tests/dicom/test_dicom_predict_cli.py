@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pydicom
-import sr_reading as sr
 from dicom_fixtures import write_dicom
-from films import NORMAL_JPEG, PATIENT_ID, PATIENT_NAME, chest_film, write_film
 from typer.testing import CliRunner
 
+from dicom import sr_reading as sr
+from dicom.films import NORMAL_JPEG, PATIENT_ID, PATIENT_NAME, chest_film, write_film
 from pneumoscan.cli import app
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
-import sr_reading as sr
-from films import PATIENT_ID, PATIENT_NAME, chest_film, jpeg_pixels, write_film
 
+from dicom import sr_reading as sr
+from dicom.films import PATIENT_ID, PATIENT_NAME, chest_film, jpeg_pixels, write_film
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.dicom.producer import Producer
 from pneumoscan.dicom.results import encode, predict_film, result_objects
@@ -56,7 +56,7 @@ def test_sr_reports_the_known_finding_of_a_film(binary_model, films, which, pneu
 
 
 def sr_source(which: str):
-    from films import NORMAL_JPEG, PNEUMONIA_JPEG
+    from dicom.films import NORMAL_JPEG, PNEUMONIA_JPEG
 
     return PNEUMONIA_JPEG if which == "pneumonia" else NORMAL_JPEG
 
