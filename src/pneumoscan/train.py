@@ -309,6 +309,17 @@ def fit(
         )
         phases = [("phase-1", spec.size, train_config.epochs)]
 
+    train_targets = targets[train_index]
+    if train_config.distill_targets:
+        from pneumoscan.distill import soft_targets
+
+        train_targets = soft_targets(
+            [run_data.samples[i] for i in train_index],
+            train_targets,
+            Path(train_config.distill_targets),
+            len(class_names),
+            train_config.distill_weight,
+        )
     monitor = monitor_metric(len(class_names))
     for name, size, epochs in phases:
         phase_dir = out_dir / name
@@ -324,7 +335,7 @@ def fit(
             pixels = run_data.pixels[size]
             train_set = ImageTensorDataset(
                 pixels[train_index],
-                targets[train_index],
+                train_targets,
                 phase_spec,
                 augment=train_config.augment_policy if train_config.augment else False,
             )
