@@ -18,7 +18,13 @@ from torch import nn
 
 from pneumoscan.decision import METADATA_KEY, ONNX_METADATA_FORMAT, calibrated_probabilities
 from pneumoscan.fileio import atomic_write
-from pneumoscan.models import Classifier, GroupedClassifier, ModelInfo, load_model_file
+from pneumoscan.models import (
+    Classifier,
+    EnsembleClassifier,
+    GroupedClassifier,
+    ModelInfo,
+    load_model_file,
+)
 from pneumoscan.ood import OodGate, gate_scores, structure_penalty
 from pneumoscan.shipped import resolve_model
 
@@ -33,12 +39,15 @@ def cam_weights(model: Classifier | GroupedClassifier) -> torch.Tensor | None:
     For a model read from a finer one, a coarse class's map is its fine classes' mean map minus
     the other classes' (evidence for the group over the rest); None when the head has no CAM.
     """
-    linear = linear_classifier(model)
-    if linear is None:
+    source = model.source if isinstance(model, GroupedClassifier) else model
+    if isinstance(source, EnsembleClassifier):
+        weight = source.cam_weight()
+    else:
+        linear = linear_classifier(source)
+        weight = linear.weight if linear is not None else None
+    if weight is None:
         return None
-    if isinstance(model, GroupedClassifier):
-        return model.cam_mixing() @ linear.weight
-    return linear.weight
+    return model.cam_mixing() @ weight if isinstance(model, GroupedClassifier) else weight
 
 
 def linear_classifier(model: Classifier) -> nn.Linear | None:

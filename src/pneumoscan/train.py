@@ -671,3 +671,23 @@ def cross_validate(config: Config, out_dir: Path, folds: list[int], progress: bo
     )
     atomic_write_text(out_dir / "cv_summary.md", "\n".join(lines) + "\n")
     return summary
+
+
+def restore_run(model_file: Path, out_dir: Path) -> Path:
+    """A run folder for a model file whose run folder is gone (a shipped model): the model file
+    and its split.csv, redrawn from the config it recorded. The split depends only on the data,
+    data.fold, data.val_fraction, data.max_patients and train.seed, so it is the run's own."""
+    import shutil
+
+    from pneumoscan.config import config_from_dict
+
+    _, info = load_model_file(Path(model_file))
+    if not info.config:
+        raise ConfigError(f"{model_file}: records no training config; its split cannot be redrawn")
+    config = config_from_dict(info.config)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_data = prepare_run_data(config, {info.preprocess.size})
+    write_split(run_data, out_dir / "split.csv")
+    shutil.copyfile(model_file, out_dir / "model.pt")
+    return out_dir
