@@ -600,7 +600,9 @@ def _print_results(runtime, results) -> None:
 @app.command("distill-targets")
 @friendly
 def distill_targets(
-    models: Annotated[list[Path], typer.Argument(help="teacher model files (.pt), e.g. runs/*/model.pt")],
+    models: Annotated[
+        list[Path], typer.Argument(help="teacher model files (.pt), e.g. runs/*/model.pt")
+    ],
     out: Annotated[Path, typer.Option("--out", help="CSV of teacher probabilities to write")],
     data: Annotated[
         Path, typer.Option("--data", help="data folder with the training films")

@@ -281,7 +281,9 @@ def validate(config: Config) -> None:
     if train.threshold_sensitivity is not None and not 0 < train.threshold_sensitivity < 1:
         raise ConfigError("train.threshold_sensitivity must be between 0 and 1")
     if not 0.0 <= train.distill_weight <= 1.0:
-        raise ConfigError(f"train.distill_weight must be between 0 and 1, got {train.distill_weight}")
+        raise ConfigError(
+            f"train.distill_weight must be between 0 and 1, got {train.distill_weight}"
+        )
     if train.loader_workers < 0:
         raise ConfigError(f"train.loader_workers must be 0 or more, got {train.loader_workers}")
     if train.num_nodes < 1:

@@ -28,7 +28,9 @@ def film_key(path: Path | str) -> str:
     return "/".join(Path(path).parts[-3:])
 
 
-def teacher_logits(model_files: list[Path], samples: list[ds.Sample]) -> tuple[np.ndarray, list[int]]:
+def teacher_logits(
+    model_files: list[Path], samples: list[ds.Sample]
+) -> tuple[np.ndarray, list[int]]:
     """Mean logits of the members over `samples` (films that fail to decode are left out)."""
     from pneumoscan.data import ImageTensorDataset, decode_images
     from pneumoscan.models import load_model_file, predict_logits

@@ -625,7 +625,9 @@ def load_model_file(path: Path) -> tuple[Classifier | GroupedClassifier, ModelIn
         info.ood = OodGate.from_tensors(payload["ood"])
     derived = info.derived_from
     if "members" in payload:
-        members = [_network(ModelInfo.from_dict(m["info"]), m["state_dict"]) for m in payload["members"]]
+        members = [
+            _network(ModelInfo.from_dict(m["info"]), m["state_dict"]) for m in payload["members"]
+        ]
         model = EnsembleClassifier(members, [m["info"] for m in payload["members"]])
     else:
         classes = len(derived["class_names"] if derived else info.class_names)

@@ -110,8 +110,11 @@ def score_run(run_dir: Path) -> RunScores:
     return RunScores(run_dir, model, info, logits, targets[decoded.kept], patients, keys)
 
 
-def out_of_sample(scores: RunScores, derive: str | None, rule: str) -> dict:
-    """Cross-fitted figures: calibration fitted on other validation patients than it is scored on."""
+def out_of_sample(
+    scores: RunScores, derive: str | None, rule: str, bootstrap: int = 1000, sets: bool = True
+) -> dict:
+    """Cross-fitted figures: calibration fitted on other validation patients than it is scored on.
+    `bootstrap` patient resamples give the intervals; `sets` adds cross-validated conformal sets."""
     groups = cal.BINARY_GROUPS if derive == "binary" else None
     class_names = CLASS_NAMES[Task.BINARY] if groups else scores.info.class_names
     scored = cal.coarse_targets(scores.targets, groups) if groups else scores.targets
@@ -124,7 +127,9 @@ def out_of_sample(scores: RunScores, derive: str | None, rule: str) -> dict:
         class_names=class_names,
         groups=groups,
     )
-    metrics = cal.crossfit_metrics(result, scores.patients, class_names)
+    metrics = cal.crossfit_metrics(result, scores.patients, class_names, bootstrap)
+    if not sets:
+        return metrics
     # Sets from the out-of-sample probabilities, each patient fold's from the others' scores.
     metrics["conformal"] = [
         cal.conformal_crossval(
@@ -658,7 +663,9 @@ def _members_text(record: dict) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for m in members:
-        minutes = f"{m['training_minutes']} min" if m["training_minutes"] is not None else "not recorded"
+        minutes = (
+            f"{m['training_minutes']} min" if m["training_minutes"] is not None else "not recorded"
+        )
         lines.append(
             f"| `{m['run']}` | {m['arch']} | {m['size']} px | {m['fold']} ({m['seed']}) | "
             f"`{m['augment_policy']}` | {m['epochs']} | {minutes} |"
