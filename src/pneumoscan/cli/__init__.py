@@ -1,7 +1,7 @@
 """cli: the `pneumoscan` command, one module per command group; thin.
 
 The entry point is `pneumoscan.cli:app`. Modules: `predict` (predict, merge), `training` (train,
-cv, export, ship, models), `evaluation` (evaluate, stress), `site` (validate, calibrate),
+cv, export, ship, distill-targets, restore-run, models), `evaluation` (evaluate, stress), `site` (validate, calibrate),
 `research` (eda, bench, bench-ood, experiments) and `serve`; `common` holds the shared options,
 logging set-up and the one-line error wrapper. Each command imports its heavy modules inside
 itself, so `pneumoscan --help` is instant, and `--help`, `predict` and `serve` never import torch.
@@ -34,6 +34,8 @@ COMMANDS = (
     training.export,
     predict.predict,
     training.ship,
+    training.distill_targets,
+    training.restore_run,
     research.bench,
     predict.merge,
     research.bench_ood,
