@@ -124,11 +124,11 @@ def out_of_sample(
     return metrics
 
 
-def out_of_fold_scores(members: list[RunScores]) -> RunScores:
-    """Every film that is validation for at least one member, scored by the mean logits of the
-    members that never trained on it (its out-of-fold members), with the ensemble of all
-    members as the network. Figures from these scores describe one or two members per film,
-    not the whole ensemble: a conservative estimate of it."""
+def pool_out_of_fold(
+    members: list[RunScores],
+) -> tuple[list[str], np.ndarray, np.ndarray, list[str], list[int]]:
+    """(keys, logits, targets, patients, counts) over every film some member held out: the mean
+    logits of the members that held it out, and how many they were."""
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     facts: dict[str, tuple[int, str]] = {}
@@ -142,9 +142,16 @@ def out_of_fold_scores(members: list[RunScores]) -> RunScores:
     order = sorted(sums)
     logits = np.stack([sums[k] / counts[k] for k in order]).astype(np.float32)
     targets = np.asarray([facts[k][0] for k in order], dtype=np.int64)
-    patients = [facts[k][1] for k in order]
-    infos = [m.info.to_dict() for m in members]
-    ensemble = EnsembleClassifier([m.model for m in members], infos)
+    return order, logits, targets, [facts[k][1] for k in order], [counts[k] for k in order]
+
+
+def out_of_fold_scores(members: list[RunScores]) -> RunScores:
+    """Every film that is validation for at least one member, scored by the mean logits of the
+    members that never trained on it (its out-of-fold members), with the ensemble of all
+    members as the network. Figures from these scores describe one or two members per film,
+    not the whole ensemble: a conservative estimate of it."""
+    keys, logits, targets, patients, counts = pool_out_of_fold(members)
+    ensemble = EnsembleClassifier([m.model for m in members], [m.info.to_dict() for m in members])
     first = members[0].info
     info = ModelInfo(
         arch=first.arch,
@@ -157,15 +164,13 @@ def out_of_fold_scores(members: list[RunScores]) -> RunScores:
         versions=first.versions,
         name=first.name,
     )
-    facts_of_ensemble = {
+    facts = {
         "films_per_member": {str(m.run_dir): len(m.targets) for m in members},
         "films_by_out_of_fold_members": {
-            str(n): int(c) for n, c in enumerate(np.bincount([counts[k] for k in order])) if c
+            str(n): int(c) for n, c in enumerate(np.bincount(counts)) if c
         },
     }
-    return RunScores(
-        members[0].run_dir, ensemble, info, logits, targets, patients, order, facts_of_ensemble
-    )
+    return RunScores(members[0].run_dir, ensemble, info, logits, targets, patients, keys, facts)
 
 
 def shipped_network(
