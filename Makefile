@@ -13,7 +13,7 @@ test:  ## the default test suite (skips slow tests)
 test-slow:  ## only the slow tests
 	$(PY) -m pytest -q -m slow
 fuzz:  ## 10,000 fuzz cases over read_image and predict; prints the counts
-	PNEUMOSCAN_FUZZ_CASES=10000 $(PY) -m pytest -q -s -m slow tests/test_fuzz.py
+	PNEUMOSCAN_FUZZ_CASES=10000 $(PY) -m pytest -q -s -m slow tests/core/test_fuzz.py
 bench:  ## prediction speed, whole processes from the command line -> docs/benchmarks.md
 	.venv/bin/pneumoscan bench --model binary --images ../shared/data/chest_xray/train
 bench-train:  ## training speed: loader vs model step at 160 and 224 px, 1 vs 2 DDP processes -> docs/benchmarks.md

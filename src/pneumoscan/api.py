@@ -1,4 +1,6 @@
-"""The Python API: load a model once, predict on paths, bytes, arrays or DICOM datasets.
+"""api: `pneumoscan.load_model`, the Python API over the runtime; torch-free.
+
+Load a model once, predict on paths, bytes, arrays or DICOM datasets.
 
     >>> import pneumoscan
     >>> model = pneumoscan.load_model("binary")            # or "three-class", or a .onnx path
@@ -7,7 +9,8 @@
     >>> result.heatmap_array().shape                        # (512, 512, 3)
 
 Torch-free (ONNX Runtime). The CLI's `predict` and the HTTP server run the same functions from
-`pneumoscan.runtime.predict`, so all three give the same answer for the same input.
+`pneumoscan.runtime`, so all three give the same answer for the same input. May import `runtime`
+and `core` only.
 
 Array inputs follow one pixel contract: a 2-D grayscale image, either float in [0, 1] or uint8 /
 uint16 with the range the dtype implies (0..255, 0..65535). Other shapes, dtypes or ranges raise

@@ -1,12 +1,12 @@
-"""cli: the `pneumoscan` command (entry point `pneumoscan.cli:app`).
+"""cli: the `pneumoscan` command, one module per command group; thin.
 
-One module per command group: `predict` (predict, merge), `training` (train, cv, export, ship,
-models), `evaluation` (evaluate, stress), `site` (validate, calibrate), `research` (eda, bench,
-bench-ood, experiments), `serve` and `dicom` (dicom-node); `common` holds the shared options, logging set-up and the
-one-line error wrapper. Thin: each command imports its heavy modules inside itself, so
-`pneumoscan --help` is instant and never imports torch, and `predict` and `serve` never do.
+The entry point is `pneumoscan.cli:app`. Modules: `predict` (predict, merge), `training` (train,
+cv, export, ship, distill-targets, restore-run, models), `evaluation` (evaluate, stress), `site` (validate, calibrate),
+`research` (eda, bench, bench-ood, experiments), `serve` and `dicom` (dicom-node); `common` holds
+the shared options, logging set-up and the one-line error wrapper. Each command imports its heavy modules inside
+itself, so `pneumoscan --help` is instant, and `--help`, `predict` and `serve` never import torch.
 
-May import: every layer (inside the commands); at import time only typer and `core`.
+May import: every layer, inside the commands; at import time only typer and `core`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ COMMANDS = (
     training.export,
     predict.predict,
     training.ship,
+    training.distill_targets,
+    training.restore_run,
     research.bench,
     predict.merge,
     research.bench_ood,

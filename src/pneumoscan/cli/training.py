@@ -160,9 +160,23 @@ def export(
 @friendly
 def ship(
     run: Annotated[
-        Path, typer.Option("--run", help="finished run folder (holds model.pt and split.csv)")
-    ],
-    name: Annotated[str, typer.Option("--name", help="shipped name, e.g. binary or three-class")],
+        Path | None,
+        typer.Option("--run", help="finished run folder (holds model.pt and split.csv)"),
+    ] = None,
+    name: Annotated[
+        str, typer.Option("--name", help="shipped name, e.g. binary or three-class")
+    ] = "three-class",
+    ensemble: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--ensemble",
+            help="a member run (repeat for each; runs on different patient folds): ship their "
+            "mean as one ONNX graph, fitted and reported on out-of-fold films",
+        ),
+    ] = None,
+    stress_dir: Annotated[
+        Path, typer.Option("--stress-dir", help="where the stress benchmark writes")
+    ] = Path("docs/stress"),
     fold_runs: Annotated[
         list[Path] | None,
         typer.Option("--fold-run", help="the same recipe trained on another fold (fold spread)"),
@@ -194,12 +208,53 @@ def ship(
     from pneumoscan.training.ship import ship_model, write_card
 
     if card_only:
-        path = write_card(name, models_dir, stress_dir=Path("docs/stress") / name)
+        path = write_card(name, models_dir, stress_dir=stress_dir / name)
     else:
+        if run is None and not ensemble:
+            raise typer.BadParameter("give --run RUN, or --ensemble RUN for each member")
         path = ship_model(
-            run, name, models_dir, fold_runs or [], derive, rule, stress_data=stress_data
+            run,
+            name,
+            models_dir,
+            fold_runs or [],
+            derive,
+            rule,
+            stress_data=stress_data,
+            stress_dir=stress_dir,
+            ensemble=ensemble or [],
         )
     typer.echo(f"wrote {path}")
+
+
+@friendly
+def distill_targets(
+    models: Annotated[
+        list[Path], typer.Argument(help="teacher model files (.pt), e.g. runs/*/model.pt")
+    ],
+    out: Annotated[Path, typer.Option("--out", help="CSV of teacher probabilities to write")],
+    data: Annotated[
+        Path, typer.Option("--data", help="data folder with the training films")
+    ] = Path("../shared/data/chest_xray"),
+) -> None:
+    """Average the teacher networks' logits on every training film (as stored) and write their
+    probabilities, for `pneumoscan train ... train.distill_targets=CSV`."""
+    setup_logging()
+    from pneumoscan.training.distill import write_teacher_targets
+
+    typer.echo(f"wrote {write_teacher_targets(models, data, out)}")
+
+
+@friendly
+def restore_run(
+    model: Annotated[Path, typer.Argument(help="a model file (.pt) whose run folder is gone")],
+    out: Annotated[Path, typer.Option("--out", help="run folder to write")],
+) -> None:
+    """Rebuild a run folder (model.pt and split.csv, the split redrawn from the recorded config)
+    for a shipped model, so `ship --ensemble` and `stress` can use it as a member."""
+    setup_logging()
+    from pneumoscan.training.fit import restore_run as restore
+
+    typer.echo(f"wrote {restore(model, out)}")
 
 
 def models() -> None:

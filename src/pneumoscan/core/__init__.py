@@ -1,9 +1,11 @@
-"""core: what turns files into pixels and numbers into decisions.
+"""core: files to pixels and numbers to decisions; what every other layer stands on.
 
-Errors, labels and file names, atomic file I/O, the hardware line, image reading (every input ->
-[0, 1] pixels), preprocessing, the decision rule, conformal sets, the shipped models' location,
-the training config, and scanning a data folder (and its patient split).
+Owns the errors, labels and file names (`labels`), atomic file I/O (`fileio`), the hardware line,
+image reading (`images`: paths, bytes, arrays and DICOM datasets to one [0, 1] pixel contract),
+preprocessing (`preprocess`), the decision rule and the gate quantile (`decision`), conformal
+prediction sets (`conformal`), where the shipped models live (`shipped`), the training config
+(`config`) and scanning a data folder, its patient split and a run's split.csv (`dataset`).
 
 May import: the standard library, numpy, Pillow, pydicom and PyYAML (the lean install), and
-scikit-learn lazily for the patient split only. Never another pneumoscan layer.
+scikit-learn lazily for the patient split only. No other pneumoscan layer.
 """

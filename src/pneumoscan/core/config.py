@@ -78,6 +78,11 @@ class TrainConfig:
     # torch threads ran at 30 films/s on busy cores instead of 530 with one.
     loader_workers: int = 1
     seed: int = 42
+    # Knowledge distillation: a CSV of teacher probabilities per training film (`path` plus one
+    # column per class, as `pneumoscan distill-targets` writes it). Each training film's target
+    # becomes distill_weight x the teacher's probabilities + (1 - distill_weight) x its label.
+    distill_targets: str | None = None
+    distill_weight: float = 0.5
     # Lightning's device flags (README, "Several devices and machines"). batch_size and lr are per
     # process: the global batch is batch_size x devices x num_nodes.
     accelerator: str = "cpu"
@@ -275,6 +280,10 @@ def validate(config: Config) -> None:
         raise ConfigError("train.epochs and train.batch_size must be at least 1")
     if train.threshold_sensitivity is not None and not 0 < train.threshold_sensitivity < 1:
         raise ConfigError("train.threshold_sensitivity must be between 0 and 1")
+    if not 0.0 <= train.distill_weight <= 1.0:
+        raise ConfigError(
+            f"train.distill_weight must be between 0 and 1, got {train.distill_weight}"
+        )
     if train.loader_workers < 0:
         raise ConfigError(f"train.loader_workers must be 0 or more, got {train.loader_workers}")
     if train.num_nodes < 1:

@@ -5,7 +5,7 @@ A model file carries its `PreprocessSpec`, and training, evaluation and serving 
 
 Every image is resized whole to a square, as the seed studies did: 3,579 train images exist only
 as 224x224 squashed copies, and squashing every other image the same way makes both kinds look
-alike to the model (tests/test_preprocess.py checks that on real originals).
+alike to the model (tests/core/test_preprocess.py checks that on real originals).
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Hospital integration: pneumoscan's results as DICOM objects, and a DICOM node that sends them.
+"""dicom: results as DICOM objects (TID 1500 SR, heatmap SC), the DICOM node and DICOMweb.
+
+Hospital integration: an archive routes films to `pneumoscan dicom-node`, or `pneumoscan predict
+--dicom-out/--stow` reads them, and the results go back into each film's study.
 
 What it owns:
 
@@ -12,12 +15,12 @@ What it owns:
 - `node`: `pneumoscan dicom-node`, a C-STORE SCP (with C-ECHO) that predicts on a bounded queue;
 - `harness` (throwaway Orthanc and node processes for the tests, `bench` and `screenshot`).
 
-Layering: like `serve/`, it sits above `runtime/` and `core/` and may import only those two
-layers (the ONNX model, the predict path, the image reader, the notice, errors, atomic writes),
-never torch and never `training/`, `evaluation/`, `site/` or `research/`. Its third-party
-libraries (highdicom, pynetdicom, dicomweb-client) come with the `[dicom]` extra and are imported
-by the modules that need them, so `import pneumoscan.dicom` costs nothing and `pneumoscan --help`
-never loads them. The `dicom-node` command lives in `cli/dicom.py`.
+May import: `runtime` and `core` (the ONNX model, the predict path, the image reader, the
+notice, errors, atomic writes), and the `[dicom]` extra's highdicom, pynetdicom and
+dicomweb-client, inside the modules that need them, so `import pneumoscan.dicom` costs nothing and
+`pneumoscan --help` never loads them. Never torch, and not `api`, `training`, `evaluation`,
+`site`, `research` or `serve` (it sits beside `serve`, level 7). The `dicom-node` command lives
+in `cli/dicom.py`.
 
 Privacy: the DICOM objects carry the film's Patient and Study modules, as an archive needs them to
 file the result with the film; nothing else does. No patient field, and no UID from a received

@@ -1,7 +1,10 @@
-"""evaluation: how good a model is, torch-free.
+"""evaluation: how good a model is, and how to calibrate it; torch-free.
 
-Metrics, calibration and threshold rules with cross-fitting, the acquisition-shift stress panel
-and benchmark, scoring labelled films through the runtime, and the evaluation report.
+Owns the metrics (`metrics`), temperature, threshold rules and cross-fitting (`calibration`),
+labelled films scored through the runtime (`scoring`), the evaluation report (`report`),
+`evaluate` of an exported model (`evaluate`), and the acquisition-shift perturbations and stress
+benchmark (`perturb`, `stress`).
 
-May import: `core`, `runtime`, scikit-learn, SciPy and matplotlib (the [eval] extra). Never torch.
+May import: `core`, `runtime`, and scikit-learn, SciPy and matplotlib (the [eval] extra).
+Never torch.
 """

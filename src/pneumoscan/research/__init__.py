@@ -1,4 +1,7 @@
 """research: exploring the data, the seed studies' experiments and the benchmarks.
 
-May import: every layer below it (`core`, `runtime`, `evaluation`, `training`).
+Owns `eda`, the seed studies (`experiments`), prediction and gate benchmarks (`bench`) and the
+training benchmark (`bench_train`).
+
+May import: `core`, `runtime`, `evaluation` and `training`.
 """

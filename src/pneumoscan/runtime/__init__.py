@@ -1,8 +1,8 @@
-"""runtime: prediction on ONNX Runtime, torch-free.
+"""runtime: prediction on ONNX Runtime, torch-free: what the CLI, API and server all run.
 
-The exported model and its metadata (`model`), the batched predict path and its results
-(`predict`), heatmaps (`heatmap`), CSV and JSON prediction files (`outputs`) and sharded runs
-(`shards`). The CLI's `predict`, the Python API and the server all run these functions.
+Owns the exported model and its metadata (`model`), the batched predict path, its results and
+the outcome summary (`predict`), heatmaps and the PNG writer (`heatmap`), CSV and JSON
+prediction files (`outputs`) and sharded runs (`shards`).
 
-May import: `core`, onnxruntime, and what `core` may. Never torch.
+May import: `core`, onnxruntime and the lean install's packages. Never torch.
 """

@@ -1,6 +1,6 @@
 """CSV and JSON files of predictions, each row and document carrying the not-a-diagnostic-device
 notice. The columns and keys are defined here once; README.md documents them and
-tests/test_outputs.py reads them back with csv, json and pandas.
+tests/runtime/test_outputs.py reads them back with csv, json and pandas.
 
 CSV columns: file, status, label, p_<class> (one per class, in the model's order), threshold,
 gate_score, prediction_set, set_coverage, message, model, model_version, notice.

@@ -1,6 +1,9 @@
-"""The web page, REST API and OpenAPI docs over the torch-free predictor (`pneumoscan serve`).
+"""serve: the web page, REST API and OpenAPI docs over the runtime (`pneumoscan serve`).
 
 Needs the [serve] extra (FastAPI, uvicorn, python-multipart); the lean install and `pneumoscan
 predict` never import it. Modules: `app` (factory, lifespan, routes), `schemas` (pydantic models,
-the OpenAPI schema), `uploads` (in-memory multipart parsing and upload checks), `static/` (page).
+the OpenAPI schema), `uploads` (in-memory multipart parsing and upload checks), `loadtest`, and
+`static/` (the page).
+
+May import: `api`, `runtime` and `core`, and FastAPI. Never torch, never `evaluation` or above.
 """

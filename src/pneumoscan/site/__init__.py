@@ -1,6 +1,8 @@
-"""site: a site's own labelled films: validate a model on them, recalibrate it for them, and
-simulate a new site for demonstrations.
+"""site: a site's own labelled films: validate a model, recalibrate it, simulate a site.
 
-May import: `core`, `runtime`, `evaluation`, and `training` (calibrate writes model files);
-`validate` runs without torch.
+Owns `validate` (the model as it is, torch-free), `calibrate` (temperature, threshold, conformal
+scores and gate refitted on part of the films, before/after on the rest), their reports and the
+recalibrated model's card (`report`), and a simulated site for demonstrations (`simulate`).
+
+May import: `core`, `runtime`, `evaluation`, and `training` (calibrate writes model files).
 """

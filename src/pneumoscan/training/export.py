@@ -21,7 +21,7 @@ from pneumoscan.core.fileio import atomic_write
 from pneumoscan.core.shipped import resolve_model
 from pneumoscan.training.gate import OodGate, gate_scores, structure_penalty
 from pneumoscan.training.model_file import ModelInfo, load_model_file
-from pneumoscan.training.networks import Classifier, GroupedClassifier
+from pneumoscan.training.networks import Classifier, EnsembleClassifier, GroupedClassifier
 
 logger = logging.getLogger(__name__)
 
@@ -34,12 +34,15 @@ def cam_weights(model: Classifier | GroupedClassifier) -> torch.Tensor | None:
     For a model read from a finer one, a coarse class's map is its fine classes' mean map minus
     the other classes' (evidence for the group over the rest); None when the head has no CAM.
     """
-    linear = linear_classifier(model)
-    if linear is None:
+    source = model.source if isinstance(model, GroupedClassifier) else model
+    if isinstance(source, EnsembleClassifier):
+        weight = source.cam_weight()
+    else:
+        linear = linear_classifier(source)
+        weight = linear.weight if linear is not None else None
+    if weight is None:
         return None
-    if isinstance(model, GroupedClassifier):
-        return model.cam_mixing() @ linear.weight
-    return linear.weight
+    return model.cam_mixing() @ weight if isinstance(model, GroupedClassifier) else weight
 
 
 def linear_classifier(model: Classifier) -> nn.Linear | None:

@@ -307,6 +307,17 @@ def fit(
         )
         phases = [("phase-1", spec.size, train_config.epochs)]
 
+    train_targets = targets[train_index]
+    if train_config.distill_targets:
+        from pneumoscan.training.distill import soft_targets
+
+        train_targets = soft_targets(
+            [run_data.samples[i] for i in train_index],
+            train_targets,
+            Path(train_config.distill_targets),
+            len(class_names),
+            train_config.distill_weight,
+        )
     monitor = monitor_metric(len(class_names))
     for name, size, epochs in phases:
         phase_dir = out_dir / name
@@ -322,7 +333,7 @@ def fit(
             pixels = run_data.pixels[size]
             train_set = ImageTensorDataset(
                 pixels[train_index],
-                targets[train_index],
+                train_targets,
                 phase_spec,
                 augment=train_config.augment_policy if train_config.augment else False,
             )
@@ -658,3 +669,23 @@ def cross_validate(config: Config, out_dir: Path, folds: list[int], progress: bo
     )
     atomic_write_text(out_dir / "cv_summary.md", "\n".join(lines) + "\n")
     return summary
+
+
+def restore_run(model_file: Path, out_dir: Path) -> Path:
+    """A run folder for a model file whose run folder is gone (a shipped model): the model file
+    and its split.csv, redrawn from the config it recorded. The split depends only on the data,
+    data.fold, data.val_fraction, data.max_patients and train.seed, so it is the run's own."""
+    import shutil
+
+    from pneumoscan.core.config import config_from_dict
+
+    _, info = load_model_file(Path(model_file))
+    if not info.config:
+        raise ConfigError(f"{model_file}: records no training config; its split cannot be redrawn")
+    config = config_from_dict(info.config)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_data = prepare_run_data(config, {info.preprocess.size})
+    write_split(run_data, out_dir / ds.SPLIT_FILE)
+    shutil.copyfile(model_file, out_dir / "model.pt")
+    return out_dir

@@ -1,6 +1,6 @@
 """The LightningModule: loss, class weights, metrics, optimizer and scheduler.
 
-The network itself is a plain `models.Classifier` (no Lightning inside), so it exports and serves
+The network itself is a plain `networks.Classifier` (no Lightning inside), so it exports and serves
 without the trainer. When the backbone is frozen, `head_only=True` trains the head on cached
 backbone features instead of images.
 

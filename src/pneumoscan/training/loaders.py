@@ -238,7 +238,11 @@ class ImageTensorDataset(Dataset):
         augment: bool | str = False,
     ) -> None:
         self.pixels = torch.from_numpy(pixels)
-        self.targets = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+        targets = np.asarray(targets)
+        # class indices, or (films, classes) target distributions (distillation)
+        self.targets = torch.from_numpy(
+            targets.astype(np.float32) if targets.ndim == 2 else targets.astype(np.int64)
+        )
         self.spec = spec
         policy = "basic" if augment is True else augment
         self.augment = radiograph_augmentation(spec.size, policy) if policy else None

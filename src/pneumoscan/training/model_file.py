@@ -19,7 +19,12 @@ from pneumoscan.core.errors import ModelFileError
 from pneumoscan.core.fileio import atomic_write
 from pneumoscan.core.preprocess import PreprocessSpec
 from pneumoscan.training.gate import OodGate
-from pneumoscan.training.networks import Classifier, GroupedClassifier, create_model
+from pneumoscan.training.networks import (
+    Classifier,
+    EnsembleClassifier,
+    GroupedClassifier,
+    create_model,
+)
 
 MODEL_FILE_FORMAT = "pneumoscan-model/1"
 
@@ -111,11 +116,21 @@ def save_model_file(
     """One self-describing file: weights plus `ModelInfo`, written atomically."""
 
     weights = model.source if isinstance(model, GroupedClassifier) else model
-    state = {
-        key: value.half() if half and value.is_floating_point() else value
-        for key, value in weights.state_dict().items()
-    }
-    payload = {"info": info.to_dict(), "state_dict": state}
+
+    def plain(module: torch.nn.Module) -> dict:
+        return {
+            key: value.half() if half and value.is_floating_point() else value
+            for key, value in module.state_dict().items()
+        }
+
+    payload = {"info": info.to_dict()}
+    if isinstance(weights, EnsembleClassifier):
+        payload["members"] = [
+            {"info": member_info, "state_dict": plain(member)}
+            for member, member_info in zip(weights.members, weights.member_infos)
+        ]
+    else:
+        payload["state_dict"] = plain(weights)
     if info.ood is not None:
         payload["ood"] = info.ood.to_tensors()
     atomic_write(Path(path), lambda tmp: torch.save(payload, tmp))
@@ -150,21 +165,34 @@ def load_model_file(path: Path) -> tuple[Classifier | GroupedClassifier, ModelIn
     if "ood" in payload:
         info.ood = OodGate.from_tensors(payload["ood"])
     derived = info.derived_from
-    model = create_model(
-        info.arch,
-        len(derived["class_names"] if derived else info.class_names),
-        head=info.head,
-        dropout=info.dropout,
-        pretrained=False,
-        image_size=info.preprocess.size,
-    )
-    state = {
-        key: value.float() if value.is_floating_point() else value
-        for key, value in payload["state_dict"].items()
-    }
-    model.load_state_dict(state)
+    if "members" in payload:
+        members = [
+            _network(ModelInfo.from_dict(m["info"]), m["state_dict"]) for m in payload["members"]
+        ]
+        model = EnsembleClassifier(members, [m["info"] for m in payload["members"]])
+    else:
+        classes = len(derived["class_names"] if derived else info.class_names)
+        model = _network(info, payload["state_dict"], classes)
     if derived:
         groups = tuple(tuple(members) for members in derived["groups"])
         model = GroupedClassifier(model, derived["temperature"], groups)
     model.eval()
     return model, info
+
+
+def _network(info: ModelInfo, state_dict: dict, classes: int | None = None) -> Classifier:
+    model = create_model(
+        info.arch,
+        classes or len(info.class_names),
+        head=info.head,
+        dropout=info.dropout,
+        pretrained=False,
+        image_size=info.preprocess.size,
+    )
+    model.load_state_dict(
+        {
+            key: value.float() if value.is_floating_point() else value
+            for key, value in state_dict.items()
+        }
+    )
+    return model

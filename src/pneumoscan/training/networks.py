@@ -94,7 +94,7 @@ class GroupedClassifier(nn.Module):
         super().__init__()
         self.source = source
         self.source_temperature = float(source_temperature)
-        matrix = torch.zeros(len(groups), source.head[-1].out_features)
+        matrix = torch.zeros(len(groups), output_classes(source))
         for row, members in enumerate(groups):
             matrix[row, list(members)] = 1.0
         self.register_buffer("group_matrix", matrix, persistent=False)
@@ -132,6 +132,64 @@ class GroupedClassifier(nn.Module):
         inside = self.group_matrix / self.group_matrix.sum(dim=1, keepdim=True)
         outside = (1 - self.group_matrix) / (1 - self.group_matrix).sum(dim=1, keepdim=True)
         return inside - outside
+
+
+class EnsembleClassifier(nn.Module):
+    """Several trained classifiers that see the same input and average their logits.
+
+    It keeps the one-network interface: `forward_features` is the members' feature maps side by
+    side (one gate is fitted on their pooled concatenation), `forward_head` splits them again,
+    runs each member's head and averages the logits, and `cam_weight` averages the members'
+    class maps. Members must share the input size, so their feature maps line up.
+    """
+
+    def __init__(self, members: list[Classifier], member_infos: list[dict]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.member_infos = list(member_infos)
+        self.widths = []
+        for member in members:
+            linear = [m for m in member.head.modules() if isinstance(m, nn.Linear)]
+            if not linear:
+                raise ConfigError("an ensemble member needs a linear head")
+            self.widths.append(linear[0].in_features)
+        sizes = {info["preprocess"]["size"] for info in self.member_infos}
+        if len(sizes) != 1:
+            raise ConfigError(f"ensemble members take different input sizes {sorted(sizes)}")
+
+    @property
+    def num_classes(self) -> int:
+        return output_classes(self.members[0])
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.cat([member.forward_features(images) for member in self.members], dim=1)
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(features, self.widths, dim=1)
+        logits = [member.forward_head(part) for member, part in zip(self.members, parts)]
+        return torch.stack(logits).mean(dim=0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+    def cam_weight(self) -> torch.Tensor | None:
+        """(classes, all features): the mean of the members' class maps, on the joint features."""
+        weights = []
+        for member in self.members:
+            layers = [m for m in member.head if not isinstance(m, (nn.Dropout, nn.Identity))]
+            if not isinstance(layers[-1], nn.Linear) or len(layers) != 3:
+                return None
+            weights.append(layers[-1].weight)
+        return torch.cat(weights, dim=1) / len(weights)
+
+    def set_trainable_blocks(self, count: int | None) -> None:
+        raise ConfigError("an ensemble is not trained as one; train its members")
+
+
+def output_classes(model: nn.Module) -> int:
+    if isinstance(model, EnsembleClassifier):
+        return model.num_classes
+    return [m for m in model.head.modules() if isinstance(m, nn.Linear)][-1].out_features
 
 
 # --- backbones ----------------------------------------------------------------------------

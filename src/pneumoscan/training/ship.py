@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -39,7 +39,12 @@ from pneumoscan.training.fit import default_cache_dir
 from pneumoscan.training.gate import fit_gate, pooled_features
 from pneumoscan.training.loaders import ImageTensorDataset, decode_images
 from pneumoscan.training.model_file import ModelInfo, load_model_file, save_model_file
-from pneumoscan.training.networks import GroupedClassifier, get_architecture, predict_logits
+from pneumoscan.training.networks import (
+    EnsembleClassifier,
+    GroupedClassifier,
+    get_architecture,
+    predict_logits,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +67,10 @@ class RunScores:
     logits: np.ndarray
     targets: np.ndarray
     patients: list[str]
+    keys: list[str] = field(default_factory=list)  # distill.film_key of each scored film
+    # An ensemble's out-of-fold scores: how many films each member scored, and how many films
+    # had 1, 2, ... out-of-fold members.
+    ensemble: dict | None = None
 
 
 def score_run(run_dir: Path) -> RunScores:
@@ -78,12 +87,18 @@ def score_run(run_dir: Path) -> RunScores:
     logits = predict_logits(
         model.to(memory_format=torch.channels_last), DataLoader(images, batch_size=64)
     ).numpy()
+    from pneumoscan.training.distill import film_key
+
     patients = [samples[i].patient for i in decoded.kept]
-    return RunScores(run_dir, model, info, logits, targets[decoded.kept], patients)
+    keys = [film_key(samples[i].path) for i in decoded.kept]
+    return RunScores(run_dir, model, info, logits, targets[decoded.kept], patients, keys)
 
 
-def out_of_sample(scores: RunScores, derive: str | None, rule: str) -> dict:
-    """Cross-fitted figures: calibration fitted on other validation patients than it is scored on."""
+def out_of_sample(
+    scores: RunScores, derive: str | None, rule: str, bootstrap: int = 1000, sets: bool = True
+) -> dict:
+    """Cross-fitted figures: calibration fitted on other validation patients than it is scored on.
+    `bootstrap` patient resamples give the intervals; `sets` adds cross-validated conformal sets."""
     groups = cal.BINARY_GROUPS if derive == "binary" else None
     class_names = CLASS_NAMES[Task.BINARY] if groups else scores.info.class_names
     scored = cal.coarse_targets(scores.targets, groups) if groups else scores.targets
@@ -96,7 +111,9 @@ def out_of_sample(scores: RunScores, derive: str | None, rule: str) -> dict:
         class_names=class_names,
         groups=groups,
     )
-    metrics = cal.crossfit_metrics(result, scores.patients, class_names)
+    metrics = cal.crossfit_metrics(result, scores.patients, class_names, bootstrap)
+    if not sets:
+        return metrics
     # Sets from the out-of-sample probabilities, each patient fold's from the others' scores.
     metrics["conformal"] = [
         cal.conformal_crossval(
@@ -105,6 +122,55 @@ def out_of_sample(scores: RunScores, derive: str | None, rule: str) -> dict:
         for level in REPORTED_LEVELS
     ]
     return metrics
+
+
+def pool_out_of_fold(
+    members: list[RunScores],
+) -> tuple[list[str], np.ndarray, np.ndarray, list[str], list[int]]:
+    """(keys, logits, targets, patients, counts) over every film some member held out: the mean
+    logits of the members that held it out, and how many they were."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    facts: dict[str, tuple[int, str]] = {}
+    for member in members:
+        for key, logits, target, patient in zip(
+            member.keys, member.logits, member.targets, member.patients
+        ):
+            sums[key] = sums.get(key, 0) + logits
+            counts[key] = counts.get(key, 0) + 1
+            facts[key] = (int(target), patient)
+    order = sorted(sums)
+    logits = np.stack([sums[k] / counts[k] for k in order]).astype(np.float32)
+    targets = np.asarray([facts[k][0] for k in order], dtype=np.int64)
+    return order, logits, targets, [facts[k][1] for k in order], [counts[k] for k in order]
+
+
+def out_of_fold_scores(members: list[RunScores]) -> RunScores:
+    """Every film that is validation for at least one member, scored by the mean logits of the
+    members that never trained on it (its out-of-fold members), with the ensemble of all
+    members as the network. Figures from these scores describe one or two members per film,
+    not the whole ensemble: a conservative estimate of it."""
+    keys, logits, targets, patients, counts = pool_out_of_fold(members)
+    ensemble = EnsembleClassifier([m.model for m in members], [m.info.to_dict() for m in members])
+    first = members[0].info
+    info = ModelInfo(
+        arch=first.arch,
+        head=first.head,
+        dropout=first.dropout,
+        task=first.task,
+        class_names=first.class_names,
+        preprocess=first.preprocess,
+        config=first.config,
+        versions=first.versions,
+        name=first.name,
+    )
+    facts = {
+        "films_per_member": {str(m.run_dir): len(m.targets) for m in members},
+        "films_by_out_of_fold_members": {
+            str(n): int(c) for n, c in enumerate(np.bincount(counts)) if c
+        },
+    }
+    return RunScores(members[0].run_dir, ensemble, info, logits, targets, patients, keys, facts)
 
 
 def shipped_network(
@@ -207,21 +273,40 @@ def ship_model(
     rule: str = "balanced",
     stress_data: Path | None = None,
     stress_dir: Path = Path("docs/stress"),
+    ensemble: list[Path] = (),
 ) -> Path:
-    """Calibrate, refit the gate, write the fp16 model file, the ONNX file and the card."""
+    """Calibrate, refit the gate, write the fp16 model file, the ONNX file and the card.
+
+    With `ensemble` (run folders trained on different patient folds) the shipped network
+    averages the members' logits in one graph, and every fit and figure uses out-of-fold scores.
+    """
     if rule not in cal.THRESHOLD_RULES:
         raise ConfigError(f"--rule {rule!r}: choose one of {', '.join(cal.THRESHOLD_RULES)}")
-    run_dir, models_dir = Path(run_dir), Path(models_dir)
-    scores = score_run(run_dir)
+    models_dir = Path(models_dir)
+    if ensemble:
+        # Members on different patient folds; the reported films are each member's own
+        # validation films, scored by the members that never trained on them.
+        member_scores = [score_run(Path(member)) for member in ensemble]
+        run_dir = member_scores[0].run_dir
+        scores = out_of_fold_scores(member_scores)
+        folds = [
+            {"run": str(m.run_dir), **_fold_row(out_of_sample(m, derive, rule))}
+            for m in member_scores
+        ]
+    else:
+        run_dir = Path(run_dir)
+        scores = score_run(run_dir)
+        folds = []
     logger.info("cross-fitting calibration on %d validation films", len(scores.targets))
     oos = out_of_sample(scores, derive, rule)
-    folds = [{"run": str(run_dir), **_fold_row(oos)}]
+    if not ensemble:
+        folds.append({"run": str(run_dir), **_fold_row(oos)})
     for other in fold_runs:
         other_scores = score_run(Path(other))
         folds.append({"run": str(other), **_fold_row(out_of_sample(other_scores, derive, rule))})
     model, info = shipped_network(scores, derive, rule)
     info.val_metrics = oos  # the figures a user should expect: out-of-sample for calibration
-    refit_gate(run_dir, model, info, run_dir / "gate.pt")
+    refit_gate(run_dir, model, info, run_dir / f"gate-{weights_key(ensemble or [run_dir])}.pt")
     info.name = name
     binary = len(info.class_names) == 2
     arch = get_architecture(info.arch)
@@ -253,6 +338,8 @@ def ship_model(
             else None
         ),
         "shipped": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+        "members": [member_facts(Path(member)) for member in ensemble] or None,
+        "ensemble": scores.ensemble,
     }
     shipped_pt = models_dir / f"{name}.pt"
     save_model_file(shipped_pt, model, info, half=True)
@@ -273,6 +360,36 @@ def ship_model(
 
         stress = run_stress(onnx_path, stress_data, Path(stress_dir) / name)
     return write_card(name, models_dir, stress, Path(stress_dir) / name)
+
+
+def weights_key(run_dirs: list[Path]) -> str:
+    """A short hash of the runs' weight files: a cache fitted on other weights is never reused."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for run_dir in run_dirs:
+        digest.update((Path(run_dir) / "model.pt").read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def member_facts(run_dir: Path) -> dict:
+    """What the card says of one ensemble member: its run, fold, seed, recipe and time."""
+    _, info = load_model_file(run_dir / "model.pt")
+    config = info.config or {}
+    data, train = config.get("data", {}), config.get("train", {})
+    timing = run_timing(run_dir)
+    return {
+        "run": str(run_dir),
+        "arch": info.arch,
+        "size": info.preprocess.size,
+        "fold": data.get("fold"),
+        "seed": train.get("seed"),
+        "augment_policy": train.get("augment_policy"),
+        "epochs": train.get("epochs"),
+        "training_minutes": round(timing["wall_seconds"] / 60, 1)
+        if "wall_seconds" in timing
+        else None,
+    }
 
 
 def _fold_row(metrics: dict) -> dict:
@@ -379,6 +496,7 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
         + (f"{minutes} min" if minutes is not None else "not recorded")
         + " (other work may have shared the cores, so it is an upper bound).",
         "",
+        *_members_text(record),
         "## Out-of-sample validation",
         "",
         f"n = {oos['n']} validation films. Calibration (temperature"
@@ -516,6 +634,43 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
         "",
     ]
     return "\n".join(lines)
+
+
+def _members_text(record: dict) -> list[str]:
+    """The ensemble's members and how its out-of-fold figures were scored; nothing for one network."""
+    members = record.get("members")
+    if not members:
+        return []
+    lines = [
+        "## Ensemble members",
+        "",
+        f"One ONNX graph runs {len(members)} networks on the same input and averages their "
+        "logits; one temperature, one threshold and one gate (on the members' pooled features "
+        "side by side) apply to the mean, and the heatmap is the mean of the members' class maps.",
+        "",
+        "| run | network | input | validation fold (split seed) | augmentation | epochs | training time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for m in members:
+        minutes = (
+            f"{m['training_minutes']} min" if m["training_minutes"] is not None else "not recorded"
+        )
+        lines.append(
+            f"| `{m['run']}` | {m['arch']} | {m['size']} px | {m['fold']} ({m['seed']}) | "
+            f"`{m['augment_policy']}` | {m['epochs']} | {minutes} |"
+        )
+    counts = (record.get("ensemble") or {}).get("films_by_out_of_fold_members", {})
+    lines += [
+        "",
+        "Out-of-fold scoring: every member's validation films are pooled, and each film is scored "
+        "by the mean logits of the members that never trained on it ("
+        + ", ".join(f"{c} films by {n} member(s)" for n, c in counts.items())
+        + "). These figures describe one or two members per film, not all of them, so they "
+        "under-state the ensemble; the temperature, threshold and conformal scores are fitted on "
+        "the same out-of-fold scores.",
+        "",
+    ]
+    return lines
 
 
 def _conformal_text(info: ModelInfo, oos: dict) -> str:

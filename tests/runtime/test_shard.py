@@ -11,7 +11,7 @@ import pytest
 from pneumoscan.core.errors import InputError
 from pneumoscan.runtime.shards import Shard, merge_csv, parse_shard
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def _predict(*args, cwd):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import make_layout
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TORCH = ("torch", "torchvision", "torchmetrics", "lightning")
 
 

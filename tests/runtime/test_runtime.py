@@ -119,7 +119,7 @@ def test_torch_model_file_is_refused_by_predict(tiny_lite_model):
 def test_lean_install_predicts_offline_without_torch(tmp_path):
     """`pip install .` (no extras) in a fresh virtualenv: torch is absent, and predict works on the
     shipped model for a JPEG, a PNG, a DICOM and a folder, with heatmaps."""
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
@@ -178,7 +178,7 @@ def test_shipped_gate_refuses_non_radiographs_and_accepts_films(tmp_path):
     assert blank_or_noise and blank_or_noise <= refused  # no structure: never a radiograph
     assert all(a.label is None and not a.probabilities for a in rejected)
     assert all(a.gate_score > model.ood_threshold for a in rejected)
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     for film in sorted((repo / "examples").glob("*.jpeg")):
         assert predict_pixels(model, read_image(film), film.name).status == "ok"
 

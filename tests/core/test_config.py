@@ -6,7 +6,7 @@ from pneumoscan.core.config import load_config, trainable_blocks
 from pneumoscan.core.errors import ConfigError
 from pneumoscan.core.labels import Task
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.mark.parametrize("name", ["binary.yaml", "three_class.yaml"])

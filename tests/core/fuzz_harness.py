@@ -10,7 +10,7 @@ overwrites, insertions, deletions, duplications, truncation).
 
 The property: every case ends either in a [0, 1] float32 2-D array or in an `InputError` with a
 one-line message, and `predict_many` returns one result per input without raising.
-tests/test_fuzz.py runs a seeded few hundred cases by default and 10,000 with `make fuzz`.
+tests/core/test_fuzz.py runs a seeded few hundred cases by default and 10,000 with `make fuzz`.
 """
 
 from __future__ import annotations

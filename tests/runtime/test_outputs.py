@@ -23,7 +23,7 @@ from pneumoscan.api import load_model
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.runtime.outputs import JSON_MODEL_KEYS, csv_columns
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").glob("*.jpeg"))
 PATIENT_VALUES = ("SECRET-12345", "Doe", "Jane")
 RESULT_KEYS = {

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 PNEUMONIA_FILM = EXAMPLES / "pneumonia_person1946_bacteria_4874.jpeg"
 NORMAL_FILM = EXAMPLES / "normal_NORMAL2-IM-1427-0001.jpeg"

@@ -1,0 +1,86 @@
+"""The folder tree is the map: README.md's "Architecture" block is generated from the import-linter
+contracts in pyproject.toml and the subpackages' docstrings, so it cannot drift from what
+`lint-imports` enforces. Regenerate the block with `python tests/test_architecture.py`."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "src" / "pneumoscan"
+BEGIN, END = "<!-- architecture: begin -->", "<!-- architecture: end -->"
+MAX_ROOT_MODULES = 6  # besides __init__ and __main__
+
+
+def _contracts() -> list[dict]:
+    import tomllib
+
+    with (REPO / "pyproject.toml").open("rb") as handle:
+        return tomllib.load(handle)["tool"]["importlinter"]["contracts"]
+
+
+def _layers() -> list[list[str]]:
+    """The layers contract, top first; siblings share a layer."""
+    (layers,) = [c["layers"] for c in _contracts() if c["type"] == "layers"]
+    return [[name.strip() for name in layer.split("|")] for layer in layers]
+
+
+def _summary(module: str) -> str:
+    """First line of a subpackage's (or root module's) docstring, without its `name: ` prefix."""
+    relative = Path(*module.split(".")[1:])
+    path = PACKAGE / relative / "__init__.py"
+    if not path.is_file():
+        path = PACKAGE / relative.with_suffix(".py")
+    first = ast.get_docstring(ast.parse(path.read_text())).splitlines()[0]
+    return first.split(": ", 1)[1] if first.startswith(f"{relative.name}: ") else first
+
+
+def _display(module: str) -> str:
+    name = module.split(".")[-1]
+    return f"{name}/" if (PACKAGE / name).is_dir() else f"{name}.py"
+
+
+def architecture_block() -> str:
+    """The README block: layers top first with their level and summary, then the contracts."""
+    layers = _layers()
+    rows = ["level  package      owns"] + [
+        f"{len(layers) - level:>5}  {_display(module):<13}{_summary(module)}"
+        for level, siblings in enumerate(layers)
+        for module in siblings
+    ]
+    rules = [f"- {c['name']}" for c in _contracts() if c["type"] != "layers"]
+    return "\n".join(["```", *rows, "```", "", *rules])
+
+
+def _readme_block() -> str:
+    text = (REPO / "README.md").read_text()
+    return text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip()
+
+
+def test_readme_architecture_is_the_contracts():
+    assert _readme_block() == architecture_block(), (
+        "README.md's Architecture block is stale; regenerate it with "
+        "`python tests/test_architecture.py` and paste it between the markers"
+    )
+
+
+def test_every_subpackage_is_in_a_layer_and_says_what_it_may_import():
+    layered = {module for siblings in _layers() for module in siblings}
+    subpackages = {f"pneumoscan.{p.parent.name}" for p in PACKAGE.glob("*/__init__.py")}
+    assert subpackages <= layered, f"not in the layers contract: {subpackages - layered}"
+    for module in sorted(subpackages):
+        docstring = ast.get_docstring(
+            ast.parse((PACKAGE / module[11:] / "__init__.py").read_text())
+        )
+        assert "May import" in docstring, f"{module}: its docstring should say what it may import"
+
+
+def test_few_modules_at_the_package_root():
+    root = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
+    assert len(root) <= MAX_ROOT_MODULES, root
+
+
+if __name__ == "__main__":  # print the block to paste into README.md
+    sys.stdout.write(architecture_block() + "\n")

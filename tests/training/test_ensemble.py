@@ -1,0 +1,148 @@
+"""Ensembles and distillation: members on different patient folds averaged in one graph,
+out-of-fold scoring, a student trained on a teacher's probabilities, and the field-of-view
+augmentation and stress cases."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_layout
+
+
+def _config(root, data, overrides=()):
+    from pneumoscan.core.config import load_config
+
+    return load_config(
+        "configs/three_class_fov.yaml",
+        [
+            f"data.root={data}",
+            f"data.cache_dir={root / 'cache'}",
+            "data.val_fraction=0.34",
+            "model.image_size=64",
+            "train.epochs=1",
+            "train.batch_size=8",
+            "train.threads=2",
+            "train.loader_workers=0",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def member_runs(tmp_path_factory):
+    """Two members on different folds; the second is a student of the first (distillation)."""
+    from pneumoscan.training.distill import write_teacher_targets
+    from pneumoscan.training.fit import fit
+
+    root = tmp_path_factory.mktemp("ensemble")
+    data = make_layout(root / "data", splits=("train",), per_class=8)
+    first = fit(_config(root, data), root / "f0", progress=False).parent
+    teacher = write_teacher_targets([first / "model.pt"], data, root / "teacher.csv")
+    second_config = _config(
+        root, data, ["data.fold=1", f"train.distill_targets={teacher}", "train.distill_weight=0.7"]
+    )
+    second = fit(second_config, root / "f1", progress=False).parent
+    return root, data, first, second, teacher
+
+
+def test_ensemble_ships_as_one_graph_averaging_its_members(member_runs):
+    from pneumoscan.core.dataset import read_split
+    from pneumoscan.runtime.model import OnnxModel
+    from pneumoscan.training.model_file import load_model_file
+    from pneumoscan.training.networks import EnsembleClassifier
+    from pneumoscan.training.ship import ship_model
+
+    root, _, first, second, _ = member_runs
+    models = root / "models"
+    card = ship_model(None, "three-class", models, ensemble=[first, second]).read_text()
+    model, info = load_model_file(models / "three-class.pt")
+    assert isinstance(model, EnsembleClassifier) and len(model.members) == 2
+
+    members = [load_model_file(run / "model.pt")[0] for run in (first, second)]
+    images = torch.rand(3, 3, 64, 64)
+    with torch.no_grad():
+        own = torch.stack([m(images) for m in model.members]).mean(dim=0)
+        assert torch.allclose(model(images), own, atol=1e-5)
+        # the shipped members are the runs' networks (stored in fp16)
+        expected = torch.stack([m(images) for m in members]).mean(dim=0)
+        assert torch.allclose(model(images), expected, atol=2e-2)
+        assert not torch.allclose(model(images), members[0](images), atol=1e-3)
+
+    # the reported films: each member's validation films, each once
+    held_out = {str(s.path) for run in (first, second) for s in read_split(run, "val")[0]}
+    assert info.val_metrics["n"] == len(held_out)
+    counts = info.record["ensemble"]["films_by_out_of_fold_members"]
+    assert sum(counts.values()) == len(held_out)
+    assert [m["fold"] for m in info.record["members"]] == [0, 1]
+    assert "## Ensemble members" in card and "out-of-fold" in card.lower()
+    assert "not a diagnostic device" in card
+
+    runtime = OnnxModel(models / "three-class.onnx")
+    assert {"cam", "ood_score"} <= set(runtime.output_names)
+    # the class map is the members' mean map
+    cam_weight = model.cam_weight()
+    assert cam_weight.shape == (3, sum(model.widths))
+
+
+def test_ensemble_and_binary_reading_parity(member_runs):
+    """The binary model read from an ensemble: ONNX agrees with torch (ship refuses otherwise)."""
+    from pneumoscan.training.model_file import load_model_file
+    from pneumoscan.training.networks import EnsembleClassifier, GroupedClassifier
+    from pneumoscan.training.ship import ship_model
+
+    root, _, first, second, _ = member_runs
+    models = root / "models-binary"
+    ship_model(None, "binary", models, derive="binary", ensemble=[first, second])
+    model, info = load_model_file(models / "binary.pt")
+    assert isinstance(model, GroupedClassifier) and isinstance(model.source, EnsembleClassifier)
+    assert info.record["onnx_parity"] < 1e-4 and info.class_names == ("normal", "pneumonia")
+
+
+def test_out_of_fold_pool_averages_only_members_that_held_the_film_out():
+    from pneumoscan.training.ship import RunScores, pool_out_of_fold
+
+    def member(keys, logits, targets):
+        patients = [k.split("/")[-1] for k in keys]
+        logits = np.asarray(logits, dtype=np.float32)
+        return RunScores("run", None, None, logits, np.asarray(targets), patients, keys)
+
+    a = member(["v/1", "v/2"], [[2, 0, 0], [0, 2, 0]], [0, 1])
+    b = member(["v/2", "v/3"], [[0, 0, 2], [1, 1, 1]], [1, 2])
+    keys, logits, targets, patients, counts = pool_out_of_fold([a, b])
+    assert keys == ["v/1", "v/2", "v/3"] and counts == [1, 2, 1]
+    np.testing.assert_allclose(logits, [[2, 0, 0], [0, 1, 1], [1, 1, 1]])
+    assert targets.tolist() == [0, 1, 2] and patients == ["1", "2", "3"]
+
+
+def test_soft_targets_mix_teacher_and_label(tmp_path):
+    from pneumoscan.core.dataset import Sample
+    from pneumoscan.core.errors import ConfigError
+    from pneumoscan.training.distill import soft_targets
+
+    table = tmp_path / "teacher.csv"
+    table.write_text("path,normal,bacteria,virus\ntrain/NORMAL/a.jpeg,0.6,0.3,0.1\n")
+    film = Sample(
+        tmp_path / "data" / "train" / "NORMAL" / "a.jpeg", "train", "NORMAL", "normal", "a", True
+    )
+    targets = soft_targets([film], np.array([0]), table, 3, 0.5)
+    np.testing.assert_allclose(targets, [[0.8, 0.15, 0.05]])
+    other = Sample(tmp_path / "train" / "NORMAL" / "b.jpeg", "train", "NORMAL", "normal", "b", True)
+    with pytest.raises(ConfigError, match="no teacher probabilities for 1"):
+        soft_targets([other], np.array([0]), table, 3, 0.5)
+
+
+def test_fov_policy_and_zoom_stress_cases():
+    from pneumoscan.evaluation.perturb import AUGMENTATION_FAMILIES, panel
+    from pneumoscan.training.loaders import radiograph_augmentation
+
+    assert "zoom" in AUGMENTATION_FAMILIES["fov"] and "zoom" not in AUGMENTATION_FAMILIES["framing"]
+    augment = radiograph_augmentation(64, "fov")
+    assert augment(torch.rand(1, 80, 96)).shape == (1, 64, 64)
+    reference = np.linspace(0, 1, 257, dtype=np.float32)
+    cases = {p.name: p for p in panel(reference, reference)}
+    image = np.random.default_rng(0).random((100, 200), dtype=np.float32)
+    assert cases["crop-20"](image, 0).shape == (60, 120)
+    assert cases["border-20"](image, 0).shape == (140, 280)
+    cropped = cases["crop-off-centre"](image, 0)
+    assert 60 <= cropped.shape[0] <= 90 and 120 <= cropped.shape[1] <= 180
