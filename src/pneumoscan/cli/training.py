@@ -177,6 +177,14 @@ def ship(
     stress_dir: Annotated[
         Path, typer.Option("--stress-dir", help="where the stress benchmark writes")
     ] = Path("docs/stress"),
+    class_bias: Annotated[
+        bool,
+        typer.Option(
+            "--class-bias",
+            help="three-class: fit per-class logit biases with the temperature "
+            "(bias-corrected temperature scaling), cross-fitted for the reported figures",
+        ),
+    ] = False,
     fold_runs: Annotated[
         list[Path] | None,
         typer.Option("--fold-run", help="the same recipe trained on another fold (fold spread)"),
@@ -222,6 +230,7 @@ def ship(
             stress_data=stress_data,
             stress_dir=stress_dir,
             ensemble=ensemble or [],
+            class_bias=class_bias,
         )
     typer.echo(f"wrote {path}")
 

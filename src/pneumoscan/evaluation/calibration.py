@@ -232,11 +232,13 @@ def crossfit(
     sensitivity: float = 0.98,
     class_names: tuple[str, ...] = (),
     groups=None,
+    bias: bool = False,
 ) -> CrossFit:
     """Calibrate on all folds but one, score that fold; every film is scored out-of-sample.
 
     With `groups`, the fine logits are read in coarser classes as the shipped GroupedClassifier
-    reads them (`fit_grouped`), and folds are stratified on the coarse classes.
+    reads them (`fit_grouped`), and folds are stratified on the coarse classes. With `bias`, each
+    fold's calibration also fits per-class logit biases (bias-corrected temperature scaling).
     """
     scored = coarse_targets(targets, groups) if groups else targets
     out = np.zeros((len(targets), len(groups) if groups else logits.shape[1]))
@@ -251,9 +253,9 @@ def crossfit(
                 calibrated_probabilities(logits[held], source), groups
             )
         else:
-            calibration = fit(logits[rest], targets[rest], rule, sensitivity)
+            calibration = fit(logits[rest], targets[rest], rule, sensitivity, bias=bias)
             held_logits = logits[held]
-        out[held] = calibrated_probabilities(held_logits, calibration.temperature)
+        out[held] = calibrated_probabilities(held_logits, calibration.temperature, calibration.bias)
         thresholds.append(calibration.threshold)
         temperatures.append(calibration.temperature)
         per_fold.append(

@@ -95,7 +95,12 @@ def score_run(run_dir: Path) -> RunScores:
 
 
 def out_of_sample(
-    scores: RunScores, derive: str | None, rule: str, bootstrap: int = 1000, sets: bool = True
+    scores: RunScores,
+    derive: str | None,
+    rule: str,
+    bootstrap: int = 1000,
+    sets: bool = True,
+    class_bias: bool = False,
 ) -> dict:
     """Cross-fitted figures: calibration fitted on other validation patients than it is scored on.
     `bootstrap` patient resamples give the intervals; `sets` adds cross-validated conformal sets."""
@@ -110,6 +115,7 @@ def out_of_sample(
         folds=cal.crossfit_folds(scored, scores.patients, CROSSFIT_FOLDS),
         class_names=class_names,
         groups=groups,
+        bias=class_bias and not groups,
     )
     metrics = cal.crossfit_metrics(result, scores.patients, class_names, bootstrap)
     if not sets:
@@ -174,16 +180,23 @@ def out_of_fold_scores(members: list[RunScores]) -> RunScores:
 
 
 def shipped_network(
-    scores: RunScores, derive: str | None, rule: str
+    scores: RunScores, derive: str | None, rule: str, class_bias: bool = False
 ) -> tuple[torch.nn.Module, ModelInfo]:
-    """The network and its info, calibrated on all validation films of the run."""
+    """The network and its info, calibrated on all validation films of the run (with
+    `class_bias`, per-class logit biases too: bias-corrected temperature scaling)."""
     model, info = scores.model, scores.info
     if derive is None:
         calibration = cal.fit(
-            scores.logits, scores.targets, rule if len(info.class_names) == 2 else None
+            scores.logits,
+            scores.targets,
+            rule if len(info.class_names) == 2 else None,
+            bias=class_bias,
         )
         info.temperature, info.threshold = calibration.temperature, calibration.threshold
-        probabilities = calibrated_probabilities(scores.logits, calibration.temperature)
+        info.class_bias = calibration.bias
+        probabilities = calibrated_probabilities(
+            scores.logits, calibration.temperature, calibration.bias
+        )
         info.conformal = _conformal(probabilities, scores.targets, scores.run_dir)
         return model, info
     if derive != "binary" or info.task != Task.THREE_CLASS.value:
@@ -274,6 +287,7 @@ def ship_model(
     stress_data: Path | None = None,
     stress_dir: Path = Path("docs/stress"),
     ensemble: list[Path] = (),
+    class_bias: bool = False,
 ) -> Path:
     """Calibrate, refit the gate, write the fp16 model file, the ONNX file and the card.
 
@@ -290,7 +304,10 @@ def ship_model(
         run_dir = member_scores[0].run_dir
         scores = out_of_fold_scores(member_scores)
         folds = [
-            {"run": str(m.run_dir), **_fold_row(out_of_sample(m, derive, rule))}
+            {
+                "run": str(m.run_dir),
+                **_fold_row(out_of_sample(m, derive, rule, class_bias=class_bias)),
+            }
             for m in member_scores
         ]
     else:
@@ -298,13 +315,16 @@ def ship_model(
         scores = score_run(run_dir)
         folds = []
     logger.info("cross-fitting calibration on %d validation films", len(scores.targets))
-    oos = out_of_sample(scores, derive, rule)
+    if class_bias and derive is not None:
+        raise ConfigError("--class-bias applies to the three-class model, not a derived reading")
+    oos = out_of_sample(scores, derive, rule, class_bias=class_bias)
     if not ensemble:
         folds.append({"run": str(run_dir), **_fold_row(oos)})
     for other in fold_runs:
         other_scores = score_run(Path(other))
-        folds.append({"run": str(other), **_fold_row(out_of_sample(other_scores, derive, rule))})
-    model, info = shipped_network(scores, derive, rule)
+        other_oos = out_of_sample(other_scores, derive, rule, class_bias=class_bias)
+        folds.append({"run": str(other), **_fold_row(other_oos)})
+    model, info = shipped_network(scores, derive, rule, class_bias)
     info.val_metrics = oos  # the figures a user should expect: out-of-sample for calibration
     refit_gate(run_dir, model, info, run_dir / f"gate-{weights_key(ensemble or [run_dir])}.pt")
     info.name = name
@@ -553,6 +573,15 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
     lines.append(
         f"- Temperature {info.temperature:.4f}, fitted on all {record['calibration_films']} "
         "validation films by negative log-likelihood."
+        + (
+            " Per-class logit biases "
+            + ", ".join(f"{c} {b:+.3f}" for c, b in zip(info.class_names, info.class_bias))
+            + " are fitted with it (bias-corrected temperature scaling), and cross-fitted the "
+            "same way for the figures above: they move the decision between classes the network "
+            "ranks well but places on the wrong side (here bacterial versus viral)."
+            if info.class_bias
+            else ""
+        )
     )
     if binary:
         lines.append(
