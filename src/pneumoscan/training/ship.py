@@ -117,7 +117,12 @@ def out_of_sample(
     # Sets from the out-of-sample probabilities, each patient fold's from the others' scores.
     metrics["conformal"] = [
         cal.conformal_crossval(
-            result.probabilities, result.targets, scores.patients, level, class_names
+            result.probabilities,
+            result.targets,
+            scores.patients,
+            level,
+            class_names,
+            decided=result.predictions,
         )
         for level in REPORTED_LEVELS
     ]
@@ -422,6 +427,8 @@ def write_card(
 
 
 def _ci(metrics: dict, key: str) -> str:
+    if f"{key}_ci" not in metrics:  # a record written before this interval was computed
+        return f"{metrics[key]:.4f}"
     low, high = metrics[f"{key}_ci"]
     return f"{metrics[key]:.4f} [{low:.4f}, {high:.4f}]"
 
@@ -513,8 +520,8 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
     ]
     if binary:
         lines += [
-            f"| sensitivity | {oos['sensitivity']:.4f} |",
-            f"| specificity | {oos['specificity']:.4f} |",
+            f"| sensitivity (each fold at its own threshold) | {_ci(oos, 'sensitivity')} |",
+            f"| specificity (each fold at its own threshold) | {_ci(oos, 'specificity')} |",
         ]
     lines += [f"| ECE (15 bins) | {oos['ece']:.4f} |", ""]
     lines += ["| class | precision | recall | F1 | n |", "|---|---|---|---|---|"]
@@ -677,7 +684,12 @@ def _conformal_text(info: ModelInfo, oos: dict) -> str:
     rows = oos.get("conformal") or []
     measured = "; ".join(
         f"{row['level']:.0%}: coverage {row['coverage']:.4f}, mean size {row['mean_size']:.3f} "
-        f"(sets of 1 / 2"
+        + (
+            f", {row['coverage_unforced']:.4f} before the label is forced in"
+            if "coverage_unforced" in row
+            else ""
+        )
+        + " (sets of 1 / 2"
         + (" / 3" if len(row["size_counts"]) > 2 else "")
         + " classes: "
         + " / ".join(str(v) for v in row["size_counts"].values())
@@ -686,8 +698,17 @@ def _conformal_text(info: ModelInfo, oos: dict) -> str:
     )
     return (
         f"- Conformal prediction sets (`pneumoscan predict --sets 0.9`): split-conformal, "
-        f"`{info.conformal['method']}` score, from the {info.conformal['films']} validation films "
-        "under the shipped calibration. Cross-validated over patient folds of the out-of-sample "
+        f"`{info.conformal['method']}` score"
+        + (
+            ", class-conditional (one quantile per class)"
+            if "class_scores" in info.conformal
+            else ""
+        )
+        + f", from the {info.conformal['films']} validation films "
+        "under the shipped calibration. The label the model gives (the thresholded decision) is "
+        "always in its set, so a set never contradicts it; forcing it in can only raise "
+        "coverage, and the coverage before forcing is what the conformal guarantee is about. "
+        "Cross-validated over patient folds of the out-of-sample "
         f"probabilities (each fold's sets from the other folds' scores): {measured}. The "
         "promise holds for films like the validation films; a new site recalibrates them with "
         "`pneumoscan calibrate`."
