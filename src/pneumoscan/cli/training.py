@@ -187,8 +187,17 @@ def ship(
     ] = None,
     rule: Annotated[
         str,
-        typer.Option("--rule", help="binary threshold rule: balanced, youden, sensitivity, half"),
+        typer.Option(
+            "--rule", help="binary threshold rule: balanced, youden, sensitivity, half, cost"
+        ),
     ] = "balanced",
+    cost_fn: Annotated[
+        float,
+        typer.Option(
+            "--cost-fn",
+            help="with --rule cost: what a missed pneumonia costs, in false alarms",
+        ),
+    ] = 1.0,
     stress_data: Annotated[
         Path | None,
         typer.Option(
@@ -222,6 +231,7 @@ def ship(
             stress_data=stress_data,
             stress_dir=stress_dir,
             ensemble=ensemble or [],
+            cost_fn=cost_fn,
         )
     typer.echo(f"wrote {path}")
 

@@ -152,7 +152,12 @@ def coarse_targets(targets: np.ndarray, groups) -> np.ndarray:
 
 
 def fit_grouped(
-    logits: np.ndarray, targets: np.ndarray, groups, rule: str | None, sensitivity: float = 0.98
+    logits: np.ndarray,
+    targets: np.ndarray,
+    groups,
+    rule: str | None,
+    sensitivity: float = 0.98,
+    cost_fn: float = 1.0,
 ) -> tuple[float, Calibration]:
     """A model read in coarser classes (GroupedClassifier): the fine temperature, fitted on the
     fine labels, then the coarse temperature and threshold on the grouped log-probabilities."""
@@ -160,7 +165,8 @@ def fit_grouped(
     grouped = grouped_log_probabilities(
         calibrated_probabilities(logits, source_temperature), groups
     )
-    return source_temperature, fit(grouped, coarse_targets(targets, groups), rule, sensitivity)
+    coarse = coarse_targets(targets, groups)
+    return source_temperature, fit(grouped, coarse, rule, sensitivity, cost_fn)
 
 
 def crossfit_folds(targets: np.ndarray, patients: list[str], most: int = 5) -> int:
@@ -249,6 +255,7 @@ def crossfit(
     sensitivity: float = 0.98,
     class_names: tuple[str, ...] = (),
     groups=None,
+    cost_fn: float = 1.0,
 ) -> CrossFit:
     """Calibrate on all folds but one, score that fold; every film is scored out-of-sample.
 
@@ -265,13 +272,13 @@ def crossfit(
         rest = np.setdiff1d(np.arange(len(targets)), held)
         if groups:
             source, calibration = fit_grouped(
-                logits[rest], targets[rest], groups, rule, sensitivity
+                logits[rest], targets[rest], groups, rule, sensitivity, cost_fn
             )
             held_logits = grouped_log_probabilities(
                 calibrated_probabilities(logits[held], source), groups
             )
         else:
-            calibration = fit(logits[rest], targets[rest], rule, sensitivity)
+            calibration = fit(logits[rest], targets[rest], rule, sensitivity, cost_fn)
             held_logits = logits[held]
         out[held] = calibrated_probabilities(held_logits, calibration.temperature)
         predictions[held] = decide(out[held], calibration.threshold)

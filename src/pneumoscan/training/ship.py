@@ -95,7 +95,12 @@ def score_run(run_dir: Path) -> RunScores:
 
 
 def out_of_sample(
-    scores: RunScores, derive: str | None, rule: str, bootstrap: int = 1000, sets: bool = True
+    scores: RunScores,
+    derive: str | None,
+    rule: str,
+    bootstrap: int = 1000,
+    sets: bool = True,
+    cost_fn: float = 1.0,
 ) -> dict:
     """Cross-fitted figures: calibration fitted on other validation patients than it is scored on.
     `bootstrap` patient resamples give the intervals; `sets` adds cross-validated conformal sets."""
@@ -110,6 +115,7 @@ def out_of_sample(
         folds=cal.crossfit_folds(scored, scores.patients, CROSSFIT_FOLDS),
         class_names=class_names,
         groups=groups,
+        cost_fn=cost_fn,
     )
     metrics = cal.crossfit_metrics(result, scores.patients, class_names, bootstrap)
     if not sets:
@@ -179,13 +185,16 @@ def out_of_fold_scores(members: list[RunScores]) -> RunScores:
 
 
 def shipped_network(
-    scores: RunScores, derive: str | None, rule: str
+    scores: RunScores, derive: str | None, rule: str, cost_fn: float = 1.0
 ) -> tuple[torch.nn.Module, ModelInfo]:
     """The network and its info, calibrated on all validation films of the run."""
     model, info = scores.model, scores.info
     if derive is None:
         calibration = cal.fit(
-            scores.logits, scores.targets, rule if len(info.class_names) == 2 else None
+            scores.logits,
+            scores.targets,
+            rule if len(info.class_names) == 2 else None,
+            cost_fn=cost_fn,
         )
         info.temperature, info.threshold = calibration.temperature, calibration.threshold
         probabilities = calibrated_probabilities(scores.logits, calibration.temperature)
@@ -197,7 +206,7 @@ def shipped_network(
             f"(this run is {info.task})."
         )
     source_temperature, calibration = cal.fit_grouped(
-        scores.logits, scores.targets, cal.BINARY_GROUPS, rule
+        scores.logits, scores.targets, cal.BINARY_GROUPS, rule, cost_fn=cost_fn
     )
     derived = GroupedClassifier(model, source_temperature, cal.BINARY_GROUPS)
     grouped = cal.grouped_log_probabilities(
@@ -279,6 +288,7 @@ def ship_model(
     stress_data: Path | None = None,
     stress_dir: Path = Path("docs/stress"),
     ensemble: list[Path] = (),
+    cost_fn: float = 1.0,
 ) -> Path:
     """Calibrate, refit the gate, write the fp16 model file, the ONNX file and the card.
 
@@ -295,7 +305,7 @@ def ship_model(
         run_dir = member_scores[0].run_dir
         scores = out_of_fold_scores(member_scores)
         folds = [
-            {"run": str(m.run_dir), **_fold_row(out_of_sample(m, derive, rule))}
+            {"run": str(m.run_dir), **_fold_row(out_of_sample(m, derive, rule, cost_fn=cost_fn))}
             for m in member_scores
         ]
     else:
@@ -303,13 +313,14 @@ def ship_model(
         scores = score_run(run_dir)
         folds = []
     logger.info("cross-fitting calibration on %d validation films", len(scores.targets))
-    oos = out_of_sample(scores, derive, rule)
+    oos = out_of_sample(scores, derive, rule, cost_fn=cost_fn)
     if not ensemble:
         folds.append({"run": str(run_dir), **_fold_row(oos)})
     for other in fold_runs:
         other_scores = score_run(Path(other))
-        folds.append({"run": str(other), **_fold_row(out_of_sample(other_scores, derive, rule))})
-    model, info = shipped_network(scores, derive, rule)
+        other_oos = out_of_sample(other_scores, derive, rule, cost_fn=cost_fn)
+        folds.append({"run": str(other), **_fold_row(other_oos)})
+    model, info = shipped_network(scores, derive, rule, cost_fn)
     info.val_metrics = oos  # the figures a user should expect: out-of-sample for calibration
     refit_gate(run_dir, model, info, run_dir / f"gate-{weights_key(ensemble or [run_dir])}.pt")
     info.name = name
@@ -329,6 +340,7 @@ def ship_model(
         if "wall_seconds" in timing
         else None,
         "threshold_rule": rule if binary else None,
+        "cost_fn": cost_fn if binary and rule == "cost" else None,
         "calibration_films": int(len(scores.targets)),
         "crossfit_folds": oos["calibration_folds"]["count"],
         "out_of_sample": {k: v for k, v in oos.items() if k != "confusion_matrix"},
@@ -564,7 +576,8 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
     if binary:
         lines.append(
             f"- Decision threshold {info.threshold:.4f} on the calibrated P(pneumonia), rule "
-            f"`{record['threshold_rule']}`" + _rule_text(record["threshold_rule"])
+            f"`{record['threshold_rule']}`"
+            + _rule_text(record["threshold_rule"], record.get("cost_fn"))
         )
         comparison = record.get("rule_comparison") or {}
         if comparison:
@@ -715,7 +728,14 @@ def _conformal_text(info: ModelInfo, oos: dict) -> str:
     )
 
 
-def _rule_text(rule: str) -> str:
+def _rule_text(rule: str, cost_fn: float | None = None) -> str:
+    if rule == "cost":
+        cost = cost_fn if cost_fn is not None else 1.0
+        return (
+            f": pneumonia when P(pneumonia) x {cost:g} > P(normal), i.e. the threshold "
+            f"1 / (1 + {cost:g}): the least expected cost when a missed pneumonia costs {cost:g} "
+            "false alarms."
+        )
     return {
         "balanced": ": pneumonia when the calibrated odds exceed the validation films' prior odds. "
         "It is set by the class balance, not by the few films at the edge of a saturated ROC "
