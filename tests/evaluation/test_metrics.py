@@ -162,3 +162,18 @@ def test_bootstrap_resamples_patients_not_images():
     patient_width = 2 * 1.96 * np.sqrt(accuracy * (1 - accuracy) / patients)  # about 0.28
     image_width = 2 * 1.96 * np.sqrt(accuracy * (1 - accuracy) / (patients * films))
     assert high - low > 0.7 * patient_width > 2 * image_width
+
+
+def test_fit_bias_corrected_recovers_a_known_temperature_and_bias():
+    """Labels drawn from softmax(z / 2 + (0, 1, -0.5)): the fit must find T = 2 and that bias
+    (the first class's fixed at 0), within the sampling error of 20,000 films."""
+    from pneumoscan.evaluation.calibration import fit_bias_corrected
+
+    rng = np.random.default_rng(11)
+    logits = rng.normal(0.0, 3.0, size=(20000, 3))
+    truth = calibrated_probabilities(logits, 2.0, [0.0, 1.0, -0.5])
+    targets = np.array([rng.choice(3, p=row) for row in truth])
+    temperature, bias = fit_bias_corrected(logits, targets)
+    assert temperature == pytest.approx(2.0, rel=0.05)
+    assert bias[0] == 0.0
+    np.testing.assert_allclose(bias[1:], [1.0, -0.5], atol=0.08)
