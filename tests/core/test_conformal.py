@@ -16,7 +16,7 @@ from pneumoscan.core.conformal import (
     prediction_sets,
     quantile,
 )
-from pneumoscan.evaluation.calibration import conformal_crossval
+from pneumoscan.evaluation.calibration import conformal_crossval, crossfit_folds, patient_folds
 
 CLASSES = ("normal", "bacteria", "virus")
 
@@ -74,7 +74,6 @@ def test_held_out_coverage_is_at_least_the_level(method, level):
     assert report["coverage"] >= level - 3 * math.sqrt(level * (1 - level) * (1 / 1000 + 1 / 5000))
     if method == "lac":  # lac is nearly exact: it does not overshoot by much either
         assert report["coverage"] <= level + 0.03
-    assert 1.0 <= report["mean_size"] <= 3.0
 
 
 def test_lac_sets_are_smaller_than_aps_at_the_same_coverage():
@@ -101,5 +100,73 @@ def test_cross_validated_coverage_groups_patients():
     patients = [f"p{i // 2}" for i in range(600)]  # two films per patient
     report = conformal_crossval(probabilities, targets, patients, 0.9, CLASSES)
     assert report["n"] == 600 and report["folds"] >= 2
+    # the folds it builds sets on keep each patient's films on one side
+    folds = patient_folds(targets, patients, crossfit_folds(targets, patients), 0)
+    assert len(folds) == report["folds"]
+    side = {}
+    for index, held in enumerate(folds):
+        for film in held:
+            assert side.setdefault(patients[film], index) == index, patients[film]
+    assert sorted(np.concatenate(folds)) == list(range(600))
     assert abs(report["coverage"] - 0.9) < 0.05
     assert set(report["coverage_by_class"]) == set(CLASSES)
+
+
+def _binary_world(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated binary probabilities with wide overlap, labels drawn from them."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / (1.0 + np.exp(-rng.normal(0.0, 1.5, size=n)))
+    targets = (rng.random(n) < p).astype(np.int64)
+    return np.column_stack([1.0 - p, p]), targets
+
+
+def test_binary_set_holds_the_thresholded_label():
+    """Golden case of issue 18: P(pneumonia) = 0.60 is labelled normal at the threshold 0.742;
+    its set must hold normal, whatever the marginal quantile says."""
+    probabilities, targets = _binary_world(2000, seed=6)
+    conformal = ConformalCalibration.fit(probabilities, targets, "t")
+    film = np.array([0.40, 0.60])
+    decided = int(film[1] >= 0.742)  # 0: normal
+    for level in (0.9, 0.95):
+        members = conformal.sets(film, level, decided=decided)
+        assert members[0], f"{level}: the set {members} excludes the label normal"
+
+
+def test_uncertain_binary_film_gets_both_classes():
+    """Where the calibration films of both classes overlap, a film near the threshold holds both
+    classes, and the decided label is in every set whichever way the threshold puts it."""
+    probabilities, targets = _binary_world(2000, seed=7)
+    conformal = ConformalCalibration.fit(probabilities, targets, "t")
+    film = np.array([0.40, 0.60])
+    assert conformal.sets(film, 0.9, force=False).all()
+    grid = np.linspace(0.0, 1.0, 101)
+    films = np.column_stack([1.0 - grid, grid])
+    for threshold in (0.3, 0.5, 0.742):
+        decided = (grid >= threshold).astype(np.int64)
+        members = conformal.sets(films, 0.95, decided=decided)
+        assert members[np.arange(len(grid)), decided].all()
+    # the confident ends hold one class only
+    ends = conformal.sets(np.array([[1.0, 0.0], [0.0, 1.0]]), 0.9)
+    np.testing.assert_array_equal(ends, [[True, False], [False, True]])
+
+
+def test_mondrian_sets_cover_each_class_and_round_trip():
+    probabilities, targets = _world(6000, seed=8)
+    conformal = ConformalCalibration.fit(probabilities[:2000], targets[:2000], "t")
+    assert conformal.classwise and ConformalCalibration.from_dict(conformal.to_dict()) == conformal
+    held = probabilities[2000:]
+    members = conformal.sets(held, 0.9, force=False)
+    report = coverage_report(members, targets[2000:], CLASSES)
+    for name, covered in report["coverage_by_class"].items():
+        assert covered >= 0.9 - 0.03, (name, covered)
+
+
+def test_coverage_report_gives_coverage_before_forcing():
+    probabilities = np.array([[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]])
+    targets = np.array([1, 1, 1])
+    unforced = prediction_sets(probabilities, 0.1, force=False)  # p >= 0.9 only
+    forced = prediction_sets(probabilities, 0.1, decided=np.array([1, 0, 1]))
+    report = coverage_report(forced, targets, ("normal", "pneumonia"), unforced)
+    assert report["coverage_unforced"] == pytest.approx(0.0)
+    assert report["coverage"] == pytest.approx(2 / 3)
+    assert report["empty_unforced"] == 2 and report["changed_by_forcing"] == 2

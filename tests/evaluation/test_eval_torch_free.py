@@ -31,7 +31,7 @@ def test_validate_and_evaluate_onnx_never_import_torch(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True)
     for folder in ("validate", "evaluate"):
         metrics = json.loads((tmp_path / folder / "metrics.json").read_text())
-        assert metrics["n"] == 9 and 0.0 <= metrics["ece"] <= 1.0
+        assert metrics["n"] == 9 and sum(map(sum, metrics["confusion_matrix"])) == 9
         assert (tmp_path / folder / "report.md").is_file()
 
 

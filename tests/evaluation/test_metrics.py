@@ -101,10 +101,47 @@ def test_bootstrap_interval_brackets_the_estimate():
     metrics = compute_metrics(
         probs, targets, ("normal", "pneumonia"), 0.5, groups=groups, bootstrap=200
     )
-    for key in ("accuracy", "macro_f1", "roc_auc"):
+    for key in ("accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity"):
         low, high = metrics[f"{key}_ci"]
-        assert low < metrics[key] < high
-        assert high - low < 0.2
+        assert 0.0 < high - low < 0.2, key
+
+
+def test_sensitivity_and_specificity_get_patient_bootstrap_intervals():
+    """Specificity 36/50 = 0.72 from 50 normal films of 50 patients: the interval is about as
+    wide as the binomial one, 2 x 1.96 x sqrt(0.72 x 0.28 / 50) = 0.25, not shown bare."""
+    targets = np.repeat([0, 1], [50, 150])
+    wrong = (targets == 0) & (np.arange(200) >= 36)  # normals 36..49 called pneumonia
+    p = np.where((targets == 1) | wrong, 0.9, 0.1)
+    probs = np.stack([1 - p, p], axis=1)
+    groups = [f"patient{i}" for i in range(200)]
+    metrics = compute_metrics(probs, targets, ("normal", "pneumonia"), 0.5, groups, bootstrap=400)
+    assert metrics["specificity"] == pytest.approx(0.72)
+    low, high = metrics["specificity_ci"]
+    binomial = 2 * 1.96 * np.sqrt(0.72 * 0.28 / 50)
+    assert 0.75 * binomial < high - low < 1.25 * binomial
+    assert metrics["sensitivity_ci"] == [1.0, 1.0]  # every pneumonia film right in every resample
+
+
+def test_crossfit_decides_each_fold_at_its_own_threshold():
+    """Two folds whose calibrations chose 0.2 and 0.8: a film of fold 0 at P = 0.5 is pneumonia
+    (0.5 >= 0.2) and one of fold 1 at P = 0.5 is normal. The median threshold 0.5 would call
+    both pneumonia; the headline must be what each fold's own threshold decided."""
+    from pneumoscan.evaluation.calibration import CrossFit, crossfit_metrics
+
+    p = np.array([0.5, 0.5, 0.9, 0.1])
+    targets = np.array([1, 0, 1, 0])
+    probs = np.stack([1 - p, p], axis=1)
+    result = CrossFit(
+        probs,
+        targets,
+        [0.2, 0.8],
+        [1.0, 1.0],
+        [compute_metrics(probs[:2], targets[:2], ("n", "p"), 0.2, bootstrap=0)] * 2,
+        np.array([1, 0, 1, 0]),
+        np.array([0, 1, 0, 1]),
+    )
+    metrics = crossfit_metrics(result, ["a", "b", "c", "d"], ("normal", "pneumonia"), 0)
+    assert metrics["sensitivity"] == 1.0 and metrics["specificity"] == 1.0
 
 
 def test_bootstrap_resamples_patients_not_images():
@@ -125,4 +162,18 @@ def test_bootstrap_resamples_patients_not_images():
     patient_width = 2 * 1.96 * np.sqrt(accuracy * (1 - accuracy) / patients)  # about 0.28
     image_width = 2 * 1.96 * np.sqrt(accuracy * (1 - accuracy) / (patients * films))
     assert high - low > 0.7 * patient_width > 2 * image_width
-    assert low < metrics["accuracy"] < high
+
+
+def test_fit_bias_corrected_recovers_a_known_temperature_and_bias():
+    """Labels drawn from softmax(z / 2 + (0, 1, -0.5)): the fit must find T = 2 and that bias
+    (the first class's fixed at 0), within the sampling error of 20,000 films."""
+    from pneumoscan.evaluation.calibration import fit_bias_corrected
+
+    rng = np.random.default_rng(11)
+    logits = rng.normal(0.0, 3.0, size=(20000, 3))
+    truth = calibrated_probabilities(logits, 2.0, [0.0, 1.0, -0.5])
+    targets = np.array([rng.choice(3, p=row) for row in truth])
+    temperature, bias = fit_bias_corrected(logits, targets)
+    assert temperature == pytest.approx(2.0, rel=0.05)
+    assert bias[0] == 0.0
+    np.testing.assert_allclose(bias[1:], [1.0, -0.5], atol=0.08)

@@ -73,7 +73,7 @@ def test_stress_report_on_the_shipped_model(real_data, tmp_path):
     saved = json.loads((tmp_path / "stress.json").read_text())
     assert saved["worst"]["accuracy"]["value"] == min(r["accuracy"] for r in saved["perturbations"])
     for row in saved["perturbations"]:
-        assert 0 <= row["refusal_rate"] <= 1 and len(row["accuracy_ci"]) == 2
+        assert len(row["accuracy_ci"]) == 2
     jpeg = next(row for row in saved["perturbations"] if row["name"] == "jpeg-10")
     assert jpeg["trained"] is False  # JPEG re-compression is never a training augmentation
     text = (tmp_path / "stress.md").read_text()

@@ -3,12 +3,17 @@
 import io
 import json
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 from conftest import synthetic_radiograph
-from dicom_fixtures import write_dicom
+from dicom_fixtures import set_raw_value, write_dicom
 from PIL import Image
 from pydicom import dcmread
+from pydicom.encaps import encapsulate
+from pydicom.uid import UID
 from typer.testing import CliRunner
 
 from pneumoscan.cli import app
@@ -125,3 +130,76 @@ def test_fifty_bad_files_each_get_one_clear_error(tiny_onnx, tmp_path):
         assert "\n" not in entry["message"]
     for path in good:
         assert predictions[str(path)]["status"] == "ok"
+
+
+def _twelve_bit_jpeg_extended(path: Path) -> Path:
+    """A 12-bit JPEG Extended DICOM: Pillow cannot decode it, and pydicom logs an ERROR with a
+    full traceback before raising."""
+    pixels = np.random.default_rng(0).integers(0, 4096, (64, 64)).astype(np.uint16)
+    dataset = dcmread(write_dicom(path, pixels))
+    buffer = io.BytesIO()
+    Image.fromarray((pixels >> 4).astype(np.uint8)).save(buffer, "JPEG")
+    dataset.PixelData = encapsulate([buffer.getvalue()])
+    dataset["PixelData"].VR = "OB"
+    dataset.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.51")
+    dataset.BitsStored, dataset.HighBit = 12, 11
+    dataset.save_as(path)
+    return path
+
+
+def _hostile_batch(folder: Path) -> Path:
+    folder.mkdir()
+    _twelve_bit_jpeg_extended(folder / "jpeg12.dcm")
+    pixels = synthetic_radiograph(2).astype(np.uint16) * 16
+    frames = dcmread(write_dicom(folder / "frames.dcm", pixels))
+    frames.NumberOfFrames = 1
+    frames.save_as(folder / "frames.dcm")
+    set_raw_value(folder / "frames.dcm", (0x0028, 0x0008), "IS", b"ab")  # an invalid IS value
+    padded = dcmread(write_dicom(folder / "padded.dcm", pixels))
+    padded.PixelData = padded.PixelData + bytes(64)  # pydicom warns about the excess bytes
+    padded.save_as(folder / "padded.dcm")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(30))
+    return folder
+
+
+def _predict_process(tiny_onnx: Path, folder: Path, *extra: str) -> subprocess.CompletedProcess:
+    import pneumoscan
+
+    source = str(Path(pneumoscan.__file__).parents[1])  # this checkout, not an installed copy
+    return subprocess.run(
+        [sys.executable, "-m", "pneumoscan", "predict", "-m", str(tiny_onnx), "--no-gate"]
+        + [str(folder), *extra],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"COLUMNS": "250", "PATH": "/usr/bin:/bin", "PYTHONPATH": source},
+    )
+
+
+def test_hostile_batch_prints_no_library_log_records(tiny_onnx, tmp_path):
+    """Issue 18: pydicom printed an ERROR with a traceback (12-bit JPEG Extended) and a WARNING
+    (invalid IS value) between the table rows. The screen and stderr hold only pneumoscan's own
+    lines; the JPEG Extended file's one-line error carries pydicom's reason."""
+    folder = _hostile_batch(tmp_path / "hostile")
+    result = _predict_process(tiny_onnx, folder, "--json", str(tmp_path / "out.json"))
+    shown = result.stdout + result.stderr
+    assert result.returncode == 1, shown
+    for marker in ("Traceback", "WARNING", "ERROR", "NotImplementedError", "pixels/decoders"):
+        assert marker not in shown, (marker, shown)
+    assert not [line for line in shown.splitlines() if line.strip().startswith("pydicom")]
+    entries = {
+        Path(p["source"]).name: p
+        for p in json.loads((tmp_path / "out.json").read_text())["predictions"]
+    }
+    assert entries["jpeg12.dcm"]["status"] == "error"
+    assert "12-bit" in entries["jpeg12.dcm"]["message"]
+    assert "\n" not in entries["jpeg12.dcm"]["message"]
+
+
+def test_verbose_prints_library_records_one_line_each(tiny_onnx, tmp_path):
+    folder = _hostile_batch(tmp_path / "hostile")
+    result = _predict_process(tiny_onnx, folder, "--verbose")
+    assert "Traceback" not in result.stdout + result.stderr
+    library = [line for line in result.stderr.splitlines() if line.startswith("pydicom")]
+    assert any("12-bit" in line for line in library), result.stderr
+    assert "pydicom" not in result.stdout

@@ -232,3 +232,20 @@ def test_batch_heatmaps_are_one_vectorised_pass_that_matches_pil(tmp_path):
     pil = np.asarray(Image.fromarray(heat).resize((64, 64), Image.Resampling.BICUBIC))
     # close everywhere; at the border PIL renormalises its kernel where we clamp the edge pixel
     assert np.abs(ours - pil).mean() < 0.01 and np.abs(ours - pil).max() < 0.08
+
+
+@pytest.mark.parametrize("text", ['{"class_names": ["normal", ', "[1, 2]"])
+def test_corrupt_onnx_metadata_is_a_model_file_error_naming_the_file(tiny_onnx, tmp_path, text):
+    import onnx
+
+    from pneumoscan.core.decision import METADATA_KEY
+    from pneumoscan.core.errors import ModelFileError
+
+    graph = onnx.load(str(tiny_onnx))
+    for entry in graph.metadata_props:
+        if entry.key == METADATA_KEY:
+            entry.value = text
+    broken = tmp_path / "broken-metadata.onnx"
+    onnx.save(graph, str(broken))
+    with pytest.raises(ModelFileError, match="broken-metadata.onnx: the pneumoscan metadata"):
+        OnnxModel(broken)

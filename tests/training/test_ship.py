@@ -103,3 +103,23 @@ def test_crossfit_scores_every_film_with_a_calibration_fitted_on_other_patients(
 
     in_sample = calibrated_probabilities(logits, fit_temperature(logits, targets))
     assert not np.allclose(in_sample, result.probabilities)
+    # a child's films are all held out together: never one film calibrated on its sibling
+    for patient in set(patients):
+        films = [i for i, p in enumerate(patients) if p == patient]
+        assert len(set(result.folds[films])) == 1, patient
+    assert (result.folds >= 0).all() and len(set(result.folds)) == 4
+
+
+def test_cost_rule_passes_its_cost_on_and_has_card_text():
+    """`ship --rule cost` raised KeyError writing the card, and `--cost-fn` never reached the
+    threshold: with a missed pneumonia costing 4 false alarms every fold's threshold is 0.2."""
+    from pneumoscan.training.ship import _rule_text
+
+    rng = np.random.default_rng(1)
+    targets = np.repeat([0, 1], 40)
+    patients = [f"p{i}" for i in range(80)]
+    logits = np.stack([-targets * 2.0, targets * 2.0], axis=1) + rng.normal(0, 1.0, (80, 2))
+    result = crossfit(logits, targets, patients, "cost", folds=4, class_names=("n", "p"), cost_fn=4)
+    assert result.thresholds == pytest.approx([0.2] * 4)
+    text = _rule_text("cost", 4.0)
+    assert "1 / (1 + 4)" in text

@@ -70,8 +70,11 @@ def test_short_training_writes_a_self_describing_model_and_report(real_data, tmp
     metrics = evaluate_model(model_path, real_data, "val", report, bootstrap=50)
     saved = json.loads((report / "metrics.json").read_text())
     assert saved["n"] == 16 and saved["task"] == "binary"
-    for key in ("accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity", "ece"):
-        assert 0.0 <= saved[key] <= 1.0
+    # the headline figures agree with the confusion matrix they summarise
+    (tn, fp), (fn, tp) = saved["confusion_matrix"]
+    assert saved["accuracy"] == pytest.approx((tn + tp) / 16)
+    assert saved["sensitivity"] == pytest.approx(tp / (tp + fn))
+    assert saved["specificity"] == pytest.approx(tn / (tn + fp))
     for key in ("accuracy_ci", "macro_f1_ci", "roc_auc_ci"):
         assert len(saved[key]) == 2 and saved[key][0] <= saved[key][1]
     assert set(saved["per_class"]) == {"normal", "pneumonia"}

@@ -15,6 +15,41 @@ from pneumoscan.core.errors import PneumoscanError
 logger = logging.getLogger("pneumoscan")
 
 
+# Libraries whose `logging` records (pydicom's header complaints and decoder tracebacks, Pillow's
+# and onnxruntime's notes) would otherwise land between the table rows: each file's one-line
+# error already says what went wrong. With --verbose they go to stderr, one line each.
+THIRD_PARTY_LOGGERS = ("pydicom", "PIL", "onnxruntime")
+
+
+class _OneLine(logging.Formatter):
+    """`library LEVEL: message` on one line, never a traceback."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = " ".join(record.getMessage().split())
+        return f"{record.name} {record.levelname.lower()}: {message}"
+
+    def formatException(self, ei) -> str:  # noqa: N802 (logging's name)
+        return ""
+
+
+def route_library_logs(verbose: bool = False) -> None:
+    """Keep third-party log records out of the output: dropped, or with `verbose`, one line each
+    on stderr without tracebacks."""
+    for name in THIRD_PARTY_LOGGERS:
+        library = logging.getLogger(name)
+        library.propagate = False
+        for old in list(library.handlers):
+            library.removeHandler(old)
+        if verbose:
+            handler = logging.StreamHandler()  # sys.stderr at the time of each record
+            handler.setFormatter(_OneLine())
+            library.addHandler(handler)
+            library.setLevel(logging.DEBUG)
+        else:
+            library.addHandler(logging.NullHandler())
+            library.setLevel(logging.CRITICAL + 1)
+
+
 def setup_logging(verbose: bool = False) -> None:
     from rich.console import Console
     from rich.logging import RichHandler
@@ -23,6 +58,7 @@ def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.WARNING, handlers=[handler], format="%(message)s", force=True)
     logging.getLogger("pneumoscan").setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("lightning").propagate = False  # Lightning prints through its own handler
+    route_library_logs(verbose)
 
 
 def fail(message: str, code: int = 2) -> None:

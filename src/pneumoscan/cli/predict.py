@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -85,13 +84,20 @@ def predict(
             show_default=False,
         ),
     ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            help="also print the decoders' own log records (pydicom, Pillow, onnxruntime) on "
+            "stderr, one line each; by default each file's one-line error says what matters",
+        ),
+    ] = False,
 ) -> None:
     """Predict on images with ONNX Runtime (no torch needed): label, calibrated probabilities,
     threshold, gate score, optional heatmaps and conformal prediction sets, and DICOM results.
     Exits 1 when any file could not be read, or its DICOM results not written or stored."""
-    setup_logging()
-    # pydicom logs header complaints; the file's own error line says what matters.
-    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    # pydicom, Pillow and onnxruntime log records stay out of the table (see setup_logging).
+    setup_logging(verbose)
     from pneumoscan.runtime.model import load_runtime_model
     from pneumoscan.runtime.outputs import write_csv, write_json
     from pneumoscan.runtime.predict import predict_many, summarize

@@ -195,8 +195,17 @@ def ship(
     ] = None,
     rule: Annotated[
         str,
-        typer.Option("--rule", help="binary threshold rule: balanced, youden, sensitivity, half"),
+        typer.Option(
+            "--rule", help="binary threshold rule: balanced, youden, sensitivity, half, cost"
+        ),
     ] = "balanced",
+    cost_fn: Annotated[
+        float,
+        typer.Option(
+            "--cost-fn",
+            help="with --rule cost: what a missed pneumonia costs, in false alarms",
+        ),
+    ] = 1.0,
     stress_data: Annotated[
         Path | None,
         typer.Option(
@@ -231,6 +240,7 @@ def ship(
             stress_dir=stress_dir,
             ensemble=ensemble or [],
             class_bias=class_bias,
+            cost_fn=cost_fn,
         )
     typer.echo(f"wrote {path}")
 

@@ -14,9 +14,21 @@ model cannot tell them apart at that level, e.g. {bacteria, virus}. Two scores:
   out so that a film always gets the same set) it is conservative: with two or three classes and
   confident probabilities it often returns every class, and over-covers.
 
-The most probable class is always in the set, so no set is empty (this can only raise coverage).
-The sorted calibration scores ship inside the model file (ModelInfo.conformal, the ONNX
-metadata), so any coverage level can be asked for at prediction time.
+Class-conditional (Mondrian) sets (Vovk 2012; Sadinle et al. 2019, section 4.3): with
+`classwise=True` each class has its own quantile, taken over the calibration films of that class
+only, so every class is covered at the level, not just the films on average. This matters for a
+binary model whose label comes from a threshold (e.g. 0.742) rather than from 0.5: one marginal
+quantile q ~ 0.07 lets a class in only at p >= 0.93, so a binary set could never hold both classes
+and only repeated the 0.5 decision. Per-class quantiles let an uncertain film hold both.
+
+The set always holds the label the model gives the film (`decided`: the thresholded decision for
+a binary model, the most probable class otherwise), so a set never contradicts the label beside it
+and is never empty. Forcing a class in can only raise coverage; `coverage_report` gives the
+coverage of the sets before forcing (`coverage_unforced`, what the conformal guarantee is about)
+next to the coverage of the sets as shown, and how many sets forcing changed.
+The sorted calibration scores (per class with `classwise`) ship inside the model file
+(ModelInfo.conformal, the ONNX metadata), so any coverage level can be asked for at prediction
+time.
 """
 
 from __future__ import annotations
@@ -53,33 +65,67 @@ def quantile(scores: np.ndarray, coverage: float) -> float:
     return float(scores[rank - 1]) if rank <= len(scores) else math.inf
 
 
-def prediction_sets(probabilities: np.ndarray, threshold: float, method: str = "lac") -> np.ndarray:
+def classwise_quantiles(
+    scores: np.ndarray, targets: np.ndarray, classes: int, coverage: float
+) -> np.ndarray:
+    """One conformal threshold per class, each from the scores of that class's films only."""
+    targets = np.asarray(targets, dtype=np.int64)
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.array([quantile(scores[targets == c], coverage) for c in range(classes)])
+
+
+def prediction_sets(
+    probabilities: np.ndarray,
+    threshold: float | np.ndarray,
+    method: str = "lac",
+    decided: int | np.ndarray | None = None,
+    force: bool = True,
+) -> np.ndarray:
     """Boolean membership, (N, classes) or (classes,) for one film, of each film's set at the
-    conformal `threshold`; the most probable class is always in."""
+    conformal `threshold` (one number, or one per class for Mondrian sets). With `force`, the
+    `decided` class (the label the model gives; the most probable class when not given) is
+    always in."""
     _check_method(method)
     probabilities = np.asarray(probabilities, dtype=np.float64)
     squeeze = probabilities.ndim == 1
     probabilities = np.atleast_2d(probabilities)
     order = np.argsort(-probabilities, axis=1, kind="stable")
     if method == "lac":
-        members = probabilities >= 1.0 - threshold
+        members = probabilities >= 1.0 - np.asarray(threshold, dtype=np.float64)
     else:
         ranked = np.take_along_axis(probabilities, order, axis=1)
         before = np.cumsum(ranked, axis=1) - ranked
+        limit = np.asarray(threshold, dtype=np.float64)
+        if limit.ndim == 1:  # per class: each class in rank order against its own threshold
+            limit = limit[order]
         members = np.zeros(probabilities.shape, dtype=bool)
-        np.put_along_axis(members, order, before < threshold, axis=1)
-    members[np.arange(len(members)), order[:, 0]] = True
+        np.put_along_axis(members, order, before < limit, axis=1)
+    if force:
+        chosen = order[:, 0] if decided is None else np.broadcast_to(decided, len(members))
+        members[np.arange(len(members)), chosen] = True
     return members[0] if squeeze else members
 
 
-def coverage_report(members: np.ndarray, targets: np.ndarray, class_names) -> dict:
-    """Empirical coverage, mean set size and how often each set size occurs, overall and by class."""
+def coverage_report(
+    members: np.ndarray, targets: np.ndarray, class_names, unforced: np.ndarray | None = None
+) -> dict:
+    """Empirical coverage, mean set size and how often each set size occurs, overall and by class.
+    With `unforced` (the same sets before the decided label was forced in): their coverage, how
+    many were empty, and how many sets forcing changed."""
     targets = np.asarray(targets, dtype=np.int64)
     covered = members[np.arange(len(targets)), targets]
     sizes = members.sum(axis=1)
+    extra = {}
+    if unforced is not None:
+        extra = {
+            "coverage_unforced": float(unforced[np.arange(len(targets)), targets].mean()),
+            "empty_unforced": int((unforced.sum(axis=1) == 0).sum()),
+            "changed_by_forcing": int((unforced != members).any(axis=1).sum()),
+        }
     return {
         "n": int(len(targets)),
         "coverage": float(covered.mean()),
+        **extra,
         "mean_size": float(sizes.mean()),
         "size_counts": {str(k): int((sizes == k).sum()) for k in range(1, members.shape[1] + 1)},
         "coverage_by_class": {
@@ -97,39 +143,80 @@ class ConformalCalibration:
     scores: tuple[float, ...]
     source: str  # e.g. "364 site calibration films"
     method: str = "lac"
+    # Mondrian: the sorted scores of each class's films, in the model's class order. None in
+    # model files written before class-conditional sets (one marginal quantile then).
+    class_scores: tuple[tuple[float, ...], ...] | None = None
 
     @classmethod
     def fit(
-        cls, probabilities: np.ndarray, targets: np.ndarray, source: str, method: str = "lac"
+        cls,
+        probabilities: np.ndarray,
+        targets: np.ndarray,
+        source: str,
+        method: str = "lac",
+        classwise: bool = True,
     ) -> ConformalCalibration:
-        scores = np.sort(conformity_scores(probabilities, targets, method))
-        # 7 significant digits: confident films score ~1e-6 under lac, and sets hinge on them.
-        return cls(tuple(float(f"{s:.7g}") for s in scores), source, method)
+        targets = np.asarray(targets, dtype=np.int64)
+        scores = conformity_scores(probabilities, targets, method)
+        per_class = None
+        if classwise:
+            classes = np.asarray(probabilities).shape[1]
+            per_class = tuple(_rounded(scores[targets == c]) for c in range(classes))
+        return cls(_rounded(scores), source, method, per_class)
 
     @property
     def films(self) -> int:
         return len(self.scores)
 
-    def threshold(self, coverage: float) -> float:
+    @property
+    def classwise(self) -> bool:
+        return self.class_scores is not None
+
+    def threshold(self, coverage: float) -> float | np.ndarray:
+        """The conformal threshold: one per class (an array) for Mondrian sets."""
+        if self.class_scores is not None:
+            return np.array([quantile(np.asarray(s), coverage) for s in self.class_scores])
         return quantile(np.asarray(self.scores), coverage)
 
-    def sets(self, probabilities: np.ndarray, coverage: float) -> np.ndarray:
-        return prediction_sets(probabilities, self.threshold(coverage), self.method)
+    def sets(
+        self,
+        probabilities: np.ndarray,
+        coverage: float,
+        decided: int | np.ndarray | None = None,
+        force: bool = True,
+    ) -> np.ndarray:
+        """Membership at `coverage`; the `decided` label (the model's decision) is always in."""
+        threshold = self.threshold(coverage)
+        return prediction_sets(probabilities, threshold, self.method, decided, force)
 
     def to_dict(self) -> dict:
-        return {
+        data = {
             "method": self.method,
             "films": self.films,
             "source": self.source,
             "scores": list(self.scores),
         }
+        if self.class_scores is not None:
+            data["class_scores"] = [list(s) for s in self.class_scores]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict | None) -> ConformalCalibration | None:
         if not data:
             return None
         _check_method(data.get("method"))
-        return cls(tuple(float(s) for s in data["scores"]), str(data["source"]), data["method"])
+        per_class = data.get("class_scores")
+        return cls(
+            tuple(float(s) for s in data["scores"]),
+            str(data["source"]),
+            data["method"],
+            tuple(tuple(float(s) for s in c) for c in per_class) if per_class else None,
+        )
+
+
+def _rounded(scores: np.ndarray) -> tuple[float, ...]:
+    # 7 significant digits: confident films score ~1e-6 under lac, and sets hinge on them.
+    return tuple(float(f"{s:.7g}") for s in np.sort(scores))
 
 
 def _check_method(method: str | None) -> None:

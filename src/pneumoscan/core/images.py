@@ -347,7 +347,9 @@ def _dicom_pixels(dataset, label: str, max_pixels: int) -> np.ndarray:
     except Exception as error:  # missing decoders and damaged pixel data both land here
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         syntax_name = getattr(syntax, "name", syntax) or "unknown"
-        detail = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        # pydicom lists each plugin's reason on its own line: keep them, on one line.
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        detail = " ".join(lines)[:240] if lines else type(error).__name__
         raise InputError(
             f"{label}: cannot decode DICOM pixel data (transfer syntax {syntax_name}: {detail}). "
             "Install pydicom's optional decoders (pip install pylibjpeg pylibjpeg-libjpeg "

@@ -30,7 +30,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
 from sklearn.metrics import roc_curve
 
-from pneumoscan.core.decision import calibrated_probabilities
+from pneumoscan.core.decision import calibrated_probabilities, decide
 from pneumoscan.evaluation.metrics import compute_metrics
 
 THRESHOLD_RULES = ("balanced", "youden", "sensitivity", "half", "cost")
@@ -152,7 +152,12 @@ def coarse_targets(targets: np.ndarray, groups) -> np.ndarray:
 
 
 def fit_grouped(
-    logits: np.ndarray, targets: np.ndarray, groups, rule: str | None, sensitivity: float = 0.98
+    logits: np.ndarray,
+    targets: np.ndarray,
+    groups,
+    rule: str | None,
+    sensitivity: float = 0.98,
+    cost_fn: float = 1.0,
 ) -> tuple[float, Calibration]:
     """A model read in coarser classes (GroupedClassifier): the fine temperature, fitted on the
     fine labels, then the coarse temperature and threshold on the grouped log-probabilities."""
@@ -160,7 +165,8 @@ def fit_grouped(
     grouped = grouped_log_probabilities(
         calibrated_probabilities(logits, source_temperature), groups
     )
-    return source_temperature, fit(grouped, coarse_targets(targets, groups), rule, sensitivity)
+    coarse = coarse_targets(targets, groups)
+    return source_temperature, fit(grouped, coarse, rule, sensitivity, cost_fn)
 
 
 def crossfit_folds(targets: np.ndarray, patients: list[str], most: int = 5) -> int:
@@ -179,10 +185,16 @@ def conformal_crossval(
     class_names: tuple[str, ...],
     seed: int = 0,
     method: str = "lac",
+    decided: np.ndarray | None = None,
+    classwise: bool = True,
 ) -> dict:
     """Empirical coverage and set size of split-conformal sets, each patient fold's sets built
-    from the scores of the other folds' films (`probabilities` should be out-of-sample already)."""
+    from the scores of the other folds' films (`probabilities` should be out-of-sample already).
+    `decided` is the label each film is given (forced into its set; the most probable class when
+    None); the report gives coverage before forcing too. Class-conditional (Mondrian) quantiles
+    with `classwise`."""
     from pneumoscan.core.conformal import (
+        classwise_quantiles,
         conformity_scores,
         coverage_report,
         prediction_sets,
@@ -190,16 +202,25 @@ def conformal_crossval(
     )
 
     members = np.zeros(probabilities.shape, dtype=bool)
+    unforced = np.zeros(probabilities.shape, dtype=bool)
     folds = patient_folds(targets, patients, crossfit_folds(targets, patients), seed)
     for held in folds:
         rest = np.setdiff1d(np.arange(len(targets)), held)
-        q = quantile(conformity_scores(probabilities[rest], targets[rest], method), coverage)
-        members[held] = prediction_sets(probabilities[held], q, method)
+        scores = conformity_scores(probabilities[rest], targets[rest], method)
+        q = (
+            classwise_quantiles(scores, targets[rest], probabilities.shape[1], coverage)
+            if classwise
+            else quantile(scores, coverage)
+        )
+        chosen = decided[held] if decided is not None else None
+        members[held] = prediction_sets(probabilities[held], q, method, chosen)
+        unforced[held] = prediction_sets(probabilities[held], q, method, force=False)
     return {
         "level": coverage,
         "method": method,
+        "classwise": classwise,
         "folds": len(folds),
-        **coverage_report(members, targets, class_names),
+        **coverage_report(members, targets, class_names, unforced),
     }
 
 
@@ -220,6 +241,8 @@ class CrossFit:
     thresholds: list[float | None]  # the threshold each fold's calibration chose
     temperatures: list[float]
     per_fold: list[dict]  # metrics of each held-out fold
+    predictions: np.ndarray  # each film's label, decided at its own fold's threshold
+    folds: np.ndarray  # the index of the fold each film was held out in
 
 
 def crossfit(
@@ -233,6 +256,7 @@ def crossfit(
     class_names: tuple[str, ...] = (),
     groups=None,
     bias: bool = False,
+    cost_fn: float = 1.0,
 ) -> CrossFit:
     """Calibrate on all folds but one, score that fold; every film is scored out-of-sample.
 
@@ -243,19 +267,23 @@ def crossfit(
     scored = coarse_targets(targets, groups) if groups else targets
     out = np.zeros((len(targets), len(groups) if groups else logits.shape[1]))
     thresholds, temperatures, per_fold = [], [], []
-    for held in patient_folds(scored, patients, folds, seed):
+    predictions = np.zeros(len(targets), dtype=np.int64)
+    fold_of = np.full(len(targets), -1, dtype=np.int64)
+    for fold, held in enumerate(patient_folds(scored, patients, folds, seed)):
+        fold_of[held] = fold
         rest = np.setdiff1d(np.arange(len(targets)), held)
         if groups:
             source, calibration = fit_grouped(
-                logits[rest], targets[rest], groups, rule, sensitivity
+                logits[rest], targets[rest], groups, rule, sensitivity, cost_fn
             )
             held_logits = grouped_log_probabilities(
                 calibrated_probabilities(logits[held], source), groups
             )
         else:
-            calibration = fit(logits[rest], targets[rest], rule, sensitivity, bias=bias)
+            calibration = fit(logits[rest], targets[rest], rule, sensitivity, cost_fn, bias=bias)
             held_logits = logits[held]
         out[held] = calibrated_probabilities(held_logits, calibration.temperature, calibration.bias)
+        predictions[held] = decide(out[held], calibration.threshold)
         thresholds.append(calibration.threshold)
         temperatures.append(calibration.temperature)
         per_fold.append(
@@ -263,18 +291,26 @@ def crossfit(
                 out[held], scored[held], class_names, calibration.threshold, bootstrap=0
             )
         )
-    return CrossFit(out, scored, thresholds, temperatures, per_fold)
+    return CrossFit(out, scored, thresholds, temperatures, per_fold, predictions, fold_of)
 
 
 def crossfit_metrics(
     fit_result: CrossFit, patients: list[str], class_names: tuple[str, ...], bootstrap: int = 1000
 ) -> dict:
-    """Metrics of the pooled out-of-sample scores, decided at the median of the folds' thresholds
-    (the per-fold figures in `calibration_folds` use each fold's own)."""
+    """Metrics of the pooled out-of-sample scores: each held-out fold decided at the threshold
+    its own calibration chose, then pooled (so sensitivity and specificity are what the
+    procedure delivers on unseen patients). `threshold` reports the folds' median, for reference
+    only."""
     thresholds = [t for t in fit_result.thresholds if t is not None]
     threshold = float(np.median(thresholds)) if thresholds else None
     metrics = compute_metrics(
-        fit_result.probabilities, fit_result.targets, class_names, threshold, patients, bootstrap
+        fit_result.probabilities,
+        fit_result.targets,
+        class_names,
+        threshold,
+        patients,
+        bootstrap,
+        predictions=fit_result.predictions,
     )
     keys = ["accuracy", "macro_f1", "roc_auc", "ece"]
     keys += ["sensitivity", "specificity"] if len(class_names) == 2 else []

@@ -61,13 +61,18 @@ def roc_auc(targets: np.ndarray, probabilities: np.ndarray) -> float:
 
 def _headline(targets: np.ndarray, probabilities: np.ndarray, predictions: np.ndarray) -> dict:
     labels = list(range(probabilities.shape[1]))
-    return {
+    values = {
         "accuracy": float(accuracy_score(targets, predictions)),
         "macro_f1": float(
             f1_score(targets, predictions, labels=labels, average="macro", zero_division=0)
         ),
         "roc_auc": roc_auc(targets, probabilities),
     }
+    if len(labels) == 2:  # nan when a resample holds no film of the class
+        for key, cls in (("sensitivity", 1), ("specificity", 0)):
+            own = targets == cls
+            values[key] = float((predictions[own] == cls).mean()) if own.any() else float("nan")
+    return values
 
 
 def bootstrap_intervals(
@@ -82,13 +87,13 @@ def bootstrap_intervals(
     rng = np.random.default_rng(seed)
     _, group_index = np.unique(np.asarray(groups), return_inverse=True)
     members = [np.flatnonzero(group_index == g) for g in range(group_index.max() + 1)]
-    draws: dict[str, list[float]] = {"accuracy": [], "macro_f1": [], "roc_auc": []}
+    draws: dict[str, list[float]] = {}
     for _ in range(repeats):
         chosen = rng.integers(0, len(members), size=len(members))
         index = np.concatenate([members[g] for g in chosen])
         values = _headline(targets[index], probabilities[index], predictions[index])
         for key, value in values.items():
-            draws[key].append(value)
+            draws.setdefault(key, []).append(value)
     intervals = {}
     for key, values in draws.items():
         finite = np.asarray(values)[np.isfinite(values)]
@@ -107,11 +112,17 @@ def compute_metrics(
     threshold: float | None = None,
     groups: list[str] | None = None,
     bootstrap: int = 1000,
+    predictions: np.ndarray | None = None,
 ) -> dict:
-    """Everything `metrics.json` reports, for binary or multiclass probabilities."""
+    """Everything `metrics.json` reports, for binary or multiclass probabilities. `predictions`
+    overrides the labels decided at `threshold` (cross-fitting decides each fold at its own).
+    With `groups`, 95% patient-bootstrap intervals (`<key>_ci`) for accuracy, macro F1, ROC AUC
+    and, binary, sensitivity and specificity."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     targets = np.asarray(targets, dtype=np.int64)
-    predictions = predict_labels(probabilities, threshold)
+    if predictions is None:
+        predictions = predict_labels(probabilities, threshold)
+    predictions = np.asarray(predictions, dtype=np.int64)
     labels = list(range(len(class_names)))
     result = {
         "task": "binary" if len(class_names) == 2 else "three_class",

@@ -50,7 +50,19 @@ class OnnxModel:
             raise ModelFileError(
                 f"{path}: ONNX file has no pneumoscan metadata; export it with `pneumoscan export`."
             )
-        self.metadata = json.loads(raw)
+        try:
+            self.metadata = json.loads(raw)
+        except ValueError as error:  # JSONDecodeError, or bytes that are not text
+            raise ModelFileError(
+                f"{path}: the pneumoscan metadata in this ONNX file is not valid JSON "
+                f"({error.__class__.__name__} at character {getattr(error, 'pos', '?')}); "
+                "re-export it with `pneumoscan export`."
+            ) from None
+        if not isinstance(self.metadata, dict):
+            raise ModelFileError(
+                f"{path}: the pneumoscan metadata in this ONNX file is a JSON "
+                f"{type(self.metadata).__name__}, not an object; re-export it."
+            )
         version = self.metadata.get("format", ONNX_METADATA_FORMAT)
         missing = [key for key in REQUIRED_METADATA_KEYS if key not in self.metadata]
         if version != ONNX_METADATA_FORMAT or missing:

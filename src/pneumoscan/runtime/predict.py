@@ -262,7 +262,8 @@ def _decide(
     shown = 1 if len(model.class_names) == 2 else index
     class_map = cams[row, shown] if cams is not None else None
     if coverage is not None and model.conformal is not None:
-        members = model.conformal.sets(probabilities, coverage)
+        # The label given is always in its set, so the two never contradict each other.
+        members = model.conformal.sets(probabilities, coverage, decided=index)
         common["prediction_set"] = [n for n, member in zip(model.class_names, members) if member]
         common["set_coverage"] = coverage
     if is_indeterminate(probabilities, model.threshold, margin):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.conformal import REPORTED_LEVELS, ConformalCalibration, coverage_report
-from pneumoscan.core.decision import GATE_QUANTILE, calibrated_probabilities
+from pneumoscan.core.decision import GATE_QUANTILE, calibrated_probabilities, decide
 from pneumoscan.core.errors import DatasetError, ModelFileError
 from pneumoscan.core.fileio import atomic_write_json, atomic_write_text
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
@@ -157,8 +157,11 @@ def _curve_point(
     point = {k: metrics[k] for k in ("accuracy", "macro_f1", "ece")}
     if len(class_names) == 2:
         point.update(sensitivity=metrics["sensitivity"], specificity=metrics["specificity"])
+    decided = decide(probabilities, operating.threshold)
     sets = coverage_report(
-        operating.conformal.sets(probabilities, coverage), held.targets, class_names
+        operating.conformal.sets(probabilities, coverage, decided=decided),
+        held.targets,
+        class_names,
     )
     point.update(coverage=sets["coverage"], mean_set_size=sets["mean_size"])
     return point

@@ -36,15 +36,22 @@ def site_sections(metrics: dict) -> list[str]:
             f"Split-conformal sets (`{conformal['method']}` score) from {conformal['films']} "
             "calibration films "
             f"({conformal['source']}). The promised coverage holds for films exchangeable with "
-            "those; on another site's films it is an empirical question, answered here.",
+            "those; on another site's films it is an empirical question, answered here. "
+            "The label the model gives a film is always in its set (forced in when the "
+            "conformal rule leaves it out), so a set never contradicts the label; forcing can "
+            "only raise coverage, so the coverage before forcing is shown too.",
             "",
-            "| level | coverage | mean set size | sets of 1 / 2 / 3 classes |",
-            "|---|---|---|---|",
+            "| level | coverage | before forcing | sets changed by forcing | mean set size "
+            "| sets of 1 / 2 / 3 classes |",
+            "|---|---|---|---|---|---|",
         ]
         for row in conformal["levels"]:
             counts = " / ".join(str(v) for v in row["size_counts"].values())
+            unforced = row.get("coverage_unforced")
             lines.append(
-                f"| {row['level']:.0%} | {row['coverage']:.4f} | {row['mean_size']:.3f} | {counts} |"
+                f"| {row['level']:.0%} | {row['coverage']:.4f} | "
+                + (f"{unforced:.4f}" if unforced is not None else "n/a")
+                + f" | {row.get('changed_by_forcing', 'n/a')} | {row['mean_size']:.3f} | {counts} |"
             )
         lines += [""]
     return lines

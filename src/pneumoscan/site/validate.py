@@ -22,7 +22,7 @@ import numpy as np
 
 from pneumoscan.core.conformal import REPORTED_LEVELS, ConformalCalibration, coverage_report
 from pneumoscan.core.dataset import Sample, load_site
-from pneumoscan.core.decision import calibrated_probabilities
+from pneumoscan.core.decision import calibrated_probabilities, decide
 from pneumoscan.core.errors import DatasetError
 from pneumoscan.core.labels import CLASS_NAMES, Task
 from pneumoscan.evaluation.scoring import FilmScores, score_films
@@ -111,6 +111,7 @@ def site_metrics(
             "refused_files": [str(s.path) for s, r in zip(scores.samples, refused) if r],
         }
     if operating.conformal is not None:
+        decided = decide(probabilities, operating.threshold)  # the label each film is given
         metrics["conformal"] = {
             "method": operating.conformal.method,
             "films": operating.conformal.films,
@@ -119,7 +120,10 @@ def site_metrics(
                 {
                     "level": level,
                     **coverage_report(
-                        operating.conformal.sets(probabilities, level), scores.targets, class_names
+                        operating.conformal.sets(probabilities, level, decided=decided),
+                        scores.targets,
+                        class_names,
+                        operating.conformal.sets(probabilities, level, force=False),
                     ),
                 }
                 for level in sorted(set(levels))

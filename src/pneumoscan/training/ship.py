@@ -101,6 +101,7 @@ def out_of_sample(
     bootstrap: int = 1000,
     sets: bool = True,
     class_bias: bool = False,
+    cost_fn: float = 1.0,
 ) -> dict:
     """Cross-fitted figures: calibration fitted on other validation patients than it is scored on.
     `bootstrap` patient resamples give the intervals; `sets` adds cross-validated conformal sets."""
@@ -116,6 +117,7 @@ def out_of_sample(
         class_names=class_names,
         groups=groups,
         bias=class_bias and not groups,
+        cost_fn=cost_fn,
     )
     metrics = cal.crossfit_metrics(result, scores.patients, class_names, bootstrap)
     if not sets:
@@ -123,7 +125,12 @@ def out_of_sample(
     # Sets from the out-of-sample probabilities, each patient fold's from the others' scores.
     metrics["conformal"] = [
         cal.conformal_crossval(
-            result.probabilities, result.targets, scores.patients, level, class_names
+            result.probabilities,
+            result.targets,
+            scores.patients,
+            level,
+            class_names,
+            decided=result.predictions,
         )
         for level in REPORTED_LEVELS
     ]
@@ -180,7 +187,11 @@ def out_of_fold_scores(members: list[RunScores]) -> RunScores:
 
 
 def shipped_network(
-    scores: RunScores, derive: str | None, rule: str, class_bias: bool = False
+    scores: RunScores,
+    derive: str | None,
+    rule: str,
+    class_bias: bool = False,
+    cost_fn: float = 1.0,
 ) -> tuple[torch.nn.Module, ModelInfo]:
     """The network and its info, calibrated on all validation films of the run (with
     `class_bias`, per-class logit biases too: bias-corrected temperature scaling)."""
@@ -191,6 +202,7 @@ def shipped_network(
             scores.targets,
             rule if len(info.class_names) == 2 else None,
             bias=class_bias,
+            cost_fn=cost_fn,
         )
         info.temperature, info.threshold = calibration.temperature, calibration.threshold
         info.class_bias = calibration.bias
@@ -205,7 +217,7 @@ def shipped_network(
             f"(this run is {info.task})."
         )
     source_temperature, calibration = cal.fit_grouped(
-        scores.logits, scores.targets, cal.BINARY_GROUPS, rule
+        scores.logits, scores.targets, cal.BINARY_GROUPS, rule, cost_fn=cost_fn
     )
     derived = GroupedClassifier(model, source_temperature, cal.BINARY_GROUPS)
     grouped = cal.grouped_log_probabilities(
@@ -288,6 +300,7 @@ def ship_model(
     stress_dir: Path = Path("docs/stress"),
     ensemble: list[Path] = (),
     class_bias: bool = False,
+    cost_fn: float = 1.0,
 ) -> Path:
     """Calibrate, refit the gate, write the fp16 model file, the ONNX file and the card.
 
@@ -306,7 +319,7 @@ def ship_model(
         folds = [
             {
                 "run": str(m.run_dir),
-                **_fold_row(out_of_sample(m, derive, rule, class_bias=class_bias)),
+                **_fold_row(out_of_sample(m, derive, rule, class_bias=class_bias, cost_fn=cost_fn)),
             }
             for m in member_scores
         ]
@@ -317,14 +330,16 @@ def ship_model(
     logger.info("cross-fitting calibration on %d validation films", len(scores.targets))
     if class_bias and derive is not None:
         raise ConfigError("--class-bias applies to the three-class model, not a derived reading")
-    oos = out_of_sample(scores, derive, rule, class_bias=class_bias)
+    oos = out_of_sample(scores, derive, rule, class_bias=class_bias, cost_fn=cost_fn)
     if not ensemble:
         folds.append({"run": str(run_dir), **_fold_row(oos)})
     for other in fold_runs:
         other_scores = score_run(Path(other))
-        other_oos = out_of_sample(other_scores, derive, rule, class_bias=class_bias)
+        other_oos = out_of_sample(
+            other_scores, derive, rule, class_bias=class_bias, cost_fn=cost_fn
+        )
         folds.append({"run": str(other), **_fold_row(other_oos)})
-    model, info = shipped_network(scores, derive, rule, class_bias)
+    model, info = shipped_network(scores, derive, rule, class_bias, cost_fn)
     info.val_metrics = oos  # the figures a user should expect: out-of-sample for calibration
     refit_gate(run_dir, model, info, run_dir / f"gate-{weights_key(ensemble or [run_dir])}.pt")
     info.name = name
@@ -344,6 +359,7 @@ def ship_model(
         if "wall_seconds" in timing
         else None,
         "threshold_rule": rule if binary else None,
+        "cost_fn": cost_fn if binary and rule == "cost" else None,
         "calibration_films": int(len(scores.targets)),
         "crossfit_folds": oos["calibration_folds"]["count"],
         "out_of_sample": {k: v for k, v in oos.items() if k != "confusion_matrix"},
@@ -442,6 +458,8 @@ def write_card(
 
 
 def _ci(metrics: dict, key: str) -> str:
+    if f"{key}_ci" not in metrics:  # a record written before this interval was computed
+        return f"{metrics[key]:.4f}"
     low, high = metrics[f"{key}_ci"]
     return f"{metrics[key]:.4f} [{low:.4f}, {high:.4f}]"
 
@@ -533,8 +551,8 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
     ]
     if binary:
         lines += [
-            f"| sensitivity | {oos['sensitivity']:.4f} |",
-            f"| specificity | {oos['specificity']:.4f} |",
+            f"| sensitivity (each fold at its own threshold) | {_ci(oos, 'sensitivity')} |",
+            f"| specificity (each fold at its own threshold) | {_ci(oos, 'specificity')} |",
         ]
     lines += [f"| ECE (15 bins) | {oos['ece']:.4f} |", ""]
     lines += ["| class | precision | recall | F1 | n |", "|---|---|---|---|---|"]
@@ -586,7 +604,8 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
     if binary:
         lines.append(
             f"- Decision threshold {info.threshold:.4f} on the calibrated P(pneumonia), rule "
-            f"`{record['threshold_rule']}`" + _rule_text(record["threshold_rule"])
+            f"`{record['threshold_rule']}`"
+            + _rule_text(record["threshold_rule"], record.get("cost_fn"))
         )
         comparison = record.get("rule_comparison") or {}
         if comparison:
@@ -706,7 +725,12 @@ def _conformal_text(info: ModelInfo, oos: dict) -> str:
     rows = oos.get("conformal") or []
     measured = "; ".join(
         f"{row['level']:.0%}: coverage {row['coverage']:.4f}, mean size {row['mean_size']:.3f} "
-        f"(sets of 1 / 2"
+        + (
+            f", {row['coverage_unforced']:.4f} before the label is forced in"
+            if "coverage_unforced" in row
+            else ""
+        )
+        + " (sets of 1 / 2"
         + (" / 3" if len(row["size_counts"]) > 2 else "")
         + " classes: "
         + " / ".join(str(v) for v in row["size_counts"].values())
@@ -715,15 +739,31 @@ def _conformal_text(info: ModelInfo, oos: dict) -> str:
     )
     return (
         f"- Conformal prediction sets (`pneumoscan predict --sets 0.9`): split-conformal, "
-        f"`{info.conformal['method']}` score, from the {info.conformal['films']} validation films "
-        "under the shipped calibration. Cross-validated over patient folds of the out-of-sample "
+        f"`{info.conformal['method']}` score"
+        + (
+            ", class-conditional (one quantile per class)"
+            if "class_scores" in info.conformal
+            else ""
+        )
+        + f", from the {info.conformal['films']} validation films "
+        "under the shipped calibration. The label the model gives (the thresholded decision) is "
+        "always in its set, so a set never contradicts it; forcing it in can only raise "
+        "coverage, and the coverage before forcing is what the conformal guarantee is about. "
+        "Cross-validated over patient folds of the out-of-sample "
         f"probabilities (each fold's sets from the other folds' scores): {measured}. The "
         "promise holds for films like the validation films; a new site recalibrates them with "
         "`pneumoscan calibrate`."
     )
 
 
-def _rule_text(rule: str) -> str:
+def _rule_text(rule: str, cost_fn: float | None = None) -> str:
+    if rule == "cost":
+        cost = cost_fn if cost_fn is not None else 1.0
+        return (
+            f": pneumonia when P(pneumonia) x {cost:g} > P(normal), i.e. the threshold "
+            f"1 / (1 + {cost:g}): the least expected cost when a missed pneumonia costs {cost:g} "
+            "false alarms."
+        )
     return {
         "balanced": ": pneumonia when the calibrated odds exceed the validation films' prior odds. "
         "It is set by the class balance, not by the few films at the edge of a saturated ROC "
