@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
+import re
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,9 +46,25 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _NOT_AN_IMAGE = "not a JPEG, PNG or DICOM image; pneumoscan reads chest radiographs only."
 
-# `warnings.catch_warnings` swaps process-wide state, so two threads decoding at once would
-# restore each other's filters. Decoders run under this lock; inference runs outside it.
-_DECODER_LOCK = threading.Lock()
+# Third-party decoder warnings (pydicom's header checks, Pillow's) are never printed: a file's own
+# error message says what went wrong when it matters, and a DICOM warning can quote a header value
+# (patient fields included). The filters are set once, for warnings raised from those libraries or
+# attributed to this module (pydicom often warns with a stacklevel that points at its caller), and
+# not with `warnings.catch_warnings` per decode: that swaps process-wide state, so it needed one
+# global lock, which made every decode in the process run one at a time.
+_QUIET_MODULES = (r"pydicom(\..*)?$", r"PIL(\..*)?$", re.escape(__name__) + "$")
+
+
+def _quiet_decoders() -> None:
+    """Install the decoder warning filters once (again if something reset `warnings.filters`)."""
+    wanted = [("ignore", None, Warning, re.compile(module), 0) for module in _QUIET_MODULES]
+    if all(entry in warnings.filters for entry in wanted):
+        return
+    for module in _QUIET_MODULES:
+        warnings.filterwarnings("ignore", module=module)
+
+
+_quiet_decoders()
 
 
 def is_dicom(data: bytes) -> bool:
@@ -172,22 +187,10 @@ def _read_bytes(path: Path, label: str) -> bytes:
         raise InputError(f"{label}: cannot be read ({error.strerror or error}).") from None
 
 
-@contextmanager
-def _quiet_decoders() -> Iterator[list]:
-    """Third-party warnings (pydicom's header checks, Pillow's) are recorded, never printed; the
-    file's own error message says what went wrong when it matters."""
-    with _DECODER_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield caught
-
-
 def _decoded(decode: Callable[[], np.ndarray], label: str) -> np.ndarray:
-    with _quiet_decoders() as caught:
-        image = decode()
-    if caught:
-        # Counted, not quoted: a DICOM warning can quote a header value, and those stay private.
-        logger.debug("%d decoder warning(s) suppressed", len(caught))
-    return _checked(image, label)
+    """Run one decoder (no lock: decodes in several threads run at the same time)."""
+    _quiet_decoders()
+    return _checked(decode(), label)
 
 
 def _checked(image: np.ndarray, label: str) -> np.ndarray:

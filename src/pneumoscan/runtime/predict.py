@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +29,7 @@ from PIL import Image
 
 from pneumoscan.core.decision import decide, is_indeterminate
 from pneumoscan.core.errors import InputError, PneumoscanError
+from pneumoscan.core.hardware import usable_cpus
 from pneumoscan.core.images import MAX_IMAGE_PIXELS, decode_input, source_label
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.core.preprocess import prepare, resize_square
@@ -358,7 +358,7 @@ def predict_many(
         for index, item in enumerate(items)
     ]
     draw = heatmap or heatmap_dir is not None
-    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    workers = max(1, workers if workers is not None else usable_cpus())
     ahead = max(batch_size * 2, workers * 4)  # decoded inputs waiting: bounds memory
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pneumoscan") as pool:
         pending: deque[Future] = deque()

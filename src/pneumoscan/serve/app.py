@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pneumoscan import __version__
 from pneumoscan.api import Result, summarize
 from pneumoscan.core.errors import ImageTooLargeError, InputError, UnsupportedFormatError
+from pneumoscan.core.hardware import usable_cpus
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.serve import schemas
 from pneumoscan.serve.uploads import (
@@ -107,7 +108,7 @@ class ServeSettings:
         return json.dumps(values)
 
     def onnx_threads(self) -> int:
-        return self.threads or max(1, (os.cpu_count() or 1) // self.parallel)
+        return self.threads or max(1, usable_cpus() // self.parallel)
 
 
 @dataclass
