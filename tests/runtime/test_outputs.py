@@ -19,11 +19,13 @@ from dicom_fixtures import set_raw_value, write_dicom
 from PIL import Image
 from pydicom import dcmread
 
+import pneumoscan
 from pneumoscan.api import load_model
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.runtime.outputs import JSON_MODEL_KEYS, csv_columns
 
 REPO = Path(__file__).resolve().parents[2]
+SRC = Path(pneumoscan.__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.jpeg"))
 PATIENT_VALUES = ("SECRET-12345", "Doe", "Jane")
 RESULT_KEYS = {
@@ -33,6 +35,7 @@ RESULT_KEYS = {
     "probabilities",
     "threshold",
     "gate_score",
+    "gate_reason",
     "prediction_set",
     "set_coverage",
     "message",
@@ -94,7 +97,8 @@ def _predict(folder: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedP
         capture_output=True,
         text=True,
         timeout=300,
-        env={"COLUMNS": "250", "PATH": "/usr/bin:/bin"},
+        # The package under test, not whichever copy the interpreter has installed.
+        env={"COLUMNS": "250", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
     )
 
 

@@ -66,6 +66,8 @@ class OnnxModel:
         self.spec = PreprocessSpec.from_dict(self.metadata["preprocess"])
         self.has_cam = bool(self.metadata.get("has_cam"))
         self.ood_threshold: float | None = self.metadata.get("ood_threshold") if gate else None
+        # The DICOM header pre-check (modality, body part, view) runs whenever the gate is on.
+        self.header_check = gate
         self.output_names = [output.name for output in self.session.get_outputs()]
         self.name: str = str(self.metadata.get("name", path.stem))
         self.version: str = str(self.metadata.get("model_version", self.name))

@@ -516,6 +516,7 @@ def _prediction(result, model_name: str) -> schemas.Prediction:
         probabilities=record.get("probabilities") or {},
         threshold=record.get("threshold"),
         gate_score=record.get("gate_score"),
+        gate_reason=record.get("gate_reason"),
         message=record.get("message"),
         heatmap_png_base64=record.get("heatmap"),
         prediction_set=record.get("prediction_set"),
