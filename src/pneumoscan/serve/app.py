@@ -14,6 +14,7 @@ import html
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -73,6 +77,9 @@ class ServeSettings:
     max_batch_bytes: int = 64 * MB  # one batch request, all files together
     max_pixels: int = 30_000_000
     max_in_flight: int = 32  # admitted requests (reading, waiting or predicting); more get 503
+    # Admitted requests from one client address; more get 429, so a few slow clients cannot
+    # hold every admission slot.
+    max_in_flight_per_client: int = 4
     memory_budget_bytes: int = 256 * MB  # uploads held in memory by all requests together
     request_timeout_s: float = 30.0
     indeterminate_margin: float = 0.0
@@ -82,8 +89,8 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("serve needs at least one model")
-        if self.parallel < 1 or self.max_in_flight < 1:
-            raise ValueError("parallel and max_in_flight must be at least 1")
+        if self.parallel < 1 or self.max_in_flight < 1 or self.max_in_flight_per_client < 1:
+            raise ValueError("parallel, max_in_flight and max_in_flight_per_client must be >= 1")
         if not 0.0 <= self.indeterminate_margin < 0.5:
             raise ValueError("indeterminate margin must be in [0, 0.5)")
 
@@ -122,6 +129,7 @@ class ServerState:
     index_html: str
     in_flight: int = 0
     ready: bool = False
+    per_client: dict[str, int] = field(default_factory=dict)  # admitted requests per address
 
 
 def create_app(
@@ -291,7 +299,7 @@ def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
                     "too_many_files",
                     f"{len(uploads)} files sent to /v1/predict; use /v1/predict/batch for several.",
                 )
-            data = _checked_bytes(uploads[0])
+            data = _checked_bytes(uploads[0], request, state)
             model = state.models[model_name]
             result = await _run(
                 request,
@@ -328,7 +336,7 @@ def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
             accepted: dict[int, bytes] = {}
             for index, upload in enumerate(form.files):
                 try:
-                    accepted[index] = _checked_bytes(upload)
+                    accepted[index] = _checked_bytes(upload, request, state)
                 except UploadRefused as refusal:
                     refused[index] = refusal
             predicted = await _run(
@@ -383,13 +391,26 @@ async def _admitted(request: Request) -> AsyncIterator[ServerState]:
             f"{state.in_flight} requests are already being handled; retry shortly.",
             {"Retry-After": "1"},
         )
+    client = request.client.host if request.client else "unknown"
+    if state.per_client.get(client, 0) >= state.settings.max_in_flight_per_client:
+        raise UploadRefused(
+            429,
+            "too_many_requests",
+            f"{state.per_client[client]} requests from this client are already being handled; "
+            "wait for one to finish.",
+            {"Retry-After": "1"},
+        )
     state.in_flight += 1
+    state.per_client[client] = state.per_client.get(client, 0) + 1
     request.state.reserved = 0
     request.state.deadline = time.monotonic() + state.settings.request_timeout_s
     try:
         yield state
     finally:
         state.in_flight -= 1
+        state.per_client[client] -= 1
+        if not state.per_client[client]:
+            del state.per_client[client]
         state.budget.release(request.state.reserved)
 
 
@@ -452,30 +473,79 @@ def _options(form_fields: dict[str, str], state: ServerState) -> tuple[str, bool
     return model_name, text == "true", sets
 
 
-def _checked_bytes(upload: UploadedFile) -> bytes:
+def _checked_bytes(upload: UploadedFile, request: Request, state: ServerState) -> bytes:
     """The upload's bytes once its declared type and real format pass (the pixel count is
-    checked by the decoder, from the header, before it decodes anything)."""
+    checked by the decoder, from the header, before it decodes anything). The copy counts in
+    the memory budget, as the upload itself does, until the prediction ends."""
     check_declared_type(upload)
     sniff_format(upload.data)
+    state.budget.reserve(len(upload.data))
+    request.state.reserved += len(upload.data)
     return bytes(upload.data)
 
 
 async def _run(request: Request, state: ServerState, work):
     """Blocking work on a worker thread, `parallel` at a time, within the request's time limit
-    (waiting for a free slot counts too)."""
+    (waiting for a free slot counts too).
+
+    A request that times out is answered at once, but its slot and its uploads' memory budget are
+    held until the thread really ends: a thread cannot be stopped, and freeing them on timeout let
+    more than `parallel` predictions run at once, holding memory no budget counted.
+    """
+    borrower = object()  # the slot belongs to this piece of work, not to the request's task
     try:
         with anyio.fail_after(max(0.0, request.state.deadline - time.monotonic())):
-            return await anyio.to_thread.run_sync(
-                work, limiter=state.limiter, abandon_on_cancel=True
-            )
+            await state.limiter.acquire_on_behalf_of(borrower)
     except TimeoutError:
-        raise UploadRefused(
-            503,
-            "timeout",
-            f"prediction did not finish within {state.settings.request_timeout_s:g} s; the server "
-            "is busy, retry shortly.",
-            {"Retry-After": "2"},
-        ) from None
+        raise _timed_out(state) from None
+    # From here the work owns the slot and the request's reserved bytes; the request's own
+    # cleanup releases nothing more.
+    reserved, request.state.reserved = request.state.reserved, 0
+    token = anyio.lowlevel.current_token()
+
+    def release() -> None:
+        state.budget.release(reserved)
+        state.limiter.release_on_behalf_of(borrower)
+
+    # Exactly one of two owners releases: the thread when it ends, or the request when it timed
+    # out before the thread began (anyio then never runs it).
+    lock, phase = threading.Lock(), {"started": False, "given_up": False}
+
+    def guarded():
+        with lock:
+            if phase["given_up"]:
+                return None
+            phase["started"] = True
+        try:
+            return work()
+        finally:
+            try:
+                anyio.from_thread.run_sync(release, token=token)
+            except RuntimeError:  # the event loop is gone (shutdown): nothing left to free
+                pass
+
+    try:
+        with anyio.fail_after(max(0.0, request.state.deadline - time.monotonic())):
+            # No limiter here (the slot is ours already); an abandoned thread still ends in
+            # `release`, on the event loop.
+            return await anyio.to_thread.run_sync(guarded, abandon_on_cancel=True)
+    except TimeoutError:
+        with lock:
+            phase["given_up"] = True
+            unstarted = not phase["started"]
+        if unstarted:
+            release()
+        raise _timed_out(state) from None
+
+
+def _timed_out(state: ServerState) -> UploadRefused:
+    return UploadRefused(
+        503,
+        "timeout",
+        f"prediction did not finish within {state.settings.request_timeout_s:g} s; the server "
+        "is busy, retry shortly.",
+        {"Retry-After": "2"},
+    )
 
 
 def _predict_one(model, data: bytes, heatmap: bool, margin: float, sets: float | None = None):
