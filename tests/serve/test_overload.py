@@ -132,3 +132,37 @@ def test_one_client_cannot_hold_every_slot(models):
         assert app.state.server.per_client == {}
 
     anyio.run(scenario)
+
+
+def test_a_trickling_upload_is_cut_off_at_the_minimum_rate():
+    """A client that sends a few bytes and then stalls is refused once its average rate falls
+    under the minimum, long before the request's time limit, and its bytes are released."""
+    import time
+
+    from pneumoscan.serve.uploads import MemoryBudget, UploadRefused, read_form
+
+    budget = MemoryBudget(10_000_000)
+
+    async def trickle():
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+        await anyio.sleep(60)  # stalls: the request time limit below is 60 s away
+        yield b"never"
+
+    async def scenario():
+        with anyio.fail_after(20):
+            return await read_form(
+                trickle(),
+                "multipart/form-data; boundary=b",
+                max_file_bytes=1_000_000,
+                max_files=1,
+                max_body_bytes=2_000_000,
+                deadline=time.monotonic() + 60,
+                budget=budget,
+                min_bytes_per_s=1_000,
+                grace_s=0.2,
+            )
+
+    with pytest.raises(UploadRefused) as refused:
+        anyio.run(scenario)
+    assert (refused.value.status, refused.value.code) == (408, "upload_too_slow")
+    assert budget.used_bytes == 0

@@ -44,6 +44,10 @@ def serve(
     max_per_client: Annotated[
         int, typer.Option(help="requests handled at once for one client address; more get 429")
     ] = 4,
+    min_upload_kb_per_s: Annotated[
+        float,
+        typer.Option(help="slowest average upload rate accepted after 2 s, in KB/s; slower: 408"),
+    ] = 32.0,
     timeout: Annotated[float, typer.Option(help="request time limit in seconds")] = 30.0,
     indeterminate: IndeterminateMargin = 0.0,
     gate: GateSwitch = True,
@@ -77,6 +81,7 @@ def serve(
             max_pixels=max_pixels,
             max_in_flight=max_in_flight,
             max_in_flight_per_client=max_per_client,
+            min_upload_bytes_per_s=int(min_upload_kb_per_s * 1024),
             request_timeout_s=timeout,
             indeterminate_margin=indeterminate,
             cors_origins=tuple(cors_origin or ()),

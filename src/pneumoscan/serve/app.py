@@ -82,6 +82,8 @@ class ServeSettings:
     max_in_flight_per_client: int = 4
     memory_budget_bytes: int = 256 * MB  # uploads held in memory by all requests together
     request_timeout_s: float = 30.0
+    # Bodies must arrive at least this fast on average after the first 2 s; slower get 408.
+    min_upload_bytes_per_s: int = 32 * 1024
     indeterminate_margin: float = 0.0
     api_key: str | None = field(default=None, repr=False)
     cors_origins: tuple[str, ...] = ()
@@ -434,6 +436,7 @@ async def _read(request: Request, state: ServerState, max_body_bytes: int):
                 max_body_bytes=max_body_bytes,
                 deadline=request.state.deadline,
                 budget=state.budget,
+                min_bytes_per_s=settings.min_upload_bytes_per_s,
             )
     except TimeoutError:
         raise UploadRefused(
