@@ -382,7 +382,7 @@ def predict_many(
 ) -> Iterator[Result]:
     """Results for every input, in order; never raises for one input.
 
-    Inputs are decoded and prepared on `workers` threads (default: the CPU count) while the model
+    Inputs are decoded and prepared on `workers` threads (default: the CPUs this process may use) while the model
     runs batches of `batch_size` in this thread. With `heatmap_dir`, overlays are written there as
     PNGs (`00012_<name>.png`, `heatmap_path` set, images not kept in memory); with `heatmap` only,
     each result carries its overlay image. With `set_coverage` (e.g. 0.9), each prediction
