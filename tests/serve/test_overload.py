@@ -166,3 +166,29 @@ def test_a_trickling_upload_is_cut_off_at_the_minimum_rate():
         anyio.run(scenario)
     assert (refused.value.status, refused.value.code) == (408, "upload_too_slow")
     assert budget.used_bytes == 0
+
+
+def test_a_handled_error_is_answered_and_logged_without_a_traceback(models, caplog):
+    """Issue 18 item 4: a Starlette handler for Exception answers 500 but re-raises, so uvicorn
+    printed a full traceback. Here the exception must not escape the app at all (TestClient
+    re-raises whatever escapes), and the log holds one line without exception info."""
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(models["binary"], name)
+
+        def predict(self, *args, **kwargs):
+            raise RuntimeError("bug with secret content")
+
+    caplog.set_level(logging.INFO)
+    with TestClient(create_app(ServeSettings(), models={"binary": Broken()})) as client:
+        files = {"file": ("film.jpeg", NORMAL_FILM.read_bytes(), "image/jpeg")}
+        response = client.post("/v1/predict", files=files)
+    assert response.status_code == 500
+    assert response.json()["error"] == "internal_error" and "secret" not in response.text
+    assert response.headers["Cache-Control"] == "no-store"  # still inside the security headers
+    assert not any(record.exc_info for record in caplog.records)
+    assert "secret" not in caplog.text and "Traceback" not in caplog.text

@@ -175,6 +175,7 @@ def create_app(
     _add_routes(app, settings)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _mount_docs_assets(app)
+    app.add_middleware(HandledErrors)  # innermost: its 500 gets the headers of any other answer
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -660,11 +661,41 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
         return _error(422, "invalid_request", problems[:500])
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        # A bug, never an input's fault; the type only (an upload's content must not reach logs).
-        logger.error("%s %s failed: %s", request.method, request.url.path, type(error).__name__)
-        return _error(500, "internal_error", "internal error; the server log has the details.")
+
+class HandledErrors:
+    """Pure ASGI middleware: an unexpected exception becomes a 500 JSON answer and one log line.
+    (A Starlette handler for `Exception` answers too, but then re-raises it, so uvicorn printed a
+    full traceback for an error that had been handled.)"""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as error:
+            # A bug, never an input's fault; the type only (an upload's content must not reach
+            # logs).
+            logger.error(
+                "%s %s failed: %s", scope.get("method"), scope.get("path"), type(error).__name__
+            )
+            if started:  # too late for an answer: the client sees the connection end
+                return
+            response = _error(
+                500, "internal_error", "internal error; the server log has the details."
+            )
+            await response(scope, receive, send)
 
 
 class SecurityHeaders:
