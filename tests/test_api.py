@@ -99,6 +99,7 @@ def test_result_is_json_ready_with_heatmap_as_base64_or_array(model):
         "probabilities",
         "threshold",
         "gate_score",
+        "gate_reason",
         "prediction_set",
         "set_coverage",
         "message",

@@ -133,7 +133,7 @@ def load_model(
     """Load a shipped model (`"binary"`, `"three-class"`) or an exported `.onnx` file.
 
     gate=False turns off the out-of-distribution gate (inputs unlike chest radiographs are then
-    classified too). threads: ONNX Runtime threads (default: the CPU count). Raises
+    classified too). threads: ONNX Runtime threads (default: the CPUs this process may use). Raises
     `ModelFileError` for a missing or foreign file.
     """
     return Model(load_runtime_model(reference, threads=threads, gate=gate), max_pixels=max_pixels)

@@ -146,3 +146,67 @@ def test_compressed_dicom_that_cannot_be_decoded_says_which_syntax(tmp_path):
     with pytest.raises(InputError, match="cannot decode DICOM pixel data.*JPEG 2000") as raised:
         read_image(path)
     assert "pylibjpeg" in str(raised.value)
+
+
+def _png_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(GRADIENT).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_two_decodes_run_at_the_same_time(monkeypatch):
+    """Issue 18 item 5: no global decoder lock. Each fake decode waits at a two-party barrier, so
+    the two only finish if they are inside the decoder together (no timing involved: under a lock
+    the barrier breaks after its timeout and both reads fail)."""
+    import threading
+
+    from pneumoscan.core import images
+
+    barrier = threading.Barrier(2, timeout=10)
+    real = images._read_raster
+
+    def slow_decoder(data, label, max_pixels):
+        barrier.wait()
+        return real(data, label, max_pixels)
+
+    monkeypatch.setattr(images, "_read_raster", slow_decoder)
+    data, results, errors = _png_bytes(), [], []
+
+    def decode():
+        try:
+            results.append(read_image(data))
+        except Exception as error:  # collected: a thread's exception would vanish otherwise
+            errors.append(error)
+
+    threads = [threading.Thread(target=decode) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not errors and len(results) == 2
+
+
+def test_decoder_warnings_are_never_shown_even_after_a_filter_reset(recwarn):
+    """The filters are set once, not per decode; a caller that resets `warnings.filters` (as
+    pytest does per test) gets them back on the next decode, and user warnings stay untouched."""
+    import warnings
+
+    from pneumoscan.core import images
+
+    warnings.resetwarnings()
+    warnings.simplefilter("always")
+    images._quiet_decoders()
+    warnings.warn_explicit("from pydicom", UserWarning, "x.py", 1, module="pydicom.valuerep")
+    warnings.warn_explicit("from PIL", UserWarning, "x.py", 1, module="PIL.Image")
+    warnings.warn_explicit("from a user", UserWarning, "x.py", 1, module="user_code")
+    assert [str(w.message) for w in recwarn] == ["from a user"]
+
+
+def test_workers_are_sized_from_the_cpus_this_process_may_use(monkeypatch):
+    import os
+
+    from pneumoscan.core import hardware
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert hardware.usable_cpus() == 3

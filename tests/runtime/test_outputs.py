@@ -25,6 +25,7 @@ from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.runtime.outputs import JSON_MODEL_KEYS, csv_columns
 
 REPO = Path(__file__).resolve().parents[2]
+SRC = Path(pneumoscan.__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.jpeg"))
 PATIENT_VALUES = ("SECRET-12345", "Doe", "Jane")
 RESULT_KEYS = {
@@ -34,6 +35,7 @@ RESULT_KEYS = {
     "probabilities",
     "threshold",
     "gate_score",
+    "gate_reason",
     "prediction_set",
     "set_coverage",
     "message",

@@ -199,3 +199,24 @@ def test_train_init_fine_tunes_the_shipped_network_on_site_films(site, tmp_path)
     film = next((site / "PNEUMONIA").glob("*.png"))
     result = _invoke("predict", film, "--model", out / "model.onnx")
     assert "1 predicted" in result.output
+
+
+def test_refit_gate_widening_is_capped_and_leaves_penalised_films_out():
+    """Issue 18 item 2: two penalised or mislabelled films (scores in the hundreds) among a site's
+    chest films once pushed the refit threshold into the hundreds."""
+    from pneumoscan.core.decision import GATE_QUANTILE
+    from pneumoscan.site.calibrate import MAX_GATE_WIDENING, widened_gate
+
+    shipped = 10.0
+    chest = np.random.default_rng(0).uniform(6.0, 12.0, 98)
+    scores = np.concatenate([chest, [480.0, 910.0]])
+    assert np.quantile(scores, GATE_QUANTILE) > 100  # the old rule: widened into the hundreds
+    threshold, left_out = widened_gate(shipped, scores)
+    assert left_out == 2
+    assert threshold == pytest.approx(np.quantile(chest, GATE_QUANTILE))  # as if they were absent
+    assert shipped <= threshold <= MAX_GATE_WIDENING * shipped
+    # A site whose chest films all score far above the shipped gate: widened to the cap, no further.
+    far = np.random.default_rng(1).uniform(15.0, 19.9, 50)
+    assert widened_gate(shipped, far) == (pytest.approx(np.quantile(far, GATE_QUANTILE)), 0)
+    assert widened_gate(shipped, far + 10)[0] == shipped  # all beyond the cap: left out, unchanged
+    assert widened_gate(shipped, chest * 0.5)[0] == shipped  # only ever widened

@@ -197,6 +197,8 @@ def _print_results(runtime, results) -> None:
     styles = {"indeterminate": "yellow", "not_chest_xray": "magenta", "error": "red"}
     for result in results:
         shown = result.label if result.status == OK else STATUS_TEXT[result.status]
+        if result.gate_reason:
+            shown = f"{shown} ({result.gate_reason})"
         if result.status in styles:
             shown = f"[{styles[result.status]}]{shown}[/{styles[result.status]}]"
         table.add_row(

@@ -41,6 +41,13 @@ def serve(
     max_in_flight: Annotated[
         int, typer.Option(help="requests handled at once; more get 503 with Retry-After")
     ] = 32,
+    max_per_client: Annotated[
+        int, typer.Option(help="requests handled at once for one client address; more get 429")
+    ] = 4,
+    min_upload_kb_per_s: Annotated[
+        float,
+        typer.Option(help="slowest average upload rate accepted after 2 s, in KB/s; slower: 408"),
+    ] = 32.0,
     timeout: Annotated[float, typer.Option(help="request time limit in seconds")] = 30.0,
     indeterminate: IndeterminateMargin = 0.0,
     gate: GateSwitch = True,
@@ -73,6 +80,8 @@ def serve(
             max_upload_bytes=int(max_upload_mb * 1024 * 1024),
             max_pixels=max_pixels,
             max_in_flight=max_in_flight,
+            max_in_flight_per_client=max_per_client,
+            min_upload_bytes_per_s=int(min_upload_kb_per_s * 1024),
             request_timeout_s=timeout,
             indeterminate_margin=indeterminate,
             cors_origins=tuple(cors_origin or ()),

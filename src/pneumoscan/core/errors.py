@@ -36,3 +36,12 @@ class ModelFileError(PneumoscanError):
 
 class WeightsNotFoundError(PneumoscanError):
     """Pretrained weights that are not available offline."""
+
+
+class NotChestRadiographError(InputError):
+    """A readable file whose header says it is no frontal chest radiograph (a CT slice, a lateral
+    view...); the runtime reports it as `not_chest_xray` with this `reason`, never as an error."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason

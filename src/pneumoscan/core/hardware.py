@@ -7,6 +7,14 @@ import platform
 from pathlib import Path
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, e.g. under taskset or a container
+    cpuset), not every core in the machine; what workers and threads are sized from."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)  # pragma: no cover - macOS and Windows
+
+
 def hardware() -> str:
     cpu = platform.processor() or platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
@@ -15,5 +23,4 @@ def hardware() -> str:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{cpu}, {cores} CPU cores, {platform.system()} {platform.machine()}"
+    return f"{cpu}, {usable_cpus()} CPU cores, {platform.system()} {platform.machine()}"

@@ -16,17 +16,22 @@ from __future__ import annotations
 
 import io
 import logging
-import threading
+import re
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pneumoscan.core.errors import ImageTooLargeError, InputError, UnsupportedFormatError
+from pneumoscan.core.errors import (
+    ImageTooLargeError,
+    InputError,
+    NotChestRadiographError,
+    UnsupportedFormatError,
+)
+from pneumoscan.core.refusal import header_refusal
 
 if TYPE_CHECKING:  # pragma: no cover
     from pydicom.dataset import Dataset
@@ -47,9 +52,25 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _NOT_AN_IMAGE = "not a JPEG, PNG or DICOM image; pneumoscan reads chest radiographs only."
 
-# `warnings.catch_warnings` swaps process-wide state, so two threads decoding at once would
-# restore each other's filters. Decoders run under this lock; inference runs outside it.
-_DECODER_LOCK = threading.Lock()
+# Third-party decoder warnings (pydicom's header checks, Pillow's) are never printed: a file's own
+# error message says what went wrong when it matters, and a DICOM warning can quote a header value
+# (patient fields included). The filters are set once, for warnings raised from those libraries or
+# attributed to this module (pydicom often warns with a stacklevel that points at its caller), and
+# not with `warnings.catch_warnings` per decode: that swaps process-wide state, so it needed one
+# global lock, which made every decode in the process run one at a time.
+_QUIET_MODULES = (r"pydicom(\..*)?$", r"PIL(\..*)?$", re.escape(__name__) + "$")
+
+
+def _quiet_decoders() -> None:
+    """Install the decoder warning filters once (again if something reset `warnings.filters`)."""
+    wanted = [("ignore", None, Warning, re.compile(module), 0) for module in _QUIET_MODULES]
+    if all(entry in warnings.filters for entry in wanted):
+        return
+    for module in _QUIET_MODULES:
+        warnings.filterwarnings("ignore", module=module)
+
+
+_quiet_decoders()
 
 
 def is_dicom(data: bytes) -> bool:
@@ -61,25 +82,30 @@ def read_image(
     source: Path | str | bytes | Dataset,
     name: str | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS,
+    check_header: bool = False,
 ) -> np.ndarray:
     """Decode a file, its bytes or a pydicom Dataset into a 2-D float32 array in [0, 1].
 
     `name` labels the input in messages (default: the path, or `<upload>` for bytes). Raises
     `UnsupportedFormatError` for content that is no JPEG/PNG/DICOM, `ImageTooLargeError` for more
     than `max_pixels` pixels (checked before decoding) and `InputError` for anything else that
-    cannot be read; never a raw decoder error.
+    cannot be read; never a raw decoder error. With `check_header`, a DICOM whose Modality,
+    BodyPartExamined or ViewPosition says it is no frontal chest radiograph raises
+    `NotChestRadiographError` (with its `reason`) before any pixel is decoded.
     """
     label = name or (str(source) if isinstance(source, (str, Path)) else "<upload>")
     try:
         if is_pydicom_dataset(source):
-            return _decoded(lambda: _dicom_pixels(source, label, max_pixels), label)
+            return _decoded(lambda: _dicom_pixels(source, label, max_pixels, check_header), label)
         data = (
             source if isinstance(source, (bytes, bytearray)) else _read_bytes(Path(source), label)
         )
         if not data:
             raise InputError(f"{label}: file is empty (0 bytes); re-export or re-download it.")
         if is_dicom(data):
-            return _decoded(lambda: _read_dicom(bytes(data), label, max_pixels), label)
+            return _decoded(
+                lambda: _read_dicom(bytes(data), label, max_pixels, check_header), label
+            )
         return _decoded(lambda: _read_raster(bytes(data), label, max_pixels), label)
     except InputError:
         raise
@@ -140,12 +166,15 @@ def pixels_from_array(array: np.ndarray, label: str = "<array>") -> np.ndarray:
     )
 
 
-def decode_input(item, label: str, max_pixels: int = MAX_IMAGE_PIXELS) -> np.ndarray:
-    """Any accepted input -> the [0, 1] 2-D pixel contract, or an InputError."""
+def decode_input(
+    item, label: str, max_pixels: int = MAX_IMAGE_PIXELS, check_header: bool = False
+) -> np.ndarray:
+    """Any accepted input -> the [0, 1] 2-D pixel contract, or an InputError (with
+    `check_header`, `NotChestRadiographError` for a DICOM that says it is no chest film)."""
     if isinstance(item, np.ndarray):
         return pixels_from_array(item, label)
     if isinstance(item, (str, Path, bytes, bytearray)) or is_pydicom_dataset(item):
-        return read_image(item, name=label, max_pixels=max_pixels)
+        return read_image(item, name=label, max_pixels=max_pixels, check_header=check_header)
     raise InputError(
         f"{label}: cannot predict on a {type(item).__name__}; pass a path, bytes, a 2-D numpy "
         "array or a pydicom Dataset."
@@ -172,22 +201,10 @@ def _read_bytes(path: Path, label: str) -> bytes:
         raise InputError(f"{label}: cannot be read ({error.strerror or error}).") from None
 
 
-@contextmanager
-def _quiet_decoders() -> Iterator[list]:
-    """Third-party warnings (pydicom's header checks, Pillow's) are recorded, never printed; the
-    file's own error message says what went wrong when it matters."""
-    with _DECODER_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield caught
-
-
 def _decoded(decode: Callable[[], np.ndarray], label: str) -> np.ndarray:
-    with _quiet_decoders() as caught:
-        image = decode()
-    if caught:
-        # Counted, not quoted: a DICOM warning can quote a header value, and those stay private.
-        logger.debug("%d decoder warning(s) suppressed", len(caught))
-    return _checked(image, label)
+    """Run one decoder (no lock: decodes in several threads run at the same time)."""
+    _quiet_decoders()
+    return _checked(decode(), label)
 
 
 def _checked(image: np.ndarray, label: str) -> np.ndarray:
@@ -271,7 +288,7 @@ def is_pydicom_dataset(source) -> bool:
     return isinstance(source, Dataset)
 
 
-def _read_dicom(data: bytes, label: str, max_pixels: int) -> np.ndarray:
+def _read_dicom(data: bytes, label: str, max_pixels: int, check_header: bool) -> np.ndarray:
     try:
         import pydicom
     except ImportError:  # pragma: no cover - pydicom is a core dependency
@@ -284,7 +301,7 @@ def _read_dicom(data: bytes, label: str, max_pixels: int) -> np.ndarray:
             f"{label}: unreadable DICOM ({type(error).__name__} while parsing the header); "
             "re-export the study."
         ) from None
-    return _dicom_pixels(dataset, label, max_pixels)
+    return _dicom_pixels(dataset, label, max_pixels, check_header)
 
 
 def _header_int(dataset, keyword: str, default: int, label: str) -> int:
@@ -313,9 +330,37 @@ def _header_float(dataset, keyword: str, default: float, label: str) -> float:
     return value
 
 
-def _dicom_pixels(dataset, label: str, max_pixels: int) -> np.ndarray:
+def _header_text(dataset, keyword: str) -> str:
+    """An acquisition field as text ('' when missing or unreadable); never a patient field."""
+    try:
+        return str(dataset.get(keyword, "") or "")
+    except Exception:
+        return ""
+
+
+def _check_acquisition(dataset, label: str) -> None:
+    """Refuse a DICOM whose header says it is no frontal chest radiograph. Only Modality,
+    BodyPartExamined and ViewPosition are read; nothing of them is kept."""
+    refusal = header_refusal(
+        _header_text(dataset, "Modality"),
+        _header_text(dataset, "BodyPartExamined"),
+        _header_text(dataset, "ViewPosition"),
+    )
+    if refusal is not None:
+        reason, found = refusal
+        raise NotChestRadiographError(
+            f"{label}: {found}; pneumoscan reads frontal chest radiographs only, no prediction "
+            "made.",
+            reason,
+        )
+
+
+def _dicom_pixels(dataset, label: str, max_pixels: int, check_header: bool = False) -> np.ndarray:
     """Pixels of a parsed dataset, checked field by field before anything is decoded."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    if check_header:
+        _check_acquisition(dataset, label)
 
     try:
         photometric = str(dataset.get("PhotometricInterpretation", "") or "").strip().upper()

@@ -6,7 +6,6 @@ load, and `load_runtime_model` for a shipped name or a path. Never imports torch
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from pneumoscan.core.decision import (
     decide,
 )
 from pneumoscan.core.errors import ModelFileError
+from pneumoscan.core.hardware import usable_cpus
 from pneumoscan.core.preprocess import PreprocessSpec, prepare
 from pneumoscan.core.shipped import resolve_model
 
@@ -32,7 +32,7 @@ class OnnxModel:
 
         path = Path(path)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = threads or usable_cpus()
         options.inter_op_num_threads = 1
         # Decoding runs beside inference on the same cores: idle ONNX threads must not spin.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -78,6 +78,8 @@ class OnnxModel:
         self.spec = PreprocessSpec.from_dict(self.metadata["preprocess"])
         self.has_cam = bool(self.metadata.get("has_cam"))
         self.ood_threshold: float | None = self.metadata.get("ood_threshold") if gate else None
+        # The DICOM header pre-check (modality, body part, view) runs whenever the gate is on.
+        self.header_check = gate
         self.output_names = [output.name for output in self.session.get_outputs()]
         self.name: str = str(self.metadata.get("name", path.stem))
         self.version: str = str(self.metadata.get("model_version", self.name))

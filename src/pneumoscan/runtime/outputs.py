@@ -3,7 +3,9 @@ notice. The columns and keys are defined here once; README.md documents them and
 tests/runtime/test_outputs.py reads them back with csv, json and pandas.
 
 CSV columns: file, status, label, p_<class> (one per class, in the model's order), threshold,
-gate_score, prediction_set, set_coverage, message, model, model_version, notice.
+gate_score, gate_reason, prediction_set, set_coverage, message, model, model_version, notice.
+gate_reason says why a not_chest_xray input was refused: wrong modality, not chest or lateral view
+(from the DICOM header, before the network runs), no radiograph structure or feature distance.
 prediction_set holds the conformal set's classes joined by "|" (e.g. "bacteria|virus"), filled
 only with `predict --sets LEVEL`. Empty cells mean "not applicable" (no label
 unless status is ok; no probabilities for not_chest_xray or error; no gate score for a model without a gate or
@@ -34,6 +36,7 @@ def csv_columns(class_names: Sequence[str]) -> list[str]:
         *[f"p_{name}" for name in class_names],
         "threshold",
         "gate_score",
+        "gate_reason",
         "prediction_set",
         "set_coverage",
         "message",
@@ -55,6 +58,7 @@ def csv_row(result: Result, class_names: Sequence[str]) -> list[str]:
         *[_number(result.probabilities.get(name)) for name in class_names],
         _number(result.threshold),
         _number(result.gate_score, 4),
+        result.gate_reason or "",
         "|".join(result.prediction_set) if result.prediction_set is not None else "",
         _number(result.set_coverage, 3),
         result.message or "",

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import os
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,10 +28,17 @@ import numpy as np
 from PIL import Image
 
 from pneumoscan.core.decision import decide, is_indeterminate
-from pneumoscan.core.errors import InputError, PneumoscanError
+from pneumoscan.core.errors import InputError, NotChestRadiographError, PneumoscanError
+from pneumoscan.core.hardware import usable_cpus
 from pneumoscan.core.images import MAX_IMAGE_PIXELS, decode_input, source_label
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.core.preprocess import prepare, resize_square
+from pneumoscan.core.refusal import (
+    FEATURE_DISTANCE,
+    NO_RADIOGRAPH_STRUCTURE,
+    STRUCTURE_FLOOR,
+    structure_correlation,
+)
 from pneumoscan.runtime.heatmap import (
     HEATMAP_SIZE,
     heatmap_file_name,
@@ -70,6 +76,8 @@ class Result:
     probabilities: dict[str, float] = field(default_factory=dict)
     threshold: float | None = None
     gate_score: float | None = None
+    # Why a not_chest_xray input was refused: one of core.refusal.GATE_REASONS; None otherwise.
+    gate_reason: str | None = None
     message: str | None = None
     heatmap: Image.Image | None = None
     model_name: str | None = None
@@ -99,6 +107,7 @@ class Result:
             "probabilities": dict(self.probabilities),
             "threshold": self.threshold,
             "gate_score": self.gate_score,
+            "gate_reason": self.gate_reason,
             "message": self.message,
             "model_name": self.model_name,
             "model_version": self.model_version,
@@ -165,15 +174,18 @@ class _Prepared:
     tensor: np.ndarray | None = None  # (C, size, size), the model's input
     base: np.ndarray | None = None  # the film squared for the heatmap overlay
     error: str | None = None
+    refusal: tuple[str, str] | None = None  # (gate_reason, message): refused before the network
 
 
 def _prepare(
     model: OnnxModel, item, source: str, heatmap: bool, max_pixels: int, raising: bool = False
 ) -> _Prepared:
     try:
-        image = decode_input(item, source, max_pixels)
+        image = decode_input(item, source, max_pixels, check_header=model.header_check)
         base = resize_square(image, HEATMAP_SIZE) if heatmap and model.has_cam else None
         return _Prepared(source, prepare(image, model.spec), base)
+    except NotChestRadiographError as error:  # a refusal, not an error: never raised
+        return _Prepared(source, refusal=(error.reason, " ".join(str(error).split())))
     except PneumoscanError as error:
         if raising:
             raise
@@ -195,7 +207,9 @@ def _infer(
     model: OnnxModel, prepared: Sequence[_Prepared], margin: float, coverage: float | None = None
 ) -> tuple[list[Result], np.ndarray | None]:
     """Results for a batch, and the class maps to draw (one per result, None where not drawn)."""
-    ready = [index for index, item in enumerate(prepared) if item.error is None]
+    ready = [
+        index for index, item in enumerate(prepared) if item.error is None and item.refusal is None
+    ]
     results: list[Result | None] = [None] * len(prepared)
     maps: list[np.ndarray | None] = [None] * len(prepared)
     outputs = None
@@ -217,9 +231,19 @@ def _infer(
                 ready = []
     for row, index in enumerate(ready):
         results[index], maps[index] = _decide(
-            model, outputs, row, prepared[index].source, margin, coverage
+            model, outputs, row, prepared[index], margin, coverage
         )
     for index, item in enumerate(prepared):
+        if results[index] is None and item.refusal is not None:
+            reason, message = item.refusal
+            results[index] = Result(
+                source=item.source,
+                status=NOT_CHEST_XRAY,
+                gate_reason=reason,
+                message=message,
+                model_name=model.name,
+                model_version=model.version,
+            )
         if results[index] is None:
             results[index] = _error(model, item.source, item.error or "unknown error")
     return results, maps
@@ -239,11 +263,12 @@ def _decide(
     model: OnnxModel,
     outputs: dict[str, np.ndarray],
     row: int,
-    source: str,
+    item: _Prepared,
     margin: float,
     coverage: float | None = None,
 ) -> tuple[Result, np.ndarray | None]:
     """The decision for one row of a batch's outputs (the one place results are built)."""
+    source = item.source
     probabilities = outputs["probabilities"][row]
     score = float(outputs["ood_score"][row]) if "ood_score" in outputs else None
     common = {
@@ -253,8 +278,19 @@ def _decide(
         "model_version": model.version,
     }
     if score is not None and model.is_out_of_distribution(score):
-        message = f"{source}: does not look like a frontal chest radiograph; no prediction made."
-        return Result(status=NOT_CHEST_XRAY, message=message, **common), None
+        # The exported score adds a large penalty for inputs without a radiograph's spatial
+        # structure; the same correlation, measured here, says which of the two refused it.
+        if structure_correlation(item.tensor[0]) < STRUCTURE_FLOOR:
+            reason, why = NO_RADIOGRAPH_STRUCTURE, "has no radiograph structure (blank or noise)"
+        else:
+            reason, why = FEATURE_DISTANCE, "is unlike every training film (gate feature distance)"
+        message = (
+            f"{source}: {why}; does not look like a frontal chest radiograph, no prediction made."
+        )
+        return (
+            Result(status=NOT_CHEST_XRAY, gate_reason=reason, message=message, **common),
+            None,
+        )
     index = decide(probabilities, model.threshold, model.class_names)
     named = {name: float(p) for name, p in zip(model.class_names, probabilities)}
     cams = outputs.get("cam")
@@ -347,7 +383,7 @@ def predict_many(
 ) -> Iterator[Result]:
     """Results for every input, in order; never raises for one input.
 
-    Inputs are decoded and prepared on `workers` threads (default: the CPU count) while the model
+    Inputs are decoded and prepared on `workers` threads (default: the CPUs this process may use) while the model
     runs batches of `batch_size` in this thread. With `heatmap_dir`, overlays are written there as
     PNGs (`00012_<name>.png`, `heatmap_path` set, images not kept in memory); with `heatmap` only,
     each result carries its overlay image. With `set_coverage` (e.g. 0.9), each prediction
@@ -359,7 +395,7 @@ def predict_many(
         for index, item in enumerate(items)
     ]
     draw = heatmap or heatmap_dir is not None
-    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    workers = max(1, workers if workers is not None else usable_cpus())
     ahead = max(batch_size * 2, workers * 4)  # decoded inputs waiting: bounds memory
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pneumoscan") as pool:
         pending: deque[Future] = deque()

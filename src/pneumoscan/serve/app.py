@@ -14,6 +14,7 @@ import html
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,6 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.from_thread
+import anyio.lowlevel
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -32,6 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pneumoscan import __version__
 from pneumoscan.api import Result, summarize
 from pneumoscan.core.errors import ImageTooLargeError, InputError, UnsupportedFormatError
+from pneumoscan.core.hardware import usable_cpus
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.serve import schemas
 from pneumoscan.serve.uploads import (
@@ -72,8 +77,13 @@ class ServeSettings:
     max_batch_bytes: int = 64 * MB  # one batch request, all files together
     max_pixels: int = 30_000_000
     max_in_flight: int = 32  # admitted requests (reading, waiting or predicting); more get 503
+    # Admitted requests from one client address; more get 429, so a few slow clients cannot
+    # hold every admission slot.
+    max_in_flight_per_client: int = 4
     memory_budget_bytes: int = 256 * MB  # uploads held in memory by all requests together
     request_timeout_s: float = 30.0
+    # Bodies must arrive at least this fast on average after the first 2 s; slower get 408.
+    min_upload_bytes_per_s: int = 32 * 1024
     indeterminate_margin: float = 0.0
     api_key: str | None = field(default=None, repr=False)
     cors_origins: tuple[str, ...] = ()
@@ -81,8 +91,8 @@ class ServeSettings:
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("serve needs at least one model")
-        if self.parallel < 1 or self.max_in_flight < 1:
-            raise ValueError("parallel and max_in_flight must be at least 1")
+        if self.parallel < 1 or self.max_in_flight < 1 or self.max_in_flight_per_client < 1:
+            raise ValueError("parallel, max_in_flight and max_in_flight_per_client must be >= 1")
         if not 0.0 <= self.indeterminate_margin < 0.5:
             raise ValueError("indeterminate margin must be in [0, 0.5)")
 
@@ -107,7 +117,7 @@ class ServeSettings:
         return json.dumps(values)
 
     def onnx_threads(self) -> int:
-        return self.threads or max(1, (os.cpu_count() or 1) // self.parallel)
+        return self.threads or max(1, usable_cpus() // self.parallel)
 
 
 @dataclass
@@ -121,6 +131,7 @@ class ServerState:
     index_html: str
     in_flight: int = 0
     ready: bool = False
+    per_client: dict[str, int] = field(default_factory=dict)  # admitted requests per address
 
 
 def create_app(
@@ -164,6 +175,7 @@ def create_app(
     _add_routes(app, settings)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     _mount_docs_assets(app)
+    app.add_middleware(HandledErrors)  # innermost: its 500 gets the headers of any other answer
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -290,7 +302,7 @@ def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
                     "too_many_files",
                     f"{len(uploads)} files sent to /v1/predict; use /v1/predict/batch for several.",
                 )
-            data = _checked_bytes(uploads[0])
+            data = _checked_bytes(uploads[0], request, state)
             model = state.models[model_name]
             result = await _run(
                 request,
@@ -327,7 +339,7 @@ def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
             accepted: dict[int, bytes] = {}
             for index, upload in enumerate(form.files):
                 try:
-                    accepted[index] = _checked_bytes(upload)
+                    accepted[index] = _checked_bytes(upload, request, state)
                 except UploadRefused as refusal:
                     refused[index] = refusal
             predicted = await _run(
@@ -382,13 +394,26 @@ async def _admitted(request: Request) -> AsyncIterator[ServerState]:
             f"{state.in_flight} requests are already being handled; retry shortly.",
             {"Retry-After": "1"},
         )
+    client = request.client.host if request.client else "unknown"
+    if state.per_client.get(client, 0) >= state.settings.max_in_flight_per_client:
+        raise UploadRefused(
+            429,
+            "too_many_requests",
+            f"{state.per_client[client]} requests from this client are already being handled; "
+            "wait for one to finish.",
+            {"Retry-After": "1"},
+        )
     state.in_flight += 1
+    state.per_client[client] = state.per_client.get(client, 0) + 1
     request.state.reserved = 0
     request.state.deadline = time.monotonic() + state.settings.request_timeout_s
     try:
         yield state
     finally:
         state.in_flight -= 1
+        state.per_client[client] -= 1
+        if not state.per_client[client]:
+            del state.per_client[client]
         state.budget.release(request.state.reserved)
 
 
@@ -412,6 +437,7 @@ async def _read(request: Request, state: ServerState, max_body_bytes: int):
                 max_body_bytes=max_body_bytes,
                 deadline=request.state.deadline,
                 budget=state.budget,
+                min_bytes_per_s=settings.min_upload_bytes_per_s,
             )
     except TimeoutError:
         raise UploadRefused(
@@ -451,30 +477,79 @@ def _options(form_fields: dict[str, str], state: ServerState) -> tuple[str, bool
     return model_name, text == "true", sets
 
 
-def _checked_bytes(upload: UploadedFile) -> bytes:
+def _checked_bytes(upload: UploadedFile, request: Request, state: ServerState) -> bytes:
     """The upload's bytes once its declared type and real format pass (the pixel count is
-    checked by the decoder, from the header, before it decodes anything)."""
+    checked by the decoder, from the header, before it decodes anything). The copy counts in
+    the memory budget, as the upload itself does, until the prediction ends."""
     check_declared_type(upload)
     sniff_format(upload.data)
+    state.budget.reserve(len(upload.data))
+    request.state.reserved += len(upload.data)
     return bytes(upload.data)
 
 
 async def _run(request: Request, state: ServerState, work):
     """Blocking work on a worker thread, `parallel` at a time, within the request's time limit
-    (waiting for a free slot counts too)."""
+    (waiting for a free slot counts too).
+
+    A request that times out is answered at once, but its slot and its uploads' memory budget are
+    held until the thread really ends: a thread cannot be stopped, and freeing them on timeout let
+    more than `parallel` predictions run at once, holding memory no budget counted.
+    """
+    borrower = object()  # the slot belongs to this piece of work, not to the request's task
     try:
         with anyio.fail_after(max(0.0, request.state.deadline - time.monotonic())):
-            return await anyio.to_thread.run_sync(
-                work, limiter=state.limiter, abandon_on_cancel=True
-            )
+            await state.limiter.acquire_on_behalf_of(borrower)
     except TimeoutError:
-        raise UploadRefused(
-            503,
-            "timeout",
-            f"prediction did not finish within {state.settings.request_timeout_s:g} s; the server "
-            "is busy, retry shortly.",
-            {"Retry-After": "2"},
-        ) from None
+        raise _timed_out(state) from None
+    # From here the work owns the slot and the request's reserved bytes; the request's own
+    # cleanup releases nothing more.
+    reserved, request.state.reserved = request.state.reserved, 0
+    token = anyio.lowlevel.current_token()
+
+    def release() -> None:
+        state.budget.release(reserved)
+        state.limiter.release_on_behalf_of(borrower)
+
+    # Exactly one of two owners releases: the thread when it ends, or the request when it timed
+    # out before the thread began (anyio then never runs it).
+    lock, phase = threading.Lock(), {"started": False, "given_up": False}
+
+    def guarded():
+        with lock:
+            if phase["given_up"]:
+                return None
+            phase["started"] = True
+        try:
+            return work()
+        finally:
+            try:
+                anyio.from_thread.run_sync(release, token=token)
+            except RuntimeError:  # the event loop is gone (shutdown): nothing left to free
+                pass
+
+    try:
+        with anyio.fail_after(max(0.0, request.state.deadline - time.monotonic())):
+            # No limiter here (the slot is ours already); an abandoned thread still ends in
+            # `release`, on the event loop.
+            return await anyio.to_thread.run_sync(guarded, abandon_on_cancel=True)
+    except TimeoutError:
+        with lock:
+            phase["given_up"] = True
+            unstarted = not phase["started"]
+        if unstarted:
+            release()
+        raise _timed_out(state) from None
+
+
+def _timed_out(state: ServerState) -> UploadRefused:
+    return UploadRefused(
+        503,
+        "timeout",
+        f"prediction did not finish within {state.settings.request_timeout_s:g} s; the server "
+        "is busy, retry shortly.",
+        {"Retry-After": "2"},
+    )
 
 
 def _predict_one(model, data: bytes, heatmap: bool, margin: float, sets: float | None = None):
@@ -515,6 +590,7 @@ def _prediction(result, model_name: str) -> schemas.Prediction:
         probabilities=record.get("probabilities") or {},
         threshold=record.get("threshold"),
         gate_score=record.get("gate_score"),
+        gate_reason=record.get("gate_reason"),
         message=record.get("message"),
         heatmap_png_base64=record.get("heatmap"),
         prediction_set=record.get("prediction_set"),
@@ -585,11 +661,41 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
         return _error(422, "invalid_request", problems[:500])
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        # A bug, never an input's fault; the type only (an upload's content must not reach logs).
-        logger.error("%s %s failed: %s", request.method, request.url.path, type(error).__name__)
-        return _error(500, "internal_error", "internal error; the server log has the details.")
+
+class HandledErrors:
+    """Pure ASGI middleware: an unexpected exception becomes a 500 JSON answer and one log line.
+    (A Starlette handler for `Exception` answers too, but then re-raises it, so uvicorn printed a
+    full traceback for an error that had been handled.)"""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracking(message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracking)
+        except Exception as error:
+            # A bug, never an input's fault; the type only (an upload's content must not reach
+            # logs).
+            logger.error(
+                "%s %s failed: %s", scope.get("method"), scope.get("path"), type(error).__name__
+            )
+            if started:  # too late for an answer: the client sees the connection end
+                return
+            response = _error(
+                500, "internal_error", "internal error; the server log has the details."
+            )
+            await response(scope, receive, send)
 
 
 class SecurityHeaders:

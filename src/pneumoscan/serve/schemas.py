@@ -54,6 +54,12 @@ class Prediction(BaseModel):
         description="out-of-distribution score; above the model's gate threshold the input is "
         "refused as not a chest X-ray"
     )
+    gate_reason: str | None = Field(
+        default=None,
+        description="why a not_chest_xray input was refused: wrong modality, not chest or "
+        "lateral view (from the DICOM header, before the network runs), no radiograph structure "
+        "or feature distance; null otherwise",
+    )
     message: str | None
     heatmap_png_base64: str | None = Field(
         default=None,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import anyio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -251,16 +252,26 @@ async def read_form(
     max_body_bytes: int,
     deadline: float,
     budget: MemoryBudget,
+    min_bytes_per_s: float = 0.0,
+    grace_s: float = 2.0,
 ) -> tuple[ParsedForm, int]:
     """Stream a multipart body into memory. Returns the form and the bytes reserved from `budget`
     (the caller releases them when the request is done, also on error: see `reserved` on the
-    exception path, which releases itself)."""
+    exception path, which releases itself). With `min_bytes_per_s`, a body that arrives slower
+    than that on average after `grace_s` seconds is refused (408 `upload_too_slow`), so a few
+    trickling clients cannot hold admission slots and memory for the whole request time limit."""
     boundary = multipart_boundary(content_type)
     collector = _FormCollector(max_file_bytes, max_files, budget)
     parser = MultipartParser(boundary, collector.callbacks())
     received = 0
+    started = time.monotonic()
+    iterator = chunks.__aiter__()
     try:
-        async for chunk in chunks:
+        while True:
+            try:
+                chunk = await _next_chunk(iterator, started, received, min_bytes_per_s, grace_s)
+            except StopAsyncIteration:
+                break
             received += len(chunk)
             if received > max_body_bytes:
                 raise UploadRefused(
@@ -291,6 +302,23 @@ async def read_form(
             "multipart body is truncated or has no closing boundary.",
         )
     return ParsedForm(collector.fields, collector.files), collector.reserved
+
+
+async def _next_chunk(iterator, started: float, received: int, rate: float, grace_s: float):
+    """The next chunk, by the time the bytes received so far would fall under `rate`."""
+    if rate <= 0:
+        return await iterator.__anext__()
+    due = started + grace_s + received / rate
+    try:
+        with anyio.fail_after(max(0.0, due - time.monotonic())):
+            return await iterator.__anext__()
+    except TimeoutError:
+        raise UploadRefused(
+            408,
+            "upload_too_slow",
+            f"the upload arrived slower than {format_bytes(int(rate))}/s; try again on a faster "
+            "connection.",
+        ) from None
 
 
 def check_declared_type(upload: UploadedFile) -> None:

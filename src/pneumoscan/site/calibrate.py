@@ -90,12 +90,35 @@ def fit_operating(
     )
     gate = before.gate_threshold
     if request.refit_gate and scores.gate is not None and gate is not None:
-        # Only ever widened: the site's own chest films pass; what was refused as no chest
-        # film at all (photos, documents) stays far above either threshold.
-        # The share of the site's films it accepts is the share of training films the gate was
-        # fitted to accept.
-        gate = max(gate, float(np.quantile(scores.gate, GATE_QUANTILE)))
+        gate, left_out = widened_gate(gate, scores.gate)
+        if left_out:
+            logger.info("gate refit: %d film(s) beyond the widening cap left out", left_out)
     return Operating(fitted.temperature, fitted.bias, fitted.threshold, gate, conformal)
+
+
+# `--refit-gate` widens the shipped threshold by at most this factor: two mislabelled or
+# structure-penalised films (scores in the hundreds) once pushed it into the hundreds, so that
+# the gate accepted anything.
+MAX_GATE_WIDENING = 2.0
+
+
+def widened_gate(shipped: float, site_scores: np.ndarray) -> tuple[float, int]:
+    """(new gate threshold, films left out) for a site's gate scores.
+
+    Only ever widened, and never past MAX_GATE_WIDENING x the shipped threshold: the site's own
+    chest films pass, and what was refused as no chest film at all (photos, documents, blank or
+    noise images, whose structure penalty adds hundreds) stays above it. Films scoring beyond the
+    cap (penalised or mislabelled films, or no chest film at all) are left out of the quantile,
+    so they cannot pull it up either. The share of the remaining films accepted is the share of
+    training films the gate was fitted to accept.
+    """
+    cap = shipped * MAX_GATE_WIDENING
+    scores = np.asarray(site_scores, dtype=np.float64)
+    kept = scores[np.isfinite(scores) & (scores <= cap)]
+    left_out = int(len(scores) - len(kept))
+    if len(kept) == 0:
+        return shipped, left_out
+    return float(min(cap, max(shipped, np.quantile(kept, GATE_QUANTILE)))), left_out
 
 
 def holdout_split(scores: FilmScores, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from pneumoscan.core.decision import GATE_QUANTILE
+from pneumoscan.core.refusal import STRUCTURE_FLOOR
 
 COMPONENTS = 64
 FILMS_PER_COMPONENT = 10
@@ -24,7 +25,6 @@ FILMS_PER_COMPONENT = 10
 # sharpening, JPEG, crops...), against 0 for a blank image and 0.23 for pure noise, which the
 # feature distance alone can miss once intensities are equalised. Below the floor, the score
 # jumps far past any threshold.
-STRUCTURE_FLOOR = 0.5
 STRUCTURE_PENALTY = 1000.0
 
 

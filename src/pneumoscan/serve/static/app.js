@@ -125,8 +125,12 @@
       label.classList.add("state");
       explanation.textContent =
         "This image does not look like a frontal pediatric chest radiograph, so no prediction " +
-        "is made. Upload a frontal chest film.";
-      setStatus("Done: no prediction (not a chest X-ray).");
+        "is made. Upload a frontal chest film." +
+        (result.gate_reason ? " Reason: " + result.gate_reason + "." : "");
+      setStatus(
+        "Done: no prediction (not a chest X-ray" +
+          (result.gate_reason ? ": " + result.gate_reason : "") + ")."
+      );
     } else if (result.status === "indeterminate") {
       label.textContent = "Indeterminate";
       label.classList.add("state");

@@ -1,0 +1,194 @@
+"""Issue 18 item 4: the server keeps its limits under overload. A prediction that outlives its
+request's time limit keeps its slot and its memory budget until the thread really ends, so no
+more than `parallel` predictions ever run at once; the copy of an upload counts in the budget; one
+client cannot hold every admission slot."""
+
+from __future__ import annotations
+
+import threading
+
+import anyio
+import httpx
+import pytest
+from serve_fixtures import NORMAL_FILM, load_shipped_models
+
+from pneumoscan.serve.app import ServeSettings, create_app
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_shipped_models()
+
+
+class GatedModel:
+    """A real model whose predictions wait until the test opens the gate, counting how many run
+    at once (no timing involved in what is asserted)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.running = self.peak = self.entered = 0
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+    def predict(self, *args, **kwargs):
+        with self.lock:
+            self.running += 1
+            self.entered += 1
+            self.peak = max(self.peak, self.running)
+        try:
+            self.gate.wait(timeout=60)
+            return self.model.predict(*args, **kwargs)
+        finally:
+            with self.lock:
+                self.running -= 1
+
+
+def _post(client: httpx.AsyncClient):
+    files = {"file": ("film.jpeg", NORMAL_FILM.read_bytes(), "image/jpeg")}
+    return client.post("/v1/predict", files=files)
+
+
+def _client(app, host: str = "10.0.0.1") -> httpx.AsyncClient:
+    transport = httpx.ASGITransport(app=app, client=(host, 1234))
+    return httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60)
+
+
+def test_timed_out_work_keeps_its_slot_and_budget_until_it_ends(models):
+    slow = GatedModel(models["binary"])
+    app = create_app(
+        ServeSettings(parallel=1, request_timeout_s=0.5, max_in_flight_per_client=32),
+        models={"binary": slow},
+    )
+    state = app.state.server
+
+    async def scenario():
+        async with _client(app) as client:
+            first = await _post(client)  # times out while its prediction runs on
+            assert first.status_code == 503 and first.json()["error"] == "timeout"
+            assert slow.running == 1
+            assert state.limiter.borrowed_tokens == 1  # the slot is still held by the thread
+            assert state.budget.used_bytes > 0  # and so are its upload's bytes
+            statuses = []
+
+            async def one():
+                statuses.append((await _post(client)).status_code)
+
+            async with anyio.create_task_group() as group:
+                for _ in range(4):
+                    group.start_soon(one)
+            assert statuses == [503] * 4
+            assert slow.peak == 1 and slow.entered == 1  # none of them started a second one
+            slow.gate.set()
+            with anyio.fail_after(30):
+                while state.limiter.borrowed_tokens or state.budget.used_bytes:
+                    await anyio.sleep(0.02)
+            assert (await _post(client)).status_code == 200  # all freed once the work ended
+            assert slow.peak == 1
+
+    anyio.run(scenario)
+
+
+def test_the_copy_of_an_upload_counts_in_the_memory_budget(models):
+    size = NORMAL_FILM.stat().st_size
+    app = create_app(
+        ServeSettings(memory_budget_bytes=int(size * 1.5)), models={"binary": models["binary"]}
+    )
+
+    async def scenario():
+        async with _client(app) as client:
+            response = await _post(client)
+            assert response.status_code == 503 and response.json()["error"] == "busy"
+        assert app.state.server.budget.used_bytes == 0
+
+    anyio.run(scenario)
+
+
+def test_one_client_cannot_hold_every_slot(models):
+    slow = GatedModel(models["binary"])
+    app = create_app(
+        ServeSettings(parallel=2, max_in_flight_per_client=1, request_timeout_s=20),
+        models={"binary": slow},
+    )
+
+    async def scenario():
+        async with _client(app, "10.0.0.1") as greedy, _client(app, "10.0.0.2") as other:
+            async with anyio.create_task_group() as group:
+                group.start_soon(_post, greedy)
+                with anyio.fail_after(10):
+                    while slow.entered < 1:
+                        await anyio.sleep(0.01)
+                refused = await _post(greedy)
+                assert refused.status_code == 429
+                assert refused.json()["error"] == "too_many_requests"
+                assert "Retry-After" in refused.headers
+                group.start_soon(_post, other)  # another client is still admitted
+                with anyio.fail_after(10):
+                    while slow.entered < 2:
+                        await anyio.sleep(0.01)
+                slow.gate.set()
+        assert app.state.server.per_client == {}
+
+    anyio.run(scenario)
+
+
+def test_a_trickling_upload_is_cut_off_at_the_minimum_rate():
+    """A client that sends a few bytes and then stalls is refused once its average rate falls
+    under the minimum, long before the request's time limit, and its bytes are released."""
+    import time
+
+    from pneumoscan.serve.uploads import MemoryBudget, UploadRefused, read_form
+
+    budget = MemoryBudget(10_000_000)
+
+    async def trickle():
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+        await anyio.sleep(60)  # stalls: the request time limit below is 60 s away
+        yield b"never"
+
+    async def scenario():
+        with anyio.fail_after(20):
+            return await read_form(
+                trickle(),
+                "multipart/form-data; boundary=b",
+                max_file_bytes=1_000_000,
+                max_files=1,
+                max_body_bytes=2_000_000,
+                deadline=time.monotonic() + 60,
+                budget=budget,
+                min_bytes_per_s=1_000,
+                grace_s=0.2,
+            )
+
+    with pytest.raises(UploadRefused) as refused:
+        anyio.run(scenario)
+    assert (refused.value.status, refused.value.code) == (408, "upload_too_slow")
+    assert budget.used_bytes == 0
+
+
+def test_a_handled_error_is_answered_and_logged_without_a_traceback(models, caplog):
+    """Issue 18 item 4: a Starlette handler for Exception answers 500 but re-raises, so uvicorn
+    printed a full traceback. Here the exception must not escape the app at all (TestClient
+    re-raises whatever escapes), and the log holds one line without exception info."""
+    import logging
+
+    from fastapi.testclient import TestClient
+
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(models["binary"], name)
+
+        def predict(self, *args, **kwargs):
+            raise RuntimeError("bug with secret content")
+
+    caplog.set_level(logging.INFO)
+    with TestClient(create_app(ServeSettings(), models={"binary": Broken()})) as client:
+        files = {"file": ("film.jpeg", NORMAL_FILM.read_bytes(), "image/jpeg")}
+        response = client.post("/v1/predict", files=files)
+    assert response.status_code == 500
+    assert response.json()["error"] == "internal_error" and "secret" not in response.text
+    assert response.headers["Cache-Control"] == "no-store"  # still inside the security headers
+    assert not any(record.exc_info for record in caplog.records)
+    assert "secret" not in caplog.text and "Traceback" not in caplog.text
