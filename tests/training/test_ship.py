@@ -103,3 +103,21 @@ def test_crossfit_scores_every_film_with_a_calibration_fitted_on_other_patients(
 
     in_sample = calibrated_probabilities(logits, fit_temperature(logits, targets))
     assert not np.allclose(in_sample, result.probabilities)
+
+
+@pytest.mark.parametrize("name", ["binary", "three-class"])
+def test_shipped_card_is_the_template_fed_by_the_recorded_facts(name, tmp_path):
+    """models/<name>.md is what `ship --card-only` renders from the model file and stress.json:
+    the Jinja2 card template reproduces the shipped cards byte for byte."""
+    import shutil
+    from pathlib import Path
+
+    from pneumoscan.training.ship import write_card
+
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copy(repo / "models" / f"{name}.pt", tmp_path / f"{name}.pt")
+    card = write_card(name, tmp_path, stress_dir=repo / "docs" / "stress" / name)
+    expected = (repo / "models" / f"{name}.md").read_text()
+    # The card names the stress folder as given; the shipped cards were written from the repo root.
+    written = card.read_text().replace(str(repo / "docs" / "stress"), "docs/stress")
+    assert written == expected
