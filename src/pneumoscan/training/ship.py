@@ -457,6 +457,7 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
         ]
         if len(folds) > 1
         else [],
+        "class_biases": list(zip(info.class_names, info.class_bias)) if info.class_bias else [],
         "rule_text": _rule_text(record["threshold_rule"]) if binary else "",
         "rule_comparison": (record.get("rule_comparison") or {}) if binary else {},
         "conformal_text": _conformal_text(info, oos) if info.conformal else "",
