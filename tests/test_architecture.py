@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "pneumoscan"
 BEGIN, END = "<!-- architecture: begin -->", "<!-- architecture: end -->"
 MAX_ROOT_MODULES = 6  # besides __init__ and __main__
+MAX_FUNCTION_LINES = 100  # from the def line to the last line, decorators not counted
 
 
 def _contracts() -> list[dict]:
@@ -80,6 +81,24 @@ def test_every_subpackage_is_in_a_layer_and_says_what_it_may_import():
 def test_few_modules_at_the_package_root():
     root = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "__main__"))
     assert len(root) <= MAX_ROOT_MODULES, root
+
+
+def long_functions(limit: int = MAX_FUNCTION_LINES) -> list[str]:
+    """Every function or method under src/ longer than `limit` lines, as `path:line name (n)`."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > limit:
+                    where = path.relative_to(REPO)
+                    found.append(f"{where}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_no_function_over_100_lines():
+    long = long_functions()
+    assert not long, "split these by the steps they perform:\n" + "\n".join(long)
 
 
 if __name__ == "__main__":  # print the block to paste into README.md

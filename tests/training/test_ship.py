@@ -123,3 +123,21 @@ def test_cost_rule_passes_its_cost_on_and_has_card_text():
     assert result.thresholds == pytest.approx([0.2] * 4)
     text = _rule_text("cost", 4.0)
     assert "1 / (1 + 4)" in text
+
+
+@pytest.mark.parametrize("name", ["binary", "three-class"])
+def test_shipped_card_is_the_template_fed_by_the_recorded_facts(name, tmp_path):
+    """models/<name>.md is what `ship --card-only` renders from the model file and stress.json:
+    the Jinja2 card template reproduces the shipped cards byte for byte."""
+    import shutil
+    from pathlib import Path
+
+    from pneumoscan.training.ship import write_card
+
+    repo = Path(__file__).resolve().parents[2]
+    shutil.copy(repo / "models" / f"{name}.pt", tmp_path / f"{name}.pt")
+    card = write_card(name, tmp_path, stress_dir=repo / "docs" / "stress" / name)
+    expected = (repo / "models" / f"{name}.md").read_text()
+    # The card names the stress folder as given; the shipped cards were written from the repo root.
+    written = card.read_text().replace(str(repo / "docs" / "stress"), "docs/stress")
+    assert written == expected

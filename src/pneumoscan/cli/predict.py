@@ -99,34 +99,12 @@ def predict(
     # pydicom, Pillow and onnxruntime log records stay out of the table (see setup_logging).
     setup_logging(verbose)
     from pneumoscan.runtime.model import load_runtime_model
-    from pneumoscan.runtime.outputs import write_csv, write_json
     from pneumoscan.runtime.predict import predict_many, summarize
 
     runtime = load_runtime_model(model, threads=threads, gate=gate)
-    if not 0.0 <= indeterminate < 0.5:
-        fail(f"--indeterminate {indeterminate}: give a distance from the threshold in [0, 0.5)")
-    if indeterminate > 0 and runtime.threshold is None:
-        fail(f"--indeterminate: {runtime.name} has no decision threshold (it is not binary)")
-    if workers is not None and workers < 1:
-        fail(f"--workers {workers}: give 1 or more")
-    runtime.check_coverage(sets)
-    files = expand_paths(paths)
-    if not files:
-        fail(f"no image files found in {' '.join(paths)}")
-    if shard is not None:
-        from pneumoscan.runtime.shards import parse_shard
-
-        part, total = parse_shard(shard), len(files)
-        files = part.select(files)
-        logger.info("shard %s: %d of %d files", part, len(files), total)
-    for option, path in (("--csv", csv_out), ("--json", json_out)):
-        if path is not None and path.is_dir():
-            fail(f"{option} {path}: is a folder; give a file name, e.g. {path / 'results'}")
-    if heatmaps is not None:
-        try:
-            heatmaps.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            fail(f"--heatmaps {heatmaps}: cannot create this folder ({error.strerror or error})")
+    _check_options(runtime, indeterminate, workers, sets)
+    files = _select_files(paths, shard)
+    _check_outputs(csv_out, json_out, heatmaps)
     dicom = None
     if dicom_out is not None or stow is not None:
         from pneumoscan.dicom import quiet_libraries
@@ -162,16 +140,60 @@ def predict(
             typer.echo(line, err=True)
         for line in dicom.failures:
             typer.echo(f"error: {line}", err=True)
+    _write_outputs(runtime, results, csv_out, json_out)
+    summary = summarize(results)
+    typer.echo(summary.text())
+    if summary.exit_code or (dicom is not None and dicom.failures):
+        raise typer.Exit(1)
+
+
+def _check_options(runtime, indeterminate: float, workers: int | None, sets: float | None) -> None:
+    """Options that contradict each other or the model: fail before any file is read."""
+    if not 0.0 <= indeterminate < 0.5:
+        fail(f"--indeterminate {indeterminate}: give a distance from the threshold in [0, 0.5)")
+    if indeterminate > 0 and runtime.threshold is None:
+        fail(f"--indeterminate: {runtime.name} has no decision threshold (it is not binary)")
+    if workers is not None and workers < 1:
+        fail(f"--workers {workers}: give 1 or more")
+    runtime.check_coverage(sets)
+
+
+def _select_files(paths: list[str], shard: str | None) -> list[Path]:
+    """The expanded file list, or this shard's part of it."""
+    files = expand_paths(paths)
+    if not files:
+        fail(f"no image files found in {' '.join(paths)}")
+    if shard is not None:
+        from pneumoscan.runtime.shards import parse_shard
+
+        part, total = parse_shard(shard), len(files)
+        files = part.select(files)
+        logger.info("shard %s: %d of %d files", part, len(files), total)
+    return files
+
+
+def _check_outputs(csv_out: Path | None, json_out: Path | None, heatmaps: Path | None) -> None:
+    """Output paths that cannot be written: fail before predicting."""
+    for option, path in (("--csv", csv_out), ("--json", json_out)):
+        if path is not None and path.is_dir():
+            fail(f"{option} {path}: is a folder; give a file name, e.g. {path / 'results'}")
+    if heatmaps is not None:
+        try:
+            heatmaps.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            fail(f"--heatmaps {heatmaps}: cannot create this folder ({error.strerror or error})")
+
+
+def _write_outputs(runtime, results, csv_out: Path | None, json_out: Path | None) -> None:
+    """The --csv and --json files."""
+    from pneumoscan.runtime.outputs import write_csv, write_json
+
     for option, path, write in (("--csv", csv_out, write_csv), ("--json", json_out, write_json)):
         if path is not None:
             try:
                 write(path, results, runtime)
             except OSError as error:
                 fail(f"{option} {path}: cannot write it ({error.strerror or error})")
-    summary = summarize(results)
-    typer.echo(summary.text())
-    if summary.exit_code or (dicom is not None and dicom.failures):
-        raise typer.Exit(1)
 
 
 def _print_results(runtime, results) -> None:

@@ -1,18 +1,22 @@
-"""One config object per run: frozen dataclasses, loaded from YAML, overridden from the CLI.
+"""One config object per run: frozen pydantic v2 dataclasses, loaded from YAML, overridden from
+the CLI.
 
-Every key of a `configs/*.yaml` file is a field here; unknown keys and wrong types are errors
-that name the key, so a typo never silently trains the default.
+Every key of a `configs/*.yaml` file is a field here; unknown keys, wrong types and values out of
+a field's range are one-line errors that name the key (and the allowed range), so a typo never
+silently trains the default and `train.lr=nan` never trains at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
+from typing import Annotated
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic.dataclasses import dataclass
 
 from pneumoscan.core.errors import ConfigError
 from pneumoscan.core.labels import Task
@@ -25,133 +29,159 @@ AUGMENT_POLICIES = (
 )  # perturb.AUGMENTATION_FAMILIES: what each covers
 
 
-@dataclass(frozen=True)
+def _not_bool(value):
+    """YAML's true/false is not a number: `train.lr=true` is an error, not 1.0."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number")
+    return value
+
+
+def _integer(value):
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    return value
+
+
+def _number(value):
+    if isinstance(value, str):  # YAML reads 1e-3 (no dot) as text
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError("expected a number") from None
+    return _not_bool(value)
+
+
+def _flag(value):
+    if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+        return value.lower() in ("true", "yes", "1")
+    if not isinstance(value, bool):
+        raise ValueError("expected true or false")
+    return value
+
+
+def _task(value):
+    if isinstance(value, Task):
+        return value
+    try:
+        return Task(str(value).replace("-", "_"))
+    except ValueError:
+        choices = ", ".join(task.value for task in Task)
+        raise ValueError(f"unknown task {value!r}; choose one of {choices}") from None
+
+
+def _text(value):
+    if isinstance(value, (dict, list, bool)):
+        raise ValueError("expected text")
+    return str(value)
+
+
+def Number(**bounds):  # noqa: N802 (a type)
+    """A finite float within `bounds` (gt, ge, lt, le)."""
+    return Annotated[float, BeforeValidator(_number), Field(allow_inf_nan=False, **bounds)]
+
+
+def Integer(**bounds):  # noqa: N802 (a type)
+    """An int within `bounds`; numeric text such as "3" converts, booleans do not."""
+    return Annotated[int, BeforeValidator(_integer), Field(**bounds)]
+
+
+Flag = Annotated[bool, BeforeValidator(_flag)]
+Text = Annotated[str, BeforeValidator(_text)]
+TaskName = Annotated[Task, BeforeValidator(_task)]
+Dropout = Annotated[
+    tuple[Number(ge=0, lt=1), ...],
+    BeforeValidator(lambda value: value if isinstance(value, (list, tuple)) else [value]),
+]
+_STRICT_KEYS = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True, config=_STRICT_KEYS)
 class DataConfig:
-    root: str = "../shared/data/chest_xray"
-    task: Task = Task.BINARY
-    val_fraction: float = 0.2
-    fold: int = 0  # which of the round(1 / val_fraction) patient-grouped folds is validation
-    max_patients: int | None = None  # a patient-grouped subset, for quick runs and tests
-    strict: bool = False  # fail on unreadable files instead of skipping them
-    cache_dir: str | None = None  # where decoded images and backbone features are cached
+    root: Text = "../shared/data/chest_xray"
+    task: TaskName = Task.BINARY
+    val_fraction: Number(gt=0, lt=1) = 0.2
+    fold: Integer(ge=0) = (
+        0  # which of the round(1 / val_fraction) patient-grouped folds is validation
+    )
+    max_patients: Integer(ge=1) | None = None  # a patient-grouped subset, for quick runs and tests
+    strict: Flag = False  # fail on unreadable files instead of skipping them
+    cache_dir: Text | None = None  # where decoded images and backbone features are cached
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT_KEYS)
 class ModelConfig:
-    arch: str = "efficientnet-lite0"
-    head: str | None = None  # None: the architecture's default head
-    strategy: str = "full"  # full | frozen | finetune-last-N
-    pretrained: bool = True
-    dropout: tuple[float, ...] = (0.2,)
-    image_size: int | None = None  # final (evaluation) resolution; None: the architecture's
-    intensity: str = "none"  # none | equalize: grey-level standardisation in preprocess.py
+    arch: Text = "efficientnet-lite0"
+    head: Text | None = None  # None: the architecture's default head
+    strategy: Text = "full"  # full | frozen | finetune-last-N
+    pretrained: Flag = True
+    dropout: Dropout = (0.2,)
+    image_size: Integer(ge=1) | None = (
+        None  # final (evaluation) resolution; None: the architecture's
+    )
+    intensity: Text = "none"  # none | equalize: grey-level standardisation in preprocess.py
     # Start from a trained model's network (binary, three-class or a .pt file) instead of
     # ImageNet weights; its architecture, head and preprocessing replace the keys above.
-    init: str | None = None
+    init: Text | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT_KEYS)
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 32
-    optimizer: str = "adamw"  # adam | adamw
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    scheduler: str = "plateau"  # plateau | cosine | none
-    plateau_patience: int = 3
-    early_stopping_patience: int | None = 6
-    label_smoothing: float = 0.0
-    class_balance: str = "weights"  # weights | sampler | none
-    augment: bool = True
-    augment_policy: str = "basic"  # one of AUGMENT_POLICIES (see data.radiograph_augmentation)
-    ema_decay: float | None = None  # EMA of the weights per step, in the first (low-res) phase
-    select: str = "best"  # best: the checkpoint with the best validation score; last: the final
-    train_size: int | None = None  # train at a lower resolution than image_size, then finish at it
-    finish_epochs: int = 0  # epochs at full resolution after the low-resolution phase
-    finish_lr: float | None = None  # learning rate of the full-resolution phase; None: lr / 10
-    threshold_sensitivity: float | None = (
+    epochs: Integer(ge=1) = 10
+    batch_size: Integer(ge=1) = 32
+    optimizer: Text = "adamw"  # adam | adamw
+    lr: Number(gt=0) = 1e-3
+    weight_decay: Number(ge=0) = 1e-4
+    scheduler: Text = "plateau"  # plateau | cosine | none
+    plateau_patience: Integer(ge=0) = 3
+    early_stopping_patience: Integer(ge=0) | None = 6
+    label_smoothing: Number(ge=0, lt=1) = 0.0
+    class_balance: Text = "weights"  # weights | sampler | none
+    augment: Flag = True
+    augment_policy: Text = "basic"  # one of AUGMENT_POLICIES (see data.radiograph_augmentation)
+    ema_decay: Number(gt=0, lt=1) | None = (
+        None  # EMA of the weights per step, in the first (low-res) phase
+    )
+    select: Text = "best"  # best: the checkpoint with the best validation score; last: the final
+    train_size: Integer(ge=1) | None = (
+        None  # train at a lower resolution than image_size, then finish at it
+    )
+    finish_epochs: Integer(ge=0) = 0  # epochs at full resolution after the low-resolution phase
+    finish_lr: Number(gt=0) | None = (
+        None  # learning rate of the full-resolution phase; None: lr / 10
+    )
+    threshold_sensitivity: Number(gt=0, lt=1) | None = (
         None  # binary: threshold for this sensitivity, else Youden's J
     )
-    threads: int | None = None
+    threads: Integer(ge=1) | None = None
     # DataLoader worker processes per training process (0: load in it). Single-threaded, they
     # augment beside the model step; in the training process, per-film augmentation with two
     # torch threads ran at 30 films/s on busy cores instead of 530 with one.
-    loader_workers: int = 1
-    seed: int = 42
+    loader_workers: Integer(ge=0) = 1
+    seed: Integer() = 42
     # Knowledge distillation: a CSV of teacher probabilities per training film (`path` plus one
     # column per class, as `pneumoscan distill-targets` writes it). Each training film's target
     # becomes distill_weight x the teacher's probabilities + (1 - distill_weight) x its label.
-    distill_targets: str | None = None
-    distill_weight: float = 0.5
+    distill_targets: Text | None = None
+    distill_weight: Number(ge=0, le=1) = 0.5
     # Lightning's device flags (README, "Several devices and machines"). batch_size and lr are per
     # process: the global batch is batch_size x devices x num_nodes.
-    accelerator: str = "cpu"
-    devices: int | str = 1  # per node: a count, "auto", or GPU ids such as "0,1"
-    num_nodes: int = 1
-    strategy: str = "auto"  # auto (DDP when there are several devices), ddp, ...
+    accelerator: Text = "cpu"
+    devices: Integer() | Text = 1  # per node: a count, "auto", or GPU ids such as "0,1"
+    num_nodes: Integer() = 1  # checked in validate(), with the --num-nodes flag's message
+    strategy: Text = "auto"  # auto (DDP when there are several devices), ddp, ...
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_STRICT_KEYS)
 class Config:
-    name: str = "run"
+    name: Text = "run"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def _coerce(value, annotation, key: str):
-    """Check and convert a YAML value to the field's annotated type."""
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError as error:
-                errors.append(str(error))
-        raise ConfigError(errors[0])
-    if origin is tuple:
-        items = value if isinstance(value, (list, tuple)) else [value]
-        (item_type, _ellipsis) = typing.get_args(annotation)
-        return tuple(_coerce(item, item_type, key) for item in items)
-    if annotation is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        try:
-            return int(value)
-        except ValueError:
-            raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
-    if annotation is float:
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
-    if annotation is Task:
-        try:
-            return Task(str(value).replace("-", "_"))
-        except ValueError:
-            choices = ", ".join(task.value for task in Task)
-            raise ConfigError(f"{key}: unknown task {value!r}; choose one of {choices}") from None
-    if annotation is str:
-        if isinstance(value, (dict, list)):
-            raise ConfigError(f"{key}: expected text, got {value!r}")
-        return str(value)
-    raise ConfigError(f"{key}: unsupported type {annotation}")  # pragma: no cover
-
-
 def _build(cls, values: dict, prefix: str):
-    hints = typing.get_type_hints(cls)
+    """A config section from its YAML mapping; the first problem as a one-line ConfigError."""
+    hints = typing.get_type_hints(cls, include_extras=True)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = set(values) - known
     if unknown:
@@ -167,8 +197,67 @@ def _build(cls, values: dict, prefix: str):
                 raise ConfigError(f"{prefix}{name}: expected a section of keys, got {value!r}")
             kwargs[name] = _build(hint, value, f"{prefix}{name}.")
         else:
-            kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
-    return cls(**kwargs)
+            kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except ValidationError as error:
+        raise ConfigError(_one_line(error, cls, prefix)) from None
+
+
+_WORDS = {int: "an integer", float: "a number", bool: "true or false", str: "text"}
+
+
+def _allowed(cls, name: str) -> str:
+    """What a field accepts, from its annotation: "a finite number > 0", "an integer >= 0"..."""
+    hint = typing.get_type_hints(cls, include_extras=True)[name]
+    words, bounds = [], []
+    for option in typing.get_args(hint) if typing.get_origin(hint) is not Annotated else (hint,):
+        if option is type(None):
+            continue
+        base = typing.get_args(option)[0] if typing.get_origin(option) is Annotated else option
+        word = _WORDS.get(base, getattr(base, "__name__", str(base)))
+        if base is float:
+            word = "a finite number"
+        elif typing.get_origin(base) is tuple:
+            word, option = "a list of finite numbers", typing.get_args(base)[0]
+        for meta in getattr(option, "__metadata__", ()):
+            for item in getattr(meta, "metadata", ()):
+                for attr, sign in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
+                    if getattr(item, attr, None) is not None:
+                        bounds.append(f"{sign} {getattr(item, attr)}")
+        words.append(word + (" " + " and ".join(bounds) if bounds else ""))
+        bounds = []
+    if type(None) in typing.get_args(hint):
+        words.append("null")
+    return " or ".join(words)
+
+
+_OUT_OF_RANGE = (
+    "greater_than",
+    "greater_than_equal",
+    "less_than",
+    "less_than_equal",
+    "finite_number",
+)
+
+
+def _one_line(error: ValidationError, cls, prefix: str) -> str:
+    """`train.lr: out of range, got nan; allowed: a finite number > 0`."""
+    first = error.errors()[0]
+    name = str(first["loc"][0]) if first["loc"] else ""
+    value = first.get("input")
+    if first["type"] in ("int_parsing", "int_from_float", "int_type"):
+        message = "expected an integer"
+    elif first["type"] in ("float_parsing", "float_type"):
+        message = "expected a number"
+    elif first["type"] in _OUT_OF_RANGE:
+        message = "out of range"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+    text = f"{prefix}{name}: {message}, got {value!r}"
+    if name and "choose" not in message:
+        text += f"; allowed: {_allowed(cls, name)}"
+    return text
 
 
 def config_from_dict(values: dict) -> Config:
@@ -244,9 +333,8 @@ def save_config(config: Config, path: Path) -> None:
 
 
 def validate(config: Config) -> None:
+    """What one field's constraints cannot say: choices of text, and keys that depend on others."""
     data, model, train = config.data, config.model, config.train
-    if not 0.0 < data.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be between 0 and 1, got {data.val_fraction}")
     folds = round(1 / data.val_fraction)
     if not 0 <= data.fold < folds:
         raise ConfigError(
@@ -274,18 +362,6 @@ def validate(config: Config) -> None:
         )
     if train.select not in ("best", "last"):
         raise ConfigError(f"train.select {train.select!r}: choose best or last")
-    if train.ema_decay is not None and not 0.0 < train.ema_decay < 1.0:
-        raise ConfigError("train.ema_decay must be between 0 and 1 (e.g. 0.99)")
-    if train.epochs < 1 or train.batch_size < 1:
-        raise ConfigError("train.epochs and train.batch_size must be at least 1")
-    if train.threshold_sensitivity is not None and not 0 < train.threshold_sensitivity < 1:
-        raise ConfigError("train.threshold_sensitivity must be between 0 and 1")
-    if not 0.0 <= train.distill_weight <= 1.0:
-        raise ConfigError(
-            f"train.distill_weight must be between 0 and 1, got {train.distill_weight}"
-        )
-    if train.loader_workers < 0:
-        raise ConfigError(f"train.loader_workers must be 0 or more, got {train.loader_workers}")
     if train.num_nodes < 1:
         raise ConfigError(f"train.num_nodes must be at least 1, got {train.num_nodes}")
     if isinstance(train.devices, int) and train.devices < 1 and train.devices != -1:

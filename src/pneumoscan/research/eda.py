@@ -91,7 +91,19 @@ def run_eda(data_dir: Path, out: Path, seed: int = 0) -> Path:
     axis.set_title("Image sizes")
     plots["sizes"] = save(figure, "image_sizes.png")
 
+    plots.update(_sample_grids(frame, seed, save, plt))
+
+    lines = _summary_lines(data_dir, splits, frame, counts, per_patient, sized, plots)
+    summary = out / "summary.md"
+    atomic_write_text(summary, "\n".join(lines))
+    counts.to_csv(out / "counts.csv", index=False)
+    return summary
+
+
+def _sample_grids(frame, seed: int, save, plt) -> dict[str, str]:
+    """One grid of random films per subtype, each resized to a square as the model sees it."""
     rng = np.random.default_rng(seed)
+    plots = {}
     for subtype, group in frame.groupby("subtype"):
         paths = group["path"].to_numpy()
         chosen = rng.choice(paths, size=min(GRID_SIDE * GRID_SIDE, len(paths)), replace=False)
@@ -107,7 +119,11 @@ def run_eda(data_dir: Path, out: Path, seed: int = 0) -> Path:
                 logger.warning("%s", error)
         figure.suptitle(f"{subtype}: random sample (resized to a square, as the model sees it)")
         plots[f"grid_{subtype}"] = save(figure, f"samples_{subtype}.png")
+    return plots
 
+
+def _summary_lines(data_dir, splits, frame, counts, per_patient, sized, plots) -> list[str]:
+    """summary.md: the tables and figures the plots were made from."""
     aspect = (sized["width"] / sized["height"]).describe()
     squashed = int(((sized["width"] == 224) & (sized["height"] == 224)).sum())
     unreadable = int(frame["width"].isna().sum())
@@ -150,7 +166,4 @@ def run_eda(data_dir: Path, out: Path, seed: int = 0) -> Path:
         *[f"![{name}]({file})" for name, file in plots.items() if name.startswith("grid_")],
         "",
     ]
-    summary = out / "summary.md"
-    atomic_write_text(summary, "\n".join(lines))
-    counts.to_csv(out / "counts.csv", index=False)
-    return summary
+    return lines

@@ -26,7 +26,7 @@ import anyio
 import anyio.from_thread
 import anyio.lowlevel
 import anyio.to_thread
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -208,6 +208,7 @@ def _load_models(settings: ServeSettings) -> dict[str, Any]:
 
 
 def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
+    """The routes, on APIRouters: pages and health probes, /v1/models, then the predict API."""
     errors = {
         status: {"model": schemas.ErrorResponse, "description": description}
         for status, description in {
@@ -222,21 +223,29 @@ def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
     # The enum in the documented body is the configured model list; the lifespan may load them
     # under the names in their metadata, which are the same for the shipped models.
     model_names = [Path(reference).stem for reference in settings.models]
+    app.include_router(_health_router())
+    app.include_router(_models_router(settings, errors))
+    app.include_router(_predict_router(settings, errors, model_names))
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+
+def _health_router() -> APIRouter:
+    """The page, the docs page and the liveness/readiness probes."""
+    router = APIRouter()
+
+    @router.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page(request: Request) -> HTMLResponse:
         return HTMLResponse(_server(request).index_html)
 
-    @app.get("/docs", response_class=HTMLResponse, include_in_schema=False)
+    @router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     async def docs() -> HTMLResponse:
         return HTMLResponse((STATIC_DIR / "docs.html").read_text(encoding="utf-8"))
 
-    @app.get("/healthz", response_model=schemas.Health, tags=["health"])
+    @router.get("/healthz", response_model=schemas.Health, tags=["health"])
     async def healthz() -> schemas.Health:
         """Liveness: the process answers."""
         return schemas.Health()
 
-    @app.get(
+    @router.get(
         "/readyz",
         response_model=schemas.Readiness,
         tags=["health"],
@@ -254,7 +263,14 @@ def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
         )
         return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
-    @app.get(
+    return router
+
+
+def _models_router(settings: ServeSettings, errors: dict) -> APIRouter:
+    """/v1/models."""
+    router = APIRouter()
+
+    @router.get(
         "/v1/models",
         response_model=schemas.ModelsResponse,
         tags=["models"],
@@ -277,7 +293,14 @@ def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
             limits=limits,
         )
 
-    @app.post(
+    return router
+
+
+def _predict_router(settings: ServeSettings, errors: dict, model_names: list[str]) -> APIRouter:
+    """/v1/predict and /v1/predict/batch."""
+    router = APIRouter()
+
+    @router.post(
         "/v1/predict",
         response_model=schemas.Prediction,
         tags=["predict"],
@@ -315,7 +338,7 @@ def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
             logger.info("predict %s: %s", model_name, result.status)
             return JSONResponse(body.model_dump())
 
-    @app.post(
+    @router.post(
         "/v1/predict/batch",
         response_model=schemas.BatchResponse,
         tags=["predict"],
@@ -354,25 +377,38 @@ def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
                     sets,
                 ),
             )
-            results = dict(zip(accepted, predicted))
-            for index, refusal in refused.items():
-                results[index] = Result(
-                    source=f"upload {index}",
-                    status="error",
-                    message=f"upload {index}: {refusal.message}",
-                    model_name=model.name,
-                    model_version=model.version,
-                )
-            items = []
-            for index in range(len(form.files)):
-                item = _prediction(results[index], model_name).model_dump()
-                code = refused[index].code if index in refused else None
-                if item["status"] == "error" and code is None:
-                    code = "rejected_input"
-                items.append(schemas.BatchItem(**item, index=index, error_code=code))
+            results, items = _batch_items(
+                len(form.files), accepted, predicted, refused, model, model_name
+            )
             counts = asdict(summarize(results.values()))
             logger.info("batch %s: %s", model_name, counts)
             return JSONResponse(schemas.BatchResponse(results=items, counts=counts).model_dump())
+
+    return router
+
+
+def _batch_items(
+    count: int, accepted: dict, predicted: list, refused: dict, model, model_name: str
+):
+    """Every upload's result in upload order: predicted ones, and refused ones as errors with
+    their refusal code."""
+    results = dict(zip(accepted, predicted))
+    for index, refusal in refused.items():
+        results[index] = Result(
+            source=f"upload {index}",
+            status="error",
+            message=f"upload {index}: {refusal.message}",
+            model_name=model.name,
+            model_version=model.version,
+        )
+    items = []
+    for index in range(count):
+        item = _prediction(results[index], model_name).model_dump()
+        code = refused[index].code if index in refused else None
+        if item["status"] == "error" and code is None:
+            code = "rejected_input"
+        items.append(schemas.BatchItem(**item, index=index, error_code=code))
+    return results, items
 
 
 def _server(request: Request) -> ServerState:

@@ -231,7 +231,6 @@ def calibrate(
 ) -> dict:
     """Fit the site's calibration on part of its films, report before/after on the rest, write
     the recalibrated model (out/model.pt, out/model.onnx), its card and the report."""
-    from pneumoscan.evaluation.report import write_report
     from pneumoscan.training.export import relabel_onnx
     from pneumoscan.training.model_file import load_model_file, relabel_model_file
 
@@ -265,45 +264,7 @@ def calibrate(
     }
     sections: list[str] = []
     if request.holdout > 0:
-        fit_index, held_index = holdout_split(scores, request.holdout, request.seed)
-        fit_part, held = scores.subset(fit_index), scores.subset(held_index)
-        after = fit_operating(fit_part, before, request, class_names)
-        for label, operating in (("before", before), ("after", after)):
-            metrics, probabilities = site_metrics(
-                held, operating, class_names, bootstrap, (*REPORTED_LEVELS, coverage)
-            )
-            metrics.update(
-                split=f"held-out site films ({label} calibration)",
-                in_training_pool=False,
-                caveat=None,
-                model=str(onnx_path),
-                model_name=model.name,
-                skipped_files=[],
-            )
-            write_report(
-                out / label,
-                metrics,
-                held.samples,
-                held.targets,
-                probabilities,
-                class_names,
-                operating.threshold,
-                str(data),
-                sections=site_sections(metrics),
-                title=f"{model.name} on held-out site films, {label} calibration",
-            )
-            report[label] = _without_files(metrics)
-        curve = learning_curve(fit_part, held, before, request, class_names, coverage)
-        report["learning_curve"] = curve
-        plot_learning_curve(
-            out / "learning_curve.png", curve, report["before"], len(class_names) == 2, coverage
-        )
-        report["split"] = {
-            "calibration_films": len(fit_index),
-            "held_out_films": len(held_index),
-            "calibration_patients": len(set(fit_part.patients)),
-            "held_out_patients": len(set(held.patients)),
-        }
+        _evaluate_held_out(data, out, scores, model, before, request, coverage, bootstrap, report)
     # The shipped calibration is refitted on every film, the way ship fits on all validation films.
     final = fit_operating(scores, before, request, class_names)
     _, info = load_model_file(pt_path)
@@ -315,9 +276,76 @@ def calibrate(
     info.conformal = final.conformal.to_dict()
     if info.ood is not None and final.gate_threshold is not None:
         info.ood = dataclasses.replace(info.ood, threshold=final.gate_threshold)
-    calibration_record = {
+    calibration_record = _calibration_record(
+        data, scores, model, request, before, final, coverage, report
+    )
+    info.record = {**(info.record or {}), "site_calibration": calibration_record}
+    out.mkdir(parents=True, exist_ok=True)
+    relabel_model_file(pt_path, out / "model.pt", info)
+    relabel_onnx(onnx_path, out / "model.onnx", info, version)
+    report["written"] = {"model": str(out / "model.pt"), "onnx": str(out / "model.onnx")}
+    report["version"] = version
+    atomic_write_json(out / "calibration.json", report)
+    atomic_write_text(out / "card.md", render_site_card(name, version, info, calibration_record))
+    atomic_write_text(out / "report.md", render_calibration_report(report, sections, CURVE_REPEATS))
+    return report
+
+
+def _evaluate_held_out(
+    data, out: Path, scores, model, before, request: Request, coverage, bootstrap, report: dict
+) -> None:
+    """Fit on part of the site's films and report before/after on the held-out rest, with the
+    learning curve; fills report["before"], ["after"], ["learning_curve"] and ["split"]."""
+    from pneumoscan.evaluation.report import write_report
+
+    class_names = model.class_names
+    fit_index, held_index = holdout_split(scores, request.holdout, request.seed)
+    fit_part, held = scores.subset(fit_index), scores.subset(held_index)
+    after = fit_operating(fit_part, before, request, class_names)
+    for label, operating in (("before", before), ("after", after)):
+        metrics, probabilities = site_metrics(
+            held, operating, class_names, bootstrap, (*REPORTED_LEVELS, coverage)
+        )
+        metrics.update(
+            split=f"held-out site films ({label} calibration)",
+            in_training_pool=False,
+            caveat=None,
+            model=report["model"],
+            model_name=model.name,
+            skipped_files=[],
+        )
+        write_report(
+            out / label,
+            metrics,
+            held.samples,
+            held.targets,
+            probabilities,
+            class_names,
+            operating.threshold,
+            str(data),
+            sections=site_sections(metrics),
+            title=f"{model.name} on held-out site films, {label} calibration",
+        )
+        report[label] = _without_files(metrics)
+    curve = learning_curve(fit_part, held, before, request, class_names, coverage)
+    report["learning_curve"] = curve
+    plot_learning_curve(
+        out / "learning_curve.png", curve, report["before"], len(class_names) == 2, coverage
+    )
+    report["split"] = {
+        "calibration_films": len(fit_index),
+        "held_out_films": len(held_index),
+        "calibration_patients": len(set(fit_part.patients)),
+        "held_out_patients": len(set(held.patients)),
+    }
+
+
+def _calibration_record(data, scores, model, request: Request, before, final, coverage, report):
+    """What the recalibrated model file records about its site calibration."""
+    class_names = model.class_names
+    return {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-        "source_model": str(onnx_path),
+        "source_model": report["model"],
         "source_version": model.version,
         "data": str(data),
         "films": len(scores.targets),
@@ -333,16 +361,6 @@ def calibrate(
             **{k: report[k] for k in ("split", "before", "after") if k in report},
         },
     }
-    info.record = {**(info.record or {}), "site_calibration": calibration_record}
-    out.mkdir(parents=True, exist_ok=True)
-    relabel_model_file(pt_path, out / "model.pt", info)
-    relabel_onnx(onnx_path, out / "model.onnx", info, version)
-    report["written"] = {"model": str(out / "model.pt"), "onnx": str(out / "model.onnx")}
-    report["version"] = version
-    atomic_write_json(out / "calibration.json", report)
-    atomic_write_text(out / "card.md", render_site_card(name, version, info, calibration_record))
-    atomic_write_text(out / "report.md", render_calibration_report(report, sections, CURVE_REPEATS))
-    return report
 
 
 def _without_files(metrics: dict) -> dict:

@@ -237,28 +237,13 @@ def fit(
     launch = launch_of(config.train)
     config = open_run_folder(with_init(config), out_dir, resume, launch.is_rank_zero)
     started = time.time()
-    threads = config.train.threads or max(1, (os.cpu_count() or 1) // launch.processes_per_node)
-    torch.set_num_threads(threads)
-    if launch.world_size > 1:
-        # Lightning's launcher sets torch's thread count from OMP_NUM_THREADS, or to cores /
-        # processes when it is unset; setting it keeps train.threads in force on every rank.
-        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    _set_threads(config.train, launch)
     L.seed_everything(config.train.seed, workers=True)
 
     task, model_config, train_config = config.data.task, config.model, config.train
     class_names = CLASS_NAMES[task]
-    architecture = get_architecture(model_config.arch)
-    spec = architecture.preprocess.with_size(
-        model_config.image_size or architecture.preprocess.size
-    ).with_intensity(model_config.intensity)
-    head = model_config.head or architecture.default_head
+    spec, head = _spec_and_head(model_config, train_config)
     frozen = trainable_blocks(model_config.strategy) == 0
-    if head in SIZE_DEPENDENT_HEADS and train_config.train_size not in (None, spec.size):
-        raise ConfigError(
-            f"head {head!r} flattens a fixed-size feature map, so it cannot train at "
-            f"train.train_size={train_config.train_size} and finish at {spec.size}; "
-            "use the linear head or drop train.train_size."
-        )
     phases = _phases(config, spec)
     run_data = prepare_run_data(config, {size for _, size, _ in phases})
     if launch.is_rank_zero:
@@ -270,19 +255,7 @@ def fit(
         len(val_index),
     )
 
-    if model_config.init:
-        model = initial_network(model_config.init, task)
-    else:
-        model = create_model(
-            model_config.arch,
-            len(class_names),
-            head=head,
-            dropout=model_config.dropout,
-            pretrained=model_config.pretrained,
-            image_size=spec.size,
-        )
-    model.set_trainable_blocks(trainable_blocks(model_config.strategy))
-    model = model.to(memory_format=torch.channels_last)
+    model = _network(model_config, task, head, spec)
     if launch.world_size > 1:
         # Same initial weights everywhere (seeded above; DDP also broadcasts rank zero's), then each
         # rank its own augmentation and dropout draws: with one seed, rank r's k-th film would get
@@ -291,33 +264,12 @@ def fit(
     targets = run_data.targets
     weights = class_weights(targets[train_index], len(class_names))
 
+    features = None
     if frozen:
-        pixels = run_data.pixels[spec.size]
-        key = hashlib.sha256(
-            f"{model_config.arch}|{model_config.pretrained}|{spec}|{head}|".encode()
-            + pixels.tobytes()
-        ).hexdigest()[:16]
-        cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
-        features = _feature_cache(
-            model,
-            pixels,
-            spec,
-            pooled=head not in SIZE_DEPENDENT_HEADS,
-            cache_file=cache_dir / f"features-{key}.pt",
-        )
+        features = _features(config, model, run_data, spec, head)
         phases = [("phase-1", spec.size, train_config.epochs)]
 
-    train_targets = targets[train_index]
-    if train_config.distill_targets:
-        from pneumoscan.training.distill import soft_targets
-
-        train_targets = soft_targets(
-            [run_data.samples[i] for i in train_index],
-            train_targets,
-            Path(train_config.distill_targets),
-            len(class_names),
-            train_config.distill_weight,
-        )
+    train_targets = _train_targets(train_config, run_data, train_index, len(class_names))
     monitor = monitor_metric(len(class_names))
     for name, size, epochs in phases:
         phase_dir = out_dir / name
@@ -325,29 +277,8 @@ def fit(
             best = json.loads((phase_dir / "done.json").read_text())["best_checkpoint"]
             model.load_state_dict(_checkpoint_weights(Path(best)))
             continue
-        if frozen:
-            train_set = TensorDataset(features[train_index], torch.from_numpy(targets[train_index]))
-            val_set = TensorDataset(features[val_index], torch.from_numpy(targets[val_index]))
-        else:
-            phase_spec = spec.with_size(size)
-            pixels = run_data.pixels[size]
-            train_set = ImageTensorDataset(
-                pixels[train_index],
-                train_targets,
-                phase_spec,
-                augment=train_config.augment_policy if train_config.augment else False,
-            )
-            val_set = ImageTensorDataset(pixels[val_index], targets[val_index], phase_spec)
-        sampler_weights = None
-        if train_config.class_balance == "sampler":
-            sampler_weights = weights.numpy()[targets[train_index]]
-        datamodule = ChestXrayDataModule(
-            train_set,
-            val_set,
-            train_config.batch_size,
-            sampler_weights,
-            seed=train_config.seed,
-            workers=0 if frozen else train_config.loader_workers,  # cached features need none
+        datamodule = _phase_data(
+            train_config, run_data, spec, size, features, train_targets, weights
         )
         phase_config = train_config
         if name == "phase-2":
@@ -360,52 +291,8 @@ def fit(
             head_only=frozen,
             max_epochs=epochs,
         )
-        checkpoint = ModelCheckpoint(
-            dirpath=phase_dir,
-            filename="best",
-            monitor=monitor,
-            mode="max",
-            enable_version_counter=False,
-        )
-        # Every epoch's weights, in a checkpoint of their own: Lightning's `save_last` writes
-        # last.ckpt only in an epoch whose score improved, which left `select: last` with the best
-        # epoch's weights and made --resume repeat the epochs after it.
-        every_epoch = ModelCheckpoint(
-            dirpath=phase_dir, filename="last", monitor=None, enable_version_counter=False
-        )
-        phase_callbacks: list[Callback] = [checkpoint, every_epoch, *callbacks]
-        if train_config.ema_decay is not None and name == "phase-1":
-            # The averaged weights replace the live ones for validation, in checkpoints and at the
-            # end, so `last.ckpt` holds the average. Not in the short full-resolution finish: an
-            # average there mixes batch-norm statistics of two resolutions (it cost 3 points of
-            # validation accuracy when tried).
-            phase_callbacks.append(EMAWeightAveraging(decay=train_config.ema_decay))
-        if train_config.early_stopping_patience:
-            phase_callbacks.append(
-                EarlyStopping(
-                    monitor=monitor, mode="max", patience=train_config.early_stopping_patience
-                )
-            )
-        if progress:
-            from lightning.pytorch.callbacks import RichProgressBar
-
-            phase_callbacks.append(RichProgressBar())
-        trainer = L.Trainer(
-            max_epochs=epochs,
-            accelerator=train_config.accelerator,
-            devices=train_config.devices,
-            strategy=train_config.strategy,
-            callbacks=phase_callbacks,
-            logger=_csv_logger(phase_dir, keep_history=resume, rank_zero=launch.is_rank_zero),
-            enable_progress_bar=progress,
-            num_nodes=train_config.num_nodes,
-            # ChestXrayDataModule gives each rank its own share of the films (DistributedSampler).
-            use_distributed_sampler=False,
-            num_sanity_val_steps=0,
-            log_every_n_steps=10,
-            plugins=[AtomicCheckpointIO()],
-            enable_model_summary=False,
-            default_root_dir=phase_dir,
+        checkpoint, trainer = _phase_trainer(
+            train_config, name, phase_dir, epochs, monitor, callbacks, progress, resume, launch
         )
         last = phase_dir / "last.ckpt"
         trainer.fit(
@@ -428,6 +315,176 @@ def fit(
     if not launch.is_rank_zero:
         return out_dir / MODEL_FILE
     model_path = finalize(config, model, run_data, features if frozen else None, spec, out_dir)
+    _write_timing(out_dir, resume, started, launch)
+    return model_path
+
+
+def _set_threads(train_config, launch) -> None:
+    """torch's CPU threads: train.threads, or the cores shared among this node's processes."""
+    threads = train_config.threads or max(1, (os.cpu_count() or 1) // launch.processes_per_node)
+    torch.set_num_threads(threads)
+    if launch.world_size > 1:
+        # Lightning's launcher sets torch's thread count from OMP_NUM_THREADS, or to cores /
+        # processes when it is unset; setting it keeps train.threads in force on every rank.
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def _spec_and_head(model_config, train_config):
+    """The network's preprocessing at the configured size and intensity, and its head."""
+    architecture = get_architecture(model_config.arch)
+    spec = architecture.preprocess.with_size(
+        model_config.image_size or architecture.preprocess.size
+    ).with_intensity(model_config.intensity)
+    head = model_config.head or architecture.default_head
+    if head in SIZE_DEPENDENT_HEADS and train_config.train_size not in (None, spec.size):
+        raise ConfigError(
+            f"head {head!r} flattens a fixed-size feature map, so it cannot train at "
+            f"train.train_size={train_config.train_size} and finish at {spec.size}; "
+            "use the linear head or drop train.train_size."
+        )
+    return spec, head
+
+
+def _network(model_config, task: str, head: str, spec):
+    """The initial network (from `model.init`, or a fresh one), trainable blocks set."""
+    class_names = CLASS_NAMES[task]
+    if model_config.init:
+        model = initial_network(model_config.init, task)
+    else:
+        model = create_model(
+            model_config.arch,
+            len(class_names),
+            head=head,
+            dropout=model_config.dropout,
+            pretrained=model_config.pretrained,
+            image_size=spec.size,
+        )
+    model.set_trainable_blocks(trainable_blocks(model_config.strategy))
+    model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def _features(config, model, run_data, spec, head):
+    """A frozen backbone's features of every film, cached on disk by what they depend on."""
+    model_config = config.model
+    pixels = run_data.pixels[spec.size]
+    key = hashlib.sha256(
+        f"{model_config.arch}|{model_config.pretrained}|{spec}|{head}|".encode() + pixels.tobytes()
+    ).hexdigest()[:16]
+    cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
+    features = _feature_cache(
+        model,
+        pixels,
+        spec,
+        pooled=head not in SIZE_DEPENDENT_HEADS,
+        cache_file=cache_dir / f"features-{key}.pt",
+    )
+    return features
+
+
+def _train_targets(train_config, run_data, train_index, n_classes: int):
+    """The training films' targets: the labels, or soft targets mixed with a teacher's."""
+    train_targets = run_data.targets[train_index]
+    if train_config.distill_targets:
+        from pneumoscan.training.distill import soft_targets
+
+        train_targets = soft_targets(
+            [run_data.samples[i] for i in train_index],
+            train_targets,
+            Path(train_config.distill_targets),
+            n_classes,
+            train_config.distill_weight,
+        )
+    return train_targets
+
+
+def _phase_data(train_config, run_data, spec, size, features, train_targets, weights):
+    """The phase's datasets and data module: cached features when frozen, pixels otherwise."""
+    frozen = features is not None
+    targets, train_index, val_index = run_data.targets, run_data.split.train, run_data.split.val
+    if frozen:
+        train_set = TensorDataset(features[train_index], torch.from_numpy(targets[train_index]))
+        val_set = TensorDataset(features[val_index], torch.from_numpy(targets[val_index]))
+    else:
+        phase_spec = spec.with_size(size)
+        pixels = run_data.pixels[size]
+        train_set = ImageTensorDataset(
+            pixels[train_index],
+            train_targets,
+            phase_spec,
+            augment=train_config.augment_policy if train_config.augment else False,
+        )
+        val_set = ImageTensorDataset(pixels[val_index], targets[val_index], phase_spec)
+    sampler_weights = None
+    if train_config.class_balance == "sampler":
+        sampler_weights = weights.numpy()[targets[train_index]]
+    datamodule = ChestXrayDataModule(
+        train_set,
+        val_set,
+        train_config.batch_size,
+        sampler_weights,
+        seed=train_config.seed,
+        workers=0 if frozen else train_config.loader_workers,  # cached features need none
+    )
+    return datamodule
+
+
+def _phase_trainer(
+    train_config, name, phase_dir, epochs, monitor, callbacks, progress, resume, launch
+):
+    """The phase's checkpoints, callbacks and Lightning trainer."""
+    checkpoint = ModelCheckpoint(
+        dirpath=phase_dir,
+        filename="best",
+        monitor=monitor,
+        mode="max",
+        enable_version_counter=False,
+    )
+    # Every epoch's weights, in a checkpoint of their own: Lightning's `save_last` writes
+    # last.ckpt only in an epoch whose score improved, which left `select: last` with the best
+    # epoch's weights and made --resume repeat the epochs after it.
+    every_epoch = ModelCheckpoint(
+        dirpath=phase_dir, filename="last", monitor=None, enable_version_counter=False
+    )
+    phase_callbacks: list[Callback] = [checkpoint, every_epoch, *callbacks]
+    if train_config.ema_decay is not None and name == "phase-1":
+        # The averaged weights replace the live ones for validation, in checkpoints and at the
+        # end, so `last.ckpt` holds the average. Not in the short full-resolution finish: an
+        # average there mixes batch-norm statistics of two resolutions (it cost 3 points of
+        # validation accuracy when tried).
+        phase_callbacks.append(EMAWeightAveraging(decay=train_config.ema_decay))
+    if train_config.early_stopping_patience:
+        phase_callbacks.append(
+            EarlyStopping(
+                monitor=monitor, mode="max", patience=train_config.early_stopping_patience
+            )
+        )
+    if progress:
+        from lightning.pytorch.callbacks import RichProgressBar
+
+        phase_callbacks.append(RichProgressBar())
+    trainer = L.Trainer(
+        max_epochs=epochs,
+        accelerator=train_config.accelerator,
+        devices=train_config.devices,
+        strategy=train_config.strategy,
+        callbacks=phase_callbacks,
+        logger=_csv_logger(phase_dir, keep_history=resume, rank_zero=launch.is_rank_zero),
+        enable_progress_bar=progress,
+        num_nodes=train_config.num_nodes,
+        # ChestXrayDataModule gives each rank its own share of the films (DistributedSampler).
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=10,
+        plugins=[AtomicCheckpointIO()],
+        enable_model_summary=False,
+        default_root_dir=phase_dir,
+    )
+    return checkpoint, trainer
+
+
+def _write_timing(out_dir: Path, resume: bool, started: float, launch) -> None:
+    """timing.json: wall time (added to the earlier sessions' on resume) and hardware."""
     # A resumed run adds to the time already spent, so the record is the run's whole cost.
     timing_file = out_dir / "timing.json"
     earlier = json.loads(timing_file.read_text()) if resume and timing_file.is_file() else {}
@@ -440,7 +497,6 @@ def fit(
         "processes_per_node": launch.processes_per_node,
     }
     atomic_write_text(timing_file, json.dumps(timing, indent=2))
-    return model_path
 
 
 def with_init(config: Config) -> Config:

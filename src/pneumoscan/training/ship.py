@@ -472,260 +472,61 @@ def _ci(metrics: dict, key: str) -> str:
 
 
 def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Path | None) -> str:
+    """The model card: templates/model_card.md.j2 fed by what the model file recorded."""
     record, config = info.record, info.record["config"]
-    data, model_cfg, train = config["data"], config["model"], config["train"]
     binary = info.task == Task.BINARY.value
     oos = record["out_of_sample"]
-    task_word = (
-        "binary (normal / pneumonia)" if binary else "three-class (normal / bacterial / viral)"
-    )
-    derived = info.derived_from
-    size_text = (
-        f"{train['train_size']} px for {train['epochs']} epochs, then {info.preprocess.size} px "
-        f"for {train['finish_epochs']}"
-        if train.get("train_size")
-        else f"{info.preprocess.size} px for {train['epochs']} epochs"
-    )
-    weights = record["weights_source"] or "none (trained from scratch)"
-    minutes = record["training_minutes"]
-    lines = [
-        f"# Model card: `{name}`",
-        "",
-        f"> **{NOT_DIAGNOSTIC_NOTICE}**",
-        "",
-        f"- Task: {task_word} classification of pediatric chest radiographs.",
-        f"- Files: `models/{name}.pt` (pneumoscan model file, fp16 weights) and `models/{name}.onnx` "
-        f"(ONNX Runtime with class-map and gate outputs; largest probability difference from torch "
-        f"on 8 validation films: {record['onnx_parity']:.1e}). Shipped {record['shipped']}.",
-        f"- Network: {record['architecture']} ({info.arch}), pretrained weights: {weights}; "
-        f"head {info.head}, dropout {list(info.dropout)}; training strategy `{model_cfg['strategy']}`.",
-    ]
-    if derived:
-        names = derived["class_names"]
-        lines.append(
-            f"- Read from the three-class network of the same run: P({info.class_names[1]}) = "
-            + " + ".join(f"P({names[i]})" for i in derived["groups"][1])
-            + f", with the three-class temperature {derived['temperature']:.4f} applied first. "
-            "One backbone, trained on the finer labels, serves both tasks."
-        )
-    lines += [
-        f"- Input: the whole image resized to {info.preprocess.size}x{info.preprocess.size}, "
-        f"rounded to 8 bits, intensity `{info.preprocess.intensity}`"
-        + (" (histogram equalisation)" if info.preprocess.intensity == "equalize" else "")
-        + f", mean {info.preprocess.mean[0]} / std {info.preprocess.std[0]}, grey replicated to "
-        f"{info.preprocess.channels} channel(s).",
-        "",
-        "## Data and split",
-        "",
-        f"Kermany et al. 2018 (CC BY 4.0), train + official val folders of `{data['root']}`. "
-        f"Validation is fold {data['fold']} of {round(1 / data['val_fraction'])} stratified "
-        f"patient-grouped folds (seed {train['seed']}, split on the {data['task']} labels): no child "
-        "is on both sides. The official test split was never used.",
-        "",
-        "## Recipe",
-        "",
-        f"Run `{record['run']}`: {train['optimizer']} lr {train['lr']} ({train['scheduler']}), "
-        f"{size_text}, batch {train['batch_size']}, label smoothing {train['label_smoothing']}, "
-        f"class balance `{train['class_balance']}`, augmentation "
-        + (f"`{train.get('augment_policy', 'basic')}`" if train.get("augment", True) else "off")
-        + (f", EMA of weights (decay {train['ema_decay']})" if train.get("ema_decay") else "")
-        + f"; weights kept: `{train.get('select', 'best')}`"
-        + (
-            " (no checkpoint chosen on validation)"
-            if train.get("select") == "last"
-            else " (best validation epoch)"
-        )
-        + ".",
-        "",
-        f"Training hardware: {record['training_hardware'] or 'not recorded'}; wall time "
-        + (f"{minutes} min" if minutes is not None else "not recorded")
-        + " (other work may have shared the cores, so it is an upper bound).",
-        "",
-        *_members_text(record),
-        "## Out-of-sample validation",
-        "",
-        f"n = {oos['n']} validation films. Calibration (temperature"
-        + (", threshold" if binary else "")
-        + f") is cross-fitted over {record['crossfit_folds']} patient-grouped folds of these films: "
-        "each film is scored with a calibration fitted on other children. 95% intervals from "
-        "1,000 patient-bootstrap resamples.",
-        "",
-        "| metric | value [95% CI] |",
-        "|---|---|",
-        f"| accuracy | {_ci(oos, 'accuracy')} |",
-        f"| macro-F1 | {_ci(oos, 'macro_f1')} |",
-        f"| ROC AUC | {_ci(oos, 'roc_auc')} |",
-    ]
-    if binary:
-        lines += [
-            f"| sensitivity (each fold at its own threshold) | {_ci(oos, 'sensitivity')} |",
-            f"| specificity (each fold at its own threshold) | {_ci(oos, 'specificity')} |",
-        ]
-    lines += [f"| ECE (15 bins) | {oos['ece']:.4f} |", ""]
-    lines += ["| class | precision | recall | F1 | n |", "|---|---|---|---|---|"]
-    lines += [
-        f"| {c} | {r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {r['support']} |"
-        for c, r in oos["per_class"].items()
-    ]
     folds = record["fold_runs"]
     keys = ["accuracy", "macro_f1", "roc_auc", "ece"] + (
         ["sensitivity", "specificity"] if binary else []
     )
-    lines += [
-        "",
-        f"### Fold spread ({len(folds)} training run(s), each validated out-of-sample on its own fold)",
-        "",
-        "| run | n | " + " | ".join(keys) + " | recall per class |",
-        "|---|---|" + "---|" * len(keys) + "---|",
-    ]
-    for fold in folds:
-        recall = ", ".join(f"{k} {v:.3f}" for k, v in fold["recall"].items())
-        lines.append(
-            f"| `{fold['run']}` | {fold['n']} | "
-            + " | ".join(f"{fold[k]:.4f}" for k in keys)
-            + f" | {recall} |"
-        )
-    if len(folds) > 1:
-        lines.append(
-            "| mean ± sd | | "
-            + " | ".join(
-                f"{np.mean([f[k] for f in folds]):.4f} ± {np.std([f[k] for f in folds], ddof=1):.4f}"
-                for k in keys
-            )
-            + " | |"
-        )
-    lines += ["", "## Calibration and decision", ""]
-    lines.append(
-        f"- Temperature {info.temperature:.4f}, fitted on all {record['calibration_films']} "
-        "validation films by negative log-likelihood."
-        + (
-            " Per-class logit biases "
-            + ", ".join(f"{c} {b:+.3f}" for c, b in zip(info.class_names, info.class_bias))
-            + " are fitted with it (bias-corrected temperature scaling), and cross-fitted the "
-            "same way for the figures above: they move the decision between classes the network "
-            "ranks well but places on the wrong side (here bacterial versus viral)."
-            if info.class_bias
-            else ""
-        )
-    )
-    if binary:
-        lines.append(
-            f"- Decision threshold {info.threshold:.4f} on the calibrated P(pneumonia), rule "
-            f"`{record['threshold_rule']}`"
-            + _rule_text(record["threshold_rule"], record.get("cost_fn"))
-        )
-        comparison = record.get("rule_comparison") or {}
-        if comparison:
-            lines.append(
-                "- The other rules, cross-fitted the same way (accuracy / sensitivity / "
-                "specificity): "
-                + "; ".join(
-                    f"`{rule}` {row['accuracy']:.4f} / {row['sensitivity']:.4f} / "
-                    f"{row['specificity']:.4f}"
-                    for rule, row in comparison.items()
-                )
-                + "."
-            )
-    else:
-        lines.append("- Decision: the most probable class after calibration.")
-    if info.conformal:
-        lines.append(_conformal_text(info, oos))
-    gate = info.ood
-    lines.append(
-        f"- Out-of-distribution gate: a pooled-feature distance above {gate.threshold:.3f} (the "
-        "99.5th percentile over the training films, each as stored and once through the training "
-        "augmentation) is answered `not a chest X-ray`. Its refusals under the stress panel are "
-        "below; its rejection of non-radiographs is in docs/ood.md."
-    )
-    if stress:
-        lines += ["", "## Shift stress benchmark", ""]
-        lines.append(
-            f"`pneumoscan stress DATA --model models/{name}.onnx --out {stress_dir}`: "
-            f"{stress['films']} validation films of {stress['patients']} patients under "
-            f"{len(stress['perturbations'])} fixed perturbations (full table and plot in "
-            f"`{stress_dir}/stress.md`). Families marked `no` were kept out of training augmentation."
-        )
-        lines += [
-            "",
-            "| perturbation | in training aug. | accuracy | macro-F1 | "
-            + ("sensitivity | specificity | " if binary else "")
-            + "gate refused |",
+    facts = {
+        "name": name,
+        "notice": NOT_DIAGNOSTIC_NOTICE,
+        "info": info,
+        "record": record,
+        "data": config["data"],
+        "model": config["model"],
+        "train": config["train"],
+        "pp": info.preprocess,
+        "binary": binary,
+        "derived": info.derived_from,
+        "split_folds": round(1 / config["data"]["val_fraction"]),
+        "members": record.get("members"),
+        "films_by_members": (record.get("ensemble") or {}).get("films_by_out_of_fold_members", {}),
+        "oos": oos,
+        "folds": folds,
+        "fold_keys": keys,
+        "fold_spread": [
+            (np.mean([f[k] for f in folds]), np.std([f[k] for f in folds], ddof=1)) for k in keys
         ]
-        lines.append("|---|---|---|---|" + ("---|---|" if binary else "") + "---|")
-        for row in stress["perturbations"]:
-            cells = [
-                row["name"],
-                "yes" if row["trained"] else "no",
-                f"{row['accuracy']:.4f}",
-                f"{row['macro_f1']:.4f}",
-            ]
-            if binary:
-                cells += [f"{row['sensitivity']:.4f}", f"{row['specificity']:.4f}"]
-            cells.append(f"{100 * row['refusal_rate']:.1f}%")
-            lines.append("| " + " | ".join(cells) + " |")
-        lines += [
-            "",
-            "Worst case: "
-            + "; ".join(
-                f"{k} {v['value']:.4f} ({v['perturbation']})" for k, v in stress["worst"].items()
-            )
-            + ".",
-        ]
-    lines += [
-        "",
-        "## Intended use and limitations",
-        "",
-        "- Research and teaching on the Kermany pediatric chest X-ray benchmark.",
-        "- Trained on anterior-posterior films of children aged 1-5 from one hospital (Guangzhou Women and "
-        "Children's Medical Center). Adults, other views, other hospitals and other devices are out of scope; "
-        "check and recalibrate on local films before any use.",
-        "- Validation comes from the same hospital and period as training, so even out-of-sample validation "
-        "figures are optimistic for new sites; the stress benchmark is a proxy for acquisition shift, not a "
-        "substitute for local data.",
-        "- Labels are per image from the data set's graders; viral versus bacterial is the least reliable distinction.",
-        "- Heatmaps show where the network's evidence lies, not where disease is.",
-        "",
-        f"**{NOT_DIAGNOSTIC_NOTICE}**",
-        "",
-    ]
-    return "\n".join(lines)
+        if len(folds) > 1
+        else [],
+        "class_biases": list(zip(info.class_names, info.class_bias)) if info.class_bias else [],
+        "rule_text": _rule_text(record["threshold_rule"], record.get("cost_fn")) if binary else "",
+        "rule_comparison": (record.get("rule_comparison") or {}) if binary else {},
+        "conformal_text": _conformal_text(info, oos) if info.conformal else "",
+        "stress": stress,
+        "stress_dir": stress_dir,
+    }
+    return _template("model_card.md.j2").render(facts)
 
 
-def _members_text(record: dict) -> list[str]:
-    """The ensemble's members and how its out-of-fold figures were scored; nothing for one network."""
-    members = record.get("members")
-    if not members:
-        return []
-    lines = [
-        "## Ensemble members",
-        "",
-        f"One ONNX graph runs {len(members)} networks on the same input and averages their "
-        "logits; one temperature, one threshold and one gate (on the members' pooled features "
-        "side by side) apply to the mean, and the heatmap is the mean of the members' class maps.",
-        "",
-        "| run | network | input | validation fold (split seed) | augmentation | epochs | training time |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for m in members:
-        minutes = (
-            f"{m['training_minutes']} min" if m["training_minutes"] is not None else "not recorded"
-        )
-        lines.append(
-            f"| `{m['run']}` | {m['arch']} | {m['size']} px | {m['fold']} ({m['seed']}) | "
-            f"`{m['augment_policy']}` | {m['epochs']} | {minutes} |"
-        )
-    counts = (record.get("ensemble") or {}).get("films_by_out_of_fold_members", {})
-    lines += [
-        "",
-        "Out-of-fold scoring: every member's validation films are pooled, and each film is scored "
-        "by the mean logits of the members that never trained on it ("
-        + ", ".join(f"{c} films by {n} member(s)" for n, c in counts.items())
-        + "). These figures describe one or two members per film, not all of them, so they "
-        "under-state the ensemble; the temperature, threshold and conformal scores are fitted on "
-        "the same out-of-fold scores.",
-        "",
-    ]
-    return lines
+def _template(name: str):
+    """A Jinja2 template from templates/ (package data): text as written, no HTML escaping."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    environment.filters["fmt"] = format
+    environment.filters["ci"] = _ci
+    return environment.get_template(name)
 
 
 def _conformal_text(info: ModelInfo, oos: dict) -> str:
