@@ -92,30 +92,13 @@ def dicom_node(
     gate: GateSwitch = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every association")] = False,
 ) -> None:
-    """A DICOM node (C-STORE SCP with C-ECHO) for an archive to route chest films to: each CR or DX
-    film gets a TID 1500 SR and a heatmap Secondary Capture in its own study, sent back by
-    C-STORE or STOW-RS, spooled on disk until delivered (the \\[dicom] extra). Stops cleanly on
-    SIGTERM."""
+    """A DICOM node (C-STORE SCP, C-ECHO) for an archive to route chest films to: each CR or DX film
+    gets a TID 1500 SR and a heatmap Secondary Capture in its study, sent back by C-STORE or
+    STOW-RS, spooled on disk until delivered (the \\[dicom] extra). Stops cleanly on SIGTERM."""
     setup_logging(verbose)
-    try:
-        import highdicom  # noqa: F401
-        import pynetdicom  # noqa: F401
-
-        from pneumoscan.dicom import quiet_libraries
-        from pneumoscan.dicom.delivery import CStoreDestination, FolderDestination, StowDestination
-        from pneumoscan.dicom.node import DicomNode, NodeSettings
-    except ImportError as error:
-        fail(
-            f'dicom-node needs the [dicom] extra ({error.name} is missing): pip install "pneumoscan[dicom]"'
-        )
-    from pneumoscan.runtime.model import load_runtime_model
-
+    DicomNode, NodeSettings, quiet_libraries, load_runtime_model = _node_classes()
     quiet_libraries()
-    destinations = [CStoreDestination.parse(text, ae_title) for text in send_to or []]
-    if stow is not None:
-        destinations.append(StowDestination(stow, token or None))
-    if out is not None:
-        destinations.append(FolderDestination(out))
+    destinations = _destinations(send_to, ae_title, stow, token, out)
     settings = NodeSettings(
         spool=spool.expanduser(),
         ae_title=ae_title,
@@ -134,10 +117,43 @@ def dicom_node(
         tls_ca=tls_ca,
     )
     runtime = load_runtime_model(model, threads=threads, gate=gate)
+    _warn_if_open(host, allow_aet)
+    DicomNode(runtime, destinations, settings).serve_forever()
+
+
+def _destinations(send_to, ae_title: str, stow: str | None, token, out):
+    """Where results go: C-STORE peers, a DICOMweb archive, a folder."""
+    from pneumoscan.dicom.delivery import CStoreDestination, FolderDestination, StowDestination
+
+    destinations = [CStoreDestination.parse(text, ae_title) for text in send_to or []]
+    if stow is not None:
+        destinations.append(StowDestination(stow, token or None))
+    if out is not None:
+        destinations.append(FolderDestination(out))
+    return destinations
+
+
+def _warn_if_open(host: str, allow_aet) -> None:
     if host not in ("127.0.0.1", "localhost", "::1") and not allow_aet:
         logger.warning(
             "listening on %s without --allow-aet: any DICOM peer that reaches this port can send "
             "films and receive nothing back but its status; name the archive's AE title",
             host,
         )
-    DicomNode(runtime, destinations, settings).serve_forever()
+
+
+def _node_classes():
+    """The node's classes and helpers, or a one-line error naming the extra to install."""
+    from pneumoscan.dicom import quiet_libraries
+    from pneumoscan.runtime.model import load_runtime_model
+
+    try:
+        import highdicom  # noqa: F401
+        import pynetdicom  # noqa: F401
+
+        from pneumoscan.dicom.node import DicomNode, NodeSettings
+    except ImportError as error:
+        fail(
+            f'dicom-node needs the [dicom] extra ({error.name} is missing): pip install "pneumoscan[dicom]"'
+        )
+    return DicomNode, NodeSettings, quiet_libraries, load_runtime_model

@@ -99,19 +99,46 @@ def predict(
     # pydicom, Pillow and onnxruntime log records stay out of the table (see setup_logging).
     setup_logging(verbose)
     from pneumoscan.runtime.model import load_runtime_model
-    from pneumoscan.runtime.predict import predict_many, summarize
+    from pneumoscan.runtime.predict import summarize
 
     runtime = load_runtime_model(model, threads=threads, gate=gate)
     _check_options(runtime, indeterminate, workers, sets)
     files = _select_files(paths, shard)
     _check_outputs(csv_out, json_out, heatmaps)
-    dicom = None
-    if dicom_out is not None or stow is not None:
-        from pneumoscan.dicom import quiet_libraries
-        from pneumoscan.dicom.outputs import open_outputs
+    dicom = _open_dicom(runtime, dicom_out, stow, token, indeterminate)
+    results = _predict_files(runtime, files, dicom, heatmaps, indeterminate, workers, sets)
+    _print_results(runtime, results)
+    for result in results:
+        if result.status == "error":
+            typer.echo(f"error: {result.message}", err=True)
+    if dicom is not None:
+        for line in dicom.notes:
+            typer.echo(line, err=True)
+        for line in dicom.failures:
+            typer.echo(f"error: {line}", err=True)
+    _write_outputs(runtime, results, csv_out, json_out)
+    summary = summarize(results)
+    typer.echo(summary.text())
+    if summary.exit_code or (dicom is not None and dicom.failures):
+        raise typer.Exit(1)
 
-        quiet_libraries()
-        dicom = open_outputs(runtime, dicom_out, stow, token, indeterminate)
+
+def _open_dicom(runtime, dicom_out: Path | None, stow: str | None, token, indeterminate: float):
+    """The DICOM results writer (--dicom-out, --stow), or None."""
+    if dicom_out is None and stow is None:
+        return None
+    from pneumoscan.dicom import quiet_libraries
+    from pneumoscan.dicom.outputs import open_outputs
+
+    quiet_libraries()
+    return open_outputs(runtime, dicom_out, stow, token, indeterminate)
+
+
+def _predict_files(runtime, files, dicom, heatmaps, indeterminate, workers, sets) -> list:
+    """Every file through the batch path (and the DICOM writer), with a progress bar on a
+    terminal; one result per file, in order."""
+    from pneumoscan.runtime.predict import predict_many
+
     stream = predict_many(
         runtime,
         files,
@@ -130,21 +157,7 @@ def predict(
         stream = track(
             stream, total=len(files), description="predicting", console=Console(stderr=True)
         )
-    results = list(stream)
-    _print_results(runtime, results)
-    for result in results:
-        if result.status == "error":
-            typer.echo(f"error: {result.message}", err=True)
-    if dicom is not None:
-        for line in dicom.notes:
-            typer.echo(line, err=True)
-        for line in dicom.failures:
-            typer.echo(f"error: {line}", err=True)
-    _write_outputs(runtime, results, csv_out, json_out)
-    summary = summarize(results)
-    typer.echo(summary.text())
-    if summary.exit_code or (dicom is not None and dicom.failures):
-        raise typer.Exit(1)
+    return list(stream)
 
 
 def _check_options(runtime, indeterminate: float, workers: int | None, sets: float | None) -> None:

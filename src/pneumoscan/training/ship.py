@@ -350,11 +350,46 @@ def ship_model(
     gate_cache = f"gate-{weights_key(ensemble or [run_dir])}-{GATE_VARIANTS}-{GATE_POLICY_KEY}.pt"
     refit_gate(run_dir, model, info, run_dir / gate_cache)
     info.name = name
+    info.record = _ship_record(run_dir, info, scores, oos, folds, derive, rule, cost_fn, ensemble)
+    shipped_pt = models_dir / f"{name}.pt"
+    save_model_file(shipped_pt, model, info, half=True)
+    version = f"{name}-{datetime.now(timezone.utc):%Y%m%d}"
+    onnx_path = export_onnx(shipped_pt, models_dir / f"{name}.onnx", model_version=version)
+    samples, _ = ds.read_split(run_dir, "val")
+    check = np.stack([prepare(read_image(s.path), info.preprocess) for s in samples[:8]])
+    difference = parity(shipped_pt, onnx_path, check)
+    if difference > 1e-4:
+        raise ModelFileError(
+            f"{onnx_path}: ONNX differs from torch by {difference:.2e}; not shipping it."
+        )
+    info.record["onnx_parity"] = difference  # in the model file; the ONNX file was written before
+    save_model_file(shipped_pt, model, info, half=True)
+    stress = None
+    if stress_data is not None:
+        from pneumoscan.evaluation.stress import run_stress
+
+        stress = run_stress(onnx_path, stress_data, Path(stress_dir) / name)
+    return write_card(name, models_dir, stress, Path(stress_dir) / name)
+
+
+def _ship_record(
+    run_dir: Path,
+    info: ModelInfo,
+    scores: RunScores,
+    oos: dict,
+    folds: list[dict],
+    derive: str | None,
+    rule: str,
+    cost_fn: float,
+    ensemble: list[Path],
+) -> dict:
+    """What the model file records of its shipping: run facts, out-of-sample figures, the fold
+    spread, the rule comparison and the ensemble's members."""
     binary = len(info.class_names) == 2
     arch = get_architecture(info.arch)
     timing = run_timing(run_dir)
     config = info.config or {}
-    info.record = {
+    return {
         "run": str(run_dir),
         "config": config,
         "weights_source": arch.pretrained_source
@@ -384,25 +419,6 @@ def ship_model(
         "members": [member_facts(Path(member)) for member in ensemble] or None,
         "ensemble": scores.ensemble,
     }
-    shipped_pt = models_dir / f"{name}.pt"
-    save_model_file(shipped_pt, model, info, half=True)
-    version = f"{name}-{datetime.now(timezone.utc):%Y%m%d}"
-    onnx_path = export_onnx(shipped_pt, models_dir / f"{name}.onnx", model_version=version)
-    samples, _ = ds.read_split(run_dir, "val")
-    check = np.stack([prepare(read_image(s.path), info.preprocess) for s in samples[:8]])
-    difference = parity(shipped_pt, onnx_path, check)
-    if difference > 1e-4:
-        raise ModelFileError(
-            f"{onnx_path}: ONNX differs from torch by {difference:.2e}; not shipping it."
-        )
-    info.record["onnx_parity"] = difference  # in the model file; the ONNX file was written before
-    save_model_file(shipped_pt, model, info, half=True)
-    stress = None
-    if stress_data is not None:
-        from pneumoscan.evaluation.stress import run_stress
-
-        stress = run_stress(onnx_path, stress_data, Path(stress_dir) / name)
-    return write_card(name, models_dir, stress, Path(stress_dir) / name)
 
 
 def weights_key(run_dirs: list[Path]) -> str:
