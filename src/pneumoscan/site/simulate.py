@@ -41,6 +41,17 @@ SHIFTS: dict[str, tuple[str, list[perturb.Transform]]] = {
             perturb.crop(0.2),
         ],
     ),
+    "tight": (
+        "the scanner shift with blur (sigma 1.5 px) and a tight field of view (25% cut from each "
+        "side): beyond the zoom-in crops the release-4 models were trained with",
+        [
+            perturb.contrast(0.75),
+            perturb.gamma(1.3),
+            perturb.noise(0.02),
+            perturb.blur(1.5),
+            perturb.crop(0.25),
+        ],
+    ),
     "collimated": (
         "the scanner shift plus tight collimation (outer 10% of each side shuttered)",
         [
