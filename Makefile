@@ -6,7 +6,7 @@ DATA ?= ../shared/data/chest_xray
 .PHONY: help setup test test-slow fuzz bench bench-train bench-dicom site-demo lint format train serve
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
-setup:  ## create .venv and install pneumoscan with training, serving and test extras
+setup:  ## create .venv and install pneumoscan with training, serving, DICOM and test extras
 	python3 -m venv .venv && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e ".[train,serve,dicom,dev]"
 test:  ## the default test suite (skips slow tests)
 	$(PY) -m pytest -q
