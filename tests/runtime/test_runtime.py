@@ -171,9 +171,7 @@ def test_shipped_gate_refuses_non_radiographs_and_accepts_films(tmp_path):
     # test), and lets smooth gradients, checkerboards, text pages and some flat textures through:
     # 51 of 64 refused by the release-4 model (release 3: 54; docs/ood.md lists the rest). A gate
     # that refuses every non-radiograph is open work (issue 18); this guards against losing more.
-    assert len(rejected) >= 51, [
-        a.source for a in answers if a.status != NOT_CHEST_XRAY
-    ]
+    assert len(rejected) >= 51, [a.source for a in answers if a.status != NOT_CHEST_XRAY]
     refused = {a.source for a in rejected}
     blank_or_noise = {name for name, _ in samples if name.startswith(("blank:", "noise:"))}
     assert blank_or_noise and blank_or_noise <= refused  # no structure: never a radiograph
