@@ -46,9 +46,6 @@ RESULT_KEYS = {
 }
 
 
-SOURCE = Path(pneumoscan.__file__).parents[1]
-
-
 def _folder(tmp_path: Path) -> Path:
     folder = tmp_path / "films"
     folder.mkdir()
@@ -103,7 +100,7 @@ def _predict(folder: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedP
         text=True,
         timeout=300,
         # this checkout's package, not whichever copy the interpreter has installed
-        env={"COLUMNS": "250", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(SOURCE)},
+        env={"COLUMNS": "250", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
     )
 
 
