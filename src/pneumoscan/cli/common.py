@@ -99,6 +99,15 @@ Bootstrap = Annotated[
 ]
 
 
+StowToken = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="PNEUMOSCAN_STOW_TOKEN",
+        help="bearer token for --stow",
+        show_default=False,
+    ),
+]
 GateSwitch = Annotated[
     bool,
     typer.Option("--gate/--no-gate", help="refuse inputs unlike chest radiographs (default on)"),

@@ -10,6 +10,7 @@ import typer
 from pneumoscan.cli.common import (
     GateSwitch,
     IndeterminateMargin,
+    StowToken,
     fail,
     friendly,
     logger,
@@ -37,15 +38,7 @@ def dicom_node(
         str | None,
         typer.Option("--stow", help="send results by DICOMweb STOW-RS to this root URL"),
     ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            "--token",
-            envvar="PNEUMOSCAN_STOW_TOKEN",
-            help="bearer token for --stow",
-            show_default=False,
-        ),
-    ] = None,
+    token: StowToken = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="also write every result object to this folder")
     ] = None,

@@ -11,6 +11,7 @@ import typer
 from pneumoscan.cli.common import (
     GateSwitch,
     IndeterminateMargin,
+    StowToken,
     expand_paths,
     fail,
     friendly,
@@ -75,15 +76,7 @@ def predict(
             "http://pacs:8042/dicom-web",
         ),
     ] = None,
-    token: Annotated[
-        str | None,
-        typer.Option(
-            "--token",
-            envvar="PNEUMOSCAN_STOW_TOKEN",
-            help="bearer token for --stow",
-            show_default=False,
-        ),
-    ] = None,
+    token: StowToken = None,
     verbose: Annotated[
         bool,
         typer.Option(

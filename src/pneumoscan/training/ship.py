@@ -163,6 +163,23 @@ def pool_out_of_fold(
     return order, logits, targets, [facts[k][1] for k in order], [counts[k] for k in order]
 
 
+def network_info(info: ModelInfo, **changes) -> ModelInfo:
+    """A new ModelInfo with what describes `info`'s network and training (architecture, classes,
+    preprocessing, config), none of its calibration, gate or records, and `changes`."""
+    facts = {
+        "arch": info.arch,
+        "head": info.head,
+        "dropout": info.dropout,
+        "task": info.task,
+        "class_names": info.class_names,
+        "preprocess": info.preprocess,
+        "config": info.config,
+        "versions": info.versions,
+        "name": info.name,
+    }
+    return ModelInfo(**{**facts, **changes})
+
+
 def out_of_fold_scores(members: list[RunScores]) -> RunScores:
     """Every film that is validation for at least one member, scored by the mean logits of the
     members that never trained on it (its out-of-fold members), with the ensemble of all
@@ -170,18 +187,7 @@ def out_of_fold_scores(members: list[RunScores]) -> RunScores:
     not the whole ensemble: a conservative estimate of it."""
     keys, logits, targets, patients, counts = pool_out_of_fold(members)
     ensemble = EnsembleClassifier([m.model for m in members], [m.info.to_dict() for m in members])
-    first = members[0].info
-    info = ModelInfo(
-        arch=first.arch,
-        head=first.head,
-        dropout=first.dropout,
-        task=first.task,
-        class_names=first.class_names,
-        preprocess=first.preprocess,
-        config=first.config,
-        versions=first.versions,
-        name=first.name,
-    )
+    info = network_info(members[0].info)
     facts = {
         "films_per_member": {str(m.run_dir): len(m.targets) for m in members},
         "films_by_out_of_fold_members": {
@@ -233,18 +239,12 @@ def shipped_network(
         cal.coarse_targets(scores.targets, cal.BINARY_GROUPS),
         scores.run_dir,
     )
-    derived_info = ModelInfo(
-        arch=info.arch,
-        head=info.head,
-        dropout=info.dropout,
+    derived_info = network_info(
+        info,
         task=Task.BINARY.value,
         class_names=CLASS_NAMES[Task.BINARY],
-        preprocess=info.preprocess,
         threshold=calibration.threshold,
         temperature=calibration.temperature,
-        config=info.config,
-        versions=info.versions,
-        name=info.name,
         ood=info.ood,
         derived_from={
             "class_names": list(info.class_names),
