@@ -25,18 +25,9 @@ def _val_films(real_data: Path) -> list[Path]:
 def _torch_gate_scores(model, gate, batch: np.ndarray) -> np.ndarray:
     import torch
 
-    from pneumoscan.training.gate import gate_scores
+    from pneumoscan.training.gate import model_gate_scores
 
-    tensors = gate.to_tensors()
-    with torch.no_grad():
-        pooled = model.forward_features(torch.from_numpy(batch)).mean(dim=(2, 3))
-        return gate_scores(
-            pooled,
-            tensors["mean"],
-            tensors["components"],
-            tensors["scales"],
-            tensors["residual_scale"],
-        ).numpy()
+    return model_gate_scores(model, gate, torch.from_numpy(batch)).numpy()
 
 
 @pytest.mark.parametrize("name", ["binary", "three-class"])

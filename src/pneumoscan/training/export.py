@@ -19,7 +19,7 @@ from torch import nn
 from pneumoscan.core.decision import METADATA_KEY, ONNX_METADATA_FORMAT, calibrated_probabilities
 from pneumoscan.core.fileio import atomic_write
 from pneumoscan.core.shipped import resolve_model
-from pneumoscan.training.gate import OodGate, gate_scores, structure_penalty
+from pneumoscan.training.gate import GateModule, OodGate, TapRecorder, feature_model
 from pneumoscan.training.model_file import ModelInfo, load_model_file
 from pneumoscan.training.networks import Classifier, EnsembleClassifier, GroupedClassifier
 
@@ -67,12 +67,9 @@ class _ExportGraph(nn.Module):
         self.cam = cam is not None
         if cam is not None:
             self.register_buffer("cam_weight", cam.detach().clone())
-        self.gate = None
-        if gate is not None:
-            tensors = gate.to_tensors()
-            for key in ("mean", "components", "scales", "residual_scale"):
-                self.register_buffer(f"gate_{key}", tensors[key])
-            self.gate = True
+        self.gate = GateModule(gate) if gate is not None else None
+        # The texture part reads an early stage's output: hooks keep it during the traced pass.
+        self.recorder = TapRecorder(feature_model(model), gate.taps) if gate is not None else None
 
     def forward(self, image: torch.Tensor):
         features = self.model.forward_features(image)
@@ -80,15 +77,7 @@ class _ExportGraph(nn.Module):
         if self.cam:
             outputs.append(torch.einsum("cf,nfhw->nchw", self.cam_weight, features))
         if self.gate is not None:
-            pooled = features.mean(dim=(2, 3))
-            distance = gate_scores(
-                pooled,
-                self.gate_mean,
-                self.gate_components,
-                self.gate_scales,
-                self.gate_residual_scale,
-            )
-            outputs.append(distance + structure_penalty(image))
+            outputs.append(self.gate(image, features, self.recorder))
         return tuple(outputs)
 
 
@@ -118,6 +107,8 @@ def export_onnx(model_ref: str | Path, out: Path, model_version: str | None = No
         _add_metadata(tmp, info, has_cam=cam is not None, model_version=model_version)
 
     atomic_write(Path(out), write)
+    if graph.recorder is not None:
+        graph.recorder.remove()
     return Path(out)
 
 

@@ -55,7 +55,7 @@ from pneumoscan.core.shipped import resolve_model
 from pneumoscan.evaluation.calibration import BINARY_GROUPS
 from pneumoscan.evaluation.calibration import fit as fit_calibration
 from pneumoscan.evaluation.metrics import compute_metrics
-from pneumoscan.training.gate import fit_gate, pooled_features
+from pneumoscan.training.gate import fit_gate, gate_features, texture_taps
 from pneumoscan.training.lit import LitClassifier, monitor_metric
 from pneumoscan.training.loaders import ChestXrayDataModule, ImageTensorDataset, decode_images
 from pneumoscan.training.model_file import (
@@ -635,13 +635,15 @@ def finalize(
     val_metrics["temperature"] = temperature
     train_index = run_data.split.train
     if features is not None:
-        train_features = features[train_index].float().mean(dim=(2, 3)).numpy()
+        # The frozen strategy's cached feature maps: the content part alone, no second pass.
+        gate = fit_gate(features[train_index].float().mean(dim=(2, 3)).numpy())
     else:
         train_set = ImageTensorDataset(
             run_data.pixels[spec.size][train_index], run_data.targets[train_index], spec
         )
-        train_features = pooled_features(model, DataLoader(train_set, batch_size=64))
-    gate = fit_gate(train_features)
+        taps = texture_taps(model, spec.size, spec.channels)
+        train_features = gate_features(model, DataLoader(train_set, batch_size=64), taps)
+        gate = fit_gate(train_features, taps)
     atomic_write_json(out_dir / "val_metrics.json", val_metrics)
     info = ModelInfo(
         arch=config.model.arch,

@@ -1,19 +1,35 @@
 """The out-of-distribution gate: is this input a chest radiograph like the training films at all?
 
-A Mahalanobis-style distance in the network's own pooled feature space (Lee et al. 2018): fit the
-mean and the top principal directions of the training films' features; an input's score is its
-whitened distance within those directions plus its scaled distance outside them. The threshold
-is a high quantile of the training films' scores. The score is computed inside the ONNX graph (a
-third output), so the torch-free runtime can refuse photos, documents, screenshots, blank or
-noise images with `not a chest X-ray` instead of a diagnosis.
+A Mahalanobis-style distance (Lee et al. 2018) in three spaces:
+
+- **content**: the last feature map's channel means, the features the head classifies;
+- **texture**: the channel standard deviations of an early feature map (the last backbone stage
+  at a quarter of the input resolution), i.e. how much edge and grain energy each low-level
+  filter sees;
+- **layout**: the model input shrunk to 8 x 8, where a frontal chest film has two dark lungs
+  either side of a bright mediastinum.
+
+For each part, fit the mean and the top principal directions of the training films' vectors; a
+vector's score is its whitened distance within those directions plus its scaled distance outside
+them, divided by the part's own `GATE_QUANTILE` of the training scores. The gate's score is the
+larger of the parts (plus a penalty for inputs without a radiograph's spatial structure), and the
+threshold is the `GATE_QUANTILE` of the training films' gate scores.
+
+Why three: the content part alone let gradients, chequerboards, text pages, colour wheels and
+star fields through (51 of 64 non-radiographs refused): the head's features of such inputs sit
+near the films' mean, but their low-level texture is nothing like a film's. With texture, smooth
+1/f "clouds" still passed; they have a film's grain but no chest's layout. All three are
+computed inside the ONNX graph (its `ood_score` output), so the torch-free runtime answers
+`not a chest X-ray` (docs/ood.md has the benchmark).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from torch import nn
 
 from pneumoscan.core.decision import GATE_QUANTILE
 from pneumoscan.core.refusal import STRUCTURE_FLOOR
@@ -26,34 +42,71 @@ FILMS_PER_COMPONENT = 10
 # feature distance alone can miss once intensities are equalised. Below the floor, the score
 # jumps far past any threshold.
 STRUCTURE_PENALTY = 1000.0
+# In the name of ship's gate cache: a change of the gate's design refits it.
+GATE_DESIGN = "content-texture-layout"
+CONTENT = "content"
+TEXTURE = "texture"
+LAYOUT = "layout"
+LAYOUT_SIDE = 8
+_TENSORS = ("mean", "components", "scales", "residual_scale", "scale")
 
 
 @dataclass
-class OodGate:
+class GatePart:
+    """One feature space of the gate (`part_vectors` says how each is read)."""
+
+    name: str
+    taps: tuple[str, ...]
     mean: np.ndarray  # (F,)
     components: np.ndarray  # (F, k) orthonormal principal directions
     scales: np.ndarray  # (k,) 1 / sqrt(variance) along each direction
     residual_scale: float  # 1 / mean variance of what the components leave out
-    threshold: float
+    scale: float  # this part's GATE_QUANTILE over the training films: its scores are divided by it
 
-    def to_tensors(self) -> dict[str, torch.Tensor]:
+    def tensors(self) -> dict[str, torch.Tensor]:
         return {
-            "mean": torch.from_numpy(self.mean.astype(np.float32)),
-            "components": torch.from_numpy(self.components.astype(np.float32)),
-            "scales": torch.from_numpy(self.scales.astype(np.float32)),
-            "residual_scale": torch.tensor(float(self.residual_scale)),
+            key: torch.as_tensor(np.asarray(getattr(self, key), dtype=np.float32))
+            for key in _TENSORS
+        }
+
+
+@dataclass
+class OodGate:
+    parts: list[GatePart] = field(default_factory=list)
+    threshold: float = 0.0
+
+    @property
+    def taps(self) -> tuple[str, ...]:
+        return tuple(name for part in self.parts for name in part.taps)
+
+    def to_tensors(self) -> dict:
+        """The model file's and the gate cache's form: tensors and the parts' names and taps."""
+        return {
             "threshold": torch.tensor(float(self.threshold)),
+            "parts": [{"name": p.name, "taps": list(p.taps), **p.tensors()} for p in self.parts],
         }
 
     @classmethod
-    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> OodGate:
-        return cls(
-            mean=tensors["mean"].numpy(),
-            components=tensors["components"].numpy(),
-            scales=tensors["scales"].numpy(),
-            residual_scale=float(tensors["residual_scale"]),
-            threshold=float(tensors["threshold"]),
-        )
+    def from_tensors(cls, tensors: dict) -> OodGate:
+        # Model files before the texture part hold one content part's tensors at the top level.
+        stored = tensors.get("parts") or [{"name": CONTENT, "taps": [], "scale": 1.0, **tensors}]
+        parts = [
+            GatePart(
+                name=part["name"],
+                taps=tuple(part["taps"]),
+                mean=_numpy(part["mean"]),
+                components=_numpy(part["components"]),
+                scales=_numpy(part["scales"]),
+                residual_scale=float(part["residual_scale"]),
+                scale=float(part["scale"]),
+            )
+            for part in stored
+        ]
+        return cls(parts=parts, threshold=float(tensors["threshold"]))
+
+
+def _numpy(value) -> np.ndarray:
+    return value.numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
 
 
 def gate_scores(features: torch.Tensor, mean, components, scales, residual_scale) -> torch.Tensor:
@@ -79,37 +132,177 @@ def structure_penalty(images: torch.Tensor) -> torch.Tensor:
     return STRUCTURE_PENALTY * torch.relu(STRUCTURE_FLOOR - correlation)
 
 
-def fit_gate(
-    features: np.ndarray, components: int = COMPONENTS, quantile: float = GATE_QUANTILE
-) -> OodGate:
-    """Fit on the pooled features (N, F) of training films."""
-    features = features.astype(np.float64)
-    mean = features.mean(axis=0)
-    centered = features - mean
-    _, singular, vt = np.linalg.svd(centered, full_matrices=False)
-    # At most one direction per 10 films: whitening more directions than the films can estimate
-    # makes every new film look far away (a site fine-tune on ~100 films refused 60% of its own
-    # held-out films with 64).
-    k = min(components, len(singular) - 1, max(1, len(features) // FILMS_PER_COMPONENT))
-    variance = singular**2 / (len(features) - 1)
-    basis = vt[:k].T
-    scales = 1.0 / np.sqrt(variance[:k] + 1e-8)
-    residual_variance = variance[k:].sum() / max(features.shape[1] - k, 1)
-    residual_scale = 1.0 / (residual_variance + 1e-8)
-    tensors = [torch.from_numpy(x) for x in (features, mean, basis, scales)]
-    scores = gate_scores(*tensors, residual_scale).numpy()
-    threshold = float(np.quantile(scores, quantile))
-    return OodGate(mean, basis, scales, float(residual_scale), threshold)
+def feature_model(model: nn.Module) -> nn.Module:
+    """The network whose features the gate reads (a binary reading's three-class source)."""
+    return getattr(model, "source", model)
+
+
+def texture_taps(model: nn.Module, size: int, channels: int) -> tuple[str, ...]:
+    """For each network in `feature_model(model)` (one, or an ensemble's members), the module
+    path of the last backbone stage whose output is at a quarter of the input resolution (the
+    end of the stride-4 stage: EfficientNet-Lite's second 24-channel block, ResNet's layer1);
+    empty when there is none (a network without such a stage)."""
+    model = feature_model(model)
+    networks = [(f"members.{i}.", m) for i, m in enumerate(getattr(model, "members", []))]
+    networks = networks or [("", model)]
+    taps = []
+    for prefix, network in networks:
+        names = [f"backbone.{group[-1]}" for group in getattr(network, "stage_names", [])]
+        recorder = TapRecorder(network, names)
+        try:
+            with torch.no_grad():
+                network.eval().forward_features(torch.zeros(1, channels, size, size))
+        finally:
+            recorder.remove()
+        quarter = [n for n in names if size // 8 < recorder.outputs[n].shape[-1] <= -(-size // 4)]
+        if not quarter:
+            return ()
+        taps.append(prefix + quarter[-1])
+    return tuple(taps)
+
+
+class TapRecorder:
+    """Forward hooks that keep the latest outputs of named modules of a model."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...] | list[str]) -> None:
+        self.outputs: dict[str, torch.Tensor] = {}
+        self.handles = [
+            model.get_submodule(name).register_forward_hook(self._keep(name)) for name in names
+        ]
+
+    def _keep(self, name: str):
+        def hook(module, inputs, output):
+            self.outputs[name] = output
+
+        return hook
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def part_vectors(
+    name: str,
+    taps: tuple[str, ...],
+    images: torch.Tensor,
+    features: torch.Tensor,
+    recorder: TapRecorder,
+) -> torch.Tensor:
+    """(N, F) vectors of one gate part from a forward pass: the content part's channel means of
+    the final `features`, the texture part's channel standard deviations of the hooked `taps`,
+    the layout part's first input channel averaged down to LAYOUT_SIDE x LAYOUT_SIDE cells."""
+    if name == LAYOUT:
+        cell = images.shape[-1] // LAYOUT_SIDE
+        pooled = nn.functional.avg_pool2d(images[:, :1], cell)[..., :LAYOUT_SIDE, :LAYOUT_SIDE]
+        return pooled.flatten(1)
+    if name == TEXTURE:
+        return torch.cat([recorder.outputs[tap].std(dim=(2, 3)) for tap in taps], dim=1)
+    return features.mean(dim=(2, 3))
+
+
+class GateModule(nn.Module):
+    """The gate as torch operations on one forward pass: exported into the ONNX graph and used
+    to check it (`model_gate_scores`)."""
+
+    def __init__(self, gate: OodGate) -> None:
+        super().__init__()
+        self.parts = [(part.name, part.taps) for part in gate.parts]
+        for index, part in enumerate(gate.parts):
+            for key, value in part.tensors().items():
+                self.register_buffer(f"part{index}_{key}", value)
+
+    def forward(
+        self, images: torch.Tensor, features: torch.Tensor, recorder: TapRecorder
+    ) -> torch.Tensor:
+        scores = []
+        for index, (name, taps) in enumerate(self.parts):
+            tensors = [getattr(self, f"part{index}_{key}") for key in _TENSORS]
+            vectors = part_vectors(name, taps, images, features, recorder)
+            scores.append(gate_scores(vectors, *tensors[:4]) / tensors[4])
+        return torch.stack(scores).amax(dim=0) + structure_penalty(images)
 
 
 @torch.no_grad()
-def pooled_features(model, batches) -> np.ndarray:
-    """Global-average-pooled backbone features for every batch of (images, _)."""
-    model.eval()
-    outputs = [
-        model.forward_features(images.contiguous(memory_format=torch.channels_last)).mean(
-            dim=(2, 3)
-        )
-        for images, _ in batches
+def model_gate_scores(model: nn.Module, gate: OodGate, images: torch.Tensor) -> torch.Tensor:
+    """The gate's scores of model inputs (N, C, H, W), computed in torch (the ONNX graph's twin)."""
+    network = feature_model(model).eval()
+    recorder = TapRecorder(network, gate.taps)
+    try:
+        features = network.forward_features(images)
+        return GateModule(gate)(images, features, recorder)
+    finally:
+        recorder.remove()
+
+
+@torch.no_grad()
+def gate_features(model: nn.Module, batches, taps: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
+    """Each gate part's vectors for every batch of (images, _): content and layout always, the
+    texture part when `taps` names its modules."""
+    network = feature_model(model).eval()
+    recorder = TapRecorder(network, taps)
+    names = [CONTENT, LAYOUT] + ([TEXTURE] if taps else [])
+    parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    try:
+        for images, _ in batches:
+            features = network.forward_features(
+                images.contiguous(memory_format=torch.channels_last)
+            )
+            for name in names:
+                vectors = part_vectors(name, taps, images, features, recorder)
+                parts[name].append(vectors.float())
+    finally:
+        recorder.remove()
+    return {name: torch.cat(rows).numpy() for name, rows in parts.items()}
+
+
+def fit_gate(
+    features: dict[str, np.ndarray] | np.ndarray,
+    taps: tuple[str, ...] = (),
+    components: int = COMPONENTS,
+    quantile: float = GATE_QUANTILE,
+) -> OodGate:
+    """Fit on the training films' part vectors (`gate_features`), or on one (N, F) array of
+    pooled content features."""
+    if not isinstance(features, dict):
+        features = {CONTENT: features}
+    parts = [
+        _fit_part(name, taps if name == TEXTURE else (), vectors, components, quantile)
+        for name, vectors in features.items()
     ]
-    return torch.cat(outputs).float().numpy()
+    gate = OodGate(parts=parts, threshold=1.0)
+    combined = np.max(
+        [_part_scores(part, features[part.name]) / part.scale for part in parts], axis=0
+    )
+    gate.threshold = float(np.quantile(combined, quantile))
+    return gate
+
+
+def _fit_part(name, taps, vectors, components, quantile) -> GatePart:
+    vectors = vectors.astype(np.float64)
+    mean = vectors.mean(axis=0)
+    _, singular, vt = np.linalg.svd(vectors - mean, full_matrices=False)
+    # At most one direction per 10 films: whitening more directions than the films can estimate
+    # makes every new film look far away (a site fine-tune on ~100 films refused 60% of its own
+    # held-out films with 64).
+    k = min(components, len(singular) - 1, max(1, len(vectors) // FILMS_PER_COMPONENT))
+    variance = singular**2 / (len(vectors) - 1)
+    residual_variance = variance[k:].sum() / max(vectors.shape[1] - k, 1)
+    part = GatePart(
+        name=name,
+        taps=tuple(taps),
+        mean=mean,
+        components=vt[:k].T,
+        scales=1.0 / np.sqrt(variance[:k] + 1e-8),
+        residual_scale=float(1.0 / (residual_variance + 1e-8)),
+        scale=1.0,
+    )
+    part.scale = float(np.quantile(_part_scores(part, vectors), quantile))
+    return part
+
+
+def _part_scores(part: GatePart, vectors: np.ndarray) -> np.ndarray:
+    tensors = [
+        torch.from_numpy(np.asarray(x, dtype=np.float64))
+        for x in (vectors, part.mean, part.components, part.scales)
+    ]
+    return gate_scores(*tensors, part.residual_scale).numpy()
