@@ -27,16 +27,17 @@ from torch.utils.data import DataLoader
 
 from pneumoscan.core import dataset as ds
 from pneumoscan.core.conformal import REPORTED_LEVELS, ConformalCalibration
-from pneumoscan.core.decision import calibrated_probabilities
+from pneumoscan.core.decision import GATE_QUANTILE, calibrated_probabilities
 from pneumoscan.core.errors import ConfigError, ModelFileError
 from pneumoscan.core.fileio import atomic_write, atomic_write_text
 from pneumoscan.core.images import read_image
 from pneumoscan.core.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
 from pneumoscan.core.preprocess import prepare
 from pneumoscan.evaluation import calibration as cal
+from pneumoscan.training.distill import read_teacher_record
 from pneumoscan.training.export import export_onnx, parity
 from pneumoscan.training.fit import default_cache_dir
-from pneumoscan.training.gate import fit_gate, pooled_features
+from pneumoscan.training.gate import GATE_DESIGN, fit_gate, gate_features, texture_taps
 from pneumoscan.training.loaders import ImageTensorDataset, decode_images
 from pneumoscan.training.model_file import ModelInfo, load_model_file, save_model_file
 from pneumoscan.training.networks import (
@@ -281,11 +282,10 @@ def refit_gate(run_dir: Path, model, info: ModelInfo, cache: Path) -> None:
         ImageTensorDataset(decoded.pixels, targets[decoded.kept], info.preprocess, augment=policy)
         for _ in range(GATE_VARIANTS if policy else 0)
     ]
-    source = model.source if isinstance(model, GroupedClassifier) else model
-    features = np.concatenate(
-        [pooled_features(source, DataLoader(images, batch_size=64)) for images in sets]
-    )
-    info.ood = fit_gate(features)
+    taps = texture_taps(model, info.preprocess.size, info.preprocess.channels)
+    parts = [gate_features(model, DataLoader(images, batch_size=64), taps) for images in sets]
+    features = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    info.ood = fit_gate(features, taps)
     atomic_write(cache, lambda tmp: torch.save(info.ood.to_tensors(), tmp))
 
 
@@ -347,7 +347,7 @@ def ship_model(
         folds.append({"run": str(other), **_fold_row(other_oos)})
     model, info = shipped_network(scores, derive, rule, class_bias, cost_fn)
     info.val_metrics = oos  # the figures a user should expect: out-of-sample for calibration
-    gate_cache = f"gate-{weights_key(ensemble or [run_dir])}-{GATE_VARIANTS}-{GATE_POLICY_KEY}.pt"
+    gate_cache = f"gate-{weights_key(ensemble or [run_dir])}-{GATE_VARIANTS}-{GATE_POLICY_KEY}-{GATE_DESIGN}.pt"
     refit_gate(run_dir, model, info, run_dir / gate_cache)
     info.name = name
     info.record = _ship_record(run_dir, info, scores, oos, folds, derive, rule, cost_fn, ensemble)
@@ -418,6 +418,7 @@ def _ship_record(
         "shipped": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "members": [member_facts(Path(member)) for member in ensemble] or None,
         "ensemble": scores.ensemble,
+        "teacher": read_teacher_record(config.get("train", {}).get("distill_targets")),
     }
 
 
@@ -431,9 +432,10 @@ def weights_key(run_dirs: list[Path]) -> str:
     return digest.hexdigest()[:12]
 
 
-def member_facts(run_dir: Path) -> dict:
-    """What the card says of one ensemble member: its run, fold, seed, recipe and time."""
-    _, info = load_model_file(run_dir / "model.pt")
+def member_facts(run_dir: Path, model_file: Path | None = None) -> dict:
+    """What the card says of one ensemble or teacher member: its run, fold, seed, recipe and
+    time (`model_file` defaults to the run's model.pt)."""
+    _, info = load_model_file(model_file or run_dir / "model.pt")
     config = info.config or {}
     data, train = config.get("data", {}), config.get("train", {})
     timing = run_timing(run_dir)
@@ -509,6 +511,7 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
         "derived": info.derived_from,
         "split_folds": round(1 / config["data"]["val_fraction"]),
         "members": record.get("members"),
+        "teacher": record.get("teacher"),
         "films_by_members": (record.get("ensemble") or {}).get("films_by_out_of_fold_members", {}),
         "oos": oos,
         "folds": folds,
@@ -524,6 +527,7 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
         "conformal_text": _conformal_text(info, oos) if info.conformal else "",
         "stress": stress,
         "stress_dir": stress_dir,
+        "gate_percentile": f"{100 * GATE_QUANTILE:g}",
     }
     return _template("model_card.md.j2").render(facts)
 
