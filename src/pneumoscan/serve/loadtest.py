@@ -43,16 +43,20 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`pneumoscan serve` in a child process on a free loopback port; stopped on exit."""
+    """`pneumoscan serve` in a child process on a free loopback port; stopped on exit. `command`
+    replaces `python -m pneumoscan serve` (tests start a server with a deliberately slow model);
+    it is given `--port PORT` and `extra_args`."""
 
-    def __init__(self, extra_args: list[str] | None = None, env: dict | None = None) -> None:
+    def __init__(
+        self,
+        extra_args: list[str] | None = None,
+        env: dict | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [
-            sys.executable,
-            "-m",
-            "pneumoscan",
-            "serve",
+            *(command or [sys.executable, "-m", "pneumoscan", "serve"]),
             "--port",
             str(self.port),
             *(extra_args or []),
