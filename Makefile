@@ -2,8 +2,10 @@
 PY ?= .venv/bin/python
 CONFIG ?= configs/binary.yaml
 DATA ?= ../shared/data/chest_xray
+FILMS ?= 200
+REPEATS ?= 3
 
-.PHONY: help setup test test-slow fuzz bench bench-train bench-dicom site-demo lint format train serve
+.PHONY: help setup test test-slow fuzz bench bench-workers bench-serve bench-train bench-dicom site-demo lint format train serve
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 setup:  ## create .venv and install pneumoscan with training, serving, DICOM and test extras
@@ -16,6 +18,8 @@ fuzz:  ## 10,000 fuzz cases over read_image and predict; prints the counts
 	PNEUMOSCAN_FUZZ_CASES=10000 $(PY) -m pytest -q -s -m slow tests/core/test_fuzz.py
 bench:  ## prediction speed, whole processes from the command line -> docs/benchmarks.md
 	.venv/bin/pneumoscan bench --model binary --images ../shared/data/chest_xray/train
+bench-workers:  ## predict --workers 1 vs 2 on full-size (2,000 px) JPEG and 16-bit DICOM films -> docs/benchmarks.md
+	$(dir $(PY))pneumoscan bench-workers --model binary --images $(DATA)/train --films $(FILMS) --repeats $(REPEATS)
 bench-train:  ## training speed: loader vs model step at 160 and 224 px, 1 vs 2 DDP processes -> docs/benchmarks.md
 	$(PY) -m pneumoscan.research.bench_train --config configs/three_class_robust.yaml --out docs/benchmarks.md
 bench-dicom:  ## DICOM node throughput and latency into a real Orthanc (needs the orthanc package) -> docs/dicom.md

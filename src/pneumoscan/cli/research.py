@@ -1,4 +1,5 @@
-"""`eda`, the seed studies (`experiments`) and the benchmarks (`bench`, `bench-ood`)."""
+"""`eda`, the seed studies (`experiments`) and the benchmarks (`bench`, `bench-ood`,
+`bench-workers`)."""
 
 from __future__ import annotations
 
@@ -77,6 +78,40 @@ def bench(
         typer.echo(int8)
         write_report(int8, out, section="int8")
     typer.echo(f"wrote {out}")
+
+
+@friendly
+def bench_workers(
+    images: Annotated[
+        list[Path], typer.Option("--images", help="radiograph files or folders to upscale")
+    ],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="binary, three-class or an .onnx file")
+    ] = "binary",
+    out: Annotated[Path, typer.Option("--out", help="Markdown report to write")] = Path(
+        "docs/benchmarks.md"
+    ),
+    films: Annotated[
+        int, typer.Option(help="films in each folder (cycled from --images), JPEG and DICOM")
+    ] = 200,
+    repeats: Annotated[int, typer.Option(help="runs of each whole-process command")] = 3,
+) -> None:
+    """Benchmark decoding threads: `pneumoscan predict FOLDER --workers 1` vs `--workers 2` as
+    whole processes on full-size (2,000 px) JPEG and 16-bit DICOM copies of the films."""
+    from pneumoscan.research.bench import workers_report, write_report
+
+    files = expand_paths([str(path) for path in images])
+    if not files:
+        fail("--images: no image files found")
+    if films < 1 or repeats < 1:
+        fail(f"--films {films} --repeats {repeats}: give 1 or more of each")
+    command = (
+        f"pneumoscan bench-workers --model {model} --images "
+        f"{' '.join(str(path) for path in images)} --films {films} --repeats {repeats}"
+    )
+    report = workers_report(model, files, films=films, repeats=repeats, command=command)
+    typer.echo(report)
+    typer.echo(f"wrote {write_report(report, out, section='predict-workers')}")
 
 
 @friendly

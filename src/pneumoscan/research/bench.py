@@ -2,6 +2,7 @@
 
     pneumoscan bench --model binary --images examples/ --out docs/benchmarks.md
     pneumoscan bench-ood --model binary --run runs/binary-cv/fold-0 --out docs/ood.md
+    pneumoscan bench-workers --model binary --images ../shared/data/chest_xray/train
 
 Every figure is measured in one run on the machine named in the report.
 """
@@ -337,22 +338,59 @@ def cpu_sharing_note() -> str:
     )
 
 
-def _film_folder(sources: list[Path], count: int, folder: Path, full_size: bool) -> Path:
-    """`count` films spread evenly over `sources` (cycled when fewer), copied or upscaled."""
+def _film_folder(
+    sources: list[Path], count: int, folder: Path, short_side: int = 0, dicom: bool = False
+) -> Path:
+    """`count` films spread evenly over `sources` (cycled when fewer): copied as they are, or
+    upscaled (bicubic) to a shorter side of `short_side` px and saved as JPEG (quality 95) or,
+    with `dicom`, as 16-bit DICOM."""
     folder.mkdir(parents=True)
     for index in range(count):
         source = sources[(index * max(len(sources) // count, 1)) % len(sources)]
-        if full_size:
-            with Image.open(source) as image:
-                image = image.convert("L")
-                scale = FULL_SIZE_SHORT_SIDE / min(image.size)
-                size = (round(image.width * scale), round(image.height * scale))
-                image.resize(size, Image.Resampling.BICUBIC).save(
-                    folder / f"film{index:04d}.jpeg", quality=95
-                )
-        else:
+        if not short_side:
             (folder / f"film{index:04d}{source.suffix.lower()}").write_bytes(source.read_bytes())
+            continue
+        with Image.open(source) as image:
+            image = image.convert("F" if dicom else "L")
+            scale = short_side / min(image.size)
+            size = (round(image.width * scale), round(image.height * scale))
+            image = image.resize(size, Image.Resampling.BICUBIC)
+        if dicom:
+            _write_dicom16(np.asarray(image), folder / f"film{index:04d}.dcm")
+        else:
+            image.save(folder / f"film{index:04d}.jpeg", quality=95)
     return folder
+
+
+DICOM_BITS_STORED = 12  # as most digital radiography detectors store, in 16-bit words
+
+
+def _write_dicom16(pixels: np.ndarray, path: Path) -> None:
+    """An uncompressed DX film of 8-bit-range `pixels` rescaled to 12 bits stored in 16 (the
+    bicubic upscale gives the in-between values); no patient fields at all."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        DigitalXRayImageStorageForPresentation,
+        ExplicitVRLittleEndian,
+        generate_uid,
+    )
+
+    top = 2**DICOM_BITS_STORED - 1
+    values = np.clip(np.rint(pixels * (top / 255.0)), 0, top).astype(np.uint16)
+    dataset = Dataset()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.SOPClassUID = DigitalXRayImageStorageForPresentation
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
+    dataset.Modality, dataset.BodyPartExamined, dataset.ViewPosition = "DX", "CHEST", "PA"
+    dataset.Rows, dataset.Columns = values.shape
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored = 16, DICOM_BITS_STORED
+    dataset.HighBit, dataset.PixelRepresentation = DICOM_BITS_STORED - 1, 0
+    dataset.PixelData = values.tobytes()
+    dataset.save_as(path, enforce_file_format=True)
 
 
 def _predict_seconds(model_ref: str, arguments: list[str], repeats: int) -> float:
@@ -407,7 +445,8 @@ def whole_process_timings(
         ):
             if count <= 0:
                 continue
-            folder = _film_folder(sources, count, work / kind.replace(" ", "-"), full_size)
+            short_side = FULL_SIZE_SHORT_SIDE if full_size else 0
+            folder = _film_folder(sources, count, work / kind.replace(" ", "-"), short_side)
             for measure, extra in FOLDER_RUNS:
                 arguments = [str(folder), "--csv", str(work / "out.csv")]
                 arguments += [value.format(work=work) for value in extra]
@@ -430,6 +469,63 @@ def _goal_rows(cold: float, timings: list[ProcessTiming]) -> list[str]:
                     f"{timing.films_per_second:.0f} films/s | {'yes' if reached else 'no'} |"
                 )
     return rows
+
+
+WORKERS_SHORT_SIDE = 2000  # a full-size chest film's shorter side, roughly
+WORKERS_COUNTS = (1, 2)
+# (kind of films, saved as DICOM) for the decoding-threads benchmark
+WORKERS_FILMS = (("full-size JPEG", False), ("full-size 16-bit DICOM", True))
+
+
+def workers_report(
+    model_ref: str, sources: list[Path], films: int = 200, repeats: int = 3, command: str = ""
+) -> str:
+    """Markdown: `pneumoscan predict FOLDER --csv out.csv --workers N` as whole processes, N
+    decoding threads, on full-size JPEG and 16-bit DICOM copies of the same films. Decoding a
+    2,000 px film costs far more than the model's 160-224 px input, so this is where a second
+    decoding thread could pay, or not, on the cores at hand."""
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        for kind, dicom in WORKERS_FILMS:
+            folder = _film_folder(
+                sources, films, work / kind.replace(" ", "-"), WORKERS_SHORT_SIDE, dicom
+            )
+            size_mb = statistics.median(path.stat().st_size for path in folder.iterdir()) / 2**20
+            seconds = {
+                workers: _predict_seconds(
+                    model_ref,
+                    [str(folder), "--csv", str(work / "out.csv"), "--workers", str(workers)],
+                    repeats,
+                )
+                for workers in WORKERS_COUNTS
+            }
+            one, two = (seconds[workers] for workers in WORKERS_COUNTS)
+            rows.append(
+                f"| {films} {kind} (median {size_mb:.1f} MB) | {one:.1f} s ({films / one:.0f} "
+                f"films/s) | {two:.1f} s ({films / two:.0f} films/s) | {one / two:.2f}x |"
+            )
+    return "\n".join(
+        [
+            "## Decoding threads on full-size films: `--workers 1` vs `--workers 2`",
+            "",
+            f"Measured with `{command or 'pneumoscan bench-workers'}` on {hardware()}. "
+            f"{cpu_sharing_note()}",
+            "",
+            "Each figure times `pneumoscan predict --model "
+            f"{model_ref} FOLDER --csv out.csv --workers N` as a whole process (model load, "
+            f"decoding, prediction, CSV; median of {repeats} runs). The data set's films are "
+            "stored downscaled on this machine (shorter side 256 px), so FOLDER holds the same "
+            f"films upscaled (bicubic) to a shorter side of {WORKERS_SHORT_SIDE:,} px: as JPEG "
+            f"(quality 95), and as uncompressed DICOM with {DICOM_BITS_STORED} bits stored in 16. "
+            "Upscaled films cost what full-size ones cost to read, not what they show.",
+            "",
+            "| films | `--workers 1` | `--workers 2` | speed-up |",
+            "|---|---:|---:|---:|",
+            *rows,
+            "",
+        ]
+    )
 
 
 def write_report(text: str, out: Path, section: str | None = None) -> Path:
