@@ -4,6 +4,8 @@ CONFIG ?= configs/binary.yaml
 DATA ?= ../shared/data/chest_xray
 FILMS ?= 200
 REPEATS ?= 3
+CLIENTS ?= 16
+DURATION ?= 60
 
 .PHONY: help setup test test-slow fuzz bench bench-workers bench-serve bench-train bench-dicom site-demo lint format train serve
 help:  ## list the targets
@@ -20,6 +22,10 @@ bench:  ## prediction speed, whole processes from the command line -> docs/bench
 	.venv/bin/pneumoscan bench --model binary --images ../shared/data/chest_xray/train
 bench-workers:  ## predict --workers 1 vs 2 on full-size (2,000 px) JPEG and 16-bit DICOM films -> docs/benchmarks.md
 	$(dir $(PY))pneumoscan bench-workers --model binary --images $(DATA)/train --films $(FILMS) --repeats $(REPEATS)
+bench-serve:  ## serving under load: CLIENTS upload 2,000 px films to a real `pneumoscan serve` for DURATION s -> docs/benchmarks.md
+	rm -rf build/full-size-films && $(PY) -m pneumoscan.research.bench $(DATA)/val build/full-size-films --films 64
+	$(PY) -m pneumoscan.serve.loadtest --clients $(CLIENTS) --duration $(DURATION) --images build/full-size-films \
+	  --films-note "validation films upscaled (bicubic) to a 2,000 px shorter side, JPEG quality 95; the stored copies are 256 px" --out docs/benchmarks.md
 bench-train:  ## training speed: loader vs model step at 160 and 224 px, 1 vs 2 DDP processes -> docs/benchmarks.md
 	$(PY) -m pneumoscan.research.bench_train --config configs/three_class_robust.yaml --out docs/benchmarks.md
 bench-dicom:  ## DICOM node throughput and latency into a real Orthanc (needs the orthanc package) -> docs/dicom.md

@@ -631,3 +631,35 @@ def quantization_report(model_ref: str, run_dir: Path, calibration_images: int =
             "",
         ]
     )
+
+
+# --- films for other benchmarks --------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pneumoscan.research.bench IMAGES OUT`: keep the full-size JPEG copies the
+    benchmarks here time, in OUT, for benchmarks that cannot import this module (the serve load
+    benchmark stands on the runtime alone)."""
+    import argparse
+
+    from pneumoscan.core.images import IMAGE_SUFFIXES
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split(":")[0])
+    parser.add_argument("images", type=Path, help="folder of films (searched recursively)")
+    parser.add_argument("out", type=Path, help="new folder for the copies")
+    parser.add_argument("--films", type=int, default=64, help="how many (cycled from IMAGES)")
+    parser.add_argument("--shorter-side", type=int, default=WORKERS_SHORT_SIDE, help="pixels")
+    parser.add_argument("--dicom", action="store_true", help="16-bit DICOM instead of JPEG")
+    args = parser.parse_args(argv)
+    sources = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not sources:
+        parser.error(f"{args.images}: no films found")
+    if args.out.exists():
+        parser.error(f"{args.out} exists; remove it or name a new folder")
+    _film_folder(sources, args.films, args.out, args.shorter_side, args.dicom)
+    print(f"wrote {args.films} films to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
