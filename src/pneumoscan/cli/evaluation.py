@@ -43,7 +43,7 @@ def evaluate(
     """Evaluate a model on one split: metrics.json with 95% patient-bootstrap intervals,
     confusion matrix, ROC, PR and reliability plots, report.md."""
     setup_logging()
-    from pneumoscan.evaluation.report import training_pool_caveat
+    from pneumoscan.evaluation.report import SplitEvaluation, training_pool_caveat
 
     if split not in ("train", "val", "test"):
         fail(f"--split {split!r}: choose test, val or train")
@@ -54,7 +54,8 @@ def evaluate(
     caveat = training_pool_caveat(split)
     if caveat:
         typer.echo(f"warning: {caveat}", err=True)
-    metrics = evaluate_model(model, data_dir, split, out, strict=strict, bootstrap=bootstrap)
+    evaluation = SplitEvaluation(data_dir, split, out, strict=strict, bootstrap=bootstrap)
+    metrics = evaluate_model(model, evaluation)
     typer.echo(f"{split} (n={metrics['n']}): {headline(metrics, roc_auc=True)}")
     if caveat:
         typer.echo(f"not out-of-sample: {caveat}")
