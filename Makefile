@@ -9,7 +9,7 @@ DURATION ?= 60
 
 .PHONY: help setup test test-slow fuzz bench bench-workers bench-serve bench-train bench-dicom site-demo lint format train serve
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 setup:  ## create .venv and install pneumoscan with training, serving, DICOM and test extras
 	python3 -m venv .venv && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e ".[train,serve,dicom,dev]"
 test:  ## the default test suite (skips slow tests)
