@@ -92,6 +92,10 @@ RuntimeModel = Annotated[
     str, typer.Option("--model", "-m", help="binary, three-class, or an exported .onnx file")
 ]
 OnnxThreads = Annotated[int | None, typer.Option(help="CPU threads for ONNX Runtime")]
+# The same choice as the benchmarks and `stress` word it.
+ModelOrOnnx = Annotated[
+    str, typer.Option("--model", "-m", help="binary, three-class or an .onnx file")
+]
 IndeterminateMargin = Annotated[
     float,
     typer.Option(help="binary: report 'indeterminate' within this distance of the threshold"),

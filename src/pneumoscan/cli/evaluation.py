@@ -11,6 +11,7 @@ import typer
 from pneumoscan.cli.common import (
     Bootstrap,
     DataDir,
+    ModelOrOnnx,
     fail,
     friendly,
     headline,
@@ -66,9 +67,7 @@ def evaluate(
 @friendly
 def stress(
     data: DataDir,
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="binary, three-class or an .onnx file")
-    ] = "binary",
+    model: ModelOrOnnx = "binary",
     out: Annotated[Path, typer.Option("--out", help="folder for stress.json, .md and .png")] = Path(
         "runs/stress"
     ),

@@ -10,6 +10,7 @@ import typer
 
 from pneumoscan.cli.common import (
     DataDir,
+    ModelOrOnnx,
     expand_paths,
     fail,
     friendly,
@@ -33,17 +34,18 @@ def eda(
     typer.echo(f"wrote {summary}")
 
 
+# Options the benchmarks share.
+BenchImages = Annotated[
+    list[Path], typer.Option("--images", help="radiograph files or folders to time on")
+]
+MarkdownOut = Annotated[Path, typer.Option("--out", help="Markdown report to write")]
+
+
 @friendly
 def bench(
-    images: Annotated[
-        list[Path], typer.Option("--images", help="radiograph files or folders to time on")
-    ],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="binary, three-class or an .onnx file")
-    ] = "binary",
-    out: Annotated[Path, typer.Option("--out", help="Markdown report to write")] = Path(
-        "docs/benchmarks.md"
-    ),
+    images: BenchImages,
+    model: ModelOrOnnx = "binary",
+    out: MarkdownOut = Path("docs/benchmarks.md"),
     int8_run: Annotated[
         Path | None,
         typer.Option(
@@ -82,15 +84,9 @@ def bench(
 
 @friendly
 def bench_workers(
-    images: Annotated[
-        list[Path], typer.Option("--images", help="radiograph files or folders to upscale")
-    ],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="binary, three-class or an .onnx file")
-    ] = "binary",
-    out: Annotated[Path, typer.Option("--out", help="Markdown report to write")] = Path(
-        "docs/benchmarks.md"
-    ),
+    images: BenchImages,
+    model: ModelOrOnnx = "binary",
+    out: MarkdownOut = Path("docs/benchmarks.md"),
     films: Annotated[
         int, typer.Option(help="films in each folder (cycled from --images), JPEG and DICOM")
     ] = 200,
@@ -116,15 +112,11 @@ def bench_workers(
 
 @friendly
 def bench_ood(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="binary, three-class or an .onnx file")
-    ] = "binary",
+    model: ModelOrOnnx = "binary",
     run: Annotated[
         Path | None, typer.Option("--run", help="training run whose validation films to check")
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Markdown report to write")] = Path(
-        "docs/ood.md"
-    ),
+    out: MarkdownOut = Path("docs/ood.md"),
 ) -> None:
     """Measure the out-of-distribution gate: rejection of photos, documents, screenshots, blank and
     noise images, and of the run's validation chest X-rays."""
