@@ -24,7 +24,7 @@ def test_load_benchmark_on_full_size_films_writes_its_section(tmp_path, capsys):
     code = loadtest.main([*arguments, "--films-note", note, "--out", str(out)])
     assert code == 0, capsys.readouterr().out  # no request refused or failed
     text = out.read_text()
-    assert text.startswith("# kept\n") and loadtest.SECTION_BEGIN in text
+    assert text.startswith("# kept\n") and "<!-- serve-load:begin -->" in text
     assert "2 films, median" in text and "x2000 px; upscaled copies)" in text
     assert (
         f"--max-per-client={clients}" in text

@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from pneumoscan.core.dataset import read_split
-from pneumoscan.core.fileio import atomic_write_text
+from pneumoscan.core.fileio import atomic_write_text, write_section
 from pneumoscan.core.hardware import hardware
 from pneumoscan.core.images import read_image
 from pneumoscan.core.preprocess import prepare
@@ -529,23 +529,12 @@ def workers_report(
 
 
 def write_report(text: str, out: Path, section: str | None = None) -> Path:
-    """Write `out`; with `section`, replace only the text between its `<!-- section:begin -->`
-    and `<!-- section:end -->` markers (appending it when absent), so reports that other
-    commands keep in the same file (serving under load, int8) stay as they are."""
-    out = Path(out)
-    if section is None:
-        atomic_write_text(out, text)
-        return out
-    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
-    block = f"{begin}\n{text.strip()}\n{end}"
-    current = out.read_text() if out.exists() else ""
-    if begin in current and end in current:
-        head, rest = current.split(begin, 1)
-        updated = head + block + rest.split(end, 1)[1]
-    else:
-        updated = current.rstrip("\n") + ("\n\n" if current else "") + block + "\n"
-    atomic_write_text(out, updated)
-    return out
+    """Write `out`; with `section`, only that section of it (`core.fileio.write_section`), so
+    reports that other commands keep in the same file (serving under load, int8) stay."""
+    if section is not None:
+        return write_section(out, section, text)
+    atomic_write_text(Path(out), text)
+    return Path(out)
 
 
 # --- int8 ----------------------------------------------------------------------------------

@@ -34,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumoscan.core.fileio import write_section
 from pneumoscan.core.images import IMAGE_SUFFIXES
 
-SECTION_BEGIN = "<!-- serve-load:begin -->"
-SECTION_END = "<!-- serve-load:end -->"
+SECTION = "serve-load"  # its section of the benchmarks file (core.fileio.write_section)
 
 
 def free_port() -> int:
@@ -278,7 +278,6 @@ def markdown(
     server = " ".join(["pneumoscan", *server_command[3:]])
     return "\n".join(
         [
-            SECTION_BEGIN,
             "## Serving under load: `pneumoscan serve`",
             "",
             f"`{command}`: {summary['clients']} concurrent clients over loopback for "
@@ -303,23 +302,8 @@ def markdown(
             "Requests beyond the server's admission limit get 503 with Retry-After rather than "
             f"queueing without bound; {summary['statuses'].get('503', 0)} did here. Rerun with "
             "`make bench-serve` (full-size films) or the command above.",
-            SECTION_END,
         ]
     )
-
-
-def write_section(text: str, out: Path) -> None:
-    """Replace the serve-load section of `out` (or append it), leaving the rest of the file."""
-    from pneumoscan.core.fileio import atomic_write_text
-
-    current = out.read_text() if out.exists() else ""
-    if SECTION_BEGIN in current and SECTION_END in current:
-        head, rest = current.split(SECTION_BEGIN, 1)
-        tail = rest.split(SECTION_END, 1)[1]
-        updated = head + text + tail
-    else:
-        updated = current.rstrip("\n") + ("\n\n" if current else "") + text + "\n"
-    atomic_write_text(out, updated)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -356,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             describe_films(films),
             args.films_note,
         )
-        write_section(text, args.out)
+        write_section(args.out, SECTION, text)
         print(f"wrote {args.out}")
     return 0 if result.errors == 0 else 1
 
