@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pneumoscan.core import dataset as ds
 from pneumoscan.core.decision import decide
+from pneumoscan.core.errors import DatasetError
 from pneumoscan.core.fileio import atomic_write, atomic_write_json, atomic_write_text
-from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE, Task
 from pneumoscan.evaluation.metrics import compute_metrics
 
 # `dataset.training_pool`: every model trains and validates on train + the official val folder.
@@ -37,44 +39,70 @@ def training_pool_caveat(split: str) -> str | None:
     )
 
 
-def report_split(
-    out: Path,
-    probabilities: np.ndarray,
-    samples: list[ds.Sample],
-    targets: np.ndarray,
-    class_names: tuple[str, ...],
-    threshold: float | None,
-    *,
-    split: str,
-    model: str,
-    model_name: str,
-    temperature: float,
-    skipped_files: list[str],
-    data_label: str,
-    bootstrap: int = 1000,
-) -> dict:
-    """Metrics of calibrated probabilities on one split of a data folder, and the report on them:
-    what `evaluate` writes for a model file (.pt) and for an exported model (.onnx) alike."""
-    metrics = compute_metrics(
-        probabilities,
-        targets,
-        class_names,
-        threshold,
-        groups=[sample.patient for sample in samples],
-        bootstrap=bootstrap,
-    )
-    caveat = training_pool_caveat(split)
-    metrics.update(
-        split=split,
-        in_training_pool=caveat is not None,
-        caveat=caveat,
-        model=model,
-        model_name=model_name,
-        temperature=temperature,
-        skipped_files=skipped_files,
-    )
-    write_report(out, metrics, samples, targets, probabilities, class_names, threshold, data_label)
-    return metrics
+@dataclass(frozen=True)
+class SplitEvaluation:
+    """What `evaluate` is asked, whichever runtime scores the films: one split of a data folder,
+    the report folder, whether an unreadable film stops the run, and the bootstrap draws. The
+    evaluator of an exported model (.onnx, `evaluation.evaluate`, no torch) and of a model file
+    (.pt, `training.evaluate`) both take it, so the two read the same request the same way."""
+
+    data_dir: Path
+    split: str
+    out: Path
+    strict: bool = False
+    bootstrap: int = 1000
+
+    def labelled(self, task: Task) -> tuple[list[ds.Sample], np.ndarray]:
+        """The split's films that carry a label of `task`, with their class indices."""
+        samples, targets = ds.targets_for(ds.scan_split(self.data_dir, self.split), task)
+        if not samples:
+            raise DatasetError(f"{self.data_dir}/{self.split}: no image has a {task.value} label.")
+        return samples, targets
+
+    def report(
+        self,
+        probabilities: np.ndarray,
+        samples: list[ds.Sample],
+        targets: np.ndarray,
+        class_names: tuple[str, ...],
+        threshold: float | None,
+        *,
+        model: str,
+        model_name: str,
+        temperature: float,
+        skipped_files: list[str],
+    ) -> dict:
+        """Metrics of calibrated probabilities on the split, and the report on them: what
+        `evaluate` writes for a model file (.pt) and for an exported model (.onnx) alike."""
+        metrics = compute_metrics(
+            probabilities,
+            targets,
+            class_names,
+            threshold,
+            groups=[sample.patient for sample in samples],
+            bootstrap=self.bootstrap,
+        )
+        caveat = training_pool_caveat(self.split)
+        metrics.update(
+            split=self.split,
+            in_training_pool=caveat is not None,
+            caveat=caveat,
+            model=model,
+            model_name=model_name,
+            temperature=temperature,
+            skipped_files=skipped_files,
+        )
+        write_report(
+            self.out,
+            metrics,
+            samples,
+            targets,
+            probabilities,
+            class_names,
+            threshold,
+            str(self.data_dir),
+        )
+        return metrics
 
 
 def write_report(

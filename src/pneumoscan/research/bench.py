@@ -2,6 +2,7 @@
 
     pneumoscan bench --model binary --images examples/ --out docs/benchmarks.md
     pneumoscan bench-ood --model binary --run runs/binary-cv/fold-0 --out docs/ood.md
+    pneumoscan bench-workers --model binary --images ../shared/data/chest_xray/train
 
 Every figure is measured in one run on the machine named in the report.
 """
@@ -22,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from pneumoscan.core.dataset import read_split
 from pneumoscan.core.decision import GATE_QUANTILE
-from pneumoscan.core.fileio import atomic_write_text
+from pneumoscan.core.fileio import atomic_write_text, write_section
 from pneumoscan.core.hardware import hardware
 from pneumoscan.core.images import read_image
 from pneumoscan.core.preprocess import prepare
@@ -461,22 +462,59 @@ def cpu_sharing_note() -> str:
     )
 
 
-def _film_folder(sources: list[Path], count: int, folder: Path, full_size: bool) -> Path:
-    """`count` films spread evenly over `sources` (cycled when fewer), copied or upscaled."""
+def _film_folder(
+    sources: list[Path], count: int, folder: Path, short_side: int = 0, dicom: bool = False
+) -> Path:
+    """`count` films spread evenly over `sources` (cycled when fewer): copied as they are, or
+    upscaled (bicubic) to a shorter side of `short_side` px and saved as JPEG (quality 95) or,
+    with `dicom`, as 16-bit DICOM."""
     folder.mkdir(parents=True)
     for index in range(count):
         source = sources[(index * max(len(sources) // count, 1)) % len(sources)]
-        if full_size:
-            with Image.open(source) as image:
-                image = image.convert("L")
-                scale = FULL_SIZE_SHORT_SIDE / min(image.size)
-                size = (round(image.width * scale), round(image.height * scale))
-                image.resize(size, Image.Resampling.BICUBIC).save(
-                    folder / f"film{index:04d}.jpeg", quality=95
-                )
-        else:
+        if not short_side:
             (folder / f"film{index:04d}{source.suffix.lower()}").write_bytes(source.read_bytes())
+            continue
+        with Image.open(source) as image:
+            image = image.convert("F" if dicom else "L")
+            scale = short_side / min(image.size)
+            size = (round(image.width * scale), round(image.height * scale))
+            image = image.resize(size, Image.Resampling.BICUBIC)
+        if dicom:
+            _write_dicom16(np.asarray(image), folder / f"film{index:04d}.dcm")
+        else:
+            image.save(folder / f"film{index:04d}.jpeg", quality=95)
     return folder
+
+
+DICOM_BITS_STORED = 12  # as most digital radiography detectors store, in 16-bit words
+
+
+def _write_dicom16(pixels: np.ndarray, path: Path) -> None:
+    """An uncompressed DX film of 8-bit-range `pixels` rescaled to 12 bits stored in 16 (the
+    bicubic upscale gives the in-between values); no patient fields at all."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        DigitalXRayImageStorageForPresentation,
+        ExplicitVRLittleEndian,
+        generate_uid,
+    )
+
+    top = 2**DICOM_BITS_STORED - 1
+    values = np.clip(np.rint(pixels * (top / 255.0)), 0, top).astype(np.uint16)
+    dataset = Dataset()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.SOPClassUID = DigitalXRayImageStorageForPresentation
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
+    dataset.Modality, dataset.BodyPartExamined, dataset.ViewPosition = "DX", "CHEST", "PA"
+    dataset.Rows, dataset.Columns = values.shape
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored = 16, DICOM_BITS_STORED
+    dataset.HighBit, dataset.PixelRepresentation = DICOM_BITS_STORED - 1, 0
+    dataset.PixelData = values.tobytes()
+    dataset.save_as(path, enforce_file_format=True)
 
 
 def _predict_seconds(model_ref: str, arguments: list[str], repeats: int) -> float:
@@ -531,7 +569,8 @@ def whole_process_timings(
         ):
             if count <= 0:
                 continue
-            folder = _film_folder(sources, count, work / kind.replace(" ", "-"), full_size)
+            short_side = FULL_SIZE_SHORT_SIDE if full_size else 0
+            folder = _film_folder(sources, count, work / kind.replace(" ", "-"), short_side)
             for measure, extra in FOLDER_RUNS:
                 arguments = [str(folder), "--csv", str(work / "out.csv")]
                 arguments += [value.format(work=work) for value in extra]
@@ -556,24 +595,70 @@ def _goal_rows(cold: float, timings: list[ProcessTiming]) -> list[str]:
     return rows
 
 
+WORKERS_SHORT_SIDE = 2000  # a full-size chest film's shorter side, roughly
+WORKERS_COUNTS = (1, 2)
+# (kind of films, saved as DICOM) for the decoding-threads benchmark
+WORKERS_FILMS = (("full-size JPEG", False), ("full-size 16-bit DICOM", True))
+
+
+def workers_report(
+    model_ref: str, sources: list[Path], films: int = 200, repeats: int = 3, command: str = ""
+) -> str:
+    """Markdown: `pneumoscan predict FOLDER --csv out.csv --workers N` as whole processes, N
+    decoding threads, on full-size JPEG and 16-bit DICOM copies of the same films. Decoding a
+    2,000 px film costs far more than the model's 160-224 px input, so this is where a second
+    decoding thread could pay, or not, on the cores at hand."""
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        for kind, dicom in WORKERS_FILMS:
+            folder = _film_folder(
+                sources, films, work / kind.replace(" ", "-"), WORKERS_SHORT_SIDE, dicom
+            )
+            size_mb = statistics.median(path.stat().st_size for path in folder.iterdir()) / 2**20
+            seconds = {
+                workers: _predict_seconds(
+                    model_ref,
+                    [str(folder), "--csv", str(work / "out.csv"), "--workers", str(workers)],
+                    repeats,
+                )
+                for workers in WORKERS_COUNTS
+            }
+            one, two = (seconds[workers] for workers in WORKERS_COUNTS)
+            rows.append(
+                f"| {films} {kind} (median {size_mb:.1f} MB) | {one:.1f} s ({films / one:.0f} "
+                f"films/s) | {two:.1f} s ({films / two:.0f} films/s) | {one / two:.2f}x |"
+            )
+    return "\n".join(
+        [
+            "## Decoding threads on full-size films: `--workers 1` vs `--workers 2`",
+            "",
+            f"Measured with `{command or 'pneumoscan bench-workers'}` on {hardware()}. "
+            f"{cpu_sharing_note()}",
+            "",
+            "Each figure times `pneumoscan predict --model "
+            f"{model_ref} FOLDER --csv out.csv --workers N` as a whole process (model load, "
+            f"decoding, prediction, CSV; median of {repeats} runs). The data set's films are "
+            "stored downscaled on this machine (shorter side 256 px), so FOLDER holds the same "
+            f"films upscaled (bicubic) to a shorter side of {WORKERS_SHORT_SIDE:,} px: as JPEG "
+            f"(quality 95), and as uncompressed DICOM with {DICOM_BITS_STORED} bits stored in 16. "
+            "Upscaled films cost what full-size ones cost to read, not what they show.",
+            "",
+            "| films | `--workers 1` | `--workers 2` | speed-up |",
+            "|---|---:|---:|---:|",
+            *rows,
+            "",
+        ]
+    )
+
+
 def write_report(text: str, out: Path, section: str | None = None) -> Path:
-    """Write `out`; with `section`, replace only the text between its `<!-- section:begin -->`
-    and `<!-- section:end -->` markers (appending it when absent), so reports that other
-    commands keep in the same file (serving under load, int8) stay as they are."""
-    out = Path(out)
-    if section is None:
-        atomic_write_text(out, text)
-        return out
-    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
-    block = f"{begin}\n{text.strip()}\n{end}"
-    current = out.read_text() if out.exists() else ""
-    if begin in current and end in current:
-        head, rest = current.split(begin, 1)
-        updated = head + block + rest.split(end, 1)[1]
-    else:
-        updated = current.rstrip("\n") + ("\n\n" if current else "") + block + "\n"
-    atomic_write_text(out, updated)
-    return out
+    """Write `out`; with `section`, only that section of it (`core.fileio.write_section`), so
+    reports that other commands keep in the same file (serving under load, int8) stay."""
+    if section is not None:
+        return write_section(out, section, text)
+    atomic_write_text(Path(out), text)
+    return Path(out)
 
 
 # --- int8 ----------------------------------------------------------------------------------
@@ -659,3 +744,35 @@ def quantization_report(model_ref: str, run_dir: Path, calibration_images: int =
             "",
         ]
     )
+
+
+# --- films for other benchmarks --------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pneumoscan.research.bench IMAGES OUT`: keep the full-size JPEG copies the
+    benchmarks here time, in OUT, for benchmarks that cannot import this module (the serve load
+    benchmark stands on the runtime alone)."""
+    import argparse
+
+    from pneumoscan.core.images import IMAGE_SUFFIXES
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split(":")[0])
+    parser.add_argument("images", type=Path, help="folder of films (searched recursively)")
+    parser.add_argument("out", type=Path, help="new folder for the copies")
+    parser.add_argument("--films", type=int, default=64, help="how many (cycled from IMAGES)")
+    parser.add_argument("--shorter-side", type=int, default=WORKERS_SHORT_SIDE, help="pixels")
+    parser.add_argument("--dicom", action="store_true", help="16-bit DICOM instead of JPEG")
+    args = parser.parse_args(argv)
+    sources = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not sources:
+        parser.error(f"{args.images}: no films found")
+    if args.out.exists():
+        parser.error(f"{args.out} exists; remove it or name a new folder")
+    _film_folder(sources, args.films, args.out, args.shorter_side, args.dicom)
+    print(f"wrote {args.films} films to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
