@@ -18,8 +18,9 @@ test-slow:  ## only the slow tests
 	$(PY) -m pytest -q -m slow
 fuzz:  ## 10,000 fuzz cases over read_image and predict; prints the counts
 	PNEUMOSCAN_FUZZ_CASES=10000 $(PY) -m pytest -q -s -m slow tests/core/test_fuzz.py
-bench:  ## prediction speed, whole processes from the command line -> docs/benchmarks.md
+bench:  ## prediction speed, whole processes -> docs/benchmarks.md and the Speed section of each model card
 	.venv/bin/pneumoscan bench --model binary --images ../shared/data/chest_xray/train
+	.venv/bin/pneumoscan bench --model three-class --images ../shared/data/chest_xray/train --full-size-films 0 --out build/bench-three-class.md
 bench-workers:  ## predict --workers 1 vs 2 on full-size (2,000 px) JPEG and 16-bit DICOM films -> docs/benchmarks.md
 	$(dir $(PY))pneumoscan bench-workers --model binary --images $(DATA)/train --films $(FILMS) --repeats $(REPEATS)
 bench-serve:  ## serving under load: CLIENTS upload 2,000 px films to a real `pneumoscan serve` for DURATION s -> docs/benchmarks.md

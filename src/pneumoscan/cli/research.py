@@ -41,6 +41,18 @@ BenchImages = Annotated[
 MarkdownOut = Annotated[Path, typer.Option("--out", help="Markdown report to write")]
 
 
+def _model_card(model: str) -> Path | None:
+    """The model card beside a model's ONNX file (models/binary.md for `binary`), if there is one."""
+    from pneumoscan.core.errors import ModelFileError
+    from pneumoscan.core.shipped import resolve_model
+
+    try:
+        card = resolve_model(model, suffix=".onnx").with_suffix(".md")
+    except ModelFileError:  # the benchmark itself says what is wrong with the model
+        return None
+    return card if card.is_file() else None
+
+
 @friendly
 def bench(
     images: BenchImages,
@@ -68,11 +80,15 @@ def bench(
     files = expand_paths([str(path) for path in images])
     if not files:
         fail("--images: no image files found")
-    report = speed_report(
+    report, card = speed_report(
         model, files, films=films, full_size_films=full_size_films, process_repeats=repeats
     )
     typer.echo(report)
     write_report(report, out, section="predict-speed")
+    card_file = _model_card(model)
+    if card_file is not None:
+        write_report(card, card_file, section="speed")
+        typer.echo(f"wrote the speed section of {card_file}")
     if int8_run is not None:
         from pneumoscan.research.bench import quantization_report
 

@@ -96,10 +96,10 @@ def speed_report(
     films: int = 624,
     full_size_films: int = 200,
     process_repeats: int = 3,
-) -> str:
+) -> tuple[str, str]:
     """Markdown: in-process latency (ONNX vs torch eager), then whole-process figures from the
     command line: cold start, and folders to CSV (with and without heatmaps) on the given films
-    and on full-size copies of them."""
+    and on full-size copies of them; and the short form of the same figures for the model card."""
     model = load_runtime_model(model_ref)
     image = prepare(read_image(image_paths[0]), model.spec)[None]
     onnx_latency = statistics.median(_timeit(lambda: model.run(image), repeats))
@@ -184,7 +184,18 @@ def speed_report(
         "```",
         "",
     ]
-    return "\n".join(lines)
+    card = [
+        "## Speed",
+        "",
+        f"`pneumoscan bench --model {model_ref} --images ... --films {films}` on {hardware()}: "
+        f"one film in {onnx_latency * 1000:.1f} ms at batch 1 (ONNX Runtime, in process, median "
+        f"of {repeats}); a folder of {plain.count} {plain.films} to CSV at "
+        f"{plain.films_per_second:.0f} films/s as a whole `pneumoscan predict` process (median "
+        f"of {process_repeats}); cold start {cold:.2f} s. {sharing} The full table is in "
+        "docs/benchmarks.md; `pneumoscan ship` rewrites this card without it, so rerun the "
+        "benchmark after shipping.",
+    ]
+    return "\n".join(lines), "\n".join(card)
 
 
 FULL_SIZE_SHORT_SIDE = 1400
