@@ -338,7 +338,6 @@ def calibrate(
         "prevalence": _prevalence_record(scores, request, class_names),
         "notice": NOT_DIAGNOSTIC_NOTICE,
     }
-    sections: list[str] = []
     if request.holdout > 0:
         _evaluate_held_out(data, out, scores, model, before, request, coverage, bootstrap, report)
     # The shipped calibration is refitted on every film, the way ship fits on all validation films.
@@ -363,7 +362,7 @@ def calibrate(
     report["version"] = version
     atomic_write_json(out / "calibration.json", report)
     atomic_write_text(out / "card.md", render_site_card(name, version, info, calibration_record))
-    atomic_write_text(out / "report.md", render_calibration_report(report, sections, CURVE_REPEATS))
+    atomic_write_text(out / "report.md", render_calibration_report(report, CURVE_REPEATS))
     return report
 
 
