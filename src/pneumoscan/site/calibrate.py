@@ -428,7 +428,7 @@ def _calibration_record(data, scores, model, request: Request, before, final, co
         "class_counts": {n: int((scores.targets == i).sum()) for i, n in enumerate(class_names)},
         "rule": request.describe() if len(class_names) == 2 else None,
         "prevalence": report["prevalence"],
-        "conformal_source": final.conformal.source,
+        "conformal_folds": cal.crossfit_folds(scores.targets, scores.patients),
         "temperature": {"before": before.temperature, "after": final.temperature},
         "class_bias": {"before": before.bias, "after": final.bias},
         "threshold": {"before": before.threshold, "after": final.threshold},
