@@ -1,5 +1,9 @@
 """The site reports: the gate and conformal sections of `validate`'s report, `calibrate`'s
-before/after report and learning curve, and the card of a recalibrated model."""
+before/after report and learning curve, and the card of a recalibrated model.
+
+`calibrate`'s report and card are Jinja2 templates in templates/ fed by the facts calibrate
+records (calibration.json, the model file's site_calibration record); `validate`'s sections stay
+Python: validate runs on the torch-free [eval] install, and Jinja2 comes with [train]."""
 
 from __future__ import annotations
 
