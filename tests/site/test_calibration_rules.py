@@ -137,3 +137,12 @@ def test_prevalence_must_fit_the_model():
         Request(prevalence=(0.5, 0.3, 0.1)).shares(THREE)
     with pytest.raises(DatasetError, match="strictly between 0 and 1"):
         Request(prevalence=(1.0,)).shares(BINARY)
+
+
+def test_a_class_on_one_patient_cannot_be_cross_fitted():
+    logits, targets = _binary_site(40, 0.5, 1.0, seed=1)
+    targets[:] = 0
+    targets[:2] = 1  # both pneumonia films belong to one patient (two films a patient)
+    scores = _films(logits, targets, films_per_patient=2)
+    with pytest.raises(DatasetError, match="at least two patients of every class"):
+        fit_operating(scores, BEFORE, Request(rule="cost", prevalence=(0.2,)), BINARY)

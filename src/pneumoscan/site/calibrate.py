@@ -144,6 +144,13 @@ def crossfit_conformal(
 
     Scores from the calibration fitted on the same films would be optimistic (the fit pulls its
     own films' probabilities toward their labels), so sets would under-cover new films."""
+    fewest = _fewest_patients(scores, len(class_names))
+    if fewest < 2:
+        raise DatasetError(
+            f"a class has films of {fewest} patient(s) only; calibration needs at least two "
+            "patients of every class, so that each film's conformal score can come from a "
+            "calibration fitted on other patients. Add films of more patients."
+        )
     folds = cal.crossfit_folds(scores.targets, scores.patients)
     prevalence = request.shares(class_names)
     probabilities = np.zeros(scores.logits.shape)
@@ -223,13 +230,19 @@ def learning_curve(
         for _ in range(CURVE_REPEATS if size < len(fit_part.targets) else 1):
             chosen = _films_of_patients(patients, rng.permutation(unique), size)
             part = fit_part.subset(chosen)
-            if len(np.unique(part.targets)) < len(class_names):
-                continue  # a class absent: nothing to calibrate on
+            if _fewest_patients(part, len(class_names)) < 2:
+                continue  # a class on one patient or none: nothing to cross-fit
             operating = fit_operating(part, before, request, class_names)
             runs.append(_curve_point(held, operating, class_names, coverage))
         if runs:
             rows.append(_summarise(size, runs))
     return rows
+
+
+def _fewest_patients(scores: FilmScores, classes: int) -> int:
+    """The number of patients of the class with the fewest."""
+    patients = np.asarray(scores.patients)
+    return min(len(set(patients[scores.targets == c])) for c in range(classes))
 
 
 def _films_of_patients(patients: np.ndarray, order: np.ndarray, size: int) -> np.ndarray:
