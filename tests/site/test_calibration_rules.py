@@ -86,7 +86,6 @@ def test_prevalence_shifts_the_calibrated_log_odds_by_the_prior_ratio():
     assert (shifted.bias[1] - shifted.bias[0]) - (plain.bias[1] - plain.bias[0]) == pytest.approx(
         expected, abs=1e-12
     )
-    assert shifted.prior == (0.9, 0.1) and plain.prior == pytest.approx((1 - share, share))
     # The known answer: at 10% prevalence, P(pneumonia | x) = sigmoid(2 x + log(0.1 / 0.9)).
     x = np.linspace(-2.5, 2.5, 51)
     truth = 1.0 / (1.0 + np.exp(-(2.0 * x + np.log(0.1 / 0.9))))

@@ -52,8 +52,6 @@ class Calibration:
     rule: str | None
     films: int
     bias: tuple[float, ...] | None = None  # per-class logit bias (bias-corrected scaling)
-    # The class shares the calibration reproduces: the fitted films' own, or `prevalence`.
-    prior: tuple[float, ...] | None = None
 
 
 def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
@@ -162,7 +160,7 @@ def fit(
     if logits.shape[1] == 2 and rule is not None:
         scores = calibrated_probabilities(logits, temperature, class_bias)[:, 1]
         threshold = choose_threshold(rule, targets, scores, sensitivity, cost_fn, prior[1])
-    return Calibration(temperature, threshold, rule, len(targets), class_bias, prior)
+    return Calibration(temperature, threshold, rule, len(targets), class_bias)
 
 
 def class_shares(targets: np.ndarray, classes: int) -> tuple[float, ...]:

@@ -98,11 +98,7 @@ class Request:
                 f"--prevalence {','.join(f'{p:g}' for p in self.prevalence)}: give one share per "
                 f"class of the model ({named}), e.g. "
                 + ",".join(f"{1 / len(class_names):.2g}" for _ in class_names)
-                + (
-                    ", or for a binary model the share of pneumonia alone"
-                    if len(given) == 2
-                    else ""
-                )
+                + (", or the share of pneumonia alone" if len(class_names) == 2 else "")
             )
         if not all(0.0 < p < 1.0 for p in given) or abs(sum(given) - 1.0) > 1e-6:
             raise DatasetError(
