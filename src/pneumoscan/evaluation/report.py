@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,10 +211,33 @@ def write_plots(
     return files
 
 
-def _interval(metrics: dict, key: str) -> str:
-    low_high = metrics.get(f"{key}_ci")
-    value = f"{metrics[key]:.4f}"
-    return f"{value} [{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else value
+def interval_cell(metrics: dict, key: str) -> str:
+    """A table cell "value [low, high]" for metrics[key] and its 95% interval metrics[key_ci]:
+    the bare value when no interval was computed (a record written before it was, no bootstrap),
+    n/a when the value is missing or undefined. Every report and card formats intervals here."""
+    value = metrics.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    interval = metrics.get(f"{key}_ci")
+    return f"{value:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+
+
+def template(folder: Path, name: str, filters: dict | None = None):
+    """A Jinja2 template for Markdown (cards, reports): text as written, no HTML escaping, a
+    missing fact an error rather than a blank; filters `fmt` (format) and `ci` (interval_cell)
+    plus any `filters` of the caller's."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folder),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    environment.filters.update(fmt=format, ci=interval_cell, **(filters or {}))
+    return environment.get_template(name)
 
 
 def render_report(
@@ -236,9 +260,9 @@ def render_report(
         "",
         "| metric | value [95% CI, patient bootstrap] |",
         "|---|---|",
-        f"| accuracy | {_interval(metrics, 'accuracy')} |",
-        f"| macro-F1 | {_interval(metrics, 'macro_f1')} |",
-        f"| ROC AUC | {_interval(metrics, 'roc_auc')} |",
+        f"| accuracy | {interval_cell(metrics, 'accuracy')} |",
+        f"| macro-F1 | {interval_cell(metrics, 'macro_f1')} |",
+        f"| ROC AUC | {interval_cell(metrics, 'roc_auc')} |",
     ]
     if "sensitivity" in metrics:
         lines += [

@@ -23,7 +23,7 @@ from pneumoscan.core import dataset as ds
 from pneumoscan.core.config import load_config
 from pneumoscan.core.errors import WeightsNotFoundError
 from pneumoscan.core.fileio import atomic_write, atomic_write_text
-from pneumoscan.evaluation.report import SplitEvaluation
+from pneumoscan.evaluation.report import SplitEvaluation, interval_cell
 from pneumoscan.training.evaluate import evaluate_model
 from pneumoscan.training.fit import MODEL_FILE, fit
 from pneumoscan.training.networks import torchvision_weights_file
@@ -253,8 +253,7 @@ def _write_results(
     def cell(row: dict, key: str) -> str:
         value = row.get(key)
         if isinstance(value, float):
-            interval = row.get(f"{key}_ci")
-            return f"{value:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+            return interval_cell(row, key)
         return "" if value is None else str(value)
 
     lines = [

@@ -34,6 +34,7 @@ from pneumoscan.core.images import read_image
 from pneumoscan.core.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
 from pneumoscan.core.preprocess import prepare
 from pneumoscan.evaluation import calibration as cal
+from pneumoscan.evaluation.report import template
 from pneumoscan.training.distill import read_teacher_record
 from pneumoscan.training.export import export_onnx, parity
 from pneumoscan.training.fit import default_cache_dir
@@ -482,13 +483,6 @@ def write_card(
     return path
 
 
-def _ci(metrics: dict, key: str) -> str:
-    if f"{key}_ci" not in metrics:  # a record written before this interval was computed
-        return f"{metrics[key]:.4f}"
-    low, high = metrics[f"{key}_ci"]
-    return f"{metrics[key]:.4f} [{low:.4f}, {high:.4f}]"
-
-
 def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Path | None) -> str:
     """The model card: templates/model_card.md.j2 fed by what the model file recorded."""
     record, config = info.record, info.record["config"]
@@ -529,24 +523,7 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
         "stress_dir": stress_dir,
         "gate_percentile": f"{100 * GATE_QUANTILE:g}",
     }
-    return _template("model_card.md.j2").render(facts)
-
-
-def _template(name: str):
-    """A Jinja2 template from templates/ (package data): text as written, no HTML escaping."""
-    import jinja2
-
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    environment.filters["fmt"] = format
-    environment.filters["ci"] = _ci
-    return environment.get_template(name)
+    return template(Path(__file__).parent / "templates", "model_card.md.j2").render(facts)
 
 
 def _conformal_text(info: ModelInfo, oos: dict) -> str:
