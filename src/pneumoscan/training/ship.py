@@ -38,7 +38,16 @@ from pneumoscan.evaluation.report import template
 from pneumoscan.training.distill import read_teacher_record
 from pneumoscan.training.export import export_onnx, parity
 from pneumoscan.training.fit import default_cache_dir
-from pneumoscan.training.gate import GATE_DESIGN, fit_gate, gate_features, texture_taps
+from pneumoscan.training.gate import (
+    CONTENT,
+    GATE_DESIGN,
+    LAYOUT,
+    LAYOUT_SIDE,
+    TEXTURE,
+    fit_gate,
+    gate_features,
+    texture_taps,
+)
 from pneumoscan.training.loaders import ImageTensorDataset, decode_images
 from pneumoscan.training.model_file import ModelInfo, load_model_file, save_model_file
 from pneumoscan.training.networks import (
@@ -522,8 +531,25 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
         "stress": stress,
         "stress_dir": stress_dir,
         "gate_percentile": f"{100 * GATE_QUANTILE:g}",
+        "gate_spaces": GATE_SPACES,
+        "distill_table": _shown_path(config["train"].get("distill_targets")),
     }
     return template(Path(__file__).parent / "templates", "model_card.md.j2").render(facts)
+
+
+GATE_SPACES = {
+    CONTENT: "the channel means of the last feature map (content)",
+    TEXTURE: "the channel standard deviations of an early stage (texture)",
+    LAYOUT: f"the input shrunk to {LAYOUT_SIDE} x {LAYOUT_SIDE} (layout)",
+}
+
+
+def _shown_path(path: str | None) -> str | None:
+    """A recorded path as a card shows it: relative paths as given, absolute ones by their last
+    two parts (`runs/teacher.csv`), so no machine's folders end up in a shipped card."""
+    if not path:
+        return path
+    return str(path) if not Path(path).is_absolute() else "/".join(Path(path).parts[-2:])
 
 
 def _conformal_text(info: ModelInfo, oos: dict) -> str:
