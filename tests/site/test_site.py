@@ -86,6 +86,11 @@ def test_calibration_recovers_specificity_at_the_target_sensitivity(calibrated):
     assert "## Before and after, on the held-out films" in text and NOT_DIAGNOSTIC_NOTICE in text
     card = (calibrated / "card.md").read_text()
     assert f"Calibrated on {report['films']} films" in card and NOT_DIAGNOSTIC_NOTICE in card
+    # --refit-gate re-measures what a widened gate lets through (issue 18 item 2)
+    non = report["non_radiographs"]
+    assert non["inputs"] >= 170 and non["after"] <= non["before"] <= non["inputs"]
+    assert non["before"] == non["inputs"]  # the shipped gate refuses every one
+    assert f"{non['after']} at this one" in card
 
 
 def test_the_learning_curve_starts_at_a_few_dozen_films(calibrated):

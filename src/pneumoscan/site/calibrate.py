@@ -351,6 +351,10 @@ def calibrate(
         _evaluate_held_out(data, out, scores, model, before, request, coverage, bootstrap, report)
     # The shipped calibration is refitted on every film, the way ship fits on all validation films.
     final = fit_operating(scores, before, request, class_names)
+    if request.refit_gate and final.gate_threshold is not None:
+        report["non_radiographs"] = non_radiograph_refusals(
+            model, {"before": before.gate_threshold, "after": final.gate_threshold}
+        )
     _, info = load_model_file(pt_path)
     name = name or f"{model.name}-site"
     version = f"{name}-{datetime.now(timezone.utc):%Y%m%d%H%M}"
@@ -373,6 +377,16 @@ def calibrate(
     atomic_write_text(out / "card.md", render_site_card(name, version, info, calibration_record))
     atomic_write_text(out / "report.md", render_calibration_report(report, CURVE_REPEATS))
     return report
+
+
+def non_radiograph_refusals(model, thresholds: dict[str, float]) -> dict:
+    """How many of the gate's benchmark non-radiographs (photos, documents, screenshots, charts,
+    other modalities...) each gate threshold refuses: what a widened gate gives away."""
+    from pneumoscan.evaluation.non_radiographs import non_radiograph_groups, to_unit_gray
+
+    images = [to_unit_gray(image) for _, group in non_radiograph_groups() for _, image in group]
+    scores = model.ood_scores(images)
+    return {"inputs": len(images), **{k: int((scores > t).sum()) for k, t in thresholds.items()}}
 
 
 def _evaluate_held_out(
@@ -442,6 +456,7 @@ def _calibration_record(data, scores, model, request: Request, before, final, co
         "class_bias": {"before": before.bias, "after": final.bias},
         "threshold": {"before": before.threshold, "after": final.threshold},
         "gate_threshold": {"before": before.gate_threshold, "after": final.gate_threshold},
+        "non_radiographs": report.get("non_radiographs"),
         "held_out": {
             "level": coverage,
             **{k: report[k] for k in ("split", "before", "after") if k in report},
