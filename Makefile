@@ -2,10 +2,14 @@
 PY ?= .venv/bin/python
 CONFIG ?= configs/binary.yaml
 DATA ?= ../shared/data/chest_xray
+FILMS ?= 200
+REPEATS ?= 3
+CLIENTS ?= 16
+DURATION ?= 60
 
-.PHONY: help setup test test-slow fuzz bench bench-train bench-dicom site-demo lint format train serve
+.PHONY: help setup test test-slow fuzz bench bench-workers bench-serve bench-train bench-dicom site-demo lint format train serve
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 setup:  ## create .venv and install pneumoscan with training, serving, DICOM and test extras
 	python3 -m venv .venv && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e ".[train,serve,dicom,dev]"
 test:  ## the default test suite (skips slow tests)
@@ -14,8 +18,15 @@ test-slow:  ## only the slow tests
 	$(PY) -m pytest -q -m slow
 fuzz:  ## 10,000 fuzz cases over read_image and predict; prints the counts
 	PNEUMOSCAN_FUZZ_CASES=10000 $(PY) -m pytest -q -s -m slow tests/core/test_fuzz.py
-bench:  ## prediction speed, whole processes from the command line -> docs/benchmarks.md
+bench:  ## prediction speed, whole processes -> docs/benchmarks.md and the Speed section of each model card
 	.venv/bin/pneumoscan bench --model binary --images ../shared/data/chest_xray/train
+	.venv/bin/pneumoscan bench --model three-class --images ../shared/data/chest_xray/train --full-size-films 0 --out build/bench-three-class.md
+bench-workers:  ## predict --workers 1 vs 2 on full-size (2,000 px) JPEG and 16-bit DICOM films -> docs/benchmarks.md
+	$(dir $(PY))pneumoscan bench-workers --model binary --images $(DATA)/train --films $(FILMS) --repeats $(REPEATS)
+bench-serve:  ## serving under load: CLIENTS upload 2,000 px films to a real `pneumoscan serve` for DURATION s -> docs/benchmarks.md
+	rm -rf build/full-size-films && $(PY) -m pneumoscan.research.bench $(DATA)/val build/full-size-films --films 64
+	$(PY) -m pneumoscan.serve.loadtest --clients $(CLIENTS) --duration $(DURATION) --images build/full-size-films \
+	  --films-note "validation films upscaled (bicubic) to a 2,000 px shorter side, JPEG quality 95; the stored copies are 256 px" --out docs/benchmarks.md
 bench-train:  ## training speed: loader vs model step at 160 and 224 px, 1 vs 2 DDP processes -> docs/benchmarks.md
 	$(PY) -m pneumoscan.research.bench_train --config configs/three_class_robust.yaml --out docs/benchmarks.md
 bench-dicom:  ## DICOM node throughput and latency into a real Orthanc (needs the orthanc package) -> docs/dicom.md

@@ -161,15 +161,15 @@ def test_shipped_gate_refuses_every_non_radiograph_and_accepts_films(tmp_path):
     images, gradients and patterns, new draws of them, and kinds its design never saw (charts,
     ultrasound, CT-like slices, ECG strips, 1/f clouds, forms); and predicts on real films."""
     from pneumoscan.core.refusal import GATE_REASONS
-    from pneumoscan.research.bench import _to_unit_gray, non_radiograph_groups
+    from pneumoscan.evaluation.non_radiographs import non_radiograph_groups, to_unit_gray
     from pneumoscan.runtime.model import load_runtime_model
     from pneumoscan.runtime.predict import NOT_CHEST_XRAY, predict_pixels
 
     model = load_runtime_model("binary")
     assert model.ood_threshold is not None
     samples = [sample for _, group in non_radiograph_groups() for sample in group]
-    assert len(samples) >= 150
-    answers = [predict_pixels(model, _to_unit_gray(image), name) for name, image in samples]
+    assert len(samples) >= 170
+    answers = [predict_pixels(model, to_unit_gray(image), name) for name, image in samples]
     passed = [a.source for a in answers if a.status != NOT_CHEST_XRAY]
     assert not passed, passed
     assert all(a.gate_reason in GATE_REASONS for a in answers)

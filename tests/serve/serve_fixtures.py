@@ -29,14 +29,16 @@ def png_bytes(pixels: np.ndarray, **save_options) -> bytes:
     return buffer.getvalue()
 
 
-def film_as(path: Path, image_format: str, size: tuple[int, int] | None = None) -> bytes:
+def film_as(
+    path: Path, image_format: str, size: tuple[int, int] | None = None, **save_options
+) -> bytes:
     """A real film re-encoded (optionally resized): PNG, JPEG, GIF, BMP, TIFF, WEBP."""
     with Image.open(path) as image:
         image = image.convert("L")
         if size is not None:
             image = image.resize(size)
         buffer = io.BytesIO()
-        image.save(buffer, format=image_format)
+        image.save(buffer, format=image_format, **save_options)
     return buffer.getvalue()
 
 

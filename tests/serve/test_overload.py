@@ -1,16 +1,19 @@
 """Issue 18 item 4: the server keeps its limits under overload. A prediction that outlives its
 request's time limit keeps its slot and its memory budget until the thread really ends, so no
 more than `parallel` predictions ever run at once; the copy of an upload counts in the budget; one
-client cannot hold every admission slot."""
+client cannot hold every admission slot; a real server process's memory stays flat while waves of
+clients time out (slow)."""
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import anyio
 import httpx
 import pytest
-from serve_fixtures import NORMAL_FILM, load_shipped_models
+from PIL import Image
+from serve_fixtures import NORMAL_FILM, film_as, load_shipped_models
 
 from pneumoscan.serve.app import ServeSettings, create_app
 
@@ -192,3 +195,60 @@ def test_a_handled_error_is_answered_and_logged_without_a_traceback(models, capl
     assert response.headers["Cache-Control"] == "no-store"  # still inside the security headers
     assert not any(record.exc_info for record in caplog.records)
     assert "secret" not in caplog.text and "Traceback" not in caplog.text
+
+
+SLOW_SERVER = Path(__file__).with_name("slow_server.py")
+CLIENTS = 64
+WAVES = 5  # the first warms the allocator up; the RSS after it is the baseline for the others
+# Leaking each request's upload (about 0.4 MB, and its copy) would add over 25 MB a wave, about
+# 100 MB over the four measured waves; the bound leaves room for allocator noise only.
+RSS_GROWTH_LIMIT_MB = 32
+# Timed out waiting for the model (503), or, on busy cores, while the upload still arrived (408).
+TIMED_OUT = {(503, "timeout"), (408, "request_timeout")}
+
+
+async def _wave(url: str, film: bytes) -> list[tuple[int, str | None]]:
+    """CLIENTS uploads at once; each answer's status and error code."""
+    answers: list[tuple[int, str | None]] = []
+    limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+        async def one() -> None:
+            files = {"file": ("film.jpeg", film, "image/jpeg")}
+            response = await client.post("/v1/predict", files=files)
+            answers.append((response.status_code, response.json().get("error")))
+
+        async with anyio.create_task_group() as group:
+            for _ in range(CLIENTS):
+                group.start_soon(one)
+    return answers
+
+
+@pytest.mark.slow
+def test_memory_stays_flat_while_waves_of_clients_time_out():
+    """Issue 18 item 4: a real server process whose model holds its one slot for 5 s takes waves
+    of 64 clients uploading a full-size film (2,000 px shorter side); every request times out
+    (503, or 408 while its upload still arrives) and its upload, its copy and its budget must be freed: the server's resident memory
+    after the later waves stays within a few tens of MB of what it was after the first. The
+    memory budget holds two waves' uploads, so budget that is never given back shows as 503
+    `busy` by the third wave."""
+    import sys
+
+    from pneumoscan.serve.loadtest import ServerProcess
+
+    with Image.open(NORMAL_FILM) as image:
+        scale = 2000 / min(image.size)
+        size = (round(image.width * scale), round(image.height * scale))
+    film = film_as(NORMAL_FILM, "JPEG", size, quality=95)
+    budget_mb = 2 * CLIENTS * 2 * len(film) // 2**20 + 1  # upload and copy, two waves
+    arguments = ["--delay", "5", "--timeout", "2", "--clients", str(CLIENTS)]
+    rss = []
+    with ServerProcess(
+        [*arguments, "--budget-mb", str(budget_mb)], command=[sys.executable, str(SLOW_SERVER)]
+    ) as server:
+        for _ in range(WAVES):
+            answers = anyio.run(_wave, server.url, film)
+            assert set(answers) <= TIMED_OUT, answers
+            rss.append(server.rss_bytes() / 2**20)
+    growth = max(rss[1:]) - rss[0]
+    assert growth < RSS_GROWTH_LIMIT_MB, f"RSS after each wave (MB): {[round(v) for v in rss]}"

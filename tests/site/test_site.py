@@ -86,6 +86,11 @@ def test_calibration_recovers_specificity_at_the_target_sensitivity(calibrated):
     assert "## Before and after, on the held-out films" in text and NOT_DIAGNOSTIC_NOTICE in text
     card = (calibrated / "card.md").read_text()
     assert f"Calibrated on {report['films']} films" in card and NOT_DIAGNOSTIC_NOTICE in card
+    # --refit-gate re-measures what a widened gate lets through (issue 18 item 2)
+    non = report["non_radiographs"]
+    assert non["inputs"] >= 170 and non["after"] <= non["before"] <= non["inputs"]
+    assert non["before"] == non["inputs"]  # the shipped gate refuses every one
+    assert f"{non['after']} at this one" in card
 
 
 def test_the_learning_curve_starts_at_a_few_dozen_films(calibrated):
@@ -145,6 +150,33 @@ def test_three_class_sets_keep_their_coverage_on_held_out_films(site, tmp_path):
     covered = [r["true"] in res.prediction_set for r, res in zip(held, results)]
     # The written model is refitted on all films (held-out ones included): close, not equal.
     assert abs(np.mean(covered) - levels[0.9]["coverage"]) <= COVERAGE_TOLERANCE
+
+
+def test_prevalence_reaches_the_runtime_and_the_card(site, tmp_path):
+    """`--prevalence 0.2` moves every film's calibrated log-odds by the prior ratio (Saerens et
+    al. 2002) in the written model, as the runtime and the API read it, and the card says so."""
+    import pneumoscan
+
+    plain, shifted = tmp_path / "plain", tmp_path / "shifted"
+    for out, extra in ((plain, ()), (shifted, ("--prevalence", "0.2"))):
+        _invoke("calibrate", site, "--model", "binary", "--out", out, "--holdout", "0", *extra)
+    record = json.loads((shifted / "calibration.json").read_text())["prevalence"]
+    share = record["calibration_films"]["pneumonia"]
+    expected = np.log(0.2 / 0.8) - np.log(share / (1 - share))
+    films = sorted((site / "NORMAL").glob("*.png"))[:6]
+    odds = []
+    for out in (plain, shifted):
+        results = pneumoscan.load_model(out / "model.onnx").predict(films)
+        pneumonia = np.array([r.probabilities["pneumonia"] for r in results if r.status == "ok"])
+        odds.append(np.log(pneumonia / (1 - pneumonia)))
+    assert len(odds[0]) >= 3
+    assert odds[1] - odds[0] == pytest.approx(np.full(len(odds[0]), expected), abs=1e-4)
+    card = (shifted / "card.md").read_text()
+    assert f"pneumonia {share:.1%}" in card and "pneumonia 20.0%; `--prevalence`" in card
+    plain_card = (plain / "card.md").read_text()
+    assert f"class shares of the calibration films (normal {1 - share:.1%}" in plain_card
+    result = runner.invoke(app, ["calibrate", str(site), "--prevalence", "a fifth"])
+    assert result.exit_code == 2 and "give a share such as 0.2" in result.output
 
 
 def test_site_input_errors_name_the_file_and_the_fix(site, tmp_path):

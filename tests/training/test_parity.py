@@ -32,9 +32,12 @@ def _torch_gate_scores(model, gate, batch: np.ndarray) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["binary", "three-class"])
 def test_shipped_onnx_reproduces_evaluate_on_validation_films(name, real_data, tmp_path):
+    from pneumoscan.evaluation.report import SplitEvaluation
     from pneumoscan.training.evaluate import evaluate_model
 
-    metrics = evaluate_model(name, real_data, "val", tmp_path / "eval", bootstrap=0)
+    metrics = evaluate_model(
+        name, SplitEvaluation(real_data, "val", tmp_path / "eval", bootstrap=0)
+    )
     with (tmp_path / "eval" / "predictions.csv").open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == metrics["n"] > 0

@@ -141,3 +141,9 @@ def test_shipped_card_is_the_template_fed_by_the_recorded_facts(name, tmp_path):
     # The card names the stress folder as given; the shipped cards were written from the repo root.
     written = card.read_text().replace(str(repo / "docs" / "stress"), "docs/stress")
     assert written == expected
+    # The card states the class shares the shipped calibration reproduces, from the record.
+    from pneumoscan.training.model_file import load_model_file
+
+    oos = load_model_file(tmp_path / f"{name}.pt")[1].record["out_of_sample"]
+    shares = [f"{c} {r['support'] / oos['n']:.1%}" for c, r in oos["per_class"].items()]
+    assert f"validation films ({', '.join(shares)})" in written

@@ -9,6 +9,7 @@ from lightning.pytorch.callbacks import Callback
 
 from pneumoscan.core.config import load_config
 from pneumoscan.core.errors import ConfigError
+from pneumoscan.evaluation.report import SplitEvaluation
 from pneumoscan.training.evaluate import evaluate_model
 from pneumoscan.training.fit import fit
 from pneumoscan.training.model_file import load_model_file
@@ -67,7 +68,7 @@ def test_short_training_writes_a_self_describing_model_and_report(real_data, tmp
     assert (run / "config.yaml").is_file()
 
     report = tmp_path / "report"
-    metrics = evaluate_model(model_path, real_data, "val", report, bootstrap=50)
+    metrics = evaluate_model(model_path, SplitEvaluation(real_data, "val", report, bootstrap=50))
     saved = json.loads((report / "metrics.json").read_text())
     assert saved["n"] == 16 and saved["task"] == "binary"
     # the headline figures agree with the confusion matrix they summarise

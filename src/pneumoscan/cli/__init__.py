@@ -2,7 +2,7 @@
 
 The entry point is `pneumoscan.cli:app`. Modules: `predict` (predict, merge), `training` (train,
 cv, export, ship, distill-targets, restore-run, models), `evaluation` (evaluate, stress), `site` (validate, calibrate),
-`research` (eda, bench, bench-ood, experiments), `serve` and `dicom` (dicom-node); `common` holds
+`research` (eda, bench, bench-ood, bench-workers, experiments), `serve` and `dicom` (dicom-node); `common` holds
 the shared options, logging set-up and the one-line error wrapper. Each command imports its heavy modules inside
 itself, so `pneumoscan --help` is instant, and `--help`, `predict` and `serve` never import torch.
 
@@ -39,6 +39,7 @@ COMMANDS = (
     research.bench,
     predict.merge,
     research.bench_ood,
+    research.bench_workers,
     research.experiments,
     evaluation.stress,
     serve.serve,

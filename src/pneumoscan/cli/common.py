@@ -86,7 +86,16 @@ DataDir = Annotated[
 ]
 
 
-# Options `predict` and `serve` share.
+# Options the commands that run an exported model share (`predict`, `dicom-node`; `serve` too for
+# the margin and the gate).
+RuntimeModel = Annotated[
+    str, typer.Option("--model", "-m", help="binary, three-class, or an exported .onnx file")
+]
+OnnxThreads = Annotated[int | None, typer.Option(help="CPU threads for ONNX Runtime")]
+# The same choice as the benchmarks and `stress` word it.
+ModelOrOnnx = Annotated[
+    str, typer.Option("--model", "-m", help="binary, three-class or an .onnx file")
+]
 IndeterminateMargin = Annotated[
     float,
     typer.Option(help="binary: report 'indeterminate' within this distance of the threshold"),
@@ -112,6 +121,18 @@ GateSwitch = Annotated[
     bool,
     typer.Option("--gate/--no-gate", help="refuse inputs unlike chest radiographs (default on)"),
 ]
+
+
+# Addresses only this machine reaches: binding elsewhere without access control earns a warning.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def missing_extra(command: str, extra: str, error: ImportError) -> None:
+    """The one-line error for a command whose optional dependencies are not installed."""
+    fail(
+        f"{command} needs the [{extra}] extra ({error.name} is missing): "
+        f'pip install "pneumoscan[{extra}]"'
+    )
 
 
 def expand_paths(paths: list[str]) -> list[Path]:

@@ -8,12 +8,15 @@ from typing import Annotated
 import typer
 
 from pneumoscan.cli.common import (
+    LOOPBACK_HOSTS,
     GateSwitch,
     IndeterminateMargin,
+    OnnxThreads,
+    RuntimeModel,
     StowToken,
-    fail,
     friendly,
     logger,
+    missing_extra,
     setup_logging,
 )
 from pneumoscan.core.images import MAX_IMAGE_PIXELS
@@ -46,9 +49,7 @@ def dicom_node(
         Path,
         typer.Option(help="folder holding received films and unsent results (patient data)"),
     ] = Path("~/.local/state/pneumoscan/dicom-node"),
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="binary, three-class, or an exported .onnx file")
-    ] = "binary",
+    model: RuntimeModel = "binary",
     allow_aet: Annotated[
         list[str] | None,
         typer.Option(
@@ -63,7 +64,7 @@ def dicom_node(
         typer.Option(help="seconds a sender waits for room in a full queue before 0xA700"),
     ] = 10.0,
     workers: Annotated[int, typer.Option(help="films predicted at once")] = 1,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for ONNX Runtime")] = None,
+    threads: OnnxThreads = None,
     max_pixels: Annotated[
         int, typer.Option(help="largest film accepted, in pixels")
     ] = MAX_IMAGE_PIXELS,
@@ -127,7 +128,7 @@ def _destinations(send_to, ae_title: str, stow: str | None, token, out):
 
 
 def _warn_if_open(host: str, allow_aet) -> None:
-    if host not in ("127.0.0.1", "localhost", "::1") and not allow_aet:
+    if host not in LOOPBACK_HOSTS and not allow_aet:
         logger.warning(
             "listening on %s without --allow-aet: any DICOM peer that reaches this port can send "
             "films and receive nothing back but its status; name the archive's AE title",
@@ -146,7 +147,5 @@ def _node_classes():
 
         from pneumoscan.dicom.node import DicomNode, NodeSettings
     except ImportError as error:
-        fail(
-            f'dicom-node needs the [dicom] extra ({error.name} is missing): pip install "pneumoscan[dicom]"'
-        )
+        missing_extra("dicom-node", "dicom", error)
     return DicomNode, NodeSettings, quiet_libraries, load_runtime_model

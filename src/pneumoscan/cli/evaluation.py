@@ -11,6 +11,7 @@ import typer
 from pneumoscan.cli.common import (
     Bootstrap,
     DataDir,
+    ModelOrOnnx,
     fail,
     friendly,
     headline,
@@ -43,7 +44,7 @@ def evaluate(
     """Evaluate a model on one split: metrics.json with 95% patient-bootstrap intervals,
     confusion matrix, ROC, PR and reliability plots, report.md."""
     setup_logging()
-    from pneumoscan.evaluation.report import training_pool_caveat
+    from pneumoscan.evaluation.report import SplitEvaluation, training_pool_caveat
 
     if split not in ("train", "val", "test"):
         fail(f"--split {split!r}: choose test, val or train")
@@ -54,7 +55,8 @@ def evaluate(
     caveat = training_pool_caveat(split)
     if caveat:
         typer.echo(f"warning: {caveat}", err=True)
-    metrics = evaluate_model(model, data_dir, split, out, strict=strict, bootstrap=bootstrap)
+    evaluation = SplitEvaluation(data_dir, split, out, strict=strict, bootstrap=bootstrap)
+    metrics = evaluate_model(model, evaluation)
     typer.echo(f"{split} (n={metrics['n']}): {headline(metrics, roc_auc=True)}")
     if caveat:
         typer.echo(f"not out-of-sample: {caveat}")
@@ -65,9 +67,7 @@ def evaluate(
 @friendly
 def stress(
     data: DataDir,
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="binary, three-class or an .onnx file")
-    ] = "binary",
+    model: ModelOrOnnx = "binary",
     out: Annotated[Path, typer.Option("--out", help="folder for stress.json, .md and .png")] = Path(
         "runs/stress"
     ),

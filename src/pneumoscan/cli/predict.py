@@ -11,6 +11,8 @@ import typer
 from pneumoscan.cli.common import (
     GateSwitch,
     IndeterminateMargin,
+    OnnxThreads,
+    RuntimeModel,
     StowToken,
     expand_paths,
     fail,
@@ -33,9 +35,7 @@ def predict(
             "CSVs with `pneumoscan merge`"
         ),
     ] = None,
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="binary, three-class, or an exported .onnx file")
-    ] = "binary",
+    model: RuntimeModel = "binary",
     csv_out: Annotated[
         Path | None, typer.Option("--csv", help="also write the results as CSV")
     ] = None,
@@ -45,7 +45,7 @@ def predict(
     heatmaps: Annotated[
         Path | None, typer.Option("--heatmaps", help="folder for heatmap overlay PNGs")
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads for ONNX Runtime")] = None,
+    threads: OnnxThreads = None,
     workers: Annotated[
         int | None,
         typer.Option(help="threads decoding files while the model runs (default: CPU count)"),

@@ -1,4 +1,5 @@
-"""`eda`, the seed studies (`experiments`) and the benchmarks (`bench`, `bench-ood`)."""
+"""`eda`, the seed studies (`experiments`) and the benchmarks (`bench`, `bench-ood`,
+`bench-workers`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import typer
 
 from pneumoscan.cli.common import (
     DataDir,
+    ModelOrOnnx,
     expand_paths,
     fail,
     friendly,
@@ -32,17 +34,30 @@ def eda(
     typer.echo(f"wrote {summary}")
 
 
+# Options the benchmarks share.
+BenchImages = Annotated[
+    list[Path], typer.Option("--images", help="radiograph files or folders to time on")
+]
+MarkdownOut = Annotated[Path, typer.Option("--out", help="Markdown report to write")]
+
+
+def _model_card(model: str) -> Path | None:
+    """The model card beside a model's ONNX file (models/binary.md for `binary`), if there is one."""
+    from pneumoscan.core.errors import ModelFileError
+    from pneumoscan.core.shipped import resolve_model
+
+    try:
+        card = resolve_model(model, suffix=".onnx").with_suffix(".md")
+    except ModelFileError:  # the benchmark itself says what is wrong with the model
+        return None
+    return card if card.is_file() else None
+
+
 @friendly
 def bench(
-    images: Annotated[
-        list[Path], typer.Option("--images", help="radiograph files or folders to time on")
-    ],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="binary, three-class or an .onnx file")
-    ] = "binary",
-    out: Annotated[Path, typer.Option("--out", help="Markdown report to write")] = Path(
-        "docs/benchmarks.md"
-    ),
+    images: BenchImages,
+    model: ModelOrOnnx = "binary",
+    out: MarkdownOut = Path("docs/benchmarks.md"),
     int8_run: Annotated[
         Path | None,
         typer.Option(
@@ -65,11 +80,15 @@ def bench(
     files = expand_paths([str(path) for path in images])
     if not files:
         fail("--images: no image files found")
-    report = speed_report(
+    report, card = speed_report(
         model, files, films=films, full_size_films=full_size_films, process_repeats=repeats
     )
     typer.echo(report)
     write_report(report, out, section="predict-speed")
+    card_file = _model_card(model)
+    if card_file is not None:
+        write_report(card, card_file, section="speed")
+        typer.echo(f"wrote the speed section of {card_file}")
     if int8_run is not None:
         from pneumoscan.research.bench import quantization_report
 
@@ -80,16 +99,40 @@ def bench(
 
 
 @friendly
+def bench_workers(
+    images: BenchImages,
+    model: ModelOrOnnx = "binary",
+    out: MarkdownOut = Path("docs/benchmarks.md"),
+    films: Annotated[
+        int, typer.Option(help="films in each folder (cycled from --images), JPEG and DICOM")
+    ] = 200,
+    repeats: Annotated[int, typer.Option(help="runs of each whole-process command")] = 3,
+) -> None:
+    """Benchmark decoding threads: `pneumoscan predict FOLDER --workers 1` vs `--workers 2` as
+    whole processes on full-size (2,000 px) JPEG and 16-bit DICOM copies of the films."""
+    from pneumoscan.research.bench import workers_report, write_report
+
+    files = expand_paths([str(path) for path in images])
+    if not files:
+        fail("--images: no image files found")
+    if films < 1 or repeats < 1:
+        fail(f"--films {films} --repeats {repeats}: give 1 or more of each")
+    command = (
+        f"pneumoscan bench-workers --model {model} --images "
+        f"{' '.join(str(path) for path in images)} --films {films} --repeats {repeats}"
+    )
+    report = workers_report(model, files, films=films, repeats=repeats, command=command)
+    typer.echo(report)
+    typer.echo(f"wrote {write_report(report, out, section='predict-workers')}")
+
+
+@friendly
 def bench_ood(
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="binary, three-class or an .onnx file")
-    ] = "binary",
+    model: ModelOrOnnx = "binary",
     run: Annotated[
         Path | None, typer.Option("--run", help="training run whose validation films to check")
     ] = None,
-    out: Annotated[Path, typer.Option("--out", help="Markdown report to write")] = Path(
-        "docs/ood.md"
-    ),
+    out: MarkdownOut = Path("docs/ood.md"),
 ) -> None:
     """Measure the out-of-distribution gate: rejection of photos, documents, screenshots, blank and
     noise images, and of the run's validation chest X-rays."""

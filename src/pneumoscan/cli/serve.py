@@ -7,11 +7,13 @@ from typing import Annotated
 import typer
 
 from pneumoscan.cli.common import (
+    LOOPBACK_HOSTS,
     GateSwitch,
     IndeterminateMargin,
     fail,
     friendly,
     logger,
+    missing_extra,
     setup_logging,
 )
 
@@ -66,9 +68,7 @@ def serve(
 
         from pneumoscan.serve.app import SETTINGS_ENV, ServeSettings, create_app
     except ImportError as error:
-        fail(
-            f'serve needs the [serve] extra ({error.name} is missing): pip install "pneumoscan[serve]"'
-        )
+        missing_extra("serve", "serve", error)
     if workers < 1:
         fail(f"--workers {workers}: give 1 or more")
     try:
@@ -88,7 +88,7 @@ def serve(
         )
     except ValueError as error:
         fail(str(error))
-    if host not in ("127.0.0.1", "localhost", "::1") and not settings.api_key:
+    if host not in LOOPBACK_HOSTS and not settings.api_key:
         logger.warning(
             "serving on %s without an API key: anyone who can reach this port can upload films; "
             "set PNEUMOSCAN_API_KEY",

@@ -97,6 +97,14 @@ def calibrate(
             "shifted decision boundary or prevalence)",
         ),
     ] = True,
+    prevalence: Annotated[
+        str | None,
+        typer.Option(
+            help="the site's expected share of pneumonia (binary, e.g. 0.2), or one share per "
+            "class (three-class: normal,bacteria,virus, e.g. 0.6,0.25,0.15); default: the "
+            "calibration films' own shares, which the calibration otherwise reproduces"
+        ),
+    ] = None,
     sets: Annotated[
         float, typer.Option(help="coverage level reported for the conformal prediction sets")
     ] = 0.9,
@@ -126,6 +134,12 @@ def calibrate(
         fail(f"--sets {sets}: give a coverage level between 0 and 1, e.g. 0.9")
     if set_method not in ("lac", "aps"):
         fail(f"--set-method {set_method!r}: choose lac or aps")
+    try:
+        shares = None if prevalence is None else tuple(float(p) for p in prevalence.split(","))
+    except ValueError:
+        fail(
+            f"--prevalence {prevalence}: give a share such as 0.2, or shares such as 0.6,0.25,0.15"
+        )
     request = Request(
         rule=rule or "sensitivity",
         target_sensitivity=target_sensitivity or 0.95,
@@ -135,6 +149,7 @@ def calibrate(
         bias=bias,
         set_method=set_method,
         seed=seed,
+        prevalence=shares,
     )
     report = calibrate_site(
         data, model, out, request, coverage=sets, name=name, bootstrap=bootstrap

@@ -1,4 +1,5 @@
-"""Atomic writes: a crash mid-write leaves the previous file intact, never half a file."""
+"""Atomic writes: a crash mid-write leaves the previous file intact, never half a file; and
+sections of a Markdown file that several commands write into."""
 
 from __future__ import annotations
 
@@ -43,6 +44,23 @@ def _umask() -> int:
     current = os.umask(0)
     os.umask(current)
     return current
+
+
+def write_section(path: Path, section: str, text: str) -> Path:
+    """Replace the text between `<!-- section:begin -->` and `<!-- section:end -->` in `path`
+    (appending the section when absent), so reports that other commands keep in the same file
+    stay as they are."""
+    path = Path(path)
+    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+    block = f"{begin}\n{text.strip()}\n{end}"
+    current = path.read_text() if path.exists() else ""
+    if begin in current and end in current:
+        head, rest = current.split(begin, 1)
+        updated = head + block + rest.split(end, 1)[1]
+    else:
+        updated = current.rstrip("\n") + ("\n\n" if current else "") + block + "\n"
+    atomic_write_text(path, updated)
+    return path
 
 
 def atomic_write_json(path: Path, document) -> None:

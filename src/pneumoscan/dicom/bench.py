@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumoscan.core.fileio import atomic_write_text
+from pneumoscan.core.fileio import write_section
 from pneumoscan.core.hardware import hardware
 from pneumoscan.dicom.harness import (
     NodeProcess,
@@ -40,8 +40,7 @@ from pneumoscan.dicom.harness import (
     send_films,
 )
 
-SECTION_BEGIN = "<!-- dicom-node-bench:begin -->"
-SECTION_END = "<!-- dicom-node-bench:end -->"
+SECTION = "dicom-node-bench"  # its section of docs/dicom.md (core.fileio.write_section)
 RASTER_SUFFIXES = (".jpeg", ".jpg", ".png")
 
 
@@ -207,7 +206,6 @@ def markdown(summaries: list[dict], command: str, images: str) -> str:
     row("node's peak resident memory", lambda s: f"{s['node_peak_rss_mb']:g} MB")
     return "\n".join(
         [
-            SECTION_BEGIN,
             "### Throughput and latency (`python -m pneumoscan.dicom.bench`)",
             "",
             f"`{command}`: films from `{images}` wrapped into 8-bit DX objects (one study each, "
@@ -219,20 +217,8 @@ def markdown(summaries: list[dict], command: str, images: str) -> str:
             *rows,
             "",
             "Rerun with the command above; it starts and stops its own Orthanc and node.",
-            SECTION_END,
         ]
     )
-
-
-def write_section(text: str, out: Path) -> None:
-    """Replace the benchmark section of `out` (or append it), leaving the rest of the file."""
-    current = out.read_text() if out.exists() else ""
-    if SECTION_BEGIN in current and SECTION_END in current:
-        head, rest = current.split(SECTION_BEGIN, 1)
-        updated = head + text + rest.split(SECTION_END, 1)[1]
-    else:
-        updated = current.rstrip("\n") + ("\n\n" if current else "") + text + "\n"
-    atomic_write_text(out, updated)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         summaries.append(summary)
     if args.out:
         command = "python -m pneumoscan.dicom.bench " + " ".join(argv or sys.argv[1:])
-        write_section(markdown(summaries, command, str(args.images)), args.out)
+        write_section(args.out, SECTION, markdown(summaries, command, str(args.images)))
         print(f"wrote {args.out}")
     return 0
 

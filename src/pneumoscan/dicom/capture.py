@@ -17,11 +17,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from pneumoscan.dicom.producer import (
     BURNED_IN_NOTICE,
-    CAPTURE_SERIES_DESCRIPTION,
-    CAPTURE_SERIES_NUMBER,
-    MANUFACTURER,
     Producer,
-    instance_number,
 )
 from pneumoscan.runtime.predict import INDETERMINATE, STATUS_TEXT, Result
 
@@ -93,20 +89,8 @@ def build_capture(
         bits_allocated=8,
         coordinate_system="PATIENT",
         patient_orientation=orientation or ("L", "F"),
-        series_instance_uid=producer.uid(source.StudyInstanceUID, "capture series"),
-        series_number=CAPTURE_SERIES_NUMBER,
-        sop_instance_uid=producer.uid(source.SOPInstanceUID, "capture"),
-        instance_number=instance_number(source),
-        manufacturer=MANUFACTURER,
         transfer_syntax_uid=ExplicitVRLittleEndian,
-        series_description=CAPTURE_SERIES_DESCRIPTION,
-        manufacturer_model_name=producer.model_title,
-        software_versions=producer.software_versions,
-        contributing_equipment=[producer.contributing_equipment(when)],
-        content_date=when.date(),
-        content_time=when.time(),
-        series_date=when.date(),
-        series_time=when.time(),
+        **producer.series_attributes(source, "capture", when),
     )
     if orientation is None:
         capture.PatientOrientation = None  # type 2: present, empty, as the film did not say

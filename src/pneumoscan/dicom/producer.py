@@ -21,11 +21,12 @@ from pneumoscan.runtime.model import OnnxModel
 
 MANUFACTURER = "pneumoscan (research software)"
 DEVICE_NAME = "pneumoscan"
-# Series numbers of the two result series: high, so they sort after the acquisition's own.
-REPORT_SERIES_NUMBER = 9901
-CAPTURE_SERIES_NUMBER = 9902
-REPORT_SERIES_DESCRIPTION = "pneumoscan AI result - NOT FOR DIAGNOSTIC USE"
-CAPTURE_SERIES_DESCRIPTION = "pneumoscan heatmap - NOT FOR DIAGNOSTIC USE"
+# The two result series, by kind of object: number (high, so they sort after the acquisition's
+# own) and description.
+RESULT_SERIES = {
+    "report": (9901, "pneumoscan AI result - NOT FOR DIAGNOSTIC USE"),
+    "capture": (9902, "pneumoscan heatmap - NOT FOR DIAGNOSTIC USE"),
+}
 # Burned into the Secondary Capture and written into the SR: the notice, shortened to fit a line.
 BURNED_IN_NOTICE = "NOT FOR DIAGNOSTIC USE - research software, not a diagnostic device"
 NOTICE = NOT_DIAGNOSTIC_NOTICE
@@ -90,6 +91,28 @@ class Producer:
                 *parts,
             ]
         )
+
+    def series_attributes(self, source: Dataset, kind: str, when: datetime.datetime) -> dict:
+        """What highdicom's SR and Secondary Capture constructors are given alike for a result
+        of `kind` ("report" or "capture") on the film `source`: its series and instance in the
+        film's study (UIDs derived from the film's, so a resent result replaces itself), number
+        and description, this producer as the equipment, and `when` as content and series time."""
+        series_number, series_description = RESULT_SERIES[kind]
+        return {
+            "series_instance_uid": self.uid(source.StudyInstanceUID, f"{kind} series"),
+            "series_number": series_number,
+            "sop_instance_uid": self.uid(source.SOPInstanceUID, kind),
+            "instance_number": instance_number(source),
+            "manufacturer": MANUFACTURER,
+            "series_description": series_description,
+            "manufacturer_model_name": self.model_title,
+            "software_versions": self.software_versions,
+            "contributing_equipment": [self.contributing_equipment(when)],
+            "content_date": when.date(),
+            "content_time": when.time(),
+            "series_date": when.date(),
+            "series_time": when.time(),
+        }
 
     def contributing_equipment(self, when: datetime.datetime):
         """The IHE AI Results contributing-equipment item: who processed the film, and when."""

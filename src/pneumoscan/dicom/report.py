@@ -32,10 +32,7 @@ from pneumoscan.dicom import codes
 from pneumoscan.dicom.producer import (
     MANUFACTURER,
     NOTICE,
-    REPORT_SERIES_DESCRIPTION,
-    REPORT_SERIES_NUMBER,
     Producer,
-    instance_number,
 )
 from pneumoscan.runtime.predict import ERROR, INDETERMINATE, NOT_CHEST_XRAY, OK, Result
 
@@ -67,27 +64,15 @@ def build_report(
     report = hd.sr.Comprehensive3DSR(
         evidence=[source],
         content=content,
-        series_instance_uid=producer.uid(source.StudyInstanceUID, "report series"),
-        series_number=REPORT_SERIES_NUMBER,
-        sop_instance_uid=producer.uid(source.SOPInstanceUID, "report"),
-        instance_number=instance_number(source),
-        manufacturer=MANUFACTURER,
         is_complete=True,
         is_final=False,
         is_verified=False,
-        series_description=REPORT_SERIES_DESCRIPTION,
-        manufacturer_model_name=producer.model_title,
-        software_versions=producer.software_versions,
-        contributing_equipment=[producer.contributing_equipment(when)],
         coding_schemes=[
             hd.coding_schemes.CodingSchemeIdentificationItem(
                 designator=codes.PRIVATE_SCHEME, name=codes.PRIVATE_SCHEME_NAME
             )
         ],
-        content_date=when.date(),
-        content_time=when.time(),
-        series_date=when.date(),
-        series_time=when.time(),
+        **producer.series_attributes(source, "report", when),
     )
     return report
 

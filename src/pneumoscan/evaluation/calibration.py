@@ -19,6 +19,14 @@ Threshold rules for the binary decision on the calibrated P(pneumonia):
 - `cost`: pneumonia when P(pneumonia) x cost_fn > P(normal), i.e. the threshold 1 / (1 + cost_fn):
   the decision with the least expected cost when a missed pneumonia costs `cost_fn` false alarms.
   It needs calibrated probabilities and nothing else, so it is stable on a few dozen films.
+
+Prevalence. A calibration fitted by likelihood reproduces the class shares of the films it is
+fitted on: P(pneumonia | film) is right for a population with that prevalence. With `prevalence`
+(the expected class shares where the model is used), `fit` applies the prior-shift correction of
+Saerens, Latinne & Decaestecker (2002): log(prevalence / calibration share) is added to each
+class's calibrated logit, i.e. to the per-class bias, so the model file, the runtime and every
+report turn logits into probabilities through `core.decision.calibrated_probabilities` as before.
+For two classes this adds log(P / (1 - P)) - log(p0 / (1 - p0)) to the pneumonia logit.
 """
 
 from __future__ import annotations
@@ -100,11 +108,12 @@ def choose_threshold(
     scores: np.ndarray,
     sensitivity: float = 0.98,
     cost_fn: float = 1.0,
+    prevalence: float | None = None,
 ) -> float:
-    """A binary threshold on calibrated P(pneumonia) by one of THRESHOLD_RULES."""
+    """A binary threshold on calibrated P(pneumonia) by one of THRESHOLD_RULES; `balanced` is at
+    `prevalence` when given (the share the probabilities were shifted to), else the films' share."""
     if rule == "balanced":
-        prevalence = float(np.mean(targets == 1))
-        return prevalence
+        return float(np.mean(targets == 1)) if prevalence is None else float(prevalence)
     if rule == "youden":
         return youden_threshold(targets, scores)
     if rule == "sensitivity":
@@ -131,18 +140,52 @@ def fit(
     sensitivity: float = 0.98,
     cost_fn: float = 1.0,
     bias: bool = False,
+    prevalence: tuple[float, ...] | None = None,
 ) -> Calibration:
     """Temperature (and with `bias`, per-class biases) by NLL and, for two classes, a threshold by
-    `rule` on the calibrated probabilities."""
+    `rule` on the calibrated probabilities. With `prevalence` (one share per class), the
+    probabilities are shifted from the films' class shares to it (the module docstring) before the
+    threshold is chosen: `youden` and `sensitivity` then call the same films as without it,
+    `half` and `cost` decide on the probabilities at the new prevalence, `balanced` sits at it."""
     if bias:
         temperature, class_bias = fit_bias_corrected(logits, targets)
     else:
         temperature, class_bias = fit_temperature(logits, targets), None
+    shares = class_shares(targets, logits.shape[1])
+    if prevalence is not None:
+        shift = prior_shift(shares, prevalence)
+        class_bias = tuple(float(b + s) for b, s in zip(class_bias or np.zeros(len(shift)), shift))
+    prior = shares if prevalence is None else tuple(float(p) for p in prevalence)
     threshold = None
     if logits.shape[1] == 2 and rule is not None:
         scores = calibrated_probabilities(logits, temperature, class_bias)[:, 1]
-        threshold = choose_threshold(rule, targets, scores, sensitivity, cost_fn)
+        threshold = choose_threshold(rule, targets, scores, sensitivity, cost_fn, prior[1])
     return Calibration(temperature, threshold, rule, len(targets), class_bias)
+
+
+def class_shares(targets: np.ndarray, classes: int) -> tuple[float, ...]:
+    """Each class's share of the films, in class order."""
+    counts = np.bincount(np.asarray(targets, dtype=np.int64), minlength=classes)
+    return tuple(float(c) for c in counts / counts.sum())
+
+
+def prior_shift(calibration_shares, prevalence) -> np.ndarray:
+    """log(prevalence) - log(calibration share) per class: what moves calibrated logits from the
+    calibration films' class shares to the site's (Saerens et al. 2002)."""
+    calibration_shares = np.asarray(calibration_shares, dtype=np.float64)
+    prevalence = np.asarray(prevalence, dtype=np.float64)
+    if (
+        prevalence.shape != calibration_shares.shape
+        or not (prevalence > 0).all()
+        or abs(prevalence.sum() - 1.0) > 1e-6
+    ):
+        raise ValueError(
+            f"prevalence {prevalence.tolist()}: give one positive share per class "
+            f"({len(calibration_shares)}), summing to 1"
+        )
+    if not (calibration_shares > 0).all():
+        raise ValueError("a class has no calibration films: its share cannot be shifted")
+    return np.log(prevalence) - np.log(calibration_shares)
 
 
 def coarse_targets(targets: np.ndarray, groups) -> np.ndarray:

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pneumoscan.core import dataset as ds
 from pneumoscan.core.decision import decide
+from pneumoscan.core.errors import DatasetError
 from pneumoscan.core.fileio import atomic_write, atomic_write_json, atomic_write_text
-from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE, Task
 from pneumoscan.evaluation.metrics import compute_metrics
 
 # `dataset.training_pool`: every model trains and validates on train + the official val folder.
@@ -37,44 +40,70 @@ def training_pool_caveat(split: str) -> str | None:
     )
 
 
-def report_split(
-    out: Path,
-    probabilities: np.ndarray,
-    samples: list[ds.Sample],
-    targets: np.ndarray,
-    class_names: tuple[str, ...],
-    threshold: float | None,
-    *,
-    split: str,
-    model: str,
-    model_name: str,
-    temperature: float,
-    skipped_files: list[str],
-    data_label: str,
-    bootstrap: int = 1000,
-) -> dict:
-    """Metrics of calibrated probabilities on one split of a data folder, and the report on them:
-    what `evaluate` writes for a model file (.pt) and for an exported model (.onnx) alike."""
-    metrics = compute_metrics(
-        probabilities,
-        targets,
-        class_names,
-        threshold,
-        groups=[sample.patient for sample in samples],
-        bootstrap=bootstrap,
-    )
-    caveat = training_pool_caveat(split)
-    metrics.update(
-        split=split,
-        in_training_pool=caveat is not None,
-        caveat=caveat,
-        model=model,
-        model_name=model_name,
-        temperature=temperature,
-        skipped_files=skipped_files,
-    )
-    write_report(out, metrics, samples, targets, probabilities, class_names, threshold, data_label)
-    return metrics
+@dataclass(frozen=True)
+class SplitEvaluation:
+    """What `evaluate` is asked, whichever runtime scores the films: one split of a data folder,
+    the report folder, whether an unreadable film stops the run, and the bootstrap draws. The
+    evaluator of an exported model (.onnx, `evaluation.evaluate`, no torch) and of a model file
+    (.pt, `training.evaluate`) both take it, so the two read the same request the same way."""
+
+    data_dir: Path
+    split: str
+    out: Path
+    strict: bool = False
+    bootstrap: int = 1000
+
+    def labelled(self, task: Task) -> tuple[list[ds.Sample], np.ndarray]:
+        """The split's films that carry a label of `task`, with their class indices."""
+        samples, targets = ds.targets_for(ds.scan_split(self.data_dir, self.split), task)
+        if not samples:
+            raise DatasetError(f"{self.data_dir}/{self.split}: no image has a {task.value} label.")
+        return samples, targets
+
+    def report(
+        self,
+        probabilities: np.ndarray,
+        samples: list[ds.Sample],
+        targets: np.ndarray,
+        class_names: tuple[str, ...],
+        threshold: float | None,
+        *,
+        model: str,
+        model_name: str,
+        temperature: float,
+        skipped_files: list[str],
+    ) -> dict:
+        """Metrics of calibrated probabilities on the split, and the report on them: what
+        `evaluate` writes for a model file (.pt) and for an exported model (.onnx) alike."""
+        metrics = compute_metrics(
+            probabilities,
+            targets,
+            class_names,
+            threshold,
+            groups=[sample.patient for sample in samples],
+            bootstrap=self.bootstrap,
+        )
+        caveat = training_pool_caveat(self.split)
+        metrics.update(
+            split=self.split,
+            in_training_pool=caveat is not None,
+            caveat=caveat,
+            model=model,
+            model_name=model_name,
+            temperature=temperature,
+            skipped_files=skipped_files,
+        )
+        write_report(
+            self.out,
+            metrics,
+            samples,
+            targets,
+            probabilities,
+            class_names,
+            threshold,
+            str(self.data_dir),
+        )
+        return metrics
 
 
 def write_report(
@@ -182,10 +211,33 @@ def write_plots(
     return files
 
 
-def _interval(metrics: dict, key: str) -> str:
-    low_high = metrics.get(f"{key}_ci")
-    value = f"{metrics[key]:.4f}"
-    return f"{value} [{low_high[0]:.4f}, {low_high[1]:.4f}]" if low_high else value
+def interval_cell(metrics: dict, key: str) -> str:
+    """A table cell "value [low, high]" for metrics[key] and its 95% interval metrics[key_ci]:
+    the bare value when no interval was computed (a record written before it was, no bootstrap),
+    n/a when the value is missing or undefined. Every report and card formats intervals here."""
+    value = metrics.get(key)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    interval = metrics.get(f"{key}_ci")
+    return f"{value:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+
+
+def template(folder: Path, name: str, filters: dict | None = None):
+    """A Jinja2 template for Markdown (cards, reports): text as written, no HTML escaping, a
+    missing fact an error rather than a blank; filters `fmt` (format) and `ci` (interval_cell)
+    plus any `filters` of the caller's."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(folder),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    environment.filters.update(fmt=format, ci=interval_cell, **(filters or {}))
+    return environment.get_template(name)
 
 
 def render_report(
@@ -208,9 +260,9 @@ def render_report(
         "",
         "| metric | value [95% CI, patient bootstrap] |",
         "|---|---|",
-        f"| accuracy | {_interval(metrics, 'accuracy')} |",
-        f"| macro-F1 | {_interval(metrics, 'macro_f1')} |",
-        f"| ROC AUC | {_interval(metrics, 'roc_auc')} |",
+        f"| accuracy | {interval_cell(metrics, 'accuracy')} |",
+        f"| macro-F1 | {interval_cell(metrics, 'macro_f1')} |",
+        f"| ROC AUC | {interval_cell(metrics, 'roc_auc')} |",
     ]
     if "sensitivity" in metrics:
         lines += [

@@ -2,6 +2,7 @@
 
     pneumoscan bench --model binary --images examples/ --out docs/benchmarks.md
     pneumoscan bench-ood --model binary --run runs/binary-cv/fold-0 --out docs/ood.md
+    pneumoscan bench-workers --model binary --images ../shared/data/chest_xray/train
 
 Every figure is measured in one run on the machine named in the report.
 """
@@ -18,262 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from pneumoscan.core.dataset import read_split
 from pneumoscan.core.decision import GATE_QUANTILE
-from pneumoscan.core.fileio import atomic_write_text
+from pneumoscan.core.fileio import atomic_write_text, write_section
 from pneumoscan.core.hardware import hardware
 from pneumoscan.core.images import read_image
 from pneumoscan.core.preprocess import prepare
+from pneumoscan.evaluation.non_radiographs import non_radiograph_groups, to_unit_gray
 from pneumoscan.runtime.model import load_runtime_model
-
-# --- non-radiographs for the gate ----------------------------------------------------------
-
-SKIMAGE_PHOTOS = (
-    "astronaut",
-    "binary_blobs",
-    "brick",
-    "camera",
-    "cat",
-    "cell",
-    "checkerboard",
-    "chelsea",
-    "clock",
-    "coffee",
-    "coins",
-    "colorwheel",
-    "grass",
-    "gravel",
-    "horse",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "logo",
-    "microaneurysms",
-    "moon",
-    "page",
-    "retina",
-    "rocket",
-    "shepp_logan_phantom",
-    "text",
-    "stereo_motorcycle",
-)
-
-
-def skimage_photos() -> list[tuple[str, np.ndarray]]:
-    """scikit-image's bundled sample images (those that need no download)."""
-    import skimage.data
-
-    photos = []
-    for name in SKIMAGE_PHOTOS:
-        image = getattr(skimage.data, name)()
-        image = image[0] if isinstance(image, tuple) else image
-        if image.dtype == bool:
-            image = image.astype(np.uint8) * 255
-        elif image.dtype != np.uint8:
-            image = (255 * (image - image.min()) / max(np.ptp(image), 1e-9)).astype(np.uint8)
-        photos.append((f"skimage:{name}", image))
-    return photos
-
-
-def generated_non_radiographs(seed: int = 0) -> list[tuple[str, np.ndarray]]:
-    """Blank, noise, gradients, patterns, text documents, screenshots and shapes, as uint8 images."""
-    rng = np.random.default_rng(seed)
-    height, width = 480, 640
-    x = np.linspace(0, 1, width)[None, :]
-    y = np.linspace(0, 1, height)[:, None]
-    images: list[tuple[str, np.ndarray]] = [
-        ("blank:black", np.zeros((height, width), np.uint8)),
-        ("blank:white", np.full((height, width), 255, np.uint8)),
-        ("blank:gray", np.full((height, width), 128, np.uint8)),
-        ("gradient:horizontal", np.broadcast_to(x * 255, (height, width)).astype(np.uint8)),
-        ("gradient:vertical", np.broadcast_to(y * 255, (height, width)).astype(np.uint8)),
-        ("gradient:radial", (255 * np.hypot(x - 0.5, y - 0.5) / 0.71).astype(np.uint8)),
-    ]
-    for index in range(4):
-        images.append(
-            (f"noise:uniform{index}", rng.integers(0, 256, (height, width), dtype=np.uint8))
-        )
-        noise = rng.normal(128, 40, (height, width))
-        images.append((f"noise:gaussian{index}", np.clip(noise, 0, 255).astype(np.uint8)))
-    for period in (8, 32, 64):
-        stripes = 127.5 + 127.5 * np.sin(
-            2 * np.pi * (x * width / period + y * height / (2 * period))
-        )
-        images.append((f"pattern:waves{period}", stripes.astype(np.uint8)))
-        tiles = (
-            (np.arange(width)[None, :] // period + np.arange(height)[:, None] // period) % 2
-        ) * 255
-        images.append((f"pattern:checker{period}", tiles.astype(np.uint8)))
-    words = (
-        "patient report summary findings lorem ipsum dolor sit amet invoice total page "
-        "section table figure results method the and of to in"
-    ).split()
-    for index in range(6):
-        page = Image.new("L", (width, height), 255)
-        draw = ImageDraw.Draw(page)
-        for line in range(28):
-            text = " ".join(rng.choice(words, size=rng.integers(4, 12)))
-            draw.text((20 + 10 * (index % 3), 12 + line * 16), text, fill=int(rng.integers(0, 60)))
-        images.append((f"document:{index}", np.asarray(page)))
-    for index in range(6):
-        screen = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(200, 256, 3)))
-        draw = ImageDraw.Draw(screen)
-        draw.rectangle((0, 0, width, 28), fill=tuple(int(v) for v in rng.integers(0, 120, 3)))
-        for _ in range(8):
-            left, top = int(rng.integers(0, width - 120)), int(rng.integers(40, height - 60))
-            colour = tuple(int(v) for v in rng.integers(0, 256, 3))
-            draw.rectangle(
-                (left, top, left + int(rng.integers(60, 200)), top + int(rng.integers(20, 120))),
-                fill=colour,
-            )
-            draw.text((left + 4, top + 4), " ".join(rng.choice(words, size=3)), fill=(0, 0, 0))
-        images.append((f"screenshot:{index}", np.asarray(screen)))
-    for index in range(6):
-        canvas = Image.new("RGB", (width, height), tuple(int(v) for v in rng.integers(0, 256, 3)))
-        draw = ImageDraw.Draw(canvas)
-        for _ in range(12):
-            left, top = int(rng.integers(0, width)), int(rng.integers(0, height))
-            size = int(rng.integers(20, 160))
-            draw.ellipse(
-                (left, top, left + size, top + size),
-                fill=tuple(int(v) for v in rng.integers(0, 256, 3)),
-            )
-        images.append((f"shapes:{index}", np.asarray(canvas)))
-    return images
-
-
-def fresh_non_radiographs(seed: int = 100) -> list[tuple[str, np.ndarray]]:
-    """Kinds of image the gate's design never saw (it was chosen on `skimage_photos`,
-    `generated_non_radiographs()` and two more draws of it): charts, ultrasound sectors, CT-like
-    slices, ECG strips, cloud-like 1/f noise and colour forms. A check that the gate generalises
-    beyond the inputs it was designed on."""
-    rng = np.random.default_rng(seed)
-    images = [(f"plot:{index}", _chart(rng, index)) for index in range(6)]
-    images += [(f"ultrasound:{index}", _ultrasound(rng)) for index in range(4)]
-    images += [(f"ct-slice:{index}", _ct_slice(rng)) for index in range(4)]
-    images += [(f"ecg:{index}", _ecg(rng)) for index in range(3)]
-    images += [(f"clouds:{index}", _clouds(rng)) for index in range(4)]
-    images += [(f"form:{index}", _form(rng)) for index in range(3)]
-    return images
-
-
-def _chart(rng: np.random.Generator, index: int) -> np.ndarray:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6.4, 4.8), dpi=100)
-    x = np.arange(20)
-    kind = index % 3
-    if kind == 0:
-        axes.plot(x, rng.normal(size=(20, 3)).cumsum(axis=0))
-    elif kind == 1:
-        axes.bar(x, rng.uniform(1, 10, 20))
-    else:
-        axes.scatter(rng.normal(size=200), rng.normal(size=200), s=8)
-    axes.set_title("results by group")
-    figure.canvas.draw()
-    image = np.asarray(figure.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(figure)
-    return image
-
-
-def _ultrasound(rng: np.random.Generator) -> np.ndarray:
-    """A sector of speckle on black, as a B-mode ultrasound frame."""
-    height, width = 480, 640
-    y, x = np.mgrid[0:height, 0:width]
-    radius = np.hypot(x - width / 2, y + 40)
-    angle = np.arctan2(x - width / 2, y + 40)
-    sector = (radius > 80) & (radius < 500) & (np.abs(angle) < 0.6)
-    speckle = rng.rayleigh(0.35, (height, width)) * (0.6 + 0.4 * np.sin(radius / 23.0))
-    return (255 * np.clip(speckle * sector, 0, 1)).astype(np.uint8)
-
-
-def _ct_slice(rng: np.random.Generator) -> np.ndarray:
-    """An axial body section: an ellipse of soft tissue, two dark lungs, a bright spine, noise."""
-    size = 512
-    y, x = np.mgrid[0:size, 0:size] / size - 0.5
-    image = np.where((x / 0.42) ** 2 + (y / 0.32) ** 2 < 1, 0.55, 0.0)
-    for side in (-1, 1):
-        lung = ((x - side * 0.17) / 0.13) ** 2 + ((y + 0.02) / 0.2) ** 2 < 1
-        image = np.where(lung, 0.08, image)
-    image = np.where((x / 0.05) ** 2 + ((y - 0.2) / 0.05) ** 2 < 1, 0.95, image)
-    image = image + rng.normal(0, 0.04, image.shape)
-    return (255 * np.clip(image, 0, 1)).astype(np.uint8)
-
-
-def _ecg(rng: np.random.Generator) -> np.ndarray:
-    height, width = 480, 640
-    page = Image.new("RGB", (width, height), (255, 240, 240))
-    draw = ImageDraw.Draw(page)
-    for step in range(0, width, 16):
-        draw.line((step, 0, step, height), fill=(240, 170, 170), width=2 if step % 80 == 0 else 1)
-    for step in range(0, height, 16):
-        draw.line((0, step, width, step), fill=(240, 170, 170), width=2 if step % 80 == 0 else 1)
-    beat = np.zeros(120)
-    beat[50:56] = [10, 40, -90, 30, 8, 0]
-    beat[85:100] = 12 * np.sin(np.linspace(0, np.pi, 15))
-    trace = np.tile(beat, width // 120 + 1)[:width] + rng.normal(0, 1.5, width)
-    for row in (120, 240, 360):
-        points = [(i, row - float(v)) for i, v in enumerate(trace)]
-        draw.line(points, fill=(0, 0, 0), width=2)
-    return np.asarray(page)
-
-
-def _clouds(rng: np.random.Generator) -> np.ndarray:
-    """1/f noise: smooth, natural-looking grey clouds."""
-    size = 512
-    frequency = np.hypot(*np.meshgrid(np.fft.fftfreq(size), np.fft.fftfreq(size)))
-    spectrum = rng.normal(size=(size, size)) + 1j * rng.normal(size=(size, size))
-    field = np.real(np.fft.ifft2(spectrum / np.maximum(frequency, 1.0 / size) ** 1.5))
-    field = (field - field.min()) / np.ptp(field)
-    return (255 * field).astype(np.uint8)
-
-
-def _form(rng: np.random.Generator) -> np.ndarray:
-    """A colour form: a header band, boxed fields with labels, a table."""
-    width, height = 640, 480
-    page = Image.new("RGB", (width, height), (250, 250, 245))
-    draw = ImageDraw.Draw(page)
-    draw.rectangle((0, 0, width, 50), fill=tuple(int(v) for v in rng.integers(0, 160, 3)))
-    draw.text((20, 18), "REQUEST FORM", fill=(255, 255, 255))
-    for row in range(6):
-        top = 70 + row * 40
-        draw.text((20, top + 8), f"field {row + 1}", fill=(0, 0, 0))
-        draw.rectangle((140, top, 600, top + 30), outline=(0, 0, 0))
-    for row in range(5):
-        for column in range(4):
-            left, top = 20 + column * 150, 330 + row * 28
-            draw.rectangle((left, top, left + 150, top + 28), outline=(60, 60, 60))
-            draw.text((left + 6, top + 8), str(int(rng.integers(0, 1000))), fill=(0, 0, 0))
-    return np.asarray(page)
-
-
-def _to_unit_gray(image: np.ndarray) -> np.ndarray:
-    """Through the same reader as a user's file: encode as PNG, decode with images.read_image."""
-    import io
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return read_image(buffer.getvalue(), name="sample.png")
-
-
-def non_radiograph_groups() -> list[tuple[str, list[tuple[str, np.ndarray]]]]:
-    """The gate's benchmark inputs in three groups, by what the gate's design has seen of them."""
-    try:
-        photos = skimage_photos()
-    except ImportError:
-        photos = []
-    return [
-        ("benchmark (the gate was designed on these)", photos + generated_non_radiographs(0)),
-        (
-            "new draws of the generated kinds (seen while choosing the design)",
-            generated_non_radiographs(1) + generated_non_radiographs(2),
-        ),
-        ("kinds the design never saw", fresh_non_radiographs()),
-    ]
 
 
 def gate_report(model_ref: str, run_dir: Path | None) -> str:
@@ -294,7 +49,7 @@ def gate_report(model_ref: str, run_dir: Path | None) -> str:
     ]
     missed = []
     for title, samples in non_radiograph_groups():
-        scores = model.ood_scores([_to_unit_gray(image) for _, image in samples])
+        scores = model.ood_scores([to_unit_gray(image) for _, image in samples])
         ratios = scores / model.ood_threshold
         kinds: dict[str, list[float]] = {}
         for (name, _), ratio in zip(samples, ratios):
@@ -341,10 +96,10 @@ def speed_report(
     films: int = 624,
     full_size_films: int = 200,
     process_repeats: int = 3,
-) -> str:
+) -> tuple[str, str]:
     """Markdown: in-process latency (ONNX vs torch eager), then whole-process figures from the
     command line: cold start, and folders to CSV (with and without heatmaps) on the given films
-    and on full-size copies of them."""
+    and on full-size copies of them; and the short form of the same figures for the model card."""
     model = load_runtime_model(model_ref)
     image = prepare(read_image(image_paths[0]), model.spec)[None]
     onnx_latency = statistics.median(_timeit(lambda: model.run(image), repeats))
@@ -429,7 +184,18 @@ def speed_report(
         "```",
         "",
     ]
-    return "\n".join(lines)
+    card = [
+        "## Speed",
+        "",
+        f"`pneumoscan bench --model {model_ref} --images ... --films {films}` on {hardware()}: "
+        f"one film in {onnx_latency * 1000:.1f} ms at batch 1 (ONNX Runtime, in process, median "
+        f"of {repeats}); a folder of {plain.count} {plain.films} to CSV at "
+        f"{plain.films_per_second:.0f} films/s as a whole `pneumoscan predict` process (median "
+        f"of {process_repeats}); cold start {cold:.2f} s. {sharing} The full table is in "
+        "docs/benchmarks.md; `pneumoscan ship` rewrites this card without it, so rerun the "
+        "benchmark after shipping.",
+    ]
+    return "\n".join(lines), "\n".join(card)
 
 
 FULL_SIZE_SHORT_SIDE = 1400
@@ -461,22 +227,59 @@ def cpu_sharing_note() -> str:
     )
 
 
-def _film_folder(sources: list[Path], count: int, folder: Path, full_size: bool) -> Path:
-    """`count` films spread evenly over `sources` (cycled when fewer), copied or upscaled."""
+def _film_folder(
+    sources: list[Path], count: int, folder: Path, short_side: int = 0, dicom: bool = False
+) -> Path:
+    """`count` films spread evenly over `sources` (cycled when fewer): copied as they are, or
+    upscaled (bicubic) to a shorter side of `short_side` px and saved as JPEG (quality 95) or,
+    with `dicom`, as 16-bit DICOM."""
     folder.mkdir(parents=True)
     for index in range(count):
         source = sources[(index * max(len(sources) // count, 1)) % len(sources)]
-        if full_size:
-            with Image.open(source) as image:
-                image = image.convert("L")
-                scale = FULL_SIZE_SHORT_SIDE / min(image.size)
-                size = (round(image.width * scale), round(image.height * scale))
-                image.resize(size, Image.Resampling.BICUBIC).save(
-                    folder / f"film{index:04d}.jpeg", quality=95
-                )
-        else:
+        if not short_side:
             (folder / f"film{index:04d}{source.suffix.lower()}").write_bytes(source.read_bytes())
+            continue
+        with Image.open(source) as image:
+            image = image.convert("F" if dicom else "L")
+            scale = short_side / min(image.size)
+            size = (round(image.width * scale), round(image.height * scale))
+            image = image.resize(size, Image.Resampling.BICUBIC)
+        if dicom:
+            _write_dicom16(np.asarray(image), folder / f"film{index:04d}.dcm")
+        else:
+            image.save(folder / f"film{index:04d}.jpeg", quality=95)
     return folder
+
+
+DICOM_BITS_STORED = 12  # as most digital radiography detectors store, in 16-bit words
+
+
+def _write_dicom16(pixels: np.ndarray, path: Path) -> None:
+    """An uncompressed DX film of 8-bit-range `pixels` rescaled to 12 bits stored in 16 (the
+    bicubic upscale gives the in-between values); no patient fields at all."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import (
+        DigitalXRayImageStorageForPresentation,
+        ExplicitVRLittleEndian,
+        generate_uid,
+    )
+
+    top = 2**DICOM_BITS_STORED - 1
+    values = np.clip(np.rint(pixels * (top / 255.0)), 0, top).astype(np.uint16)
+    dataset = Dataset()
+    dataset.file_meta = FileMetaDataset()
+    dataset.file_meta.MediaStorageSOPClassUID = DigitalXRayImageStorageForPresentation
+    dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dataset.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dataset.SOPClassUID = DigitalXRayImageStorageForPresentation
+    dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID
+    dataset.Modality, dataset.BodyPartExamined, dataset.ViewPosition = "DX", "CHEST", "PA"
+    dataset.Rows, dataset.Columns = values.shape
+    dataset.SamplesPerPixel, dataset.PhotometricInterpretation = 1, "MONOCHROME2"
+    dataset.BitsAllocated, dataset.BitsStored = 16, DICOM_BITS_STORED
+    dataset.HighBit, dataset.PixelRepresentation = DICOM_BITS_STORED - 1, 0
+    dataset.PixelData = values.tobytes()
+    dataset.save_as(path, enforce_file_format=True)
 
 
 def _predict_seconds(model_ref: str, arguments: list[str], repeats: int) -> float:
@@ -531,7 +334,8 @@ def whole_process_timings(
         ):
             if count <= 0:
                 continue
-            folder = _film_folder(sources, count, work / kind.replace(" ", "-"), full_size)
+            short_side = FULL_SIZE_SHORT_SIDE if full_size else 0
+            folder = _film_folder(sources, count, work / kind.replace(" ", "-"), short_side)
             for measure, extra in FOLDER_RUNS:
                 arguments = [str(folder), "--csv", str(work / "out.csv")]
                 arguments += [value.format(work=work) for value in extra]
@@ -556,24 +360,70 @@ def _goal_rows(cold: float, timings: list[ProcessTiming]) -> list[str]:
     return rows
 
 
+WORKERS_SHORT_SIDE = 2000  # a full-size chest film's shorter side, roughly
+WORKERS_COUNTS = (1, 2)
+# (kind of films, saved as DICOM) for the decoding-threads benchmark
+WORKERS_FILMS = (("full-size JPEG", False), ("full-size 16-bit DICOM", True))
+
+
+def workers_report(
+    model_ref: str, sources: list[Path], films: int = 200, repeats: int = 3, command: str = ""
+) -> str:
+    """Markdown: `pneumoscan predict FOLDER --csv out.csv --workers N` as whole processes, N
+    decoding threads, on full-size JPEG and 16-bit DICOM copies of the same films. Decoding a
+    2,000 px film costs far more than the model's 160-224 px input, so this is where a second
+    decoding thread could pay, or not, on the cores at hand."""
+    rows = []
+    with tempfile.TemporaryDirectory() as work:
+        work = Path(work)
+        for kind, dicom in WORKERS_FILMS:
+            folder = _film_folder(
+                sources, films, work / kind.replace(" ", "-"), WORKERS_SHORT_SIDE, dicom
+            )
+            size_mb = statistics.median(path.stat().st_size for path in folder.iterdir()) / 2**20
+            seconds = {
+                workers: _predict_seconds(
+                    model_ref,
+                    [str(folder), "--csv", str(work / "out.csv"), "--workers", str(workers)],
+                    repeats,
+                )
+                for workers in WORKERS_COUNTS
+            }
+            one, two = (seconds[workers] for workers in WORKERS_COUNTS)
+            rows.append(
+                f"| {films} {kind} (median {size_mb:.1f} MB) | {one:.1f} s ({films / one:.0f} "
+                f"films/s) | {two:.1f} s ({films / two:.0f} films/s) | {one / two:.2f}x |"
+            )
+    return "\n".join(
+        [
+            "## Decoding threads on full-size films: `--workers 1` vs `--workers 2`",
+            "",
+            f"Measured with `{command or 'pneumoscan bench-workers'}` on {hardware()}. "
+            f"{cpu_sharing_note()}",
+            "",
+            "Each figure times `pneumoscan predict --model "
+            f"{model_ref} FOLDER --csv out.csv --workers N` as a whole process (model load, "
+            f"decoding, prediction, CSV; median of {repeats} runs). The data set's films are "
+            "stored downscaled on this machine (shorter side 256 px), so FOLDER holds the same "
+            f"films upscaled (bicubic) to a shorter side of {WORKERS_SHORT_SIDE:,} px: as JPEG "
+            f"(quality 95), and as uncompressed DICOM with {DICOM_BITS_STORED} bits stored in 16. "
+            "Upscaled films cost what full-size ones cost to read, not what they show.",
+            "",
+            "| films | `--workers 1` | `--workers 2` | speed-up |",
+            "|---|---:|---:|---:|",
+            *rows,
+            "",
+        ]
+    )
+
+
 def write_report(text: str, out: Path, section: str | None = None) -> Path:
-    """Write `out`; with `section`, replace only the text between its `<!-- section:begin -->`
-    and `<!-- section:end -->` markers (appending it when absent), so reports that other
-    commands keep in the same file (serving under load, int8) stay as they are."""
-    out = Path(out)
-    if section is None:
-        atomic_write_text(out, text)
-        return out
-    begin, end = f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
-    block = f"{begin}\n{text.strip()}\n{end}"
-    current = out.read_text() if out.exists() else ""
-    if begin in current and end in current:
-        head, rest = current.split(begin, 1)
-        updated = head + block + rest.split(end, 1)[1]
-    else:
-        updated = current.rstrip("\n") + ("\n\n" if current else "") + block + "\n"
-    atomic_write_text(out, updated)
-    return out
+    """Write `out`; with `section`, only that section of it (`core.fileio.write_section`), so
+    reports that other commands keep in the same file (serving under load, int8) stay."""
+    if section is not None:
+        return write_section(out, section, text)
+    atomic_write_text(Path(out), text)
+    return Path(out)
 
 
 # --- int8 ----------------------------------------------------------------------------------
@@ -659,3 +509,35 @@ def quantization_report(model_ref: str, run_dir: Path, calibration_images: int =
             "",
         ]
     )
+
+
+# --- films for other benchmarks --------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pneumoscan.research.bench IMAGES OUT`: keep the full-size JPEG copies the
+    benchmarks here time, in OUT, for benchmarks that cannot import this module (the serve load
+    benchmark stands on the runtime alone)."""
+    import argparse
+
+    from pneumoscan.core.images import IMAGE_SUFFIXES
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split(":")[0])
+    parser.add_argument("images", type=Path, help="folder of films (searched recursively)")
+    parser.add_argument("out", type=Path, help="new folder for the copies")
+    parser.add_argument("--films", type=int, default=64, help="how many (cycled from IMAGES)")
+    parser.add_argument("--shorter-side", type=int, default=WORKERS_SHORT_SIDE, help="pixels")
+    parser.add_argument("--dicom", action="store_true", help="16-bit DICOM instead of JPEG")
+    args = parser.parse_args(argv)
+    sources = sorted(p for p in args.images.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not sources:
+        parser.error(f"{args.images}: no films found")
+    if args.out.exists():
+        parser.error(f"{args.out} exists; remove it or name a new folder")
+    _film_folder(sources, args.films, args.out, args.shorter_side, args.dicom)
+    print(f"wrote {args.films} films to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -23,6 +23,7 @@ from pneumoscan.core import dataset as ds
 from pneumoscan.core.config import load_config
 from pneumoscan.core.errors import WeightsNotFoundError
 from pneumoscan.core.fileio import atomic_write, atomic_write_text
+from pneumoscan.evaluation.report import SplitEvaluation, interval_cell
 from pneumoscan.training.evaluate import evaluate_model
 from pneumoscan.training.fit import MODEL_FILE, fit
 from pneumoscan.training.networks import torchvision_weights_file
@@ -224,7 +225,9 @@ def run_study(
             row["val_recall"] = metrics["per_class"]["pneumonia"]["recall"]
             row["val_precision"] = metrics["per_class"]["pneumonia"]["precision"]
         if has_test:
-            test = evaluate_model(run_dir / MODEL_FILE, data, "test", run_dir / "test")
+            test = evaluate_model(
+                run_dir / MODEL_FILE, SplitEvaluation(data, "test", run_dir / "test")
+            )
             for key in ("accuracy", "macro_f1", "roc_auc"):
                 row[f"test_{key}"] = test[key]
                 row[f"test_{key}_ci"] = test[f"{key}_ci"]
@@ -250,8 +253,7 @@ def _write_results(
     def cell(row: dict, key: str) -> str:
         value = row.get(key)
         if isinstance(value, float):
-            interval = row.get(f"{key}_ci")
-            return f"{value:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
+            return interval_cell(row, key)
         return "" if value is None else str(value)
 
     lines = [

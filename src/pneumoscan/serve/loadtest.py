@@ -7,6 +7,9 @@ half second, and reports requests/s, latency percentiles, errors and RSS over th
     python -m pneumoscan.serve.loadtest --clients 16 --duration 60 \\
         --images ../shared/data/chest_xray/val --out docs/benchmarks.md
 
+`make bench-serve` runs it on full-size films: 64 validation films upscaled to a 2,000 px
+shorter side first (`python -m pneumoscan.research.bench`), as the stored copies are 256 px.
+
 Needs the [serve] extra and httpx (in the [dev] extra). Linux only (RSS from /proc).
 """
 
@@ -17,6 +20,7 @@ import asyncio
 import json
 import os
 import platform
+import shlex
 import socket
 import subprocess
 import sys
@@ -30,10 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pneumoscan.core.fileio import write_section
 from pneumoscan.core.images import IMAGE_SUFFIXES
 
-SECTION_BEGIN = "<!-- serve-load:begin -->"
-SECTION_END = "<!-- serve-load:end -->"
+SECTION = "serve-load"  # its section of the benchmarks file (core.fileio.write_section)
 
 
 def free_port() -> int:
@@ -43,16 +47,20 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`pneumoscan serve` in a child process on a free loopback port; stopped on exit."""
+    """`pneumoscan serve` in a child process on a free loopback port; stopped on exit. `command`
+    replaces `python -m pneumoscan serve` (tests start a server with a deliberately slow model);
+    it is given `--port PORT` and `extra_args`."""
 
-    def __init__(self, extra_args: list[str] | None = None, env: dict | None = None) -> None:
+    def __init__(
+        self,
+        extra_args: list[str] | None = None,
+        env: dict | None = None,
+        command: list[str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.args = [
-            sys.executable,
-            "-m",
-            "pneumoscan",
-            "serve",
+            *(command or [sys.executable, "-m", "pneumoscan", "serve"]),
             "--port",
             str(self.port),
             *(extra_args or []),
@@ -192,10 +200,13 @@ def run_load(
     server_args: list[str] | None = None,
     warmup_requests: int = 20,
 ) -> tuple[LoadResult, list[str]]:
-    """Start a server, warm it up, then run `clients` concurrent uploaders for `duration` s."""
+    """Start a server, warm it up, then run `clients` concurrent uploaders for `duration` s. All
+    clients share the loopback address, so the server admits `clients` requests at once from
+    one address (its default is 4 per client) unless `server_args` say otherwise."""
     loaded = [(f"film{index}{path.suffix}", path.read_bytes()) for index, path in enumerate(films)]
     form = {"model": model, "heatmap": "true" if heatmap else "false"}
-    with ServerProcess(server_args) as server:
+    admission = [f"--max-per-client={clients}", f"--max-in-flight={max(clients, 32)}"]
+    with ServerProcess([*admission, *(server_args or [])]) as server:
         warm = LoadResult(clients=1, duration_s=1.0)
         asyncio.run(_drive(server.url, loaded[:warmup_requests], 1, 2.0, form, warm))
         result = LoadResult(clients=clients, duration_s=duration)
@@ -260,19 +271,18 @@ def describe_films(films: list[Path]) -> str:
 
 
 def markdown(
-    summary: dict, command: str, server_command: list[str], images: str, films: str
+    summary: dict, command: str, server_command: list[str], images: str, films: str, note: str = ""
 ) -> str:
     latency = summary["latency_ms"]
     rss = summary["rss_mb"]
     server = " ".join(["pneumoscan", *server_command[3:]])
     return "\n".join(
         [
-            SECTION_BEGIN,
             "## Serving under load: `pneumoscan serve`",
             "",
             f"`{command}`: {summary['clients']} concurrent clients over loopback for "
-            f"{summary['duration_s']:g} s, each uploading films from `{images}` ({films}) to "
-            "`/v1/predict` "
+            f"{summary['duration_s']:g} s, each uploading films from `{images}` ({films}"
+            f"{'; ' + note if note else ''}) to `/v1/predict` "
             f"(multipart) one after another; server started as `{server}` (port chosen free). "
             f"Hardware: {hardware_line()}. The clients run on the same cores as the server.",
             "",
@@ -289,25 +299,11 @@ def markdown(
             f"| server RSS median, first vs last sixth of the run | {rss['first_sixth_median']:g} "
             f"vs {rss['last_sixth_median']:g} MB |",
             "",
-            "Requests beyond the server's admission limit would get 503 with Retry-After rather "
-            "than queueing without bound; none did here. Rerun with the command above.",
-            SECTION_END,
+            "Requests beyond the server's admission limit get 503 with Retry-After rather than "
+            f"queueing without bound; {summary['statuses'].get('503', 0)} did here. Rerun with "
+            "`make bench-serve` (full-size films) or the command above.",
         ]
     )
-
-
-def write_section(text: str, out: Path) -> None:
-    """Replace the serve-load section of `out` (or append it), leaving the rest of the file."""
-    from pneumoscan.core.fileio import atomic_write_text
-
-    current = out.read_text() if out.exists() else ""
-    if SECTION_BEGIN in current and SECTION_END in current:
-        head, rest = current.split(SECTION_BEGIN, 1)
-        tail = rest.split(SECTION_END, 1)[1]
-        updated = head + text + tail
-    else:
-        updated = current.rstrip("\n") + ("\n\n" if current else "") + text + "\n"
-    atomic_write_text(out, updated)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
     parser.add_argument("--images", type=Path, default=Path("examples"), help="film folder")
     parser.add_argument("--limit", type=int, default=64, help="at most this many films")
+    parser.add_argument("--films-note", default="", help="what the films are, for the report")
     parser.add_argument("--model", default="binary")
     parser.add_argument("--heatmap", action="store_true", help="ask for heatmaps too")
     parser.add_argument("--out", type=Path, help="Markdown file whose serve-load section to write")
@@ -334,9 +331,16 @@ def main(argv: list[str] | None = None) -> int:
     summary = result.summary()
     print(json.dumps(summary, indent=2))
     if args.out:
-        command = "python -m pneumoscan.serve.loadtest " + " ".join(argv or sys.argv[1:])
-        text = markdown(summary, command, server_command, str(args.images), describe_films(films))
-        write_section(text, args.out)
+        command = "python -m pneumoscan.serve.loadtest " + shlex.join(argv or sys.argv[1:])
+        text = markdown(
+            summary,
+            command,
+            server_command,
+            str(args.images),
+            describe_films(films),
+            args.films_note,
+        )
+        write_section(args.out, SECTION, text)
         print(f"wrote {args.out}")
     return 0 if result.errors == 0 else 1
 

@@ -6,6 +6,21 @@ with --refit-gate, the gate's threshold. It fits them on a patient-grouped part 
 reports before and after on the rest, with patient-bootstrap intervals, and measures how the
 figures depend on the number of calibration films. The result is a new model file pair whose
 card says what was calibrated on how many films. SITE is read as `validate` reads it.
+
+The temperature and biases, and the conformal scores, use disjoint information, by cross-fitting
+rather than by a second split (`crossfit_conformal`): each film's conformal score comes from
+probabilities calibrated on the other patients' films only (patient folds, stratified by class),
+so no film is scored by a calibration that saw it or its patient. A split into a temperature half
+and a conformal half would do the same with half the films on each side: the temperature and
+biases are two or three numbers, stable between folds, while the conformal quantiles (one per
+class) need every film, and a few dozen site films are all a site may have.
+
+Prevalence: a calibration fitted by likelihood reproduces the class shares of the films it was
+fitted on, so a curated 50/50 calibration set gives probabilities for a 50/50 population. With
+`Request.prevalence` (`--prevalence`), the calibrated logits are shifted to the site's expected
+shares (Saerens et al. 2002; `evaluation.calibration.prior_shift`), in every fold as in the final
+fit, and the shift lives in the written model's per-class bias: the runtime, CLI, API and server
+all turn logits into probabilities through `core.decision.calibrated_probabilities` with it.
 """
 
 from __future__ import annotations
@@ -56,6 +71,9 @@ class Request:
     bias: bool = True  # per-class biases besides the temperature (bias-corrected scaling)
     set_method: str = "lac"  # conformal score: conformal.METHODS
     seed: int = 0
+    # The site's expected class shares: None (those of the calibration films), the share of
+    # pneumonia for a binary model, or one share per class in the model's class order.
+    prevalence: tuple[float, ...] | None = None
 
     def describe(self) -> str:
         if self.rule == "sensitivity":
@@ -67,11 +85,34 @@ class Request:
             )
         return f"rule `{self.rule}`"
 
+    def shares(self, class_names: tuple[str, ...]) -> tuple[float, ...] | None:
+        """The site's expected share of each class, checked against the model's classes."""
+        if self.prevalence is None:
+            return None
+        given = tuple(float(p) for p in self.prevalence)
+        if len(class_names) == 2 and len(given) == 1:
+            given = (1.0 - given[0], given[0])
+        named = ",".join(class_names)
+        if len(given) != len(class_names):
+            raise DatasetError(
+                f"--prevalence {','.join(f'{p:g}' for p in self.prevalence)}: give one share per "
+                f"class of the model ({named}), e.g. "
+                + ",".join(f"{1 / len(class_names):.2g}" for _ in class_names)
+                + (", or the share of pneumonia alone" if len(class_names) == 2 else "")
+            )
+        if not all(0.0 < p < 1.0 for p in given) or abs(sum(given) - 1.0) > 1e-6:
+            raise DatasetError(
+                f"--prevalence {','.join(f'{p:g}' for p in self.prevalence)}: shares of {named} "
+                "must lie strictly between 0 and 1 and sum to 1."
+            )
+        return given
+
 
 def fit_operating(
     scores: FilmScores, before: Operating, request: Request, class_names: tuple[str, ...]
 ) -> Operating:
-    """Temperature, threshold, conformal scores (and gate threshold) fitted on these films."""
+    """Temperature, biases and threshold fitted on these films (shifted to the site's prevalence
+    when asked), conformal scores cross-fitted over their patients, and the gate threshold."""
     binary = len(class_names) == 2
     fitted = cal.fit(
         scores.logits,
@@ -80,20 +121,57 @@ def fit_operating(
         request.target_sensitivity,
         request.cost_fn,
         bias=request.bias,
+        prevalence=request.shares(class_names),
     )
-    probabilities = calibrated_probabilities(scores.logits, fitted.temperature, fitted.bias)
-    conformal = ConformalCalibration.fit(
-        probabilities,
-        scores.targets,
-        f"{len(scores.targets)} site calibration films",
-        request.set_method,
-    )
+    conformal, _ = crossfit_conformal(scores, request, class_names)
     gate = before.gate_threshold
     if request.refit_gate and scores.gate is not None and gate is not None:
         gate, left_out = widened_gate(gate, scores.gate)
         if left_out:
             logger.info("gate refit: %d film(s) beyond the widening cap left out", left_out)
     return Operating(fitted.temperature, fitted.bias, fitted.threshold, gate, conformal)
+
+
+def crossfit_conformal(
+    scores: FilmScores, request: Request, class_names: tuple[str, ...]
+) -> tuple[ConformalCalibration, np.ndarray]:
+    """The conformal scores of every film, each from probabilities calibrated (temperature,
+    biases, prevalence shift) on the other patient folds' films; and the fold of each film.
+
+    Scores from the calibration fitted on the same films would be optimistic (the fit pulls its
+    own films' probabilities toward their labels), so sets would under-cover new films."""
+    fewest = _fewest_patients(scores, len(class_names))
+    if fewest < 2:
+        raise DatasetError(
+            f"a class has films of {fewest} patient(s) only; calibration needs at least two "
+            "patients of every class, so that each film's conformal score can come from a "
+            "calibration fitted on other patients. Add films of more patients."
+        )
+    folds = cal.crossfit_folds(scores.targets, scores.patients)
+    prevalence = request.shares(class_names)
+    probabilities = np.zeros(scores.logits.shape)
+    fold_of = np.zeros(len(scores.targets), dtype=np.int64)
+    for fold, held in enumerate(
+        cal.patient_folds(scores.targets, scores.patients, folds, request.seed)
+    ):
+        rest = np.setdiff1d(np.arange(len(scores.targets)), held)
+        fitted = cal.fit(
+            scores.logits[rest],
+            scores.targets[rest],
+            None,
+            bias=request.bias,
+            prevalence=prevalence,
+        )
+        probabilities[held] = calibrated_probabilities(
+            scores.logits[held], fitted.temperature, fitted.bias
+        )
+        fold_of[held] = fold
+    source = (
+        f"{len(scores.targets)} site calibration films, each scored out-of-fold "
+        f"({folds} patient folds)"
+    )
+    conformal = ConformalCalibration.fit(probabilities, scores.targets, source, request.set_method)
+    return conformal, fold_of
 
 
 # `--refit-gate` widens the shipped threshold by at most this factor: two mislabelled or
@@ -148,13 +226,19 @@ def learning_curve(
         for _ in range(CURVE_REPEATS if size < len(fit_part.targets) else 1):
             chosen = _films_of_patients(patients, rng.permutation(unique), size)
             part = fit_part.subset(chosen)
-            if len(np.unique(part.targets)) < len(class_names):
-                continue  # a class absent: nothing to calibrate on
+            if _fewest_patients(part, len(class_names)) < 2:
+                continue  # a class on one patient or none: nothing to cross-fit
             operating = fit_operating(part, before, request, class_names)
             runs.append(_curve_point(held, operating, class_names, coverage))
         if runs:
             rows.append(_summarise(size, runs))
     return rows
+
+
+def _fewest_patients(scores: FilmScores, classes: int) -> int:
+    """The number of patients of the class with the fewest."""
+    patients = np.asarray(scores.patients)
+    return min(len(set(patients[scores.targets == c])) for c in range(classes))
 
 
 def _films_of_patients(patients: np.ndarray, order: np.ndarray, size: int) -> np.ndarray:
@@ -260,13 +344,17 @@ def calibrate(
         "skipped_files": scores.failed,
         "request": dataclasses.asdict(request),
         "coverage_level": coverage,
+        "prevalence": _prevalence_record(scores, request, class_names),
         "notice": NOT_DIAGNOSTIC_NOTICE,
     }
-    sections: list[str] = []
     if request.holdout > 0:
         _evaluate_held_out(data, out, scores, model, before, request, coverage, bootstrap, report)
     # The shipped calibration is refitted on every film, the way ship fits on all validation films.
     final = fit_operating(scores, before, request, class_names)
+    if request.refit_gate and final.gate_threshold is not None:
+        report["non_radiographs"] = non_radiograph_refusals(
+            model, {"before": before.gate_threshold, "after": final.gate_threshold}
+        )
     _, info = load_model_file(pt_path)
     name = name or f"{model.name}-site"
     version = f"{name}-{datetime.now(timezone.utc):%Y%m%d%H%M}"
@@ -287,8 +375,18 @@ def calibrate(
     report["version"] = version
     atomic_write_json(out / "calibration.json", report)
     atomic_write_text(out / "card.md", render_site_card(name, version, info, calibration_record))
-    atomic_write_text(out / "report.md", render_calibration_report(report, sections, CURVE_REPEATS))
+    atomic_write_text(out / "report.md", render_calibration_report(report, CURVE_REPEATS))
     return report
+
+
+def non_radiograph_refusals(model, thresholds: dict[str, float]) -> dict:
+    """How many of the gate's benchmark non-radiographs (photos, documents, screenshots, charts,
+    other modalities...) each gate threshold refuses: what a widened gate gives away."""
+    from pneumoscan.evaluation.non_radiographs import non_radiograph_groups, to_unit_gray
+
+    images = [to_unit_gray(image) for _, group in non_radiograph_groups() for _, image in group]
+    scores = model.ood_scores(images)
+    return {"inputs": len(images), **{k: int((scores > t).sum()) for k, t in thresholds.items()}}
 
 
 def _evaluate_held_out(
@@ -352,14 +450,29 @@ def _calibration_record(data, scores, model, request: Request, before, final, co
         "patients": len(set(scores.patients)),
         "class_counts": {n: int((scores.targets == i).sum()) for i, n in enumerate(class_names)},
         "rule": request.describe() if len(class_names) == 2 else None,
+        "prevalence": report["prevalence"],
+        "conformal_folds": cal.crossfit_folds(scores.targets, scores.patients),
         "temperature": {"before": before.temperature, "after": final.temperature},
         "class_bias": {"before": before.bias, "after": final.bias},
         "threshold": {"before": before.threshold, "after": final.threshold},
         "gate_threshold": {"before": before.gate_threshold, "after": final.gate_threshold},
+        "non_radiographs": report.get("non_radiographs"),
         "held_out": {
             "level": coverage,
             **{k: report[k] for k in ("split", "before", "after") if k in report},
         },
+    }
+
+
+def _prevalence_record(scores, request: Request, class_names: tuple[str, ...]) -> dict:
+    """The class shares the calibration reproduces: the calibration films' own, or the site's
+    expected shares (--prevalence) and the logit shift that moved them there."""
+    films = cal.class_shares(scores.targets, len(class_names))
+    site = request.shares(class_names)
+    return {
+        "calibration_films": dict(zip(class_names, films)),
+        "site": None if site is None else dict(zip(class_names, site)),
+        "logit_shift": None if site is None else cal.prior_shift(films, site).tolist(),
     }
 
 

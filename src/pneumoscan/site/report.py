@@ -1,9 +1,12 @@
 """The site reports: the gate and conformal sections of `validate`'s report, `calibrate`'s
-before/after report and learning curve, and the card of a recalibrated model."""
+before/after report and learning curve, and the card of a recalibrated model.
+
+`calibrate`'s report and card are Jinja2 templates in templates/ fed by the facts calibrate
+records (calibration.json, the model file's site_calibration record); `validate`'s sections stay
+Python: validate runs on the torch-free [eval] install, and Jinja2 comes with [train]."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from pneumoscan.core.fileio import atomic_write
@@ -88,39 +91,7 @@ def plot_learning_curve(
     plt.close(figure)
 
 
-def _cell(metrics: dict, key: str) -> str:
-    value = metrics.get(key)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    interval = metrics.get(f"{key}_ci")
-    return f"{value:.4f}" + (f" [{interval[0]:.4f}, {interval[1]:.4f}]" if interval else "")
-
-
-def _comparison(report: dict) -> list[str]:
-    before, after = report["before"], report["after"]
-    keys = ["accuracy", "macro_f1", "roc_auc", "sensitivity", "specificity", "ece"]
-    lines = ["| metric | before | after |", "|---|---|---|"]
-    lines += [
-        f"| {key} | {_cell(before, key)} | {_cell(after, key)} |" for key in keys if key in before
-    ]
-    if "threshold" in before:
-        lines.append(f"| threshold | {before['threshold']:.4f} | {after['threshold']:.4f} |")
-    lines.append(f"| temperature | {before['temperature']:.4f} | {after['temperature']:.4f} |")
-    lines.append(f"| class bias | {_bias(before)} | {_bias(after)} |")
-    if "gate" in before:
-        lines.append(
-            f"| gate refusals | {100 * before['gate']['refusal_rate']:.1f}% | "
-            f"{100 * after['gate']['refusal_rate']:.1f}% |"
-        )
-    level = report["coverage_level"]
-    lines.append(
-        f"| {level:.0%} sets: coverage / mean size | {_sets_cell(before, level)} | "
-        f"{_sets_cell(after, level)} |"
-    )
-    return lines
-
-
-def _bias(metrics: dict) -> str:
+def _bias_cell(metrics: dict) -> str:
     bias = metrics.get("class_bias")
     return "none" if bias is None else ", ".join(f"{b:+.3f}" for b in bias)
 
@@ -132,139 +103,31 @@ def _sets_cell(metrics: dict, level: float) -> str:
     return f"{rows[level]['coverage']:.4f} / {rows[level]['mean_size']:.3f}"
 
 
-def render_calibration_report(report: dict, sections: list[str], curve_repeats: int) -> str:
-    request = report["request"]
-    lines = [
-        f"# Site calibration of {report['model_name']} ({report['model_version']})",
-        "",
-        f"> {NOT_DIAGNOSTIC_NOTICE}",
-        "",
-        f"- data: `{report['data']}`: {report['films']} films of {report['patients']} patients "
-        f"({len(report['skipped_files'])} unreadable, left out)",
-        f"- written: `{report['written']['model']}`, `{report['written']['onnx']}` "
-        f"(version `{report['version']}`), card.md",
-    ]
-    if "split" in report:
-        split = report["split"]
-        lines += [
-            f"- fitted on {split['calibration_films']} films ({split['calibration_patients']} "
-            f"patients); reported on the other {split['held_out_films']} films "
-            f"({split['held_out_patients']} patients), no patient on both sides "
-            f"(--holdout {request['holdout']}, seed {request['seed']})",
-            "- the written model is then refitted on all films, as the figures below estimate",
-            "",
-            "## Before and after, on the held-out films",
-            "",
-            "95% intervals from a patient bootstrap. `before`: the model as it came; `after`: the "
-            "temperature, threshold, conformal scores"
-            + (" and gate threshold" if request["refit_gate"] else "")
-            + " fitted on the calibration part.",
-            "",
-            *_comparison(report),
-            "",
-            "Full reports: [before/report.md](before/report.md), [after/report.md](after/report.md).",
-            "",
-            "## How many local films are needed",
-            "",
-            f"Each point recalibrates on random patient subsets of that many films ({curve_repeats} "
-            "draws) and scores the same held-out films; the band spans the 10th to 90th percentile.",
-            "",
-            "![learning curve](learning_curve.png)",
-            "",
-            *_curve_table(report),
-        ]
-    else:
-        lines += [
-            "",
-            "--holdout 0: every film was used for fitting, so there is no held-out estimate of the "
-            "recalibrated model; run `pneumoscan validate` on other films of the site.",
-        ]
-    lines += ["", *sections, f"**{NOT_DIAGNOSTIC_NOTICE}**", ""]
-    return "\n".join(lines)
+def _template(name: str):
+    """templates/<name> (package data), with the table cells of the before/after comparison."""
+    from pneumoscan.evaluation.report import template
+
+    filters = {"bias_cell": _bias_cell, "sets_cell": _sets_cell}
+    return template(Path(__file__).parent / "templates", name, filters)
 
 
-def _curve_table(report: dict) -> list[str]:
-    rows = report["learning_curve"]
-    if not rows:
-        return []
-    keys = [
-        k for k in ("sensitivity", "specificity", "accuracy", "ece", "coverage") if k in rows[0]
-    ]
-    lines = [
-        "| films | draws | " + " | ".join(f"{k} (mean, 10-90%)" for k in keys) + " |",
-        "|---|---|" + "---|" * len(keys),
-    ]
-    for row in rows:
-        cells = [f"{row[k]['mean']:.3f} ({row[k]['p10']:.3f}-{row[k]['p90']:.3f})" for k in keys]
-        lines.append(f"| {row['films']} | {row['repeats']} | " + " | ".join(cells) + " |")
-    return lines
+def render_calibration_report(report: dict, curve_repeats: int) -> str:
+    """`calibrate`'s report.md: templates/calibration_report.md.j2 fed by calibration.json."""
+    return _template("calibration_report.md.j2").render(
+        report=report,
+        request=report["request"],
+        curve_repeats=curve_repeats,
+        notice=NOT_DIAGNOSTIC_NOTICE,
+    )
 
 
 def render_site_card(name: str, version: str, info, record: dict) -> str:
-    held = record.get("held_out", {})
-    lines = [
-        f"# Model card: `{name}` (site-calibrated)",
-        "",
-        f"> **{NOT_DIAGNOSTIC_NOTICE}**",
-        "",
-        f"- Version `{version}`, calibrated {record['date']} from `{record['source_model']}` "
-        f"(version `{record['source_version']}`). The network's weights are unchanged; its card "
-        "describes the training.",
-        f"- Calibrated on {record['films']} films of {record['patients']} patients from "
-        f"`{record['data']}` ("
-        + ", ".join(f"{n} {c}" for c, n in record["class_counts"].items())
-        + ").",
-        f"- Temperature {record['temperature']['before']:.4f} -> "
-        f"{record['temperature']['after']:.4f}"
-        + (
-            ", with per-class logit biases "
-            + ", ".join(f"{b:+.3f}" for b in record["class_bias"]["after"])
-            + " (bias-corrected temperature scaling)"
-            if record["class_bias"]["after"] is not None
-            else ""
-        )
-        + ".",
-    ]
-    if record["threshold"]["after"] is not None:
-        lines.append(
-            f"- Threshold on P(pneumonia) {record['threshold']['before']:.4f} -> "
-            f"{record['threshold']['after']:.4f}, by {record['rule']}."
-        )
-    gate = record["gate_threshold"]
-    if gate["after"] is not None:
-        lines.append(
-            f"- Gate threshold {gate['before']:.3f} -> {gate['after']:.3f}"
-            + (" (refitted on the site's films)" if gate["after"] != gate["before"] else "")
-            + "."
-        )
-    lines.append(
-        f"- Conformal prediction sets (`{info.conformal['method']}` score) calibrated on these "
-        f"{record['films']} films: "
-        "`pneumoscan predict --model DIR/model.onnx --sets 0.9`."
+    """The recalibrated model's card: templates/site_card.md.j2 fed by its site_calibration
+    record and its conformal scores."""
+    return _template("site_card.md.j2").render(
+        name=name,
+        version=version,
+        record=record,
+        conformal=info.conformal,
+        notice=NOT_DIAGNOSTIC_NOTICE,
     )
-    if held.get("after"):
-        split, after, before = held["split"], held["after"], held["before"]
-        lines += [
-            "",
-            "## Held-out figures",
-            "",
-            f"Fitted on {split['calibration_films']} films, scored on {split['held_out_films']} "
-            "other films (other patients) of the site; 95% patient-bootstrap intervals.",
-            "",
-            *_comparison({"before": before, "after": after, "coverage_level": held["level"]}),
-        ]
-    else:
-        lines += ["", "No held-out films were kept (--holdout 0): no held-out figures."]
-    lines += [
-        "",
-        "## Limitations",
-        "",
-        "- Valid for films like the calibration films: same site, devices, patient group and "
-        "labelling. Recalibrate when any of these changes.",
-        "- Calibration moves the operating point; it cannot add what the network does not "
-        "separate (see ROC AUC, unchanged by calibration).",
-        "",
-        f"**{NOT_DIAGNOSTIC_NOTICE}**",
-        "",
-    ]
-    return "\n".join(lines)

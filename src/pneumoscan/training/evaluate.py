@@ -16,10 +16,9 @@ from torch.utils.data import DataLoader
 
 from pneumoscan.core import dataset as ds
 from pneumoscan.core.decision import calibrated_probabilities
-from pneumoscan.core.errors import DatasetError
 from pneumoscan.core.labels import Task
 from pneumoscan.core.shipped import resolve_model
-from pneumoscan.evaluation.report import report_split
+from pneumoscan.evaluation.report import SplitEvaluation
 from pneumoscan.training.loaders import ImageTensorDataset, decode_images
 from pneumoscan.training.model_file import ModelInfo, load_model_file
 from pneumoscan.training.networks import predict_logits
@@ -27,32 +26,12 @@ from pneumoscan.training.networks import predict_logits
 logger = logging.getLogger(__name__)
 
 
-def evaluate_model(
-    model_ref: str | Path,
-    data_dir: Path,
-    split: str,
-    out: Path,
-    strict: bool = False,
-    bootstrap: int = 1000,
-) -> dict:
+def evaluate_model(model_ref: str | Path, evaluation: SplitEvaluation) -> dict:
     """Evaluate a model file (or shipped model name) on one split of a data folder."""
     model_path = resolve_model(model_ref)
     model, info = load_model_file(model_path)
-    samples, targets = ds.targets_for(ds.scan_split(data_dir, split), Task(info.task))
-    if not samples:
-        raise DatasetError(f"{data_dir}/{split}: no image has a {info.task} label.")
-    return evaluate_samples(
-        model,
-        info,
-        samples,
-        targets,
-        out,
-        split=split,
-        source=str(model_path),
-        data_label=str(data_dir),
-        strict=strict,
-        bootstrap=bootstrap,
-    )
+    samples, targets = evaluation.labelled(Task(info.task))
+    return evaluate_samples(model, info, samples, targets, evaluation, source=str(model_path))
 
 
 def evaluate_samples(
@@ -60,35 +39,27 @@ def evaluate_samples(
     info: ModelInfo,
     samples: list[ds.Sample],
     targets: np.ndarray,
-    out: Path,
-    split: str,
+    evaluation: SplitEvaluation,
     source: str,
-    data_label: str,
-    strict: bool = False,
-    bootstrap: int = 1000,
 ) -> dict:
     """Metrics, predictions, plots and report for a model on a list of labelled samples."""
-    decoded = decode_images(samples, info.preprocess.size, strict=strict)
+    decoded = decode_images(samples, info.preprocess.size, strict=evaluation.strict)
     samples = [samples[i] for i in decoded.kept]
     targets = targets[decoded.kept]
     images = ImageTensorDataset(decoded.pixels, targets, info.preprocess)
-    logger.info("evaluating %s on %d %s images", source, len(samples), split)
+    logger.info("evaluating %s on %d %s images", source, len(samples), evaluation.split)
     logits = predict_logits(
         model.to(memory_format=torch.channels_last), DataLoader(images, batch_size=64)
     )
     probabilities = calibrated_probabilities(logits.numpy(), info.temperature, info.class_bias)
-    return report_split(
-        out,
+    return evaluation.report(
         probabilities,
         samples,
         targets,
         info.class_names,
         info.threshold,
-        split=split,
         model=source,
         model_name=info.name,
         temperature=info.temperature,
         skipped_files=decoded.failed,
-        data_label=data_label,
-        bootstrap=bootstrap,
     )

@@ -34,10 +34,20 @@ from pneumoscan.core.images import read_image
 from pneumoscan.core.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
 from pneumoscan.core.preprocess import prepare
 from pneumoscan.evaluation import calibration as cal
+from pneumoscan.evaluation.report import template
 from pneumoscan.training.distill import read_teacher_record
 from pneumoscan.training.export import export_onnx, parity
 from pneumoscan.training.fit import default_cache_dir
-from pneumoscan.training.gate import GATE_DESIGN, fit_gate, gate_features, texture_taps
+from pneumoscan.training.gate import (
+    CONTENT,
+    GATE_DESIGN,
+    LAYOUT,
+    LAYOUT_SIDE,
+    TEXTURE,
+    fit_gate,
+    gate_features,
+    texture_taps,
+)
 from pneumoscan.training.loaders import ImageTensorDataset, decode_images
 from pneumoscan.training.model_file import ModelInfo, load_model_file, save_model_file
 from pneumoscan.training.networks import (
@@ -482,13 +492,6 @@ def write_card(
     return path
 
 
-def _ci(metrics: dict, key: str) -> str:
-    if f"{key}_ci" not in metrics:  # a record written before this interval was computed
-        return f"{metrics[key]:.4f}"
-    low, high = metrics[f"{key}_ci"]
-    return f"{metrics[key]:.4f} [{low:.4f}, {high:.4f}]"
-
-
 def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Path | None) -> str:
     """The model card: templates/model_card.md.j2 fed by what the model file recorded."""
     record, config = info.record, info.record["config"]
@@ -528,25 +531,25 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
         "stress": stress,
         "stress_dir": stress_dir,
         "gate_percentile": f"{100 * GATE_QUANTILE:g}",
+        "gate_spaces": GATE_SPACES,
+        "distill_table": _shown_path(config["train"].get("distill_targets")),
     }
-    return _template("model_card.md.j2").render(facts)
+    return template(Path(__file__).parent / "templates", "model_card.md.j2").render(facts)
 
 
-def _template(name: str):
-    """A Jinja2 template from templates/ (package data): text as written, no HTML escaping."""
-    import jinja2
+GATE_SPACES = {
+    CONTENT: "the channel means of the last feature map (content)",
+    TEXTURE: "the channel standard deviations of an early stage (texture)",
+    LAYOUT: f"the input shrunk to {LAYOUT_SIDE} x {LAYOUT_SIDE} (layout)",
+}
 
-    environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-    environment.filters["fmt"] = format
-    environment.filters["ci"] = _ci
-    return environment.get_template(name)
+
+def _shown_path(path: str | None) -> str | None:
+    """A recorded path as a card shows it: relative paths as given, absolute ones by their last
+    two parts (`runs/teacher.csv`), so no machine's folders end up in a shipped card."""
+    if not path:
+        return path
+    return str(path) if not Path(path).is_absolute() else "/".join(Path(path).parts[-2:])
 
 
 def _conformal_text(info: ModelInfo, oos: dict) -> str:

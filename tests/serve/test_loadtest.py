@@ -1,0 +1,32 @@
+"""Issue 18 item 9: the serve load benchmark runs end to end on full-size films (`make
+bench-serve`): the films are upscaled copies kept by `python -m pneumoscan.research.bench`, all
+clients share the loopback address yet none is refused with 429, and the report says what the
+films are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pneumoscan.research import bench
+from pneumoscan.serve import loadtest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def test_load_benchmark_on_full_size_films_writes_its_section(tmp_path, capsys):
+    films = tmp_path / "films"
+    assert bench.main([str(EXAMPLES), str(films), "--films", "2"]) == 0
+    out = tmp_path / "benchmarks.md"
+    out.write_text("# kept\n")
+    clients = 6  # more than the server's default of 4 admitted requests per client address
+    arguments = ["--clients", str(clients), "--duration", "2", "--images", str(films)]
+    note = "upscaled copies"
+    code = loadtest.main([*arguments, "--films-note", note, "--out", str(out)])
+    assert code == 0, capsys.readouterr().out  # no request refused or failed
+    text = out.read_text()
+    assert text.startswith("# kept\n") and "<!-- serve-load:begin -->" in text
+    assert "2 films, median" in text and "x2000 px; upscaled copies)" in text
+    assert (
+        f"--max-per-client={clients}" in text
+        and "| errors (non-200 or connection errors) | 0 |" in text
+    )
