@@ -746,4 +746,14 @@ def restore_run(model_file: Path, out_dir: Path) -> Path:
     run_data = prepare_run_data(config, {info.preprocess.size})
     write_split(run_data, out_dir / ds.SPLIT_FILE)
     shutil.copyfile(model_file, out_dir / "model.pt")
+    record = info.record or {}
+    if record.get("training_minutes") is not None:
+        # The training time and hardware the model file recorded when it was shipped, so a
+        # re-ship's card keeps them.
+        timing = {
+            "hardware": record.get("training_hardware"),
+            "wall_seconds": 60 * record["training_minutes"],
+            "restored_from": str(model_file),
+        }
+        atomic_write_json(out_dir / "timing.json", timing)
     return out_dir
