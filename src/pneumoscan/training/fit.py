@@ -366,11 +366,8 @@ def _network(model_config, task: str, head: str, spec):
 
 def _features(config, model, run_data, spec, head):
     """A frozen backbone's features of every film, cached on disk by what they depend on."""
-    model_config = config.model
     pixels = run_data.pixels[spec.size]
-    key = hashlib.sha256(
-        f"{model_config.arch}|{model_config.pretrained}|{spec}|{head}|".encode() + pixels.tobytes()
-    ).hexdigest()[:16]
+    key = feature_cache_key(model, pixels, spec, head)
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
     features = _feature_cache(
         model,
@@ -380,6 +377,22 @@ def _features(config, model, run_data, spec, head):
         cache_file=cache_dir / f"features-{key}.pt",
     )
     return features
+
+
+def feature_cache_key(
+    model: Classifier | GroupedClassifier, pixels: np.ndarray, spec: PreprocessSpec, head: str
+) -> str:
+    """What a frozen backbone's features depend on: the backbone's own weights (not the
+    architecture's name: `--init` starts from trained weights that ImageNet's never give), the
+    preprocessing, whether the head pools, and the pixels."""
+    digest = hashlib.sha256(f"{spec}|{head in SIZE_DEPENDENT_HEADS}|".encode())
+    source = model.source if isinstance(model, GroupedClassifier) else model
+    for name, tensor in sorted(source.backbone.state_dict().items()):
+        # Bytes of the contiguous copy: a channels_last backbone hashes like its plain copy.
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    digest.update(pixels.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _train_targets(train_config, run_data, train_index, n_classes: int):
