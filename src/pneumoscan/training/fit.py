@@ -271,11 +271,13 @@ def fit(
 
     train_targets = _train_targets(train_config, run_data, train_index, len(class_names))
     monitor = monitor_metric(len(class_names))
+    shipped = None
     for name, size, epochs in phases:
         phase_dir = out_dir / name
         if (phase_dir / "done.json").is_file():
             best = json.loads((phase_dir / "done.json").read_text())["best_checkpoint"]
-            model.load_state_dict(_checkpoint_weights(Path(best)))
+            state, shipped = _load_checkpoint(Path(best), name)
+            model.load_state_dict(state)
             continue
         datamodule = _phase_data(
             train_config, run_data, spec, size, features, train_targets, weights
@@ -302,21 +304,29 @@ def fit(
             # The next phase starts from rank zero's chosen weights: DDP broadcasts them when it
             # wraps the model, so the other ranks need not read rank zero's checkpoint files.
             continue
-        # `last` keeps selection off the validation films, which then stay out-of-sample for
-        # calibration and reporting; `best` picks the epoch with the best validation score.
-        chosen = train_config.select == "best" and checkpoint.best_model_path
-        best = Path(checkpoint.best_model_path) if chosen else last
-        model.load_state_dict(_checkpoint_weights(best))
-        atomic_write_text(
-            phase_dir / "done.json",
-            json.dumps({"best_checkpoint": str(best), "best_score": _score(checkpoint)}, indent=2),
-        )
+        shipped = _keep_selected(model, checkpoint, train_config.select, phase_dir)
 
     if not launch.is_rank_zero:
         return out_dir / MODEL_FILE
-    model_path = finalize(config, model, run_data, features if frozen else None, spec, out_dir)
+    model_path = finalize(
+        config, model, run_data, features if frozen else None, spec, out_dir, shipped
+    )
     _write_timing(out_dir, resume, started, launch)
     return model_path
+
+
+def _keep_selected(model, checkpoint: ModelCheckpoint, select: str, phase_dir: Path) -> dict:
+    """Load the phase's selected weights into `model`, mark the phase done, and return where in
+    training they were saved. `last` keeps selection off the validation films, which then stay
+    out-of-sample for calibration and reporting; `best` picks the epoch with the best
+    validation score."""
+    chosen = select == "best" and checkpoint.best_model_path
+    selected = Path(checkpoint.best_model_path) if chosen else phase_dir / "last.ckpt"
+    state, shipped = _load_checkpoint(selected, phase_dir.name)
+    model.load_state_dict(state)
+    done = {"best_checkpoint": str(selected), "best_score": _score(checkpoint), **shipped}
+    atomic_write_text(phase_dir / "done.json", json.dumps(done, indent=2))
+    return shipped
 
 
 def _set_threads(train_config, launch) -> None:
@@ -608,11 +618,25 @@ def _score(checkpoint: ModelCheckpoint) -> float | None:
     return None if score is None else float(score)
 
 
-def _checkpoint_weights(path: Path) -> dict:
-    """The Classifier's weights from a Lightning checkpoint of LitClassifier."""
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+def _load_checkpoint(path: Path, phase: str) -> tuple[dict, dict]:
+    """The Classifier's weights from a Lightning checkpoint of LitClassifier, and where in
+    training they were saved: {phase, epoch (counted from 1), global_step (optimizer steps in
+    the phase)}, what the model file records of the weights it ships."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     prefix = "model."
-    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    weights = {
+        key[len(prefix) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(prefix)
+    }
+    # Lightning stores the 0-based index of the epoch that wrote the checkpoint (as metrics.csv
+    # numbers them); a person reads "the weights after epoch 3 of 3".
+    position = {
+        "phase": phase,
+        "epoch": int(checkpoint["epoch"]) + 1,
+        "global_step": int(checkpoint["global_step"]),
+    }
+    return weights, position
 
 
 def finalize(
@@ -622,8 +646,10 @@ def finalize(
     features: torch.Tensor | None,
     spec: PreprocessSpec,
     out_dir: Path,
+    shipped: dict | None = None,
 ) -> Path:
-    """Calibrate and choose the threshold on validation, then write the model file."""
+    """Calibrate and choose the threshold on validation, then write the model file (with
+    `shipped`, the phase, epoch and global step its weights come from)."""
     class_names = CLASS_NAMES[config.data.task]
     val_index = run_data.split.val
     val_targets = run_data.targets[val_index]
@@ -670,6 +696,7 @@ def finalize(
         versions=package_versions(),
         name=config.name,
         ood=gate,
+        **(shipped or {}),
         derived_from=model.derived_from(CLASS_NAMES[Task.THREE_CLASS])
         if isinstance(model, GroupedClassifier)
         else None,

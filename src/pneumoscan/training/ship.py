@@ -176,6 +176,9 @@ def network_info(info: ModelInfo, **changes) -> ModelInfo:
         "config": info.config,
         "versions": info.versions,
         "name": info.name,
+        "phase": info.phase,
+        "epoch": info.epoch,
+        "global_step": info.global_step,
     }
     return ModelInfo(**{**facts, **changes})
 
@@ -187,7 +190,8 @@ def out_of_fold_scores(members: list[RunScores]) -> RunScores:
     not the whole ensemble: a conservative estimate of it."""
     keys, logits, targets, patients, counts = pool_out_of_fold(members)
     ensemble = EnsembleClassifier([m.model for m in members], [m.info.to_dict() for m in members])
-    info = network_info(members[0].info)
+    # The members' epochs are their own (in member_infos), not the ensemble's.
+    info = network_info(members[0].info, phase=None, epoch=None, global_step=None)
     facts = {
         "films_per_member": {str(m.run_dir): len(m.targets) for m in members},
         "films_by_out_of_fold_members": {
