@@ -28,7 +28,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from filelock import FileLock
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
@@ -57,7 +56,14 @@ from pneumoscan.evaluation.calibration import fit as fit_calibration
 from pneumoscan.evaluation.metrics import compute_metrics
 from pneumoscan.training.gate import fit_gate, pooled_features
 from pneumoscan.training.lit import LitClassifier, monitor_metric
-from pneumoscan.training.loaders import ChestXrayDataModule, ImageTensorDataset, decode_images
+from pneumoscan.training.loaders import (
+    ChestXrayDataModule,
+    ImageTensorDataset,
+    cache_lock,
+    decode_images,
+    on_cuda,
+    scoring_batches,
+)
 from pneumoscan.training.model_file import (
     ModelInfo,
     load_model_file,
@@ -71,6 +77,7 @@ from pneumoscan.training.networks import (
     create_model,
     get_architecture,
     predict_logits,
+    scoring_device,
 )
 
 logger = logging.getLogger(__name__)
@@ -93,6 +100,7 @@ class Launch:
     world_size: int
     global_rank: int
     processes_per_node: int
+    gpu: bool = False  # Lightning resolved the accelerator to CUDA GPUs
 
     @property
     def is_rank_zero(self) -> bool:
@@ -127,7 +135,16 @@ def launch_of(train: TrainConfig) -> Launch:
             f"train.accelerator={train.accelerator} train.devices={train.devices} "
             f"train.num_nodes={train.num_nodes} train.strategy={train.strategy}: {error}"
         ) from None
-    return Launch(trainer.world_size, trainer.global_rank, trainer.num_devices)
+    return Launch(
+        trainer.world_size, trainer.global_rank, trainer.num_devices, on_cuda(trainer.accelerator)
+    )
+
+
+def device_flags(launch: Launch) -> dict:
+    """Trainer arguments that depend on the devices: batch-norm statistics synchronised across
+    DDP processes on GPUs (each GPU's share of a batch is small; CPU DDP keeps per-process
+    statistics, as SyncBatchNorm needs GPUs)."""
+    return {"sync_batchnorm": True} if launch.gpu and launch.world_size > 1 else {}
 
 
 @dataclass(frozen=True)
@@ -187,7 +204,7 @@ def _feature_cache(
     Under a lock: DDP ranks started together compute them once, the others wait and read the file.
     """
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(cache_file.with_name(cache_file.name + ".lock")):
+    with cache_lock(cache_file):
         if cache_file.is_file():
             return torch.load(cache_file, weights_only=True)
         return _compute_features(model, pixels, spec, pooled, cache_file)
@@ -502,6 +519,7 @@ def _phase_trainer(
         plugins=[AtomicCheckpointIO()],
         enable_model_summary=False,
         default_root_dir=phase_dir,
+        **device_flags(launch),
     )
     return checkpoint, trainer
 
@@ -653,14 +671,14 @@ def finalize(
     class_names = CLASS_NAMES[config.data.task]
     val_index = run_data.split.val
     val_targets = run_data.targets[val_index]
+    device = scoring_device(config.train.accelerator)
+    model.to(device)
     if features is not None:
-        batches = DataLoader(
-            TensorDataset(features[val_index], torch.from_numpy(val_targets)), batch_size=256
-        )
-        logits = predict_logits(model, batches, head_only=True)
+        val_features = TensorDataset(features[val_index], torch.from_numpy(val_targets))
+        logits = predict_logits(model, scoring_batches(val_features, device, 256), head_only=True)
     else:
         val_set = ImageTensorDataset(run_data.pixels[spec.size][val_index], val_targets, spec)
-        logits = predict_logits(model, DataLoader(val_set, batch_size=64))
+        logits = predict_logits(model, scoring_batches(val_set, device))
     logits = logits.numpy()
     sensitivity = config.train.threshold_sensitivity
     rule = "youden" if sensitivity is None else "sensitivity"
@@ -679,7 +697,7 @@ def finalize(
         train_set = ImageTensorDataset(
             run_data.pixels[spec.size][train_index], run_data.targets[train_index], spec
         )
-        train_features = pooled_features(model, DataLoader(train_set, batch_size=64))
+        train_features = pooled_features(model, scoring_batches(train_set, device))
     gate = fit_gate(train_features)
     atomic_write_json(out_dir / "val_metrics.json", val_metrics)
     info = ModelInfo(
@@ -702,7 +720,7 @@ def finalize(
         else None,
     )
     model_path = out_dir / MODEL_FILE
-    save_model_file(model_path, model.to(memory_format=torch.contiguous_format), info)
+    save_model_file(model_path, model.to("cpu", memory_format=torch.contiguous_format), info)
     logger.info("wrote %s", model_path)
     return model_path
 

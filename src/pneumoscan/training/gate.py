@@ -106,10 +106,11 @@ def fit_gate(
 def pooled_features(model, batches) -> np.ndarray:
     """Global-average-pooled backbone features for every batch of (images, _)."""
     model.eval()
+    device = next(model.parameters()).device  # the training device (networks.scoring_device)
     outputs = [
-        model.forward_features(images.contiguous(memory_format=torch.channels_last)).mean(
-            dim=(2, 3)
-        )
+        model.forward_features(
+            images.to(device).contiguous(memory_format=torch.channels_last)
+        ).mean(dim=(2, 3))
         for images, _ in batches
     ]
-    return torch.cat(outputs).float().numpy()
+    return torch.cat(outputs).float().cpu().numpy()

@@ -130,8 +130,9 @@ def save_model_file(
     weights = model.source if isinstance(model, GroupedClassifier) else model
 
     def plain(module: torch.nn.Module) -> dict:
+        # On the CPU: a network scored on a GPU (networks.scoring_device) loads anywhere.
         return {
-            key: value.half() if half and value.is_floating_point() else value
+            key: value.half().cpu() if half and value.is_floating_point() else value.cpu()
             for key, value in module.state_dict().items()
         }
 

@@ -37,13 +37,15 @@ from pneumoscan.evaluation import calibration as cal
 from pneumoscan.training.export import export_onnx, parity
 from pneumoscan.training.fit import default_cache_dir
 from pneumoscan.training.gate import fit_gate, pooled_features
-from pneumoscan.training.loaders import ImageTensorDataset, decode_images
+from pneumoscan.training.loaders import ImageTensorDataset, decode_images, scoring_batches
 from pneumoscan.training.model_file import ModelInfo, load_model_file, save_model_file
 from pneumoscan.training.networks import (
     EnsembleClassifier,
     GroupedClassifier,
     get_architecture,
     predict_logits,
+    recorded_accelerator,
+    scoring_device,
 )
 
 logger = logging.getLogger(__name__)
@@ -86,11 +88,13 @@ def score_run(run_dir: Path) -> RunScores:
             f"{source}: the run has not finished (no model.pt); train or --resume it first."
         )
     model, info = load_model_file(source)
+    # The run's training device for every later pass of ship (scores, gate); saved on the CPU.
+    device = scoring_device(recorded_accelerator(info.config))
     samples, targets = ds.read_split(run_dir, "val")
     decoded = decode_images(samples, info.preprocess.size, cache_dir=default_cache_dir())
     images = ImageTensorDataset(decoded.pixels, targets[decoded.kept], info.preprocess)
     logits = predict_logits(
-        model.to(memory_format=torch.channels_last), DataLoader(images, batch_size=64)
+        model.to(device, memory_format=torch.channels_last), scoring_batches(images, device)
     ).numpy()
     from pneumoscan.training.distill import film_key
 
