@@ -173,6 +173,8 @@ def test_merge_refuses_parts_that_say_no_shard(tmp_path):
     """Parts written by pneumoscan 0.1.0 (or without --shard) cannot show that none is missing."""
     _part(tmp_path / "a.csv", "1/2", "x.jpeg,ok,normal,0.9,0.1,b,1,n")
     (tmp_path / "old.csv").write_text(f"{HEADER}\ny.jpeg,ok,normal,0.9,0.1,b,1,n\n")
-    result = _merge(tmp_path, "a.csv", "old.csv")
-    assert result.exit_code == 2
-    assert "old.csv: says no shard" in result.output and "--shard I/N" in result.output
+    _part(tmp_path / "edited.csv", "3/2", "z.jpeg,ok,normal,0.9,0.1,b,1,n")
+    for part in ("old.csv", "edited.csv"):
+        result = _merge(tmp_path, "a.csv", part)
+        assert result.exit_code == 2
+        assert f"{part}: says no shard" in result.output and "--shard I/N" in result.output

@@ -59,7 +59,9 @@ _SHARD_HEADER = re.compile(rf"{SHARD_COLUMN} ([0-9]+)/([0-9]+)")
 def shard_of_header(header: Sequence[str]) -> Shard | None:
     """The shard a part's header names in its last column, or None (not a sharded part)."""
     match = _SHARD_HEADER.fullmatch(header[-1]) if header else None
-    return Shard(int(match[1]), int(match[2])) if match else None
+    if match is None or not 1 <= int(match[1]) <= int(match[2]):
+        return None  # no shard column, or one edited out of range
+    return Shard(int(match[1]), int(match[2]))
 
 
 def parse_shard(text: str) -> Shard:
