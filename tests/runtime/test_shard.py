@@ -79,45 +79,102 @@ def test_sharded_predictions_merge_into_the_unsharded_file(tmp_path):
     assert (tmp_path / "merged.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
 
 
-def test_merge_command_and_its_refusals(tmp_path):
+HEADER = "file,status,label,p_normal,p_pneumonia,model,model_version,notice"
+
+
+def _part(path, shard, *rows, header=HEADER):
+    """A part as predict --csv --shard writes it: the shard named in the last column."""
+    lines = [f"{header},shard {shard}"] + [f"{row},{shard}" for row in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def _merge(tmp_path, *parts):
     from typer.testing import CliRunner
 
     from pneumoscan.cli import app
 
-    header = "file,status,label,p_normal,p_pneumonia,model,model_version,notice\n"
-    (tmp_path / "a.csv").write_text(header + "x.jpeg,ok,normal,0.9,0.1,binary,1.0,n\n")
-    (tmp_path / "b.csv").write_text(header + "y.jpeg,ok,pneumonia,0.2,0.8,binary,1.0,n\n")
-    (tmp_path / "c.csv").write_text(header + "z.jpeg,ok,normal,0.9,0.1,binary,2.0,n\n")
-    (tmp_path / "d.csv").write_text(
-        "file,status,label,p_normal,p_bacteria,p_virus,model,model_version,notice\n"
+    return CliRunner().invoke(
+        app, ["merge", *[str(tmp_path / part) for part in parts], "-o", str(tmp_path / "x.csv")]
     )
-    (tmp_path / "e.csv").write_text(header + "w.jpeg,ok,normal\n")
-    runner = CliRunner()
 
-    result = runner.invoke(
-        app,
-        [
-            "merge",
-            str(tmp_path / "a.csv"),
-            str(tmp_path / "b.csv"),
-            "-o",
-            str(tmp_path / "all.csv"),
-        ],
+
+def test_merge_command_and_its_refusals(tmp_path):
+    _part(tmp_path / "a.csv", "1/2", "x.jpeg,ok,normal,0.9,0.1,binary,1.0,n")
+    _part(tmp_path / "b.csv", "2/2", "y.jpeg,ok,pneumonia,0.2,0.8,binary,1.0,n")
+    _part(tmp_path / "c.csv", "2/2", "z.jpeg,ok,normal,0.9,0.1,binary,2.0,n")
+    _part(
+        tmp_path / "d.csv",
+        "2/2",
+        header="file,status,label,p_normal,p_bacteria,p_virus,model,model_version,notice",
     )
+    (tmp_path / "e.csv").write_text(f"{HEADER},shard 2/2\nw.jpeg,ok,normal\n")
+    _part(tmp_path / "f.csv", "2/2", "x.jpeg,ok,normal,0.9,0.1,binary,1.0,n")
+
+    result = _merge(tmp_path, "a.csv", "b.csv")
     assert result.exit_code == 0 and "2 rows from 2 parts" in result.output
-    with (tmp_path / "all.csv").open() as handle:
-        assert [row["file"] for row in csv.DictReader(handle)] == ["x.jpeg", "y.jpeg"]
+    with (tmp_path / "x.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["file"] for row in rows] == ["x.jpeg", "y.jpeg"]
+    assert list(rows[0]) == HEADER.split(",")  # the shard column is the parts' own
+    (tmp_path / "x.csv").unlink()
 
     for parts, message in (
-        (["a.csv", "a.csv"], "also in"),
+        (["a.csv", "f.csv"], "also in"),
         (["a.csv", "c.csv"], "merge the parts of one model at a time"),
         (["a.csv", "d.csv"], "columns differ"),
         (["a.csv", "e.csv"], "line 2 has 3 cells"),
         (["a.csv", "missing.csv"], "file not found"),
     ):
-        result = runner.invoke(
-            app, ["merge", *[str(tmp_path / part) for part in parts], "-o", str(tmp_path / "x.csv")]
-        )
+        result = _merge(tmp_path, *parts)
         assert result.exit_code == 2, result.output
         assert result.output.startswith("error: ") and message in result.output
         assert "Traceback" not in result.output and not (tmp_path / "x.csv").exists()
+
+
+def test_merge_puts_parts_in_shard_order(tmp_path):
+    """part-10.csv sorts before part-2.csv in a shell glob; the rows still come in shard order."""
+    for index in (1, 2, 10):
+        _part(
+            tmp_path / f"part-{index}.csv", f"{index}/10", f"{index}.jpeg,ok,normal,0.9,0.1,b,1,n"
+        )
+    for index in range(3, 10):  # shards with no files: a header only, which still names them
+        _part(tmp_path / f"part-{index}.csv", f"{index}/10")
+    result = _merge(tmp_path, *sorted(f"part-{index}.csv" for index in range(1, 11)))
+    assert result.exit_code == 0, result.output
+    with (tmp_path / "x.csv").open() as handle:
+        assert [row["file"] for row in csv.DictReader(handle)] == ["1.jpeg", "2.jpeg", "10.jpeg"]
+
+
+@pytest.mark.parametrize(
+    ("shards", "message"),
+    [
+        (
+            ["1/4", "2/4", "4/4"],
+            "merge: missing shard 3/4 (3 of 4 parts given); run predict --shard 3/4 --csv",
+        ),
+        (["2/3"], "missing shards 1/3, 3/3 (1 of 3 parts given)"),
+        (["1/2", "1/2", "2/2"], "p1.csv: shard 1/2 again (also "),
+        (["1/2", "2/3"], "p1.csv: shard 2/3, but "),
+    ],
+)
+def test_merge_refuses_a_missing_repeated_or_foreign_shard(tmp_path, shards, message):
+    parts = [
+        _part(tmp_path / f"p{n}.csv", shard, f"{n}.jpeg,ok,normal,0.9,0.1,b,1,n")
+        for n, shard in enumerate(shards)
+    ]
+    result = _merge(tmp_path, *[part.name for part in parts])
+    assert result.exit_code == 2 and result.output.startswith("error: ")
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_merge_refuses_parts_that_say_no_shard(tmp_path):
+    """Parts written by pneumoscan 0.1.0 (or without --shard) cannot show that none is missing."""
+    _part(tmp_path / "a.csv", "1/2", "x.jpeg,ok,normal,0.9,0.1,b,1,n")
+    (tmp_path / "old.csv").write_text(f"{HEADER}\ny.jpeg,ok,normal,0.9,0.1,b,1,n\n")
+    _part(tmp_path / "edited.csv", "3/2", "z.jpeg,ok,normal,0.9,0.1,b,1,n")
+    for part in ("old.csv", "edited.csv"):
+        result = _merge(tmp_path, "a.csv", part)
+        assert result.exit_code == 2
+        assert f"{part}: says no shard" in result.output and "--shard I/N" in result.output

@@ -96,7 +96,8 @@ def predict(
 
     runtime = load_runtime_model(model, threads=threads, gate=gate)
     _check_options(runtime, indeterminate, workers, sets)
-    files = _select_files(paths, shard)
+    part = _parse_shard(shard)
+    files = _select_files(paths, part)
     _check_outputs(csv_out, json_out, heatmaps)
     dicom = _open_dicom(runtime, dicom_out, stow, token, indeterminate)
     results = _predict_files(runtime, files, dicom, heatmaps, indeterminate, workers, sets)
@@ -109,7 +110,7 @@ def predict(
             typer.echo(line, err=True)
         for line in dicom.failures:
             typer.echo(f"error: {line}", err=True)
-    _write_outputs(runtime, results, csv_out, json_out)
+    _write_outputs(runtime, results, csv_out, json_out, part)
     summary = summarize(results)
     typer.echo(summary.text())
     if summary.exit_code or (dicom is not None and dicom.failures):
@@ -164,15 +165,22 @@ def _check_options(runtime, indeterminate: float, workers: int | None, sets: flo
     runtime.check_coverage(sets)
 
 
-def _select_files(paths: list[str], shard: str | None) -> list[Path]:
+def _parse_shard(shard: str | None):
+    """--shard I/N as a Shard, or None."""
+    if shard is None:
+        return None
+    from pneumoscan.runtime.shards import parse_shard
+
+    return parse_shard(shard)
+
+
+def _select_files(paths: list[str], part) -> list[Path]:
     """The expanded file list, or this shard's part of it."""
     files = expand_paths(paths)
     if not files:
         fail(f"no image files found in {' '.join(paths)}")
-    if shard is not None:
-        from pneumoscan.runtime.shards import parse_shard
-
-        part, total = parse_shard(shard), len(files)
+    if part is not None:
+        total = len(files)
         files = part.select(files)
         logger.info("shard %s: %d of %d files", part, len(files), total)
     return files
@@ -190,11 +198,14 @@ def _check_outputs(csv_out: Path | None, json_out: Path | None, heatmaps: Path |
             fail(f"--heatmaps {heatmaps}: cannot create this folder ({error.strerror or error})")
 
 
-def _write_outputs(runtime, results, csv_out: Path | None, json_out: Path | None) -> None:
-    """The --csv and --json files."""
+def _write_outputs(runtime, results, csv_out: Path | None, json_out: Path | None, part) -> None:
+    """The --csv and --json files; a sharded run's CSV says which shard it is, for `merge`."""
+    from functools import partial
+
     from pneumoscan.runtime.outputs import write_csv, write_json
 
-    for option, path, write in (("--csv", csv_out, write_csv), ("--json", json_out, write_json)):
+    writers = (("--csv", csv_out, partial(write_csv, shard=part)), ("--json", json_out, write_json))
+    for option, path, write in writers:
         if path is not None:
             try:
                 write(path, results, runtime)
@@ -262,14 +273,14 @@ def _print_results(runtime, results) -> None:
 @friendly
 def merge(
     parts: Annotated[
-        list[Path], typer.Argument(help="CSV parts written by predict --csv --shard, in order")
+        list[Path], typer.Argument(help="every CSV part written by predict --csv --shard I/N")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="the joined CSV to write")] = Path(
         "predictions.csv"
     ),
 ) -> None:
-    """Join the CSV parts of a sharded `predict` into one file, rows in the order of the parts;
-    refuses parts of different models and files predicted twice."""
+    """Join the CSV parts of a sharded `predict` into one file, rows in shard order; refuses a
+    missing or repeated shard, parts of different N or models, and files predicted twice."""
     from pneumoscan.runtime.shards import merge_csv
 
     merged = merge_csv(parts, out)

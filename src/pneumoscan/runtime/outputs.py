@@ -3,7 +3,8 @@ notice. The columns and keys are defined here once; README.md documents them and
 tests/runtime/test_outputs.py reads them back with csv, json and pandas.
 
 CSV columns: file, status, label, p_<class> (one per class, in the model's order), threshold,
-gate_score, gate_reason, prediction_set, set_coverage, message, model, model_version, notice.
+gate_score, gate_reason, prediction_set, set_coverage, message, model, model_version, notice; a
+part of a sharded run (`predict --shard I/N`) ends with a column `shard I/N` (see `shards`).
 gate_reason says why a not_chest_xray input was refused: wrong modality, not chest or lateral view
 (from the DICOM header, before the network runs), no radiograph structure or feature distance.
 prediction_set holds the conformal set's classes joined by "|" (e.g. "bacteria|virus"), filled
@@ -24,6 +25,7 @@ from pneumoscan.core.fileio import atomic_write_text
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.runtime.model import OnnxModel
 from pneumoscan.runtime.predict import Result, summarize
+from pneumoscan.runtime.shards import Shard
 
 JSON_MODEL_KEYS = ("name", "model_version", "task", "class_names", "threshold", "temperature")
 
@@ -69,11 +71,15 @@ def csv_row(result: Result, class_names: Sequence[str]) -> list[str]:
     return row
 
 
-def write_csv(path: Path, results: list[Result], model: OnnxModel) -> None:
+def write_csv(
+    path: Path, results: list[Result], model: OnnxModel, shard: Shard | None = None
+) -> None:
+    """With `shard`, a part of a sharded run: a last column names the shard (see `shards`)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(csv_columns(model.class_names))
-    writer.writerows(csv_row(result, model.class_names) for result in results)
+    tail = [[shard.column], [str(shard)]] if shard is not None else [[], []]
+    writer.writerow(csv_columns(model.class_names) + tail[0])
+    writer.writerows(csv_row(result, model.class_names) + tail[1] for result in results)
     atomic_write_text(Path(path), buffer.getvalue())
 
 

@@ -7,12 +7,20 @@ merged in shard order, give the rows of one unsharded run in the same order.
 
     pneumoscan predict /archive --csv parts/part-0001.csv --shard 1/4
     pneumoscan merge parts/part-*.csv --out predictions.csv
+
+A part says which shard it is: its last column is named `shard I/N` (e.g. `shard 2/4`) and each
+row holds `I/N`. The header carries it so that a shard with no files (more shards than files),
+whose part is a header only, still says which it is. `merge` puts the parts in shard order, drops
+that column, and refuses a missing shard, a shard given twice and parts of different N. Parts
+without the column (written by pneumoscan 0.1.0 or without --shard) are refused: nothing in them
+says whether every shard is there.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +46,23 @@ class Shard:
     def __str__(self) -> str:
         return f"{self.index}/{self.count}"
 
+    @property
+    def column(self) -> str:
+        """The name of the column a part of this shard ends with: its identity, in the header."""
+        return f"{SHARD_COLUMN} {self}"
+
+
+SHARD_COLUMN = "shard"
+_SHARD_HEADER = re.compile(rf"{SHARD_COLUMN} ([0-9]+)/([0-9]+)")
+
+
+def shard_of_header(header: Sequence[str]) -> Shard | None:
+    """The shard a part's header names in its last column, or None (not a sharded part)."""
+    match = _SHARD_HEADER.fullmatch(header[-1]) if header else None
+    if match is None or not 1 <= int(match[1]) <= int(match[2]):
+        return None  # no shard column, or one edited out of range
+    return Shard(int(match[1]), int(match[2]))
+
 
 def parse_shard(text: str) -> Shard:
     """'2/8' -> Shard(2, 8); anything else is an InputError that shows the form."""
@@ -62,42 +87,52 @@ class Merged:
     parts: int
 
 
-def merge_csv(parts: Sequence[Path], out: Path) -> Merged:
-    """Join CSV parts written by `predict --csv` into one file, rows in the order of `parts`.
+@dataclass(frozen=True)
+class _Part:
+    path: Path
+    shard: Shard
+    header: list[str]  # without the shard column
+    rows: list[list[str]]
 
-    Refuses parts with different columns (another model's classes), another model or version,
-    or a file predicted twice (a part given twice, or overlapping shards), naming the part.
+
+def merge_csv(parts: Sequence[Path], out: Path) -> Merged:
+    """Join CSV parts written by `predict --csv --shard I/N` into one file, rows in shard order.
+
+    Refuses a missing shard, a shard given twice, parts of different N or without a shard
+    column, parts with different columns (another model's classes), another model or version,
+    or a file predicted twice (overlapping shards), naming the part.
     """
     if not parts:
         raise InputError("merge: give the CSV parts to join, e.g. pneumoscan merge out-*.csv")
-    header: list[str] | None = None
+    read = sorted(
+        _check_shards([_sharded_part(Path(part)) for part in parts]),
+        key=lambda part: part.shard.index,
+    )
+    header = read[0].header
     rows: list[list[str]] = []
     seen: dict[str, Path] = {}
     model: tuple[str, str] | None = None
-    for part in parts:
-        part_rows = _read_part(Path(part))
-        if header is None:
-            header = part_rows[0]
-        elif part_rows[0] != header:
+    for part in read:
+        if part.header != header:
             raise InputError(
-                f"{part}: its columns differ from {parts[0]}'s; parts must come from the same "
-                "model (`pneumoscan predict --model ... --csv`)."
+                f"{part.path}: its columns differ from {read[0].path}'s; parts must come from the "
+                "same model (`pneumoscan predict --model ... --csv`)."
             )
         columns = {name: position for position, name in enumerate(header)}
-        for row in part_rows[1:]:
+        for row in part.rows:
             file = row[columns["file"]]
             if file in seen:
                 raise InputError(
-                    f"{part}: {file} is also in {seen[file]}; each file must be in one part only "
-                    "(was a part given twice, or were the shards cut from different file lists?)"
+                    f"{part.path}: {file} is also in {seen[file]}; each file must be in one part "
+                    "only (were the shards cut from different file lists?)"
                 )
-            seen[file] = Path(part)
+            seen[file] = part.path
             this_model = (row[columns["model"]], row[columns["model_version"]])
             if model is None:
                 model = this_model
             elif this_model != model:
                 raise InputError(
-                    f"{part}: predicted by {' '.join(this_model)}, the other parts by "
+                    f"{part.path}: predicted by {' '.join(this_model)}, the other parts by "
                     f"{' '.join(model)}; merge the parts of one model at a time."
                 )
             rows.append(row)
@@ -108,6 +143,46 @@ def merge_csv(parts: Sequence[Path], out: Path) -> Merged:
     writer.writerows(rows)
     atomic_write_text(Path(out), buffer.getvalue())
     return Merged(rows=len(rows), parts=len(parts))
+
+
+def _sharded_part(path: Path) -> _Part:
+    """A part read, its shard taken from its header and the shard column dropped."""
+    rows = _read_part(path)
+    shard = shard_of_header(rows[0])
+    if shard is None:
+        raise InputError(
+            f"{path}: says no shard (no 'shard I/N' column: written without --shard, or by "
+            "pneumoscan 0.1.0), so merge cannot check that every shard is there; predict it "
+            "again with --shard I/N."
+        )
+    return _Part(path, shard, rows[0][:-1], [row[:-1] for row in rows[1:]])
+
+
+def _check_shards(parts: list[_Part]) -> list[_Part]:
+    """Every shard 1..N of one N, each once; the error names what is wrong and what to do."""
+    count = parts[0].shard.count
+    by_index: dict[int, Path] = {}
+    for part in parts:
+        if part.shard.count != count:
+            raise InputError(
+                f"{part.path}: shard {part.shard}, but {parts[0].path} is shard "
+                f"{parts[0].shard}; parts of one run share N, so merge one run's parts at a time."
+            )
+        if part.shard.index in by_index:
+            raise InputError(
+                f"{part.path}: shard {part.shard} again (also {by_index[part.shard.index]}); "
+                "give each shard's part once."
+            )
+        by_index[part.shard.index] = part.path
+    missing = [f"{index}/{count}" for index in range(1, count + 1) if index not in by_index]
+    if missing:
+        raise InputError(
+            f"merge: missing shard{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+            f"({len(by_index)} of {count} parts given); "
+            f"run predict --shard {missing[0]} --csv ... for it (a failed or unfinished task?) "
+            "and merge again with every part."
+        )
+    return parts
 
 
 REQUIRED_COLUMNS = ("file", "status", "model", "model_version")

@@ -12,16 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from pneumoscan.core import dataset as ds
 from pneumoscan.core.decision import calibrated_probabilities
 from pneumoscan.core.labels import Task
 from pneumoscan.core.shipped import resolve_model
 from pneumoscan.evaluation.report import SplitEvaluation
-from pneumoscan.training.loaders import ImageTensorDataset, decode_images
+from pneumoscan.training.loaders import ImageTensorDataset, decode_images, scoring_batches
 from pneumoscan.training.model_file import ModelInfo, load_model_file
-from pneumoscan.training.networks import predict_logits
+from pneumoscan.training.networks import predict_logits, recorded_accelerator, scoring_device
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +47,9 @@ def evaluate_samples(
     targets = targets[decoded.kept]
     images = ImageTensorDataset(decoded.pixels, targets, info.preprocess)
     logger.info("evaluating %s on %d %s images", source, len(samples), evaluation.split)
+    device = scoring_device(recorded_accelerator(info.config))
     logits = predict_logits(
-        model.to(memory_format=torch.channels_last), DataLoader(images, batch_size=64)
+        model.to(device, memory_format=torch.channels_last), scoring_batches(images, device)
     )
     probabilities = calibrated_probabilities(logits.numpy(), info.temperature, info.class_bias)
     return evaluation.report(

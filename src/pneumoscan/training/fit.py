@@ -28,7 +28,6 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from filelock import FileLock
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
@@ -57,7 +56,14 @@ from pneumoscan.evaluation.calibration import fit as fit_calibration
 from pneumoscan.evaluation.metrics import compute_metrics
 from pneumoscan.training.gate import fit_gate, gate_features, texture_taps
 from pneumoscan.training.lit import LitClassifier, monitor_metric
-from pneumoscan.training.loaders import ChestXrayDataModule, ImageTensorDataset, decode_images
+from pneumoscan.training.loaders import (
+    ChestXrayDataModule,
+    ImageTensorDataset,
+    cache_lock,
+    decode_images,
+    on_cuda,
+    scoring_batches,
+)
 from pneumoscan.training.model_file import (
     ModelInfo,
     load_model_file,
@@ -71,6 +77,7 @@ from pneumoscan.training.networks import (
     create_model,
     get_architecture,
     predict_logits,
+    scoring_device,
 )
 
 logger = logging.getLogger(__name__)
@@ -93,6 +100,7 @@ class Launch:
     world_size: int
     global_rank: int
     processes_per_node: int
+    gpu: bool = False  # Lightning resolved the accelerator to CUDA GPUs
 
     @property
     def is_rank_zero(self) -> bool:
@@ -127,7 +135,16 @@ def launch_of(train: TrainConfig) -> Launch:
             f"train.accelerator={train.accelerator} train.devices={train.devices} "
             f"train.num_nodes={train.num_nodes} train.strategy={train.strategy}: {error}"
         ) from None
-    return Launch(trainer.world_size, trainer.global_rank, trainer.num_devices)
+    return Launch(
+        trainer.world_size, trainer.global_rank, trainer.num_devices, on_cuda(trainer.accelerator)
+    )
+
+
+def device_flags(launch: Launch) -> dict:
+    """Trainer arguments that depend on the devices: batch-norm statistics synchronised across
+    DDP processes on GPUs (each GPU's share of a batch is small; CPU DDP keeps per-process
+    statistics, as SyncBatchNorm needs GPUs)."""
+    return {"sync_batchnorm": True} if launch.gpu and launch.world_size > 1 else {}
 
 
 @dataclass(frozen=True)
@@ -187,7 +204,7 @@ def _feature_cache(
     Under a lock: DDP ranks started together compute them once, the others wait and read the file.
     """
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(cache_file.with_name(cache_file.name + ".lock")):
+    with cache_lock(cache_file):
         if cache_file.is_file():
             return torch.load(cache_file, weights_only=True)
         return _compute_features(model, pixels, spec, pooled, cache_file)
@@ -271,11 +288,13 @@ def fit(
 
     train_targets = _train_targets(train_config, run_data, train_index, len(class_names))
     monitor = monitor_metric(len(class_names))
+    shipped = None
     for name, size, epochs in phases:
         phase_dir = out_dir / name
         if (phase_dir / "done.json").is_file():
             best = json.loads((phase_dir / "done.json").read_text())["best_checkpoint"]
-            model.load_state_dict(_checkpoint_weights(Path(best)))
+            state, shipped = _load_checkpoint(Path(best), name)
+            model.load_state_dict(state)
             continue
         datamodule = _phase_data(
             train_config, run_data, spec, size, features, train_targets, weights
@@ -302,21 +321,29 @@ def fit(
             # The next phase starts from rank zero's chosen weights: DDP broadcasts them when it
             # wraps the model, so the other ranks need not read rank zero's checkpoint files.
             continue
-        # `last` keeps selection off the validation films, which then stay out-of-sample for
-        # calibration and reporting; `best` picks the epoch with the best validation score.
-        chosen = train_config.select == "best" and checkpoint.best_model_path
-        best = Path(checkpoint.best_model_path) if chosen else last
-        model.load_state_dict(_checkpoint_weights(best))
-        atomic_write_text(
-            phase_dir / "done.json",
-            json.dumps({"best_checkpoint": str(best), "best_score": _score(checkpoint)}, indent=2),
-        )
+        shipped = _keep_selected(model, checkpoint, train_config.select, phase_dir)
 
     if not launch.is_rank_zero:
         return out_dir / MODEL_FILE
-    model_path = finalize(config, model, run_data, features if frozen else None, spec, out_dir)
+    model_path = finalize(
+        config, model, run_data, features if frozen else None, spec, out_dir, shipped
+    )
     _write_timing(out_dir, resume, started, launch)
     return model_path
+
+
+def _keep_selected(model, checkpoint: ModelCheckpoint, select: str, phase_dir: Path) -> dict:
+    """Load the phase's selected weights into `model`, mark the phase done, and return where in
+    training they were saved. `last` keeps selection off the validation films, which then stay
+    out-of-sample for calibration and reporting; `best` picks the epoch with the best
+    validation score."""
+    chosen = select == "best" and checkpoint.best_model_path
+    selected = Path(checkpoint.best_model_path) if chosen else phase_dir / "last.ckpt"
+    state, shipped = _load_checkpoint(selected, phase_dir.name)
+    model.load_state_dict(state)
+    done = {"best_checkpoint": str(selected), "best_score": _score(checkpoint), **shipped}
+    atomic_write_text(phase_dir / "done.json", json.dumps(done, indent=2))
+    return shipped
 
 
 def _set_threads(train_config, launch) -> None:
@@ -366,11 +393,8 @@ def _network(model_config, task: str, head: str, spec):
 
 def _features(config, model, run_data, spec, head):
     """A frozen backbone's features of every film, cached on disk by what they depend on."""
-    model_config = config.model
     pixels = run_data.pixels[spec.size]
-    key = hashlib.sha256(
-        f"{model_config.arch}|{model_config.pretrained}|{spec}|{head}|".encode() + pixels.tobytes()
-    ).hexdigest()[:16]
+    key = feature_cache_key(model, pixels, spec, head)
     cache_dir = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
     features = _feature_cache(
         model,
@@ -380,6 +404,22 @@ def _features(config, model, run_data, spec, head):
         cache_file=cache_dir / f"features-{key}.pt",
     )
     return features
+
+
+def feature_cache_key(
+    model: Classifier | GroupedClassifier, pixels: np.ndarray, spec: PreprocessSpec, head: str
+) -> str:
+    """What a frozen backbone's features depend on: the backbone's own weights (not the
+    architecture's name: `--init` starts from trained weights that ImageNet's never give), the
+    preprocessing, whether the head pools, and the pixels."""
+    digest = hashlib.sha256(f"{spec}|{head in SIZE_DEPENDENT_HEADS}|".encode())
+    source = model.source if isinstance(model, GroupedClassifier) else model
+    for name, tensor in sorted(source.backbone.state_dict().items()):
+        # Bytes of the contiguous copy: a channels_last backbone hashes like its plain copy.
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy())
+    digest.update(pixels.tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _train_targets(train_config, run_data, train_index, n_classes: int):
@@ -479,6 +519,7 @@ def _phase_trainer(
         plugins=[AtomicCheckpointIO()],
         enable_model_summary=False,
         default_root_dir=phase_dir,
+        **device_flags(launch),
     )
     return checkpoint, trainer
 
@@ -595,11 +636,25 @@ def _score(checkpoint: ModelCheckpoint) -> float | None:
     return None if score is None else float(score)
 
 
-def _checkpoint_weights(path: Path) -> dict:
-    """The Classifier's weights from a Lightning checkpoint of LitClassifier."""
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+def _load_checkpoint(path: Path, phase: str) -> tuple[dict, dict]:
+    """The Classifier's weights from a Lightning checkpoint of LitClassifier, and where in
+    training they were saved: {phase, epoch (counted from 1), global_step (optimizer steps in
+    the phase)}, what the model file records of the weights it ships."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     prefix = "model."
-    return {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    weights = {
+        key[len(prefix) :]: value
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(prefix)
+    }
+    # Lightning stores the 0-based index of the epoch that wrote the checkpoint (as metrics.csv
+    # numbers them); a person reads "the weights after epoch 3 of 3".
+    position = {
+        "phase": phase,
+        "epoch": int(checkpoint["epoch"]) + 1,
+        "global_step": int(checkpoint["global_step"]),
+    }
+    return weights, position
 
 
 def finalize(
@@ -609,19 +664,21 @@ def finalize(
     features: torch.Tensor | None,
     spec: PreprocessSpec,
     out_dir: Path,
+    shipped: dict | None = None,
 ) -> Path:
-    """Calibrate and choose the threshold on validation, then write the model file."""
+    """Calibrate and choose the threshold on validation, then write the model file (with
+    `shipped`, the phase, epoch and global step its weights come from)."""
     class_names = CLASS_NAMES[config.data.task]
     val_index = run_data.split.val
     val_targets = run_data.targets[val_index]
+    device = scoring_device(config.train.accelerator)
+    model.to(device)
     if features is not None:
-        batches = DataLoader(
-            TensorDataset(features[val_index], torch.from_numpy(val_targets)), batch_size=256
-        )
-        logits = predict_logits(model, batches, head_only=True)
+        val_features = TensorDataset(features[val_index], torch.from_numpy(val_targets))
+        logits = predict_logits(model, scoring_batches(val_features, device, 256), head_only=True)
     else:
         val_set = ImageTensorDataset(run_data.pixels[spec.size][val_index], val_targets, spec)
-        logits = predict_logits(model, DataLoader(val_set, batch_size=64))
+        logits = predict_logits(model, scoring_batches(val_set, device))
     logits = logits.numpy()
     sensitivity = config.train.threshold_sensitivity
     rule = "youden" if sensitivity is None else "sensitivity"
@@ -642,7 +699,7 @@ def finalize(
             run_data.pixels[spec.size][train_index], run_data.targets[train_index], spec
         )
         taps = texture_taps(model, spec.size, spec.channels)
-        train_features = gate_features(model, DataLoader(train_set, batch_size=64), taps)
+        train_features = gate_features(model, scoring_batches(train_set, device), taps)
         gate = fit_gate(train_features, taps)
     atomic_write_json(out_dir / "val_metrics.json", val_metrics)
     info = ModelInfo(
@@ -659,12 +716,13 @@ def finalize(
         versions=package_versions(),
         name=config.name,
         ood=gate,
+        **(shipped or {}),
         derived_from=model.derived_from(CLASS_NAMES[Task.THREE_CLASS])
         if isinstance(model, GroupedClassifier)
         else None,
     )
     model_path = out_dir / MODEL_FILE
-    save_model_file(model_path, model.to(memory_format=torch.contiguous_format), info)
+    save_model_file(model_path, model.to("cpu", memory_format=torch.contiguous_format), info)
     logger.info("wrote %s", model_path)
     return model_path
 

@@ -151,7 +151,8 @@ def texture_taps(model: nn.Module, size: int, channels: int) -> tuple[str, ...]:
         recorder = TapRecorder(network, names)
         try:
             with torch.no_grad():
-                network.eval().forward_features(torch.zeros(1, channels, size, size))
+                probe = torch.zeros(1, channels, size, size, device=_device(network))
+                network.eval().forward_features(probe)
         finally:
             recorder.remove()
         quarter = [n for n in names if size // 8 < recorder.outputs[n].shape[-1] <= -(-size // 4)]
@@ -239,20 +240,24 @@ def gate_features(model: nn.Module, batches, taps: tuple[str, ...] = ()) -> dict
     """Each gate part's vectors for every batch of (images, _): content and layout always, the
     texture part when `taps` names its modules."""
     network = feature_model(model).eval()
+    device = _device(network)  # the training device (networks.scoring_device)
     recorder = TapRecorder(network, taps)
     names = [CONTENT, LAYOUT] + ([TEXTURE] if taps else [])
     parts: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     try:
         for images, _ in batches:
-            features = network.forward_features(
-                images.contiguous(memory_format=torch.channels_last)
-            )
+            images = images.to(device).contiguous(memory_format=torch.channels_last)
+            features = network.forward_features(images)
             for name in names:
                 vectors = part_vectors(name, taps, images, features, recorder)
-                parts[name].append(vectors.float())
+                parts[name].append(vectors.float().cpu())
     finally:
         recorder.remove()
     return {name: torch.cat(rows).numpy() for name, rows in parts.items()}
+
+
+def _device(network: nn.Module) -> torch.device:
+    return next(network.parameters()).device
 
 
 def fit_gate(

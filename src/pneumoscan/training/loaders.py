@@ -17,8 +17,9 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from filelock import FileLock
+from filelock import SoftFileLock
 from lightning.fabric.utilities.distributed import DistributedSamplerWrapper
+from lightning.pytorch.accelerators import CUDAAccelerator
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, WeightedRandomSampler
 from torchvision.transforms import v2
@@ -64,13 +65,26 @@ def decode_images(
         key.update(f"{sample.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     cache_file = Path(cache_dir) / f"images-{size}-{key.hexdigest()[:16]}.npz"
     cache_file.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(cache_file.with_name(cache_file.name + ".lock")):
+    with cache_lock(cache_file):
         if not cache_file.is_file():
             return _decode_all(samples, size, strict, threads, cache_file)
         with np.load(cache_file, allow_pickle=False) as cached:
             decoded = DecodedImages(cached["pixels"], cached["kept"], list(cached["failed"]))
     _report_failures(decoded.failed, len(samples), strict)
     return decoded
+
+
+def cache_lock(cache_file: Path) -> SoftFileLock:
+    """The lock DDP processes take around a shared cache file (decoded films, backbone features).
+
+    A soft lock (the lock file's existence, created atomically) rather than an OS lock: flock
+    and fcntl locks are not honoured across machines on every shared file system (NFS without
+    its lock manager, Lustre without -o flock), where multi-node ranks share a cache. A lock file
+    left by a killed process on this machine is reclaimed (filelock records the holder's PID and
+    host); one left by a process on another machine is not, since this machine cannot tell it
+    dead: delete `<cache file>.lock` when no run is using that cache.
+    """
+    return SoftFileLock(cache_file.with_name(cache_file.name + ".lock"))
 
 
 def _decode_all(
@@ -308,6 +322,17 @@ def validation_sampler(size: int, num_replicas: int = 1, rank: int = 0) -> Sampl
     return UnrepeatedDistributedSampler(range(size), num_replicas=num_replicas, rank=rank)
 
 
+def scoring_batches(dataset: Dataset, device: torch.device, batch_size: int = 64) -> DataLoader:
+    """Batches in order for scoring a trained network on `device` (networks.scoring_device),
+    page-locked for a fast copy when that is a CUDA GPU."""
+    return DataLoader(dataset, batch_size=batch_size, pin_memory=device.type == "cuda")
+
+
+def on_cuda(accelerator) -> bool:
+    """Whether a Lightning trainer's accelerator is a CUDA GPU."""
+    return isinstance(accelerator, CUDAAccelerator)
+
+
 class ChestXrayDataModule(L.LightningDataModule):
     """Thin: the arrays are prepared (and split by patient) before the trainer sees them."""
 
@@ -330,6 +355,11 @@ class ChestXrayDataModule(L.LightningDataModule):
     def _ranks(self) -> tuple[int, int]:
         return (self.trainer.world_size, self.trainer.global_rank) if self.trainer else (1, 0)
 
+    def _pin_memory(self) -> bool:
+        """Page-locked batches when the trainer feeds a CUDA device: the copy to the GPU runs
+        asynchronously. On CPU pinning only costs memory."""
+        return self.trainer is not None and on_cuda(self.trainer.accelerator)
+
     def train_dataloader(self) -> DataLoader:
         num_replicas, rank = self._ranks()
         sampler = training_sampler(
@@ -349,6 +379,7 @@ class ChestXrayDataModule(L.LightningDataModule):
             # OpenMP pool, ONNX Runtime, thread pools) were busy can hang in its first parallel
             # kernel; one did, in an affine transform, during a full test-suite run.
             multiprocessing_context="spawn" if self.workers > 0 else None,
+            pin_memory=self._pin_memory(),
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -358,4 +389,5 @@ class ChestXrayDataModule(L.LightningDataModule):
             batch_size=self.batch_size * 2,
             sampler=validation_sampler(len(self.val_set), num_replicas, rank),
             shuffle=False,
+            pin_memory=self._pin_memory(),
         )

@@ -54,6 +54,12 @@ class ModelInfo:
     record: dict | None = None
     # Split-conformal calibration scores (conformal.ConformalCalibration.to_dict), for prediction sets.
     conformal: dict | None = None
+    # Where in training the shipped weights were saved (`train.select` picks best or last): the
+    # phase (phase-2 is the full-resolution finish), the epoch counted from 1 and the optimizer
+    # steps of that phase. None in files written before they were recorded.
+    phase: str | None = None
+    epoch: int | None = None
+    global_step: int | None = None
 
     def to_dict(self) -> dict:
         return {
@@ -74,6 +80,9 @@ class ModelInfo:
             "derived_from": self.derived_from,
             "record": self.record,
             "conformal": self.conformal,
+            "phase": self.phase,
+            "epoch": self.epoch,
+            "global_step": self.global_step,
         }
 
     @classmethod
@@ -95,6 +104,9 @@ class ModelInfo:
             derived_from=data.get("derived_from"),
             record=data.get("record"),
             conformal=data.get("conformal"),
+            phase=data.get("phase"),
+            epoch=data.get("epoch"),
+            global_step=data.get("global_step"),
         )
 
 
@@ -118,8 +130,9 @@ def save_model_file(
     weights = model.source if isinstance(model, GroupedClassifier) else model
 
     def plain(module: torch.nn.Module) -> dict:
+        # On the CPU: a network scored on a GPU (networks.scoring_device) loads anywhere.
         return {
-            key: value.half() if half and value.is_floating_point() else value
+            key: value.half().cpu() if half and value.is_floating_point() else value.cpu()
             for key, value in module.state_dict().items()
         }
 

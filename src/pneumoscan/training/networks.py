@@ -479,14 +479,38 @@ def create_model(
     return Classifier(backbone.module, HEADS[head](shape, num_classes, dropout), backbone.stages)
 
 
+GPU_ACCELERATORS = ("gpu", "cuda", "auto")  # train.accelerator values that train on a GPU if any
+
+
+def scoring_device(accelerator: str | None) -> torch.device:
+    """Where a trained network is scored after training (calibration, the gate, ship, evaluate):
+    on the GPU when its run trained on one (`train.accelerator` gpu, cuda, or auto) and this
+    machine has one; on the CPU otherwise, so a CPU recipe scores the same way everywhere."""
+    if (accelerator or "cpu") in GPU_ACCELERATORS and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def recorded_accelerator(config: dict | None) -> str | None:
+    """The `train.accelerator` a model file's recorded config trained with (None if unknown)."""
+    return ((config or {}).get("train") or {}).get("accelerator")
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, batches, head_only: bool = False) -> torch.Tensor:
-    """Logits for every batch of an iterable of (inputs, targets), in eval mode."""
+    """Logits for every batch of an iterable of (inputs, targets), in eval mode, computed on the
+    model's device and returned on the CPU."""
     model.eval()
+    device = model_device(model)
     outputs = []
     for inputs, _ in batches:
+        inputs = inputs.to(device, non_blocking=True)
         if head_only:
             outputs.append(model.forward_head(inputs.float()))
         else:
             outputs.append(model(inputs.contiguous(memory_format=torch.channels_last)))
-    return torch.cat(outputs).float()
+    return torch.cat(outputs).float().cpu()

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
 from pneumoscan.core import dataset as ds
 from pneumoscan.core.conformal import REPORTED_LEVELS, ConformalCalibration
@@ -48,13 +47,15 @@ from pneumoscan.training.gate import (
     gate_features,
     texture_taps,
 )
-from pneumoscan.training.loaders import ImageTensorDataset, decode_images
+from pneumoscan.training.loaders import ImageTensorDataset, decode_images, scoring_batches
 from pneumoscan.training.model_file import ModelInfo, load_model_file, save_model_file
 from pneumoscan.training.networks import (
     EnsembleClassifier,
     GroupedClassifier,
     get_architecture,
     predict_logits,
+    recorded_accelerator,
+    scoring_device,
 )
 
 logger = logging.getLogger(__name__)
@@ -97,11 +98,13 @@ def score_run(run_dir: Path) -> RunScores:
             f"{source}: the run has not finished (no model.pt); train or --resume it first."
         )
     model, info = load_model_file(source)
+    # The run's training device for every later pass of ship (scores, gate); saved on the CPU.
+    device = scoring_device(recorded_accelerator(info.config))
     samples, targets = ds.read_split(run_dir, "val")
     decoded = decode_images(samples, info.preprocess.size, cache_dir=default_cache_dir())
     images = ImageTensorDataset(decoded.pixels, targets[decoded.kept], info.preprocess)
     logits = predict_logits(
-        model.to(memory_format=torch.channels_last), DataLoader(images, batch_size=64)
+        model.to(device, memory_format=torch.channels_last), scoring_batches(images, device)
     ).numpy()
     from pneumoscan.training.distill import film_key
 
@@ -187,6 +190,9 @@ def network_info(info: ModelInfo, **changes) -> ModelInfo:
         "config": info.config,
         "versions": info.versions,
         "name": info.name,
+        "phase": info.phase,
+        "epoch": info.epoch,
+        "global_step": info.global_step,
     }
     return ModelInfo(**{**facts, **changes})
 
@@ -198,7 +204,8 @@ def out_of_fold_scores(members: list[RunScores]) -> RunScores:
     not the whole ensemble: a conservative estimate of it."""
     keys, logits, targets, patients, counts = pool_out_of_fold(members)
     ensemble = EnsembleClassifier([m.model for m in members], [m.info.to_dict() for m in members])
-    info = network_info(members[0].info)
+    # The members' epochs are their own (in member_infos), not the ensemble's.
+    info = network_info(members[0].info, phase=None, epoch=None, global_step=None)
     facts = {
         "films_per_member": {str(m.run_dir): len(m.targets) for m in members},
         "films_by_out_of_fold_members": {
@@ -293,7 +300,8 @@ def refit_gate(run_dir: Path, model, info: ModelInfo, cache: Path) -> None:
         for _ in range(GATE_VARIANTS if policy else 0)
     ]
     taps = texture_taps(model, info.preprocess.size, info.preprocess.channels)
-    parts = [gate_features(model, DataLoader(images, batch_size=64), taps) for images in sets]
+    device = next(model.parameters()).device  # score_run's: the run's training device
+    parts = [gate_features(model, scoring_batches(images, device), taps) for images in sets]
     features = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
     info.ood = fit_gate(features, taps)
     atomic_write(cache, lambda tmp: torch.save(info.ood.to_tensors(), tmp))
