@@ -84,3 +84,24 @@ def test_cache_lock_is_a_soft_lock_that_excludes_a_second_holder(tmp_path):
     released.acquire(timeout=0.05)  # the next process gets it
     assert released.is_locked
     released.release()
+
+
+def test_an_empty_lock_file_left_by_an_earlier_version_does_not_block(tmp_path):
+    """Earlier versions took an OS lock (filelock.FileLock), which leaves an empty lock file after
+    every run: a soft lock must not wait on it forever."""
+    import os
+    import time
+
+    cache_file = tmp_path / "images-160-0123.npz"
+    stale = tmp_path / "images-160-0123.npz.lock"
+    stale.write_bytes(b"")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    lock = cache_lock(cache_file)
+    lock.acquire(timeout=0.05)
+    assert lock.is_locked
+    lock.release()
+    # a fresh empty file may be a holder that has not written its PID yet: it is respected
+    stale.write_bytes(b"")
+    with pytest.raises(Timeout):
+        cache_lock(cache_file).acquire(timeout=0.05)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +84,23 @@ def cache_lock(cache_file: Path) -> SoftFileLock:
     left by a killed process on this machine is reclaimed (filelock records the holder's PID and
     host); one left by a process on another machine is not, since this machine cannot tell it
     dead: delete `<cache file>.lock` when no run is using that cache.
+
+    Earlier versions took an OS lock, whose lock file stays behind empty after every run; a soft
+    lock holder always writes its PID and host into the file, so an empty lock file older than
+    `EMPTY_LOCK_GRACE_S` holds no one and is removed (else every cache built before would wait
+    forever).
     """
-    return SoftFileLock(cache_file.with_name(cache_file.name + ".lock"))
+    path = cache_file.with_name(cache_file.name + ".lock")
+    try:
+        info = path.stat()
+        if info.st_size == 0 and time.time() - info.st_mtime > EMPTY_LOCK_GRACE_S:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    return SoftFileLock(path)
+
+
+EMPTY_LOCK_GRACE_S = 60  # a soft lock's holder writes its PID within moments of creating it
 
 
 def _decode_all(
