@@ -184,21 +184,28 @@ def speed_report(
         "```",
         "",
     ]
-    card = [
-        "## Speed",
-        "",
-        f"`pneumoscan bench --model {model_ref} --images ... --films {films}` on {hardware()}: "
-        f"one film in {onnx_latency * 1000:.1f} ms at batch 1 (ONNX Runtime, in process, median "
-        f"of {repeats}); a folder of {plain.count} {plain.films} to CSV at "
-        f"{plain.films_per_second:.0f} films/s as a whole `pneumoscan predict` process (median "
-        f"of {process_repeats}); cold start {cold:.2f} s. {sharing} The full table is in "
-        "docs/benchmarks.md; `pneumoscan ship` rewrites this card without it, so rerun the "
-        "benchmark after shipping.",
-    ]
-    return "\n".join(lines), "\n".join(card)
+    card = _card_speed(model_ref, films, onnx_latency, repeats, plain, process_repeats, cold)
+    return "\n".join(lines), card + f" {sharing}"
 
 
 FULL_SIZE_SHORT_SIDE = 1400
+
+
+def _card_speed(model_ref, films, latency, repeats, plain, process_repeats, cold) -> str:
+    """The model card's Speed section: the same figures as the report, in one paragraph."""
+    return "\n".join(
+        [
+            "## Speed",
+            "",
+            f"`pneumoscan bench --model {model_ref} --images ... --films {films}` on {hardware()}: "
+            f"one film in {latency * 1000:.1f} ms at batch 1 (ONNX Runtime, in process, median "
+            f"of {repeats}); a folder of {plain.count} {plain.films} to CSV at "
+            f"{plain.films_per_second:.0f} films/s as a whole `pneumoscan predict` process "
+            f"(median of {process_repeats}); cold start {cold:.2f} s. The full table is in "
+            "docs/benchmarks.md; `pneumoscan ship` rewrites this card without it, so rerun the "
+            "benchmark after shipping.",
+        ]
+    )
 
 
 def cpu_sharing_note() -> str:
