@@ -78,3 +78,12 @@ def atomic_write_json(path: Path, document) -> None:
         return value
 
     atomic_write_text(path, json.dumps(clean(document), indent=2, allow_nan=False))
+
+
+def shown_path(path: Path | str) -> str:
+    """A path as reports and cards show it: relative to the working directory when it lies
+    inside it (`models/binary.onnx`), so no machine's folders end up in a committed report."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)

@@ -16,7 +16,7 @@ import numpy as np
 from pneumoscan.core import dataset as ds
 from pneumoscan.core.decision import decide
 from pneumoscan.core.errors import DatasetError
-from pneumoscan.core.fileio import atomic_write, atomic_write_json, atomic_write_text
+from pneumoscan.core.fileio import atomic_write, atomic_write_json, atomic_write_text, shown_path
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE, Task
 from pneumoscan.evaluation.metrics import compute_metrics
 
@@ -88,7 +88,7 @@ class SplitEvaluation:
             split=self.split,
             in_training_pool=caveat is not None,
             caveat=caveat,
-            model=model,
+            model=shown_path(model),
             model_name=model_name,
             temperature=temperature,
             skipped_files=skipped_files,

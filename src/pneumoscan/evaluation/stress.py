@@ -21,7 +21,7 @@ import numpy as np
 
 from pneumoscan.core import dataset as ds
 from pneumoscan.core.errors import DatasetError
-from pneumoscan.core.fileio import atomic_write, atomic_write_json, atomic_write_text
+from pneumoscan.core.fileio import atomic_write, atomic_write_json, atomic_write_text, shown_path
 from pneumoscan.core.images import read_image
 from pneumoscan.core.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
 from pneumoscan.evaluation.metrics import compute_metrics
@@ -185,7 +185,7 @@ def run_stress(
         )
     report = {
         "notice": NOT_DIAGNOSTIC_NOTICE,
-        "model": str(model.path),
+        "model": shown_path(model.path),
         "model_name": model.metadata.get("name"),
         "task": model.metadata.get("task"),
         "threshold": threshold,

@@ -36,7 +36,7 @@ import numpy as np
 from pneumoscan.core.conformal import REPORTED_LEVELS, ConformalCalibration, coverage_report
 from pneumoscan.core.decision import GATE_QUANTILE, calibrated_probabilities, decide
 from pneumoscan.core.errors import DatasetError, ModelFileError
-from pneumoscan.core.fileio import atomic_write_json, atomic_write_text
+from pneumoscan.core.fileio import atomic_write_json, atomic_write_text, shown_path
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.core.shipped import resolve_model
 from pneumoscan.evaluation import calibration as cal
@@ -335,7 +335,7 @@ def calibrate(
             f"class of the model ({', '.join(class_names)})."
         )
     report: dict = {
-        "model": str(onnx_path),
+        "model": shown_path(onnx_path),
         "model_name": model.name,
         "model_version": model.version,
         "data": str(data),

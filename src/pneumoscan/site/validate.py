@@ -24,6 +24,7 @@ from pneumoscan.core.conformal import REPORTED_LEVELS, ConformalCalibration, cov
 from pneumoscan.core.dataset import Sample, load_site
 from pneumoscan.core.decision import calibrated_probabilities, decide
 from pneumoscan.core.errors import DatasetError
+from pneumoscan.core.fileio import shown_path
 from pneumoscan.core.labels import CLASS_NAMES, Task
 from pneumoscan.evaluation.scoring import FilmScores, score_films
 from pneumoscan.runtime.model import OnnxModel, load_runtime_model
@@ -142,7 +143,7 @@ def validate(data: Path, model_ref: str | Path, out: Path, bootstrap: int = 1000
         split="site",
         in_training_pool=False,
         caveat=None,
-        model=str(model.path),
+        model=shown_path(model.path),
         model_name=model.name,
         model_version=model.version,
         skipped_files=scores.failed,
