@@ -6,17 +6,15 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from dicom_fixtures import write_dicom
 from PIL import Image
+from predict_process import run_predict
 from pydicom import dcmread
 
-import pneumoscan
 from pneumoscan.api import load_model
 from pneumoscan.core.refusal import (
     LATERAL_VIEW,
@@ -28,7 +26,6 @@ from pneumoscan.core.refusal import (
 
 REPO = Path(__file__).resolve().parents[2]
 FILM = sorted((REPO / "examples").glob("*.jpeg"))[0]
-SRC = Path(pneumoscan.__file__).resolve().parents[1]
 
 
 def _dicom(path: Path, **fields) -> Path:
@@ -106,25 +103,7 @@ def test_no_gate_turns_the_header_check_off(films):
 
 
 def test_predict_cli_csv_json_and_table_carry_the_reason(films, tmp_path):
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pneumoscan",
-            "predict",
-            str(films),
-            "-m",
-            "three-class",
-            "--csv",
-            str(tmp_path / "out.csv"),
-            "--json",
-            str(tmp_path / "out.json"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={"COLUMNS": "250", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
-    )
+    completed = run_predict(films, tmp_path, "-m", "three-class")
     assert completed.returncode == 0, completed.stderr
     with open(tmp_path / "out.csv", newline="") as handle:
         rows = {Path(row["file"]).name: row for row in csv.DictReader(handle)}

@@ -17,15 +17,14 @@ import pandas as pd
 import pytest
 from dicom_fixtures import set_raw_value, write_dicom
 from PIL import Image
+from predict_process import run_predict
 from pydicom import dcmread
 
-import pneumoscan
 from pneumoscan.api import load_model
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.runtime.outputs import JSON_MODEL_KEYS, csv_columns
 
 REPO = Path(__file__).resolve().parents[2]
-SRC = Path(pneumoscan.__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO / "examples").glob("*.jpeg"))
 PATIENT_VALUES = ("SECRET-12345", "Doe", "Jane")
 RESULT_KEYS = {
@@ -82,34 +81,12 @@ def _margin_for_one_indeterminate(folder: Path) -> tuple[float, str]:
     return min((closest + next_closest) / 2, 0.49), name
 
 
-def _predict(folder: Path, tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pneumoscan",
-            "predict",
-            str(folder),
-            "--csv",
-            str(tmp_path / "out.csv"),
-            "--json",
-            str(tmp_path / "out.json"),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        # this checkout's package, not whichever copy the interpreter has installed
-        env={"COLUMNS": "250", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
-    )
-
-
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("outputs")
     folder = _folder(tmp_path)
     margin, indeterminate_film = _margin_for_one_indeterminate(folder)
-    result = _predict(folder, tmp_path, "--indeterminate", f"{margin:.6f}")
+    result = run_predict(folder, tmp_path, "--indeterminate", f"{margin:.6f}")
     return tmp_path, folder, result, indeterminate_film
 
 
@@ -251,7 +228,7 @@ def test_dicom_patient_fields_are_absent_from_every_output(run):
 
 def test_gate_off_from_the_command_line_classifies_everything_readable(run, tmp_path):
     _, folder, _, _ = run
-    result = _predict(folder, tmp_path, "--no-gate")
+    result = run_predict(folder, tmp_path, "--no-gate")
     assert result.returncode == 1
     frame = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
     by_name = dict(zip(frame["file"].map(lambda f: Path(f).name), frame["status"]))
