@@ -54,22 +54,24 @@ def tiny_lite_model(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("tiny")
     data = make_layout(root / "data", splits=("train",), per_class=6)
-    config = load_config(
-        None,
-        [
-            f"data.root={data}",
-            f"data.cache_dir={root / 'cache'}",
-            "data.val_fraction=0.34",
-            "model.image_size=64",
-            "train.epochs=1",
-            "train.batch_size=8",
-            "train.threads=2",
-            # In-process loading draws the augmentation from the same random stream as when the
-            # parity tolerances (fp16 weights, PNG vs DICOM) were set on this model's outputs.
-            "train.loader_workers=0",
-        ],
-    )
+    config = load_config(None, tiny_overrides(root, data))
     return fit(config, root / "run", progress=False)
+
+
+def tiny_overrides(root: Path, data: Path) -> list[str]:
+    """Config overrides for a test-sized run: 64 px, one epoch, the cache under `root`."""
+    return [
+        f"data.root={data}",
+        f"data.cache_dir={root / 'cache'}",
+        "data.val_fraction=0.34",
+        "model.image_size=64",
+        "train.epochs=1",
+        "train.batch_size=8",
+        "train.threads=2",
+        # In-process loading draws the augmentation from the same random stream as when the
+        # parity tolerances (fp16 weights, PNG vs DICOM) were set on this model's outputs.
+        "train.loader_workers=0",
+    ]
 
 
 @pytest.fixture(scope="session")

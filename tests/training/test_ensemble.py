@@ -7,26 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import make_layout
+from conftest import make_layout, tiny_overrides
 
 
 def _config(root, data, overrides=()):
     from pneumoscan.core.config import load_config
 
-    return load_config(
-        "configs/three_class_fov.yaml",
-        [
-            f"data.root={data}",
-            f"data.cache_dir={root / 'cache'}",
-            "data.val_fraction=0.34",
-            "model.image_size=64",
-            "train.epochs=1",
-            "train.batch_size=8",
-            "train.threads=2",
-            "train.loader_workers=0",
-            *overrides,
-        ],
-    )
+    return load_config("configs/three_class_fov.yaml", [*tiny_overrides(root, data), *overrides])
 
 
 @pytest.fixture(scope="module")
