@@ -278,19 +278,17 @@ def fit_gate(
         for name, vectors in features.items()
         if name == CONTENT or len(vectors) >= MIN_FILMS_FOR_SHAPE_PARTS
     }
-    parts = [
+    fitted = [
         _fit_part(name, taps if name == TEXTURE else (), vectors, components, quantile)
         for name, vectors in features.items()
     ]
-    gate = OodGate(parts=parts, threshold=1.0)
-    combined = np.max(
-        [_part_scores(part, features[part.name]) / part.scale for part in parts], axis=0
-    )
-    gate.threshold = float(np.quantile(combined, quantile))
-    return gate
+    combined = np.max([scores / part.scale for part, scores in fitted], axis=0)
+    parts = [part for part, _ in fitted]
+    return OodGate(parts=parts, threshold=float(np.quantile(combined, quantile)))
 
 
-def _fit_part(name, taps, vectors, components, quantile) -> GatePart:
+def _fit_part(name, taps, vectors, components, quantile) -> tuple[GatePart, np.ndarray]:
+    """One part fitted on its training vectors, and those vectors' scores under it."""
     vectors = vectors.astype(np.float64)
     mean = vectors.mean(axis=0)
     _, singular, vt = np.linalg.svd(vectors - mean, full_matrices=False)
@@ -309,8 +307,9 @@ def _fit_part(name, taps, vectors, components, quantile) -> GatePart:
         residual_scale=float(1.0 / (residual_variance + 1e-8)),
         scale=1.0,
     )
-    part.scale = float(np.quantile(_part_scores(part, vectors), quantile))
-    return part
+    scores = _part_scores(part, vectors)
+    part.scale = float(np.quantile(scores, quantile))
+    return part, scores
 
 
 def _part_scores(part: GatePart, vectors: np.ndarray) -> np.ndarray:
