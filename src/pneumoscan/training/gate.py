@@ -49,6 +49,12 @@ TEXTURE = "texture"
 LAYOUT = "layout"
 LAYOUT_SIDE = 8
 MIN_FILMS_FOR_SHAPE_PARTS = 1000  # texture and layout parts are fitted from this many films
+# What each part reads, as the model card says it.
+PART_DESCRIPTIONS = {
+    CONTENT: "the channel means of the last feature map (content)",
+    TEXTURE: "the channel standard deviations of an early stage (texture)",
+    LAYOUT: f"the input shrunk to {LAYOUT_SIDE} x {LAYOUT_SIDE} (layout)",
+}
 _TENSORS = ("mean", "components", "scales", "residual_scale", "scale")
 
 

@@ -38,11 +38,8 @@ from pneumoscan.training.distill import read_teacher_record
 from pneumoscan.training.export import export_onnx, parity
 from pneumoscan.training.fit import default_cache_dir
 from pneumoscan.training.gate import (
-    CONTENT,
     GATE_DESIGN,
-    LAYOUT,
-    LAYOUT_SIDE,
-    TEXTURE,
+    PART_DESCRIPTIONS,
     fit_gate,
     gate_features,
     texture_taps,
@@ -539,17 +536,10 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
         "stress": stress,
         "stress_dir": stress_dir,
         "gate_percentile": f"{100 * GATE_QUANTILE:g}",
-        "gate_spaces": GATE_SPACES,
+        "gate_spaces": PART_DESCRIPTIONS,
         "distill_table": _shown_path(config["train"].get("distill_targets")),
     }
     return template(Path(__file__).parent / "templates", "model_card.md.j2").render(facts)
-
-
-GATE_SPACES = {
-    CONTENT: "the channel means of the last feature map (content)",
-    TEXTURE: "the channel standard deviations of an early stage (texture)",
-    LAYOUT: f"the input shrunk to {LAYOUT_SIDE} x {LAYOUT_SIDE} (layout)",
-}
 
 
 def _shown_path(path: str | None) -> str | None:
