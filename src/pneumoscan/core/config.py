@@ -103,6 +103,9 @@ class DataConfig:
     fold: Integer(ge=0) = (
         0  # which of the round(1 / val_fraction) patient-grouped folds is validation
     )
+    split_seed: Integer() | None = (
+        None  # the patient folds' shuffle; None: train.seed. Ensemble members share one
+    )
     max_patients: Integer(ge=1) | None = None  # a patient-grouped subset, for quick runs and tests
     strict: Flag = False  # fail on unreadable files instead of skipping them
     cache_dir: Text | None = None  # where decoded images and backbone features are cached

@@ -150,7 +150,7 @@ def training_split(info: ModelInfo) -> dict | None:
         "task": data.get("task", info.task),
         "fold": data.get("fold", 0),
         "val_fraction": data.get("val_fraction", 0.2),
-        "seed": train.get("seed", 42),
+        "seed": train.get("seed", 42) if data.get("split_seed") is None else data["split_seed"],
         "max_patients": data.get("max_patients"),
         "augment_policy": train.get("augment_policy", "basic")
         if train.get("augment", True)

@@ -176,8 +176,9 @@ def prepare_run_data(config: Config, sizes: set[int]) -> RunData:
         pixels[size] = decoded.pixels
         kept = decoded.kept
     samples, targets = [samples[i] for i in kept], targets[kept]
+    split_seed = config.train.seed if data.split_seed is None else data.split_seed
     split = ds.split_by_patient(
-        targets, [s.patient for s in samples], data.val_fraction, data.fold, config.train.seed
+        targets, [s.patient for s in samples], data.val_fraction, data.fold, split_seed
     )
     return RunData(samples, targets, split, pixels)
 
@@ -790,7 +791,8 @@ def cross_validate(config: Config, out_dir: Path, folds: list[int], progress: bo
 def restore_run(model_file: Path, out_dir: Path) -> Path:
     """A run folder for a model file whose run folder is gone (a shipped model): the model file
     and its split.csv, redrawn from the config it recorded. The split depends only on the data,
-    data.fold, data.val_fraction, data.max_patients and train.seed, so it is the run's own."""
+    data.fold, data.val_fraction, data.max_patients and data.split_seed (or train.seed), so it
+    is the run's own."""
     import shutil
 
     from pneumoscan.core.config import config_from_dict
