@@ -1,6 +1,7 @@
 """The exported model on ONNX Runtime: the session, the pneumoscan metadata stored in the file
 (classes, preprocessing, temperature, threshold, gate threshold, conformal scores), checked on
-load, and `load_runtime_model` for a shipped name or a path. Never imports torch.
+load against the model contract (`core.contract`), and `load_runtime_model` for a shipped name
+or a path. Never imports torch.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.conformal import ConformalCalibration
+from pneumoscan.core.contract import validate_metadata
 from pneumoscan.core.decision import (
     METADATA_KEY,
     ONNX_METADATA_FORMAT,
@@ -70,6 +72,7 @@ class OnnxModel:
                 f"{path}: metadata format {version!r} (missing {', '.join(missing) or 'nothing'}); "
                 f"this pneumoscan reads {ONNX_METADATA_FORMAT}. Re-export it with `pneumoscan export`."
             )
+        validate_metadata(self.metadata, path)
         self.path = path
         self.class_names: tuple[str, ...] = tuple(self.metadata["class_names"])
         self.threshold: float | None = self.metadata.get("threshold")
