@@ -1,5 +1,5 @@
-"""`evaluate` (a model on one split of a data folder) and `stress` (the acquisition-shift
-benchmark)."""
+"""`evaluate` (a model on one split of a data folder), `stress` (the acquisition-shift
+benchmark) and `monitor` (drift between two prediction logs)."""
 
 from __future__ import annotations
 
@@ -107,3 +107,39 @@ def stress(
         f"refusal {100 * worst['refusal_rate']['value']:.1f}% "
         f"({worst['refusal_rate']['perturbation']}); report in {out}/stress.md"
     )
+
+
+@friendly
+def monitor(
+    current: Annotated[Path, typer.Argument(help="this period's `pneumoscan predict --csv` log")],
+    reference: Annotated[
+        Path,
+        typer.Option(
+            "--reference",
+            "-r",
+            help="the baseline log to compare with, e.g. the site's first accepted month",
+        ),
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="folder for report.md, drift.json and the plots")
+    ] = Path("drift"),
+) -> None:
+    """Compare two prediction logs for drift: status mix, predicted labels, probability and
+    gate-score distributions (chi-square and Kolmogorov-Smirnov, Holm-adjusted, with minimum
+    effect sizes). Exit 0: no drift; 1: drift; 2: bad input. No labels, so no accuracy: an alarm
+    is a reason to `validate` on labelled films."""
+    setup_logging()
+    from pneumoscan.evaluation.monitor import compare, read_log, write_report
+
+    before, after = read_log(reference), read_log(current)
+    checks = compare(before, after)
+    drift = write_report(before, after, checks, out)
+    for check in checks:
+        mark = "DRIFT" if check.drift else "ok"
+        typer.echo(
+            f"{mark:5}  {check.name}: {check.effect_name} {check.effect:.3f} "
+            f"(minimum {check.min_effect}), adjusted p {check.adjusted_p:.2g}"
+        )
+    typer.echo(f"{'drift detected' if drift else 'no drift'}; report: {out / 'report.md'}")
+    typer.echo(NOT_DIAGNOSTIC_NOTICE, err=True)
+    raise typer.Exit(1 if drift else 0)
