@@ -103,3 +103,21 @@ def test_train_then_evaluate_from_the_command_line(tmp_path):
     assert pooled.exit_code == 0, pooled.output
     assert "warning: the train films are part of the training pool" in pooled.output
     assert "not out-of-sample" in (tmp_path / "pooled" / "report.md").read_text()
+
+
+def test_train_prints_no_library_notes_between_its_own_lines(tmp_path):
+    """A training run's stderr holds pneumoscan's lines, not Lightning's banner, tip and
+    warnings; the metrics CSV is still written. A process, as a user runs it."""
+    data = make_layout(tmp_path / "data", splits=("train", "test"), per_class=6)
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "pneumoscan", "train", "--data", str(data), "--out", str(run)]
+    command += ["model.arch=seed002-cnn", "model.image_size=32", "train.epochs=1"]
+    command += ["train.batch_size=8", f"data.cache_dir={tmp_path / 'cache'}"]
+    result = subprocess.run(
+        command + ["data.val_fraction=0.34"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr
+    for noise in ("litlogger", "GPU available", "Seed set", "Warning", "deprecated", "stopped"):
+        assert noise not in result.stderr, result.stderr
+    assert "patient-grouped split" in result.stderr
+    assert list(run.glob("phase-*/logs/**/metrics.csv"))

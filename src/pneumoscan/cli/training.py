@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +15,25 @@ from pneumoscan.cli.common import (
     friendly,
     setup_logging,
 )
+
+# Lightning's notes between the progress bars: accelerator availability, the litlogger tip,
+# "Seed set to", "`Trainer.fit` stopped", and its warnings about a non-empty checkpoint folder or
+# the logging interval; torch's and Lightning's deprecation warnings. The run's own records, the
+# rich progress and metrics.csv stay; `train --verbose` shows them all.
+TRAINING_LIBRARIES = ("lightning", "lightning.pytorch", "lightning.fabric", "torch")
+
+
+def quiet_training_libraries() -> None:
+    import warnings
+
+    import lightning.pytorch  # noqa: F401 (it sets its loggers' levels on import: set them after)
+
+    for name in TRAINING_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+        warnings.filterwarnings("ignore", module=re.escape(name) + r"(\..*)?$")
+    # Lightning writes its notes as warnings through rank_zero_warn: from its own modules.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 @friendly
@@ -54,6 +74,10 @@ def train(
             "DIR/model.pt too); without --config, a short recipe (3 epochs, lr 1e-4)",
         ),
     ] = None,
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", help="also show Lightning's notes and library warnings"),
+    ] = False,
     override: Annotated[
         list[str] | None,
         typer.Argument(
@@ -65,7 +89,9 @@ def train(
     devices or machines: --devices 2 (DDP), also under torchrun or srun; rank zero writes.
     --init fine-tunes a shipped or calibrated model on a site's labelled films (--data SITE:
     NORMAL/ and PNEUMONIA/ folders or a path,label[,patient] CSV)."""
-    setup_logging()
+    setup_logging(verbose)
+    if not verbose:
+        quiet_training_libraries()
     from pneumoscan.core.config import FINETUNE_RECIPE, load_config
 
     overrides = list(FINETUNE_RECIPE if init is not None and config is None else [])
