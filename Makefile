@@ -11,7 +11,7 @@ DURATION ?= 60
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 setup:  ## create .venv and install pneumoscan with training, serving, DICOM and test extras
-	python3 -m venv .venv && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e ".[train,serve,dicom,dev]"
+	python3 -m venv .venv && $(PY) -m pip install -q --upgrade pip && $(PY) -m pip install -q -e ".[train,serve,dicom,ray,dev]"
 test:  ## the default test suite (skips slow tests)
 	$(PY) -m pytest -q
 test-slow:  ## only the slow tests

@@ -77,6 +77,29 @@ def predict(
         ),
     ] = None,
     token: StowToken = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local (this process) or ray: a pool of Ray actors, one ONNX session each (the "
+            "\\[ray] extra); without --address a local cluster on 127.0.0.1 only"
+        ),
+    ] = "local",
+    address: Annotated[
+        str | None,
+        typer.Option(help="--engine ray: an existing Ray cluster to run on, e.g. ray://head:10001"),
+    ] = None,
+    actors: Annotated[
+        int | None,
+        typer.Option(help="--engine ray: how many actors (default: one per CPU of the cluster)"),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="--engine ray: go on with an interrupted run, skipping the films its journal "
+            "(beside --csv or --json) already holds",
+        ),
+    ] = False,
     verbose: Annotated[
         bool,
         typer.Option(
@@ -99,8 +122,20 @@ def predict(
     part = _parse_shard(shard)
     files = _select_files(paths, part)
     _check_outputs(csv_out, json_out, heatmaps)
-    dicom = _open_dicom(runtime, dicom_out, stow, token, indeterminate)
-    results = _predict_files(runtime, files, dicom, heatmaps, indeterminate, workers, sets)
+    journal = None
+    if engine == "ray":
+        journal = _ray_journal(csv_out, json_out, heatmaps, dicom_out, stow, resume)
+        results = _predict_ray(
+            model, files, journal, threads, gate, indeterminate, sets, address, actors
+        )
+        dicom = None
+    elif engine == "local":
+        if resume or address or actors:
+            fail("--resume, --address and --actors go with --engine ray")
+        dicom = _open_dicom(runtime, dicom_out, stow, token, indeterminate)
+        results = _predict_files(runtime, files, dicom, heatmaps, indeterminate, workers, sets)
+    else:
+        fail(f"--engine {engine}: choose local or ray")
     _print_results(runtime, results)
     for result in results:
         if result.status == "error":
@@ -111,10 +146,59 @@ def predict(
         for line in dicom.failures:
             typer.echo(f"error: {line}", err=True)
     _write_outputs(runtime, results, csv_out, json_out, part)
+    if journal is not None:
+        journal.unlink(missing_ok=True)  # the outputs hold every film now
     summary = summarize(results)
     typer.echo(summary.text())
     if summary.exit_code or (dicom is not None and dicom.failures):
         raise typer.Exit(1)
+
+
+def _ray_journal(csv_out, json_out, heatmaps, dicom_out, stow, resume: bool) -> Path | None:
+    """The resume journal of a Ray run, after checking the options the Ray engine takes."""
+    if heatmaps is not None or dicom_out is not None or stow is not None:
+        fail("--engine ray writes CSV and JSON; --heatmaps, --dicom-out and --stow run locally")
+    try:
+        from pneumoscan.distributed.ray_engine import journal_path
+    except ImportError:
+        fail("--engine ray needs Ray: pip install 'pneumoscan[ray]'")
+    journal = journal_path(csv_out, json_out)
+    if resume and journal is None:
+        fail("--resume keeps its journal beside --csv or --json: give one of them")
+    if journal is not None and journal.exists() and not resume:
+        fail(
+            f"{journal}: an interrupted Ray run left this journal; add --resume to go on, or delete it"
+        )
+    return journal
+
+
+def _predict_ray(
+    model, files, journal, threads, gate, indeterminate, sets, address, actors
+) -> list:
+    """Every file through a pool of Ray actors, with a progress line per batch on a terminal."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        fail("--engine ray needs Ray: pip install 'pneumoscan[ray]'")
+    from pneumoscan.distributed.ray_engine import RaySettings, predict_on_ray
+
+    if actors is not None and actors < 1:
+        fail(f"--actors {actors}: give 1 or more")
+    settings = RaySettings(
+        model=str(model),
+        threads=threads or 1,
+        gate=gate,
+        indeterminate_margin=indeterminate,
+        set_coverage=sets,
+        address=address,
+        actors=actors,
+    )
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            typer.echo(f"predicted {done}/{total}", err=True)
+
+    return predict_on_ray(files, settings, journal, progress)
 
 
 def _open_dicom(runtime, dicom_out: Path | None, stow: str | None, token, indeterminate: float):
