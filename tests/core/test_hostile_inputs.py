@@ -53,14 +53,16 @@ def _dicom_bytes(ds) -> bytes:
     return buffer.getvalue()
 
 
-def _predict_peak(target: Path, tmp_path: Path, timeout: float = 120) -> tuple[int, str, float]:
+def _predict_peak(
+    target: Path, tmp_path: Path, *extra: str, timeout: float = 120
+) -> tuple[int, str, float]:
     """Run `pneumoscan predict` on `target`; (exit code, output, peak RSS in MB of that process:
     os.wait4 gives the rusage of that one child, not the largest child of this test run)."""
     log = tmp_path / "predict.log"
     with log.open("w") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "pneumoscan", "predict", str(target)]
-            + ["--csv", str(tmp_path / "out.csv")],
+            + ["--csv", str(tmp_path / "out.csv"), *extra],
             stdout=output,
             stderr=subprocess.STDOUT,
             env={"COLUMNS": "250", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)},
@@ -98,3 +100,13 @@ def test_predict_on_a_fifo_is_an_error_not_a_hang(tmp_path):
     assert code != 0
     assert f"{fifo}: not a regular file" in output
     assert "Traceback" not in output
+
+
+def test_predict_dicom_out_reads_no_bomb_header_whole(bomb, tmp_path):
+    """--dicom-out reads each DICOM's header after predicting; a bomb's stays uninflated too."""
+    film = tmp_path / "bomb.dcm"
+    film.write_bytes(bomb)
+    code, output, peak = _predict_peak(film, tmp_path, "--dicom-out", str(tmp_path / "results"))
+    assert code == 1 and "bomb.dcm: Deflated DICOM inflates to over" in output
+    assert "Traceback" not in output
+    assert peak < PEAK_LIMIT_MB, f"predict --dicom-out peaked at {peak:.0f} MB on a 1 MB file"

@@ -22,7 +22,7 @@ import warnings
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -306,7 +306,7 @@ def _read_dicom(data: bytes, label: str, max_pixels: int, check_header: bool) ->
         import pydicom
     except ImportError:  # pragma: no cover - pydicom is a core dependency
         raise InputError(f"{label}: reading DICOM needs pydicom: pip install pydicom") from None
-    _check_inflated_size(data, label, max_pixels)
+    check_inflated_size(io.BytesIO(data), label, max_pixels)
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
     except Exception as error:  # pydicom raises many unrelated types for broken files
@@ -324,13 +324,13 @@ def inflated_limit(max_pixels: int) -> int:
     return 2 * max_pixels * _MAX_BYTES_PER_PIXEL + _HEADER_ALLOWANCE
 
 
-def _check_inflated_size(data: bytes, label: str, max_pixels: int) -> None:
+def check_inflated_size(stream: BinaryIO, label: str, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
     """Refuse a Deflated DICOM whose dataset inflates past `inflated_limit` (a deflate bomb),
-    counted chunk by chunk with nothing kept, before pydicom inflates it whole."""
+    counted chunk by chunk with nothing kept, before pydicom inflates it whole. `stream` is a
+    Part 10 file read from its start; other transfer syntaxes pass untouched."""
     from pydicom.filereader import _read_file_meta_info, read_preamble
     from pydicom.uid import DeflatedExplicitVRLittleEndian
 
-    stream = io.BytesIO(data)
     try:
         read_preamble(stream, False)
         meta = _read_file_meta_info(stream)
@@ -340,22 +340,22 @@ def _check_inflated_size(data: bytes, label: str, max_pixels: int) -> None:
     if syntax != DeflatedExplicitVRLittleEndian:
         return
     limit = inflated_limit(max_pixels)
+    refusal = ImageTooLargeError(
+        f"{label}: Deflated DICOM inflates to over {limit / 1e6:.0f} MB, more than a "
+        f"{max_pixels:,} px film needs; refused unread (export it uncompressed)."
+    )
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
-    pending = memoryview(data)[stream.tell() :]
     total = 0
     try:
-        while pending and not inflater.eof:
+        while not inflater.eof:
+            pending = inflater.unconsumed_tail or stream.read(_INFLATE_CHUNK)
+            if not pending:
+                break
             total += len(inflater.decompress(pending, _INFLATE_CHUNK))
             if total > limit:
-                raise ImageTooLargeError(
-                    f"{label}: Deflated DICOM inflates to over {limit / 1e6:.0f} MB, more than a "
-                    f"{max_pixels:,} px film needs; refused unread (export it uncompressed)."
-                )
-            pending = inflater.unconsumed_tail
+                raise refusal
         if total + len(inflater.flush()) > limit:
-            raise ImageTooLargeError(
-                f"{label}: Deflated DICOM inflates to over {limit / 1e6:.0f} MB."
-            )
+            raise refusal
     except zlib.error:
         raise InputError(
             f"{label}: Deflated DICOM data is corrupt (zlib cannot inflate it); re-export the "
