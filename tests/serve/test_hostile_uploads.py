@@ -629,3 +629,13 @@ def test_hostile_upload_histogram():
     TEST_OUTPUT.mkdir(exist_ok=True)
     report = {"cases": len(OBSERVED), "status_histogram": histogram, "by_case": OBSERVED}
     (TEST_OUTPUT / "hostile_uploads.json").write_text(json.dumps(report, indent=2))
+
+
+def test_deflate_bomb_upload_is_413(client):
+    """~1 MB of Deflated DICOM that inflates to 1 GiB: refused from its counted inflated size."""
+    from dicom_bomb import deflate_bomb
+
+    body = multipart([file_part(deflate_bomb(), b"application/dicom")])
+    response = client.post("/v1/predict", content=body, headers={"Content-Type": MULTIPART})
+    assert response.status_code == 413, response.text
+    assert "Deflated DICOM inflates to over" in response.text

@@ -158,3 +158,27 @@ def test_api_key_from_the_environment_and_settings_reach_every_worker():
         assert statuses == {(413, "file_too_large")}
         status, answer = post(process.url + "/v1/predict", body)
         assert status == 401 and answer["error"] == "unauthorized"
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The largest peak RSS (VmHWM) of a process and its descendants (uvicorn workers)."""
+    peaks, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        status = Path(f"/proc/{current}/status").read_text()
+        peaks.append(int(status.split("VmHWM:")[1].split()[0]) / 1024)
+        for task in Path(f"/proc/{current}/task").iterdir():
+            todo += [int(child) for child in (task / "children").read_text().split()]
+    return max(peaks)
+
+
+def test_deflate_bomb_is_413_in_bounded_memory(server):
+    """~1 MB of Deflated DICOM that inflates to 1 GiB (it took the server to ~2 GB and a 200)."""
+    from dicom_bomb import deflate_bomb
+
+    body = multipart([file_part(deflate_bomb(), b"application/dicom")], BOUNDARY.encode())
+    status, answer = post(f"{server.url}/v1/predict", body)
+    assert status == 413, answer
+    assert "Deflated DICOM inflates to over" in json.dumps(answer)
+    peak = _peak_rss_mb(server.process.pid)
+    assert peak < 600, f"serve peaked at {peak:.0f} MB on a 1 MB upload"

@@ -53,9 +53,14 @@ def dicom_node(
     allow_aet: Annotated[
         list[str] | None,
         typer.Option(
-            "--allow-aet", help="accept associations only from this calling AE title (repeat)"
+            "--allow-aet",
+            help="accept associations only from this calling AE title, or AET@HOST: that title "
+            "only from that IP address (repeat)",
         ),
     ] = None,
+    max_associations: Annotated[
+        int, typer.Option(help="associations open at once; past it, new ones are refused")
+    ] = 10,
     queue: Annotated[
         int, typer.Option(help="films waiting for prediction; past it, senders wait, then retry")
     ] = 16,
@@ -104,6 +109,7 @@ def dicom_node(
         workers=workers,
         max_pixels=max_pixels,
         max_message_mb=max_mb,
+        max_associations=max_associations,
         indeterminate_margin=indeterminate,
         retry_max_s=retry_max,
         tls_cert=tls_cert,

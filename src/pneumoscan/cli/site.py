@@ -25,6 +25,14 @@ SiteData = Annotated[
 ]
 
 
+AllowOutside = Annotated[
+    bool,
+    typer.Option(
+        "--allow-outside",
+        help="accept CSV paths outside the CSV's folder (absolute paths, ../); off by default",
+    ),
+]
+
 SiteModel = Annotated[
     str,
     typer.Option(
@@ -43,6 +51,7 @@ def validate(
         Path, typer.Option("--out", help="folder for the report, metrics and plots")
     ] = Path("validation"),
     bootstrap: Bootstrap = 1000,
+    allow_outside: AllowOutside = False,
 ) -> None:
     """Check a model on a site's own labelled films: the evaluation report (95% patient-bootstrap
     intervals, confusion matrix, ROC, PR, reliability diagram), the gate's refusal rate and the
@@ -50,7 +59,7 @@ def validate(
     setup_logging()
     from pneumoscan.site.validate import validate as validate_site
 
-    metrics = validate_site(data, model, out, bootstrap=bootstrap)
+    metrics = validate_site(data, model, out, bootstrap=bootstrap, allow_outside=allow_outside)
     typer.echo(f"{metrics['model_name']} on {data} (n={metrics['n']}): {headline(metrics)}")
     if "gate" in metrics:
         typer.echo(f"gate refused {100 * metrics['gate']['refusal_rate']:.1f}% of the films")
@@ -114,6 +123,7 @@ def calibrate(
     name: Annotated[str | None, typer.Option(help="name of the new model")] = None,
     seed: Annotated[int, typer.Option(help="seed of the patient split")] = 0,
     bootstrap: Bootstrap = 1000,
+    allow_outside: AllowOutside = False,
 ) -> None:
     """Recalibrate a model for a site: temperature, threshold, conformal sets (and gate) fitted on
     part of the site's films, before/after on the rest, and how the figures grow with the number
@@ -152,7 +162,14 @@ def calibrate(
         prevalence=shares,
     )
     report = calibrate_site(
-        data, model, out, request, coverage=sets, name=name, bootstrap=bootstrap
+        data,
+        model,
+        out,
+        request,
+        coverage=sets,
+        name=name,
+        bootstrap=bootstrap,
+        allow_outside=allow_outside,
     )
     if "after" in report:
         typer.echo(f"held-out before: {headline(report['before'])}")

@@ -232,11 +232,12 @@ SITE_LABELS = {
 }
 
 
-def load_site(data: Path) -> list[Sample]:
-    """The site's labelled films, from a class-folder tree or a CSV (see the module docstring)."""
+def load_site(data: Path, allow_outside: bool = False) -> list[Sample]:
+    """The site's labelled films, from a class-folder tree or a CSV (see the module docstring).
+    A CSV's paths must stay in the CSV's folder unless `allow_outside`."""
     data = Path(data).expanduser()
     if data.is_file() and data.suffix.lower() == ".csv":
-        samples = _from_csv(data)
+        samples = _from_csv(data, allow_outside)
     elif data.is_dir():
         samples = _from_folders(data)
     else:
@@ -263,7 +264,7 @@ def _from_folders(root: Path) -> list[Sample]:
     return samples
 
 
-def _from_csv(path: Path) -> list[Sample]:
+def _from_csv(path: Path, allow_outside: bool = False) -> list[Sample]:
     with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         columns = {c.strip().lower(): c for c in reader.fieldnames or []}
@@ -273,7 +274,14 @@ def _from_csv(path: Path) -> list[Sample]:
                 "path and label (and optionally patient)."
             )
         samples = []
+        seen: dict[Path, tuple[int, str]] = {}
+        folder = path.parent.resolve()
         for line, row in enumerate(reader, start=2):
+            if row[columns["path"]] is None or row[columns["label"]] is None:
+                raise DatasetError(
+                    f"{path}, line {line}: fewer fields than the header "
+                    f"({', '.join(reader.fieldnames or [])}); give path,label[,patient] on every row."
+                )
             text = (row[columns["label"]] or "").strip().lower()
             if text not in SITE_LABELS:
                 raise DatasetError(
@@ -282,6 +290,19 @@ def _from_csv(path: Path) -> list[Sample]:
             folder_label, subtype = SITE_LABELS[text]
             image = Path(row[columns["path"]].strip()).expanduser()
             image = image if image.is_absolute() else path.parent / image
+            resolved = image.resolve()
+            if not allow_outside and not resolved.is_relative_to(folder):
+                raise DatasetError(
+                    f"{path}, line {line}: {row[columns['path']].strip()} is outside the CSV's "
+                    f"folder {folder}; move the film there, or pass --allow-outside."
+                )
+            if resolved in seen and seen[resolved][1] != text:
+                first, first_label = seen[resolved]
+                raise DatasetError(
+                    f"{path}, lines {first} and {line}: the same film labelled {first_label} and "
+                    f"{text}; keep one label."
+                )
+            seen.setdefault(resolved, (line, text))
             patient = (row.get(columns.get("patient", ""), "") or "").strip() or None
             samples.append(_sample(image, folder_label, subtype, patient, path.parent))
     return samples

@@ -17,10 +17,12 @@ from __future__ import annotations
 import io
 import logging
 import re
+import stat
 import warnings
+import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -43,6 +45,10 @@ logger = logging.getLogger(__name__)
 MAX_IMAGE_PIXELS = 50_000_000
 # Files are read whole into memory; a radiograph is tens of MB at most.
 MAX_FILE_BYTES = 512 * 1024 * 1024
+# A Deflated DICOM is inflated only after its inflated size is counted against the pixel limit.
+_MAX_BYTES_PER_PIXEL = 4
+_HEADER_ALLOWANCE = 16 * 1024 * 1024
+_INFLATE_CHUNK = 1024 * 1024
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".dcm", ".dicom")
 RASTER_FORMATS = ("JPEG", "PNG")
 
@@ -186,7 +192,14 @@ def decode_input(
 
 def _read_bytes(path: Path, label: str) -> bytes:
     try:
-        size = path.stat().st_size
+        status = path.stat()
+        if stat.S_ISDIR(status.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(status.st_mode):
+            raise InputError(
+                f"{label}: not a regular file (a pipe, socket or device); give an image file."
+            )
+        size = status.st_size
         if size > MAX_FILE_BYTES:
             raise ImageTooLargeError(
                 f"{label}: file is {size / 1e6:.0f} MB, over the {MAX_FILE_BYTES / 1e6:.0f} MB "
@@ -293,6 +306,7 @@ def _read_dicom(data: bytes, label: str, max_pixels: int, check_header: bool) ->
         import pydicom
     except ImportError:  # pragma: no cover - pydicom is a core dependency
         raise InputError(f"{label}: reading DICOM needs pydicom: pip install pydicom") from None
+    check_inflated_size(io.BytesIO(data), label, max_pixels)
     try:
         dataset = pydicom.dcmread(io.BytesIO(data))
     except Exception as error:  # pydicom raises many unrelated types for broken files
@@ -302,6 +316,51 @@ def _read_dicom(data: bytes, label: str, max_pixels: int, check_header: bool) ->
             "re-export the study."
         ) from None
     return _dicom_pixels(dataset, label, max_pixels, check_header)
+
+
+def inflated_limit(max_pixels: int) -> int:
+    """The most bytes a Deflated DICOM dataset may inflate to: the largest accepted frame at 32
+    bits per pixel, twice over, plus room for the header."""
+    return 2 * max_pixels * _MAX_BYTES_PER_PIXEL + _HEADER_ALLOWANCE
+
+
+def check_inflated_size(stream: BinaryIO, label: str, max_pixels: int = MAX_IMAGE_PIXELS) -> None:
+    """Refuse a Deflated DICOM whose dataset inflates past `inflated_limit` (a deflate bomb),
+    counted chunk by chunk with nothing kept, before pydicom inflates it whole. `stream` is a
+    Part 10 file read from its start; other transfer syntaxes pass untouched."""
+    from pydicom.filereader import _read_file_meta_info, read_preamble
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    try:
+        read_preamble(stream, False)
+        meta = _read_file_meta_info(stream)
+        syntax = str(meta.get("TransferSyntaxUID", "") or "")
+    except Exception:  # a broken meta group is dcmread's to report
+        return
+    if syntax != DeflatedExplicitVRLittleEndian:
+        return
+    limit = inflated_limit(max_pixels)
+    refusal = ImageTooLargeError(
+        f"{label}: Deflated DICOM inflates to over {limit / 1e6:.0f} MB, more than a "
+        f"{max_pixels:,} px film needs; refused unread (export it uncompressed)."
+    )
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    total = 0
+    try:
+        while not inflater.eof:
+            pending = inflater.unconsumed_tail or stream.read(_INFLATE_CHUNK)
+            if not pending:
+                break
+            total += len(inflater.decompress(pending, _INFLATE_CHUNK))
+            if total > limit:
+                raise refusal
+        if total + len(inflater.flush()) > limit:
+            raise refusal
+    except zlib.error:
+        raise InputError(
+            f"{label}: Deflated DICOM data is corrupt (zlib cannot inflate it); re-export the "
+            "study uncompressed."
+        ) from None
 
 
 def _header_int(dataset, keyword: str, default: int, label: str) -> int:

@@ -8,7 +8,8 @@ How a film travels, and why nothing is lost:
 
 1. **Admission** (the association's thread). The film's SOP class must be CR or DX (for
    presentation or processing; DR films are DX objects) and match the presentation context, its
-   dataset must parse and hold the UIDs and pixels of one frame within `max_pixels`, and there
+   dataset must parse and hold the UIDs, the patient and study attributes its results copy
+   (`RESULT_HEADER`, possibly empty) and pixels of one frame within `max_pixels`, and there
    must be room in the queue (`queue_size` films waiting; a full queue holds the answer for up to
    `queue_wait_s`, which slows the sender down, then refuses with 0xA700 so it retries later). The
    film is written to the spool's inbox, atomically, before the C-STORE is answered with success.
@@ -65,6 +66,22 @@ DOES_NOT_MATCH = 0xA900  # the dataset is not its context's SOP class, or lacks 
 CANNOT_UNDERSTAND = 0xC000  # the dataset cannot be parsed
 NOT_SUPPORTED = 0x0122  # refused: the dataset is of a SOP class the node does not take
 
+# Seconds a new connection has to send its A-ASSOCIATE request: silent sockets must not hold the
+# association slots (`max_associations`) for long.
+ASSOCIATION_TIMEOUT_S = 10
+# Header attributes the SR and SC copy from the film (Patient and General Study modules, type 2:
+# present, possibly empty); a film without them is refused at admission, not failed later.
+RESULT_HEADER = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+)
+
 
 @dataclass(frozen=True)
 class NodeSettings:
@@ -96,6 +113,31 @@ class NodeSettings:
             raise PneumoscanError("--tls-cert and --tls-key go together: give both, or neither.")
         if self.tls_ca is not None and self.tls_cert is None:
             raise PneumoscanError("--tls-ca checks the callers' certificates: give --tls-cert too.")
+        for entry in self.allow_aet:
+            title, _, peer = entry.partition("@")
+            if not 0 < len(title.strip()) <= 16 or ("@" in entry and not peer.strip()):
+                raise PneumoscanError(
+                    f"--allow-aet {entry!r}: give an AE title of 1 to 16 characters, or "
+                    "AET@HOST to accept it only from that IP address."
+                )
+
+    def peer_refusal(self, ae_title: str, address: str) -> str | None:
+        """Why --allow-aet refuses this calling AE title from this address; None when allowed."""
+        if not self.allow_aet:
+            return None
+        title = ae_title.strip()
+        hosts = set()
+        for entry in self.allow_aet:
+            allowed, _, host = entry.partition("@")
+            if allowed.strip() == title:
+                if not host:
+                    return None
+                hosts.add(host.strip())
+        if not hosts:
+            return "not in --allow-aet"
+        if address in hosts:
+            return None
+        return f"--allow-aet allows it only from {', '.join(sorted(hosts))}"
 
     def ssl_context(self) -> ssl.SSLContext | None:
         """The server side of TLS; with `tls_ca`, callers must show a certificate it signed."""
@@ -140,11 +182,12 @@ class Counts:
 
 
 def accepted_transfer_syntaxes() -> list[str]:
-    """Uncompressed syntaxes first, then the compressed ones this pydicom can decode."""
+    """Uncompressed syntaxes first, then the compressed ones this pydicom can decode. Deflated
+    Explicit VR is not offered: pynetdicom would inflate it whole on the association's thread,
+    before any size check (a 1 MB deflate bomb is 1 GB of memory)."""
     from pydicom.pixels import get_decoder
     from pydicom.uid import (
         JPEG2000,
-        DeflatedExplicitVRLittleEndian,
         ExplicitVRBigEndian,
         ExplicitVRLittleEndian,
         ImplicitVRLittleEndian,
@@ -161,7 +204,6 @@ def accepted_transfer_syntaxes() -> list[str]:
     candidates = [
         ExplicitVRLittleEndian,
         ImplicitVRLittleEndian,
-        DeflatedExplicitVRLittleEndian,
         ExplicitVRBigEndian,
         RLELossless,
         JPEGLosslessSV1,
@@ -250,9 +292,8 @@ class DicomNode:
 
         ae = AE(ae_title=self.settings.ae_title)
         ae.maximum_associations = self.settings.max_associations
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
-        if self.settings.allow_aet:
-            ae.require_calling_aet = list(self.settings.allow_aet)
+        ae.dimse_timeout = ae.network_timeout = 60
+        ae.acse_timeout = ASSOCIATION_TIMEOUT_S  # the A-ASSOCIATE request must come quickly
         syntaxes = accepted_transfer_syntaxes()
         for sop_class in ACCEPTED_SOP_CLASSES:
             ae.add_supported_context(sop_class, syntaxes)
@@ -261,6 +302,7 @@ class DicomNode:
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_PDU_RECV, self._on_pdu),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_CONN_CLOSE, self._on_close),
@@ -344,12 +386,28 @@ class DicomNode:
     def _on_accepted(self, event) -> None:
         logger.debug("association from %s accepted", event.assoc.requestor.ae_title)
 
-    def _on_rejected(self, event) -> None:
+    def _on_requested(self, event) -> None:
+        """Refuse a calling AE title that --allow-aet does not allow from the caller's address."""
+        requestor = event.assoc.requestor
+        title = str(requestor.primitive.calling_ae_title).strip()
+        reason = self.settings.peer_refusal(title, requestor.address)
+        if reason is None:
+            return
         logger.warning(
-            "association from AE %r at %s refused%s",
+            "association from AE %r at %s refused (%s)", title, requestor.address, reason
+        )
+        event.assoc.acse.send_reject(0x01, 0x01, 0x03)  # calling AE title not recognised
+        event.assoc.kill()
+
+    def _on_rejected(self, event) -> None:
+        """pynetdicom's own refusal: every association slot is taken."""
+        logger.warning(
+            "association from AE %r at %s refused (%d associations already open, "
+            "--max-associations); connections that send nothing are closed after %d s",
             event.assoc.requestor.ae_title,
             event.assoc.requestor.address,
-            " (not in --allow-aet)" if self.settings.allow_aet else "",
+            self.settings.max_associations,
+            ASSOCIATION_TIMEOUT_S,
         )
 
     def _on_close(self, event) -> None:
@@ -408,6 +466,7 @@ class DicomNode:
             samples = int(dataset.get("SamplesPerPixel") or 1)
             bits = int(dataset.get("BitsAllocated") or 0)
             missing = [keyword for keyword in REQUIRED_UIDS if not dataset.get(keyword)]
+            missing += [keyword for keyword in RESULT_HEADER if keyword not in dataset]
             has_pixels = "PixelData" in dataset
             pixel_bytes = len(dataset.PixelData) if has_pixels else 0
         except Exception:  # pydicom raises many types for broken datasets

@@ -12,7 +12,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 
 from pneumoscan.core.errors import InputError
-from pneumoscan.core.images import MAX_IMAGE_PIXELS, is_dicom
+from pneumoscan.core.images import MAX_IMAGE_PIXELS, check_inflated_size, is_dicom
 from pneumoscan.dicom.capture import build_capture
 from pneumoscan.dicom.producer import Producer
 from pneumoscan.dicom.report import build_report
@@ -82,7 +82,11 @@ def read_header(path: Path, label: str) -> Dataset | None:
         with open(path, "rb") as handle:
             if not is_dicom(handle.read(132)):
                 return None
+            handle.seek(0)
+            check_inflated_size(handle, label)  # dcmread inflates a Deflated file whole
         header = pydicom.dcmread(path, stop_before_pixels=True)
+    except InputError:
+        raise
     except OSError as error:
         raise InputError(f"{label}: cannot be read ({error.strerror or error}).") from None
     except Exception as error:  # pydicom raises many types; its messages can quote values

@@ -312,6 +312,7 @@ def calibrate(
     coverage: float = 0.9,
     name: str | None = None,
     bootstrap: int = 1000,
+    allow_outside: bool = False,
 ) -> dict:
     """Fit the site's calibration on part of its films, report before/after on the rest, write
     the recalibrated model (out/model.pt, out/model.onnx), its card and the report."""
@@ -326,7 +327,7 @@ def calibrate(
     out = Path(out)
     if (out / "model.pt").exists() and out.resolve() == pt_path.parent.resolve():
         raise DatasetError(f"{out}: holds the model being calibrated; choose another --out folder.")
-    model, scores = load_scored(data, onnx_path)
+    model, scores = load_scored(data, onnx_path, allow_outside)
     class_names = model.class_names
     before = Operating.of(model)
     if len(np.unique(scores.targets)) < len(class_names):

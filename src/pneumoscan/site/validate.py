@@ -52,9 +52,11 @@ def site_targets(samples: list[Sample], class_names: tuple[str, ...]) -> np.ndar
     return np.asarray([class_names.index(s.subtype) for s in samples], dtype=np.int64)
 
 
-def load_scored(data: Path, model_ref: str | Path) -> tuple[OnnxModel, FilmScores]:
+def load_scored(
+    data: Path, model_ref: str | Path, allow_outside: bool = False
+) -> tuple[OnnxModel, FilmScores]:
     model = load_runtime_model(model_ref, gate=True)
-    samples = load_site(data)
+    samples = load_site(data, allow_outside)
     targets = site_targets(samples, model.class_names)
     logger.info("scoring %d films of %s with %s", len(samples), data, model.name)
     return model, score_films(model, samples, targets)
@@ -133,11 +135,13 @@ def site_metrics(
     return metrics, probabilities
 
 
-def validate(data: Path, model_ref: str | Path, out: Path, bootstrap: int = 1000) -> dict:
+def validate(
+    data: Path, model_ref: str | Path, out: Path, bootstrap: int = 1000, allow_outside: bool = False
+) -> dict:
     """Score the site's films with the model as it is; write the evaluation report."""
     from pneumoscan.evaluation.report import write_report
 
-    model, scores = load_scored(data, model_ref)
+    model, scores = load_scored(data, model_ref, allow_outside)
     metrics, probabilities = site_metrics(scores, Operating.of(model), model.class_names, bootstrap)
     metrics.update(
         split="site",
