@@ -101,6 +101,8 @@ def predict(
     _check_outputs(csv_out, json_out, heatmaps)
     dicom = _open_dicom(runtime, dicom_out, stow, token, indeterminate)
     results = _predict_files(runtime, files, dicom, heatmaps, indeterminate, workers, sets)
+    # The files first: whatever happens on screen, the predictions are kept.
+    unwritten = _write_outputs(runtime, results, csv_out, json_out, part)
     _print_results(runtime, results)
     for result in results:
         if result.status == "error":
@@ -110,7 +112,8 @@ def predict(
             typer.echo(line, err=True)
         for line in dicom.failures:
             typer.echo(f"error: {line}", err=True)
-    _write_outputs(runtime, results, csv_out, json_out, part)
+    if unwritten:
+        fail(unwritten)
     summary = summarize(results)
     typer.echo(summary.text())
     if summary.exit_code or (dicom is not None and dicom.failures):
@@ -198,36 +201,46 @@ def _check_outputs(csv_out: Path | None, json_out: Path | None, heatmaps: Path |
             fail(f"--heatmaps {heatmaps}: cannot create this folder ({error.strerror or error})")
 
 
-def _write_outputs(runtime, results, csv_out: Path | None, json_out: Path | None, part) -> None:
-    """The --csv and --json files; a sharded run's CSV says which shard it is, for `merge`."""
+def _write_outputs(
+    runtime, results, csv_out: Path | None, json_out: Path | None, part
+) -> str | None:
+    """The --csv and --json files; a sharded run's CSV says which shard it is, for `merge`.
+    Returns the error of a file that could not be written (the other is still written), or None."""
     from functools import partial
 
     from pneumoscan.runtime.outputs import write_csv, write_json
 
     writers = (("--csv", csv_out, partial(write_csv, shard=part)), ("--json", json_out, write_json))
+    unwritten = None
     for option, path, write in writers:
         if path is not None:
             try:
                 write(path, results, runtime)
             except OSError as error:
-                fail(f"{option} {path}: cannot write it ({error.strerror or error})")
+                unwritten = (
+                    unwritten or f"{option} {path}: cannot write it ({error.strerror or error})"
+                )
+    return unwritten
 
 
 def _print_results(runtime, results) -> None:
     """The table on screen: every status as it is, probabilities where there are some, and the
-    gate score under its own name."""
+    gate score under its own name. Every text from a file or a model (names, reasons, labels)
+    is escaped: `film [left].jpeg` shows as it is, never as Rich markup."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from pneumoscan.runtime.predict import OK, STATUS_TEXT
 
     table = Table(
-        title=f"pneumoscan {runtime.name} ({runtime.version})", caption=NOT_DIAGNOSTIC_NOTICE
+        title=escape(f"pneumoscan {runtime.name} ({runtime.version})"),
+        caption=escape(NOT_DIAGNOSTIC_NOTICE),
     )
     table.add_column("file", overflow="fold")
     table.add_column("result")
     for name in runtime.class_names:
-        table.add_column(f"P({name})", justify="right")
+        table.add_column(escape(f"P({name})"), justify="right")
     table.add_column("gate score", justify="right")
     with_sets = any(result.prediction_set is not None for result in results)
     if with_sets:
@@ -238,24 +251,27 @@ def _print_results(runtime, results) -> None:
         shown = result.label if result.status == OK else STATUS_TEXT[result.status]
         if result.gate_reason:
             shown = f"{shown} ({result.gate_reason})"
+        shown = escape(shown)
         if result.status in styles:
             shown = f"[{styles[result.status]}]{shown}[/{styles[result.status]}]"
         table.add_row(
-            result.source,
+            escape(result.source),
             shown,
             *[
                 f"{result.probabilities[n]:.3f}" if result.probabilities else ""
                 for n in runtime.class_names
             ],
             "" if result.gate_score is None else f"{result.gate_score:.1f}",
-            *(["{" + ", ".join(result.prediction_set or []) + "}"] if with_sets else []),
+            *([escape("{" + ", ".join(result.prediction_set or []) + "}")] if with_sets else []),
         )
     console = Console()
     console.print(table)
     if runtime.threshold is not None:
         console.print(
-            f"threshold on P({runtime.class_names[1]}): {runtime.threshold:.3f} (chosen on the "
-            "model's calibration films); probabilities are calibrated"
+            escape(
+                f"threshold on P({runtime.class_names[1]}): {runtime.threshold:.3f} (chosen on "
+                "the model's calibration films); probabilities are calibrated"
+            )
         )
     if runtime.ood_threshold is not None:
         console.print(
@@ -263,10 +279,12 @@ def _print_results(runtime, results) -> None:
         )
     if with_sets:
         console.print(
-            f"sets: split-conformal ({runtime.conformal.method} score) at {coverage:.0%} coverage, "
-            "calibrated on "
-            f"{runtime.conformal.films} films ({runtime.conformal.source}); the promise holds for "
-            "films like those, not for a new site until it is recalibrated (`pneumoscan calibrate`)"
+            escape(
+                f"sets: split-conformal ({runtime.conformal.method} score) at {coverage:.0%} coverage, "
+                "calibrated on "
+                f"{runtime.conformal.films} films ({runtime.conformal.source}); the promise holds for "
+                "films like those, not for a new site until it is recalibrated (`pneumoscan calibrate`)"
+            )
         )
 
 
