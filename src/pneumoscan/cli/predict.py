@@ -11,9 +11,11 @@ import typer
 from pneumoscan.cli.common import (
     GateSwitch,
     IndeterminateMargin,
+    InsecureStow,
     OnnxThreads,
     RuntimeModel,
     StowToken,
+    check_stow,
     expand_paths,
     fail,
     friendly,
@@ -77,6 +79,7 @@ def predict(
         ),
     ] = None,
     token: StowToken = None,
+    insecure_stow: InsecureStow = False,
     verbose: Annotated[
         bool,
         typer.Option(
@@ -94,6 +97,7 @@ def predict(
     from pneumoscan.runtime.model import load_runtime_model
     from pneumoscan.runtime.predict import summarize
 
+    check_stow(stow, token, insecure_stow)
     runtime = load_runtime_model(model, threads=threads, gate=gate)
     _check_options(runtime, indeterminate, workers, sets)
     part = _parse_shard(shard)
