@@ -27,15 +27,16 @@ def _films(tmp_path: Path, *names: str) -> Path:
 
 
 def test_bracketed_names_show_as_they_are_and_markup_never_loses_the_outputs(tmp_path):
-    folder = _films(tmp_path, "film [left].jpeg", "film [right].jpeg", "b [/x].jpeg")
+    names = ("film [left].jpeg", "film [right].jpeg", "b [/x].jpeg", "film :smile:.jpeg")
+    folder = _films(tmp_path, *names)
     finished = run_predict(folder, tmp_path)
     assert finished.returncode == 0, finished.stderr
-    for name in ("film [left].jpeg", "film [right].jpeg", "b [/x].jpeg"):
+    for name in names:
         assert name in finished.stdout
     assert "Traceback" not in finished.stderr
     with (tmp_path / "out.csv").open(newline="") as handle:
-        assert len(list(csv.DictReader(handle))) == 3
-    assert len(json.loads((tmp_path / "out.json").read_text())["predictions"]) == 3
+        assert len(list(csv.DictReader(handle))) == 4
+    assert len(json.loads((tmp_path / "out.json").read_text())["predictions"]) == 4
 
 
 @pytest.mark.parametrize(

@@ -268,7 +268,7 @@ def _print_results(runtime, results) -> None:
             "" if result.gate_score is None else f"{result.gate_score:.1f}",
             *([escape("{" + ", ".join(result.prediction_set or []) + "}")] if with_sets else []),
         )
-    console = Console()
+    console = Console(emoji=False)  # `:smile:` in a file name stays as it is
     console.print(table)
     if runtime.threshold is not None:
         console.print(
