@@ -12,6 +12,7 @@ import ssl
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -156,3 +157,20 @@ def test_a_500_carries_the_request_id_that_finds_its_frames_in_the_log(caplog):
     assert "RuntimeError" in record.getMessage()
     assert "test_serve_edges.py" in record.getMessage() and "in predict" in record.getMessage()
     assert "secret" not in caplog.text
+
+
+def test_connections_beyond_max_connections_get_503():
+    with ServerProcess(["--max-connections", "4", "-m", "binary"]) as server:
+        idle = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(4)]
+        time.sleep(0.5)
+        try:
+            urllib.request.urlopen(f"{server.url}/healthz", timeout=10)
+            status = 200
+        except urllib.error.HTTPError as error:
+            status = error.code
+        for connection in idle:
+            connection.close()
+        assert status == 503
+        time.sleep(0.5)
+        with urllib.request.urlopen(f"{server.url}/healthz", timeout=10) as response:
+            assert response.status == 200
