@@ -40,6 +40,43 @@ class CrashAfterFirstEpoch(Callback):
             raise RuntimeError("simulated crash")
 
 
+class Trap:
+    """An object whose unpickling runs code: what a checkpoint from elsewhere could hold."""
+
+    def __reduce__(self):
+        import pathlib
+
+        return (pathlib.Path.touch, (pathlib.Path(self.marker),))
+
+
+def test_resume_never_unpickles_code_from_the_run_folder(real_data, tmp_path):
+    run = tmp_path / "run"
+    config = _config(real_data, tmp_path)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(config, run, callbacks=[CrashAfterFirstEpoch()], progress=False)
+    last = run / "phase-1" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    trap = Trap()
+    trap.marker = str(tmp_path / "ran")
+    checkpoint["extra"] = trap
+    torch.save(checkpoint, last)
+    with pytest.raises(ConfigError, match="does not unpickle"):
+        fit(config, run, resume=True, progress=False)
+    assert not (tmp_path / "ran").exists()
+
+
+def test_a_checkpoints_weights_are_read_without_unpickling_code(tmp_path):
+    from pneumoscan.training.fit import _load_checkpoint
+
+    trap = Trap()
+    trap.marker = str(tmp_path / "ran")
+    path = tmp_path / "best.ckpt"
+    torch.save({"state_dict": {}, "epoch": 0, "global_step": 0, "extra": trap}, path)
+    with pytest.raises(ConfigError, match="does not unpickle"):
+        _load_checkpoint(path, "phase-1")
+    assert not (tmp_path / "ran").exists()
+
+
 def _epochs(run_dir, phase="phase-1"):
     with (run_dir / phase / "logs" / "metrics.csv").open() as handle:
         return sorted(

@@ -117,6 +117,39 @@ StowToken = Annotated[
         show_default=False,
     ),
 ]
+InsecureStow = Annotated[
+    bool,
+    typer.Option(
+        "--insecure-stow",
+        help="send --token to a plain http:// --stow URL beyond this machine (anyone on the path "
+        "can read the token)",
+    ),
+]
+
+
+def check_stow(url: str | None, token: str | None, insecure: bool) -> None:
+    """A bearer token goes in clear over http://: refuse that beyond loopback unless told to."""
+    if url is None or not token or insecure:
+        return
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme.lower() == "http" and not _is_loopback(parts.hostname or ""):
+        fail(
+            f"--stow {url}: http:// would send the --token in clear to {parts.hostname}; use "
+            "https://, or give --insecure-stow to send it anyway"
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    try:
+        return host in LOOPBACK_HOSTS or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name other than localhost
+        return False
+
+
 GateSwitch = Annotated[
     bool,
     typer.Option("--gate/--no-gate", help="refuse inputs unlike chest radiographs (default on)"),

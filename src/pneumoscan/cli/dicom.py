@@ -11,9 +11,11 @@ from pneumoscan.cli.common import (
     LOOPBACK_HOSTS,
     GateSwitch,
     IndeterminateMargin,
+    InsecureStow,
     OnnxThreads,
     RuntimeModel,
     StowToken,
+    check_stow,
     friendly,
     logger,
     missing_extra,
@@ -42,6 +44,7 @@ def dicom_node(
         typer.Option("--stow", help="send results by DICOMweb STOW-RS to this root URL"),
     ] = None,
     token: StowToken = None,
+    insecure_stow: InsecureStow = False,
     out: Annotated[
         Path | None, typer.Option("--out", help="also write every result object to this folder")
     ] = None,
@@ -95,6 +98,7 @@ def dicom_node(
     gets a TID 1500 SR and a heatmap Secondary Capture in its study, sent back by C-STORE or
     STOW-RS, spooled on disk until delivered (the \\[dicom] extra). Stops cleanly on SIGTERM."""
     setup_logging(verbose)
+    check_stow(stow, token, insecure_stow)
     DicomNode, NodeSettings, quiet_libraries, load_runtime_model = _node_classes()
     quiet_libraries()
     destinations = _destinations(send_to, ae_title, stow, token, out)

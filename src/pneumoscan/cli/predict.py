@@ -11,9 +11,11 @@ import typer
 from pneumoscan.cli.common import (
     GateSwitch,
     IndeterminateMargin,
+    InsecureStow,
     OnnxThreads,
     RuntimeModel,
     StowToken,
+    check_stow,
     expand_paths,
     fail,
     friendly,
@@ -21,6 +23,69 @@ from pneumoscan.cli.common import (
     setup_logging,
 )
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+
+_SetsOption = Annotated[
+    float | None,
+    typer.Option(
+        "--sets",
+        help="also give each film's conformal prediction set at this coverage, e.g. 0.9: the "
+        "classes that hold the true one with that probability on films like the calibration films",
+    ),
+]
+
+_DicomOutOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--dicom-out",
+        help="folder for each DICOM film's results as DICOM: a TID 1500 SR and a heatmap "
+        "Secondary Capture, in the film's study (the \\[dicom] extra)",
+    ),
+]
+
+_StowOption = Annotated[
+    str | None,
+    typer.Option(
+        "--stow",
+        help="store those DICOM results in an archive by DICOMweb STOW-RS, e.g. "
+        "http://pacs:8042/dicom-web",
+    ),
+]
+
+_EngineOption = Annotated[
+    str,
+    typer.Option(
+        help="local (this process) or ray: a pool of Ray actors, one ONNX session each (the "
+        "\\[ray] extra); without --address a local cluster on 127.0.0.1 only"
+    ),
+]
+
+_AddressOption = Annotated[
+    str | None,
+    typer.Option(help="--engine ray: an existing Ray cluster to run on, e.g. ray://head:10001"),
+]
+
+_ActorsOption = Annotated[
+    int | None,
+    typer.Option(help="--engine ray: how many actors (default: one per CPU of the cluster)"),
+]
+
+_ResumeOption = Annotated[
+    bool,
+    typer.Option(
+        "--resume",
+        help="--engine ray: go on with an interrupted run, skipping the films its journal "
+        "(beside --csv or --json) already holds",
+    ),
+]
+
+_VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose",
+        help="also print the decoders' own log records (pydicom, Pillow, onnxruntime) on "
+        "stderr, one line each; by default each file's one-line error says what matters",
+    ),
+]
 
 
 @friendly
@@ -52,62 +117,16 @@ def predict(
     ] = None,
     indeterminate: IndeterminateMargin = 0.0,
     gate: GateSwitch = True,
-    sets: Annotated[
-        float | None,
-        typer.Option(
-            "--sets",
-            help="also give each film's conformal prediction set at this coverage, e.g. 0.9: the "
-            "classes that hold the true one with that probability on films like the calibration films",
-        ),
-    ] = None,
-    dicom_out: Annotated[
-        Path | None,
-        typer.Option(
-            "--dicom-out",
-            help="folder for each DICOM film's results as DICOM: a TID 1500 SR and a heatmap "
-            "Secondary Capture, in the film's study (the \\[dicom] extra)",
-        ),
-    ] = None,
-    stow: Annotated[
-        str | None,
-        typer.Option(
-            "--stow",
-            help="store those DICOM results in an archive by DICOMweb STOW-RS, e.g. "
-            "http://pacs:8042/dicom-web",
-        ),
-    ] = None,
+    sets: _SetsOption = None,
+    dicom_out: _DicomOutOption = None,
+    stow: _StowOption = None,
     token: StowToken = None,
-    engine: Annotated[
-        str,
-        typer.Option(
-            help="local (this process) or ray: a pool of Ray actors, one ONNX session each (the "
-            "\\[ray] extra); without --address a local cluster on 127.0.0.1 only"
-        ),
-    ] = "local",
-    address: Annotated[
-        str | None,
-        typer.Option(help="--engine ray: an existing Ray cluster to run on, e.g. ray://head:10001"),
-    ] = None,
-    actors: Annotated[
-        int | None,
-        typer.Option(help="--engine ray: how many actors (default: one per CPU of the cluster)"),
-    ] = None,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            "--resume",
-            help="--engine ray: go on with an interrupted run, skipping the films its journal "
-            "(beside --csv or --json) already holds",
-        ),
-    ] = False,
-    verbose: Annotated[
-        bool,
-        typer.Option(
-            "--verbose",
-            help="also print the decoders' own log records (pydicom, Pillow, onnxruntime) on "
-            "stderr, one line each; by default each file's one-line error says what matters",
-        ),
-    ] = False,
+    engine: _EngineOption = "local",
+    address: _AddressOption = None,
+    actors: _ActorsOption = None,
+    resume: _ResumeOption = False,
+    insecure_stow: InsecureStow = False,
+    verbose: _VerboseOption = False,
 ) -> None:
     """Predict on images with ONNX Runtime (no torch needed): label, calibrated probabilities,
     threshold, gate score, optional heatmaps and conformal prediction sets, and DICOM results.
@@ -117,25 +136,36 @@ def predict(
     from pneumoscan.runtime.model import load_runtime_model
     from pneumoscan.runtime.predict import summarize
 
+    check_stow(stow, token, insecure_stow)
     runtime = load_runtime_model(model, threads=threads, gate=gate)
     _check_options(runtime, indeterminate, workers, sets)
     part = _parse_shard(shard)
     files = _select_files(paths, part)
     _check_outputs(csv_out, json_out, heatmaps)
-    journal = None
-    if engine == "ray":
-        journal = _ray_journal(csv_out, json_out, heatmaps, dicom_out, stow, resume)
-        results = _predict_ray(
-            model, files, journal, threads, gate, indeterminate, sets, address, actors
-        )
-        dicom = None
-    elif engine == "local":
-        if resume or address or actors:
-            fail("--resume, --address and --actors go with --engine ray")
-        dicom = _open_dicom(runtime, dicom_out, stow, token, indeterminate)
-        results = _predict_files(runtime, files, dicom, heatmaps, indeterminate, workers, sets)
-    else:
-        fail(f"--engine {engine}: choose local or ray")
+    results, dicom, journal = _run_engine(
+        engine,
+        runtime,
+        model,
+        files,
+        csv_out,
+        json_out,
+        heatmaps,
+        dicom_out,
+        stow,
+        token,
+        indeterminate,
+        workers,
+        sets,
+        threads,
+        gate,
+        address,
+        actors,
+        resume,
+    )
+    # The files first: whatever happens on screen, the predictions are kept.
+    unwritten = _write_outputs(runtime, results, csv_out, json_out, part)
+    if journal is not None and not unwritten:
+        journal.unlink(missing_ok=True)  # the outputs hold every film now
     _print_results(runtime, results)
     for result in results:
         if result.status == "error":
@@ -145,13 +175,51 @@ def predict(
             typer.echo(line, err=True)
         for line in dicom.failures:
             typer.echo(f"error: {line}", err=True)
-    _write_outputs(runtime, results, csv_out, json_out, part)
-    if journal is not None:
-        journal.unlink(missing_ok=True)  # the outputs hold every film now
+    if unwritten:
+        fail(unwritten)
     summary = summarize(results)
     typer.echo(summary.text())
     if summary.exit_code or (dicom is not None and dicom.failures):
         raise typer.Exit(1)
+
+
+def _run_engine(
+    engine,
+    runtime,
+    model,
+    files,
+    csv_out,
+    json_out,
+    heatmaps,
+    dicom_out,
+    stow,
+    token,
+    indeterminate,
+    workers,
+    sets,
+    threads,
+    gate,
+    address,
+    actors,
+    resume,
+):
+    """(results, the DICOM writer or None, the Ray journal or None) from the engine asked for."""
+    if engine == "ray":
+        journal = _ray_journal(csv_out, json_out, heatmaps, dicom_out, stow, resume)
+        results = _predict_ray(
+            model, files, journal, threads, gate, indeterminate, sets, address, actors
+        )
+        return results, None, journal
+    if engine != "local":
+        fail(f"--engine {engine}: choose local or ray")
+    if resume or address or actors:
+        fail("--resume, --address and --actors go with --engine ray")
+    dicom = _open_dicom(runtime, dicom_out, stow, token, indeterminate)
+    return (
+        _predict_files(runtime, files, dicom, heatmaps, indeterminate, workers, sets),
+        dicom,
+        None,
+    )
 
 
 def _ray_journal(csv_out, json_out, heatmaps, dicom_out, stow, resume: bool) -> Path | None:
@@ -282,36 +350,46 @@ def _check_outputs(csv_out: Path | None, json_out: Path | None, heatmaps: Path |
             fail(f"--heatmaps {heatmaps}: cannot create this folder ({error.strerror or error})")
 
 
-def _write_outputs(runtime, results, csv_out: Path | None, json_out: Path | None, part) -> None:
-    """The --csv and --json files; a sharded run's CSV says which shard it is, for `merge`."""
+def _write_outputs(
+    runtime, results, csv_out: Path | None, json_out: Path | None, part
+) -> str | None:
+    """The --csv and --json files; a sharded run's CSV says which shard it is, for `merge`.
+    Returns the error of a file that could not be written (the other is still written), or None."""
     from functools import partial
 
     from pneumoscan.runtime.outputs import write_csv, write_json
 
     writers = (("--csv", csv_out, partial(write_csv, shard=part)), ("--json", json_out, write_json))
+    unwritten = None
     for option, path, write in writers:
         if path is not None:
             try:
                 write(path, results, runtime)
             except OSError as error:
-                fail(f"{option} {path}: cannot write it ({error.strerror or error})")
+                unwritten = (
+                    unwritten or f"{option} {path}: cannot write it ({error.strerror or error})"
+                )
+    return unwritten
 
 
 def _print_results(runtime, results) -> None:
     """The table on screen: every status as it is, probabilities where there are some, and the
-    gate score under its own name."""
+    gate score under its own name. Every text from a file or a model (names, reasons, labels)
+    is escaped: `film [left].jpeg` shows as it is, never as Rich markup."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     from pneumoscan.runtime.predict import OK, STATUS_TEXT
 
     table = Table(
-        title=f"pneumoscan {runtime.name} ({runtime.version})", caption=NOT_DIAGNOSTIC_NOTICE
+        title=escape(f"pneumoscan {runtime.name} ({runtime.version})"),
+        caption=escape(NOT_DIAGNOSTIC_NOTICE),
     )
     table.add_column("file", overflow="fold")
     table.add_column("result")
     for name in runtime.class_names:
-        table.add_column(f"P({name})", justify="right")
+        table.add_column(escape(f"P({name})"), justify="right")
     table.add_column("gate score", justify="right")
     with_sets = any(result.prediction_set is not None for result in results)
     if with_sets:
@@ -322,24 +400,27 @@ def _print_results(runtime, results) -> None:
         shown = result.label if result.status == OK else STATUS_TEXT[result.status]
         if result.gate_reason:
             shown = f"{shown} ({result.gate_reason})"
+        shown = escape(shown)
         if result.status in styles:
             shown = f"[{styles[result.status]}]{shown}[/{styles[result.status]}]"
         table.add_row(
-            result.source,
+            escape(result.source),
             shown,
             *[
                 f"{result.probabilities[n]:.3f}" if result.probabilities else ""
                 for n in runtime.class_names
             ],
             "" if result.gate_score is None else f"{result.gate_score:.1f}",
-            *(["{" + ", ".join(result.prediction_set or []) + "}"] if with_sets else []),
+            *([escape("{" + ", ".join(result.prediction_set or []) + "}")] if with_sets else []),
         )
-    console = Console()
+    console = Console(emoji=False)  # `:smile:` in a file name stays as it is
     console.print(table)
     if runtime.threshold is not None:
         console.print(
-            f"threshold on P({runtime.class_names[1]}): {runtime.threshold:.3f} (chosen on the "
-            "model's calibration films); probabilities are calibrated"
+            escape(
+                f"threshold on P({runtime.class_names[1]}): {runtime.threshold:.3f} (chosen on "
+                "the model's calibration films); probabilities are calibrated"
+            )
         )
     if runtime.ood_threshold is not None:
         console.print(
@@ -347,10 +428,12 @@ def _print_results(runtime, results) -> None:
         )
     if with_sets:
         console.print(
-            f"sets: split-conformal ({runtime.conformal.method} score) at {coverage:.0%} coverage, "
-            "calibrated on "
-            f"{runtime.conformal.films} films ({runtime.conformal.source}); the promise holds for "
-            "films like those, not for a new site until it is recalibrated (`pneumoscan calibrate`)"
+            escape(
+                f"sets: split-conformal ({runtime.conformal.method} score) at {coverage:.0%} coverage, "
+                "calibrated on "
+                f"{runtime.conformal.films} films ({runtime.conformal.source}); the promise holds for "
+                "films like those, not for a new site until it is recalibrated (`pneumoscan calibrate`)"
+            )
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,49 +18,105 @@ from pneumoscan.cli.common import (
     missing_extra,
     setup_logging,
 )
+from pneumoscan.core.errors import PneumoscanError
+
+_HostOption = Annotated[
+    str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")
+]
+
+_ModelOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="models to load (repeat; the first is the default): binary and three-class by default",
+    ),
+]
+
+_ThreadsOption = Annotated[
+    int | None,
+    typer.Option(help="ONNX Runtime threads per prediction (default: cores / parallel)"),
+]
+
+_MaxInFlightOption = Annotated[
+    int, typer.Option(help="requests handled at once; more get 503 with Retry-After")
+]
+
+_MaxPerClientOption = Annotated[
+    int, typer.Option(help="requests handled at once for one client address; more get 429")
+]
+
+_MinUploadKbPerSOption = Annotated[
+    float,
+    typer.Option(help="slowest average upload rate accepted after 2 s, in KB/s; slower: 408"),
+]
+
+_CorsOriginOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--cors-origin", help="allow browser calls from this origin (repeat); off by default"
+    ),
+]
+
+_HeaderTimeoutOption = Annotated[
+    float,
+    typer.Option(
+        help="seconds a connection has to send its request headers; slower ones are closed"
+    ),
+]
+
+_MaxConnectionsOption = Annotated[
+    int,
+    typer.Option(help="open connections per process; beyond them requests get 503"),
+]
+
+_SslCertfileOption = Annotated[
+    Path | None, typer.Option(help="serve HTTPS with this certificate (PEM)")
+]
+
+_SslKeyfileOption = Annotated[Path | None, typer.Option(help="the certificate's private key (PEM)")]
+
+_ForwardedAllowIpsOption = Annotated[
+    str | None,
+    typer.Option(
+        help="addresses of a reverse proxy whose X-Forwarded-For/-Proto to trust, comma-"
+        "separated (default: loopback only)"
+    ),
+]
+
+_InsecureOption = Annotated[
+    bool,
+    typer.Option(
+        "--insecure",
+        help="serve on a non-loopback address without PNEUMOSCAN_API_KEY (anyone who can "
+        "reach the port can upload films)",
+    ),
+]
 
 
 @friendly
 def serve(
-    host: Annotated[
-        str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")
-    ] = "127.0.0.1",
+    host: _HostOption = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-    model: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--model",
-            "-m",
-            help="models to load (repeat; the first is the default): binary and three-class by default",
-        ),
-    ] = None,
+    model: _ModelOption = None,
     workers: Annotated[int, typer.Option(help="server processes; each loads the models once")] = 1,
     parallel: Annotated[int, typer.Option(help="predictions running at once in each process")] = 1,
-    threads: Annotated[
-        int | None,
-        typer.Option(help="ONNX Runtime threads per prediction (default: cores / parallel)"),
-    ] = None,
+    threads: _ThreadsOption = None,
     max_upload_mb: Annotated[float, typer.Option(help="largest file accepted, in MB")] = 20.0,
     max_pixels: Annotated[int, typer.Option(help="largest image accepted, in pixels")] = 30_000_000,
-    max_in_flight: Annotated[
-        int, typer.Option(help="requests handled at once; more get 503 with Retry-After")
-    ] = 32,
-    max_per_client: Annotated[
-        int, typer.Option(help="requests handled at once for one client address; more get 429")
-    ] = 4,
-    min_upload_kb_per_s: Annotated[
-        float,
-        typer.Option(help="slowest average upload rate accepted after 2 s, in KB/s; slower: 408"),
-    ] = 32.0,
+    max_in_flight: _MaxInFlightOption = 32,
+    max_per_client: _MaxPerClientOption = 4,
+    min_upload_kb_per_s: _MinUploadKbPerSOption = 32.0,
     timeout: Annotated[float, typer.Option(help="request time limit in seconds")] = 30.0,
     indeterminate: IndeterminateMargin = 0.0,
     gate: GateSwitch = True,
-    cors_origin: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--cors-origin", help="allow browser calls from this origin (repeat); off by default"
-        ),
-    ] = None,
+    cors_origin: _CorsOriginOption = None,
+    header_timeout: _HeaderTimeoutOption = 30.0,
+    max_connections: _MaxConnectionsOption = 200,
+    ssl_certfile: _SslCertfileOption = None,
+    ssl_keyfile: _SslKeyfileOption = None,
+    forwarded_allow_ips: _ForwardedAllowIpsOption = None,
+    insecure: _InsecureOption = False,
 ) -> None:
     """Serve the web page, the REST API (/v1/predict) and its docs (/docs) on uvicorn, with the
     serve extra (pip install "pneumoscan\\[serve]"). Set PNEUMOSCAN_API_KEY to require an API key."""
@@ -67,10 +125,16 @@ def serve(
         import uvicorn
 
         from pneumoscan.serve.app import SETTINGS_ENV, ServeSettings, create_app
+        from pneumoscan.serve.protocol import HEADER_TIMEOUT_ENV, HeaderDeadlineProtocol
     except ImportError as error:
         missing_extra("serve", "serve", error)
     if workers < 1:
         fail(f"--workers {workers}: give 1 or more")
+    if header_timeout <= 0:
+        fail(f"--header-timeout {header_timeout:g}: give a number of seconds above 0")
+    if max_connections < 1:
+        fail(f"--max-connections {max_connections}: give 1 or more")
+    tls = _tls_options(ssl_certfile, ssl_keyfile)
     try:
         settings = ServeSettings.from_environment(
             models=tuple(model or ("binary", "three-class")),
@@ -89,17 +153,66 @@ def serve(
     except ValueError as error:
         fail(str(error))
     if host not in LOOPBACK_HOSTS and not settings.api_key:
+        if not insecure:
+            fail(
+                f"--host {host} without an API key: anyone who can reach this port could upload "
+                "films; set PNEUMOSCAN_API_KEY (or give --insecure to serve openly)"
+            )
         logger.warning(
-            "serving on %s without an API key: anyone who can reach this port can upload films; "
-            "set PNEUMOSCAN_API_KEY",
+            "serving on %s without an API key (--insecure): anyone who can reach this port can "
+            "upload films",
             host,
         )
-    logger.info("pneumoscan on http://%s:%d (docs at /docs)", host, port)
-    common = {"host": host, "port": port, "log_config": None, "timeout_keep_alive": 5}
+    # The models load here, before uvicorn starts: a missing or broken model is one error line.
+    models = _load_models(settings)
+    os.environ[HEADER_TIMEOUT_ENV] = str(header_timeout)  # read by every worker's protocol
+    scheme = "https" if tls else "http"
+    logger.info("pneumoscan on %s://%s:%d (docs at /docs)", scheme, host, port)
+    common = {
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "timeout_keep_alive": 5,
+        "http": HeaderDeadlineProtocol,
+        "limit_concurrency": max_connections,
+        "forwarded_allow_ips": forwarded_allow_ips,
+        **tls,
+    }
     if workers == 1:
-        uvicorn.run(create_app(settings), **common)
+        uvicorn.run(create_app(settings, models=models), **common)
     else:  # each worker process builds its own app from the same settings
-        import os
-
+        del models  # checked above; each worker loads its own
         os.environ[SETTINGS_ENV] = settings.to_environment()
         uvicorn.run("pneumoscan.serve.app:create_app", factory=True, workers=workers, **common)
+
+
+def _tls_options(certfile: Path | None, keyfile: Path | None) -> dict:
+    """uvicorn's ssl_certfile/ssl_keyfile, checked: files that exist, a key only with a
+    certificate."""
+    if certfile is None:
+        if keyfile is not None:
+            fail("--ssl-keyfile needs --ssl-certfile (the certificate the key belongs to)")
+        return {}
+    for option, path in (("--ssl-certfile", certfile), ("--ssl-keyfile", keyfile)):
+        if path is not None and not path.is_file():
+            fail(f"{option} {path}: file not found")
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(certfile), str(keyfile) if keyfile else None)
+    except (ssl.SSLError, OSError) as error:
+        fail(f"--ssl-certfile {certfile}: cannot use it as a PEM certificate and key ({error})")
+    return {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile) if keyfile else None}
+
+
+def _load_models(settings) -> dict:
+    """The served models, loaded once; a model that cannot be loaded fails in one line."""
+    from pneumoscan.serve.app import _load_models as load_models
+
+    try:
+        return load_models(settings)
+    except PneumoscanError as error:
+        fail(str(error))
+    except (OSError, ValueError, RuntimeError) as error:
+        fail(f"cannot load the models {', '.join(settings.models)}: {error}")

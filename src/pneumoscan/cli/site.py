@@ -71,6 +71,32 @@ def validate(
     typer.echo(NOT_DIAGNOSTIC_NOTICE)
 
 
+_RuleOption = Annotated[
+    str | None,
+    typer.Option(
+        help="binary threshold rule instead: youden, cost (with --cost-fn), balanced or half"
+    ),
+]
+
+_BiasOption = Annotated[
+    bool,
+    typer.Option(
+        "--bias/--no-bias",
+        help="fit per-class logit biases besides the temperature (default on; absorbs a "
+        "shifted decision boundary or prevalence)",
+    ),
+]
+
+_PrevalenceOption = Annotated[
+    str | None,
+    typer.Option(
+        help="the site's expected share of pneumonia (binary, e.g. 0.2), or one share per "
+        "class (three-class: normal,bacteria,virus, e.g. 0.6,0.25,0.15); default: the "
+        "calibration films' own shares, which the calibration otherwise reproduces"
+    ),
+]
+
+
 @friendly
 def calibrate(
     data: SiteData,
@@ -82,12 +108,7 @@ def calibrate(
         float | None,
         typer.Option(help="binary: the highest threshold reaching this sensitivity (default 0.95)"),
     ] = None,
-    rule: Annotated[
-        str | None,
-        typer.Option(
-            help="binary threshold rule instead: youden, cost (with --cost-fn), balanced or half"
-        ),
-    ] = None,
+    rule: _RuleOption = None,
     cost_fn: Annotated[
         float, typer.Option(help="--rule cost: a missed pneumonia costs this many false alarms")
     ] = 1.0,
@@ -98,22 +119,8 @@ def calibrate(
     refit_gate: Annotated[
         bool, typer.Option("--refit-gate", help="widen the gate to accept the site's films")
     ] = False,
-    bias: Annotated[
-        bool,
-        typer.Option(
-            "--bias/--no-bias",
-            help="fit per-class logit biases besides the temperature (default on; absorbs a "
-            "shifted decision boundary or prevalence)",
-        ),
-    ] = True,
-    prevalence: Annotated[
-        str | None,
-        typer.Option(
-            help="the site's expected share of pneumonia (binary, e.g. 0.2), or one share per "
-            "class (three-class: normal,bacteria,virus, e.g. 0.6,0.25,0.15); default: the "
-            "calibration films' own shares, which the calibration otherwise reproduces"
-        ),
-    ] = None,
+    bias: _BiasOption = True,
+    prevalence: _PrevalenceOption = None,
     sets: Annotated[
         float, typer.Option(help="coverage level reported for the conformal prediction sets")
     ] = 0.9,

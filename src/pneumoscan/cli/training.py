@@ -48,7 +48,12 @@ def train(
         Path | None, typer.Option("--out", help="run folder (default runs/<name>)")
     ] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="continue an interrupted run in --out")
+        bool,
+        typer.Option(
+            "--resume",
+            help="continue an interrupted run in --out (its checkpoints are read as weights "
+            "only: one holding other objects is refused)",
+        ),
     ] = False,
     strict: Annotated[
         bool, typer.Option("--strict", help="stop on unreadable images instead of skipping them")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core import dataset as ds
+from pneumoscan.core.csvcells import guard_row
 from pneumoscan.core.decision import decide
 from pneumoscan.core.errors import DatasetError
 from pneumoscan.core.fileio import atomic_write, atomic_write_json, atomic_write_text, shown_path
@@ -138,8 +139,10 @@ def _write_predictions(path: Path, samples, targets, probabilities, class_names,
     writer.writerow(["path", "patient", "true", "predicted", *[f"p_{n}" for n in class_names]])
     for sample, target, prediction, row in zip(samples, targets, predictions, probabilities):
         writer.writerow(
-            [str(sample.path), sample.patient, class_names[target], class_names[prediction]]
-            + [f"{p:.6f}" for p in row]
+            guard_row(
+                [str(sample.path), sample.patient, class_names[target], class_names[prediction]]
+                + [f"{p:.6f}" for p in row]
+            )
         )
     atomic_write_text(path, buffer.getvalue())
 

@@ -11,6 +11,8 @@ prediction_set holds the conformal set's classes joined by "|" (e.g. "bacteria|v
 only with `predict --sets LEVEL`. Empty cells mean "not applicable" (no label
 unless status is ok; no probabilities for not_chest_xray or error; no gate score for a model without a gate or
 for a file that could not be read). With --no-gate the score is still reported, but nothing is refused.
+A cell that starts with = + - @ tab or carriage return (a file named `=1+2.jpeg`) is written with a
+`'` before it, so that a spreadsheet shows it rather than runs it (see core.csvcells).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+from pneumoscan.core.csvcells import guard_row
 from pneumoscan.core.fileio import atomic_write_text
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.runtime.model import OnnxModel
@@ -79,7 +82,8 @@ def write_csv(
     writer = csv.writer(buffer)
     tail = [[shard.column], [str(shard)]] if shard is not None else [[], []]
     writer.writerow(csv_columns(model.class_names) + tail[0])
-    writer.writerows(csv_row(result, model.class_names) + tail[1] for result in results)
+    # File names and messages come from users: no cell may reach a spreadsheet as a formula.
+    writer.writerows(guard_row(csv_row(result, model.class_names) + tail[1]) for result in results)
     atomic_write_text(Path(path), buffer.getvalue())
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from pneumoscan.core.csvcells import guard_row, unguard_row
 from pneumoscan.core.errors import InputError
 from pneumoscan.core.fileio import atomic_write_text
 
@@ -140,7 +141,7 @@ def merge_csv(parts: Sequence[Path], out: Path) -> Merged:
     # The dialect predict_io writes (csv's default), so merged parts match byte for byte.
     writer = csv.writer(buffer)
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows(guard_row(row) for row in rows)
     atomic_write_text(Path(out), buffer.getvalue())
     return Merged(rows=len(rows), parts=len(parts))
 
@@ -191,7 +192,8 @@ REQUIRED_COLUMNS = ("file", "status", "model", "model_version")
 def _read_part(path: Path) -> list[list[str]]:
     try:
         with path.open(encoding="utf-8", newline="") as handle:
-            rows = list(csv.reader(handle))
+            # the cells as predict had them, before it guarded them against spreadsheet formulas
+            rows = [unguard_row(row) for row in csv.reader(handle)]
     except FileNotFoundError:
         raise InputError(
             f"{path}: file not found; give the CSV parts written by predict --csv."

@@ -16,6 +16,8 @@ import logging
 import os
 import threading
 import time
+import traceback
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, fields
@@ -721,17 +723,45 @@ class HandledErrors:
         try:
             await self.app(scope, receive, send_tracking)
         except Exception as error:
-            # A bug, never an input's fault; the type only (an upload's content must not reach
-            # logs).
+            # A bug, never an input's fault. The log gets the type and where it happened (file,
+            # line, function of each frame) under a request id the answer carries too; never the
+            # exception's message, source lines or values, which may hold an upload's bytes or a
+            # DICOM header's patient fields.
+            request_id = uuid.uuid4().hex[:16]
             logger.error(
-                "%s %s failed: %s", scope.get("method"), scope.get("path"), type(error).__name__
+                "request %s: %s %s failed: %s\n%s",
+                request_id,
+                scope.get("method"),
+                scope.get("path"),
+                type(error).__name__,
+                _frames(error),
             )
             if started:  # too late for an answer: the client sees the connection end
                 return
             response = _error(
-                500, "internal_error", "internal error; the server log has the details."
+                500,
+                "internal_error",
+                f"internal error; the server log has the details under request id {request_id}.",
+                headers={"X-Request-ID": request_id},
             )
             await response(scope, receive, send)
+
+
+def _frames(error: BaseException) -> str:
+    """The traceback of `error` and of the exceptions it came from, first cause first, as
+    `file:line in function` lines: no messages, source lines or values."""
+    chain: list[BaseException] = []
+    while error is not None and all(error is not seen for seen in chain):
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    lines = []
+    for link in reversed(chain):
+        lines.append(f"{type(link).__name__}, raised at:")
+        frames = traceback.StackSummary.extract(
+            traceback.walk_tb(link.__traceback__), lookup_lines=False
+        )
+        lines += [f"  {frame.filename}:{frame.lineno} in {frame.name}" for frame in frames]
+    return "\n".join(lines)
 
 
 class SecurityHeaders:

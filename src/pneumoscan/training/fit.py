@@ -17,10 +17,12 @@ prepares the same data and split (the decode and feature caches are shared under
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import pickle
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -315,9 +317,13 @@ def fit(
             train_config, name, phase_dir, epochs, monitor, callbacks, progress, resume, launch
         )
         last = phase_dir / "last.ckpt"
-        trainer.fit(
-            lit, datamodule=datamodule, ckpt_path=str(last) if resume and last.is_file() else None
-        )
+        with _weights_only(last):
+            trainer.fit(
+                lit,
+                datamodule=datamodule,
+                ckpt_path=str(last) if resume and last.is_file() else None,
+                weights_only=True,  # --resume unpickles no code from the run folder
+            )
         if not launch.is_rank_zero:
             # The next phase starts from rank zero's chosen weights: DDP broadcasts them when it
             # wraps the model, so the other ranks need not read rank zero's checkpoint files.
@@ -637,11 +643,25 @@ def _score(checkpoint: ModelCheckpoint) -> float | None:
     return None if score is None else float(score)
 
 
+@contextlib.contextmanager
+def _weights_only(path: Path):
+    """A checkpoint that holds more than tensors and plain data (code to run when unpickled: not
+    one this run wrote) is a one-line ConfigError, never loaded."""
+    try:
+        yield
+    except pickle.UnpicklingError:
+        raise ConfigError(
+            f"{path}: holds objects other than weights and plain data, which pneumoscan does not "
+            "unpickle (was it written by another program?); start the run afresh in a new --out."
+        ) from None
+
+
 def _load_checkpoint(path: Path, phase: str) -> tuple[dict, dict]:
     """The Classifier's weights from a Lightning checkpoint of LitClassifier, and where in
     training they were saved: {phase, epoch (counted from 1), global_step (optimizer steps in
     the phase)}, what the model file records of the weights it ships."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    with _weights_only(path):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     prefix = "model."
     weights = {
         key[len(prefix) :]: value
