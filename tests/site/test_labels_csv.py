@@ -82,3 +82,14 @@ def test_both_site_commands_take_allow_outside():
     for command in ("validate", "calibrate"):
         result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "250"})
         assert "--allow-outside" in result.output, command
+
+
+def test_training_on_a_site_csv_leaves_its_folder_only_with_data_allow_outside(site, tmp_path):
+    from pneumoscan.core.config import load_config
+    from pneumoscan.core.dataset import training_pool
+
+    labels = _csv(site, "NORMAL/a.png,normal", f"{tmp_path / 'elsewhere' / 'c.png'},pneumonia")
+    with pytest.raises(DatasetError, match="data.allow_outside=true"):
+        training_pool(labels, load_config(None, []).data.allow_outside)
+    allowed = load_config(None, ["data.allow_outside=true"]).data.allow_outside
+    assert len(training_pool(labels, allowed)) == 2

@@ -108,6 +108,7 @@ class DataConfig:
     )
     max_patients: Integer(ge=1) | None = None  # a patient-grouped subset, for quick runs and tests
     strict: Flag = False  # fail on unreadable files instead of skipping them
+    allow_outside: Flag = False  # a site CSV's paths may leave the CSV's folder
     cache_dir: Text | None = None  # where decoded images and backbone features are cached
 
 

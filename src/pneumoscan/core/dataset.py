@@ -93,11 +93,12 @@ def is_site(root: Path | str) -> bool:
     return root.is_dir() and (root / "NORMAL").is_dir() and not available_splits(root)
 
 
-def training_pool(root: Path | str) -> list[Sample]:
+def training_pool(root: Path | str, allow_outside: bool = False) -> list[Sample]:
     """train plus the official val folder when present; never test. A site's films
-    (`is_site`) are its training pool as a whole."""
+    (`is_site`) are its training pool as a whole (a CSV's paths outside its folder only with
+    `allow_outside`)."""
     if is_site(root):
-        return load_site(Path(root))
+        return load_site(Path(root), allow_outside)
     root = resolve_root(root)
     pool = scan_split(root, "train")
     if (root / "val").is_dir():
@@ -294,7 +295,8 @@ def _from_csv(path: Path, allow_outside: bool = False) -> list[Sample]:
             if not allow_outside and not resolved.is_relative_to(folder):
                 raise DatasetError(
                     f"{path}, line {line}: {row[columns['path']].strip()} is outside the CSV's "
-                    f"folder {folder}; move the film there, or pass --allow-outside."
+                    f"folder {folder}; move the film there, or pass --allow-outside (train: "
+                    "data.allow_outside=true)."
                 )
             if resolved in seen and seen[resolved][1] != text:
                 first, first_label = seen[resolved]

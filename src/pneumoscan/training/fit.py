@@ -165,7 +165,7 @@ def default_cache_dir() -> Path:
 def prepare_run_data(config: Config, sizes: set[int]) -> RunData:
     """Scan the training pool, label it, decode it once per size, and split it by patient."""
     data = config.data
-    samples, targets = ds.targets_for(ds.training_pool(data.root), data.task)
+    samples, targets = ds.targets_for(ds.training_pool(data.root, data.allow_outside), data.task)
     patients = [sample.patient for sample in samples]
     if data.max_patients is not None:
         chosen = ds.subset_patients(targets, patients, data.max_patients, config.train.seed)
@@ -609,7 +609,7 @@ def open_run_folder(config: Config, out_dir: Path, resume: bool, rank_zero: bool
     if not rank_zero:
         return config
     get_architecture(config.model.arch)  # a bad architecture or data folder fails before mkdir
-    ds.training_pool(config.data.root)
+    ds.training_pool(config.data.root, config.data.allow_outside)
     if any((out_dir / name).exists() for name in ("config.yaml", MODEL_FILE)):
         raise ConfigError(
             f"{out_dir}: already holds a run; pass --resume to continue it or choose another --out."
