@@ -30,7 +30,7 @@ import anyio.lowlevel
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -41,6 +41,7 @@ from pneumoscan.core.errors import ImageTooLargeError, InputError, UnsupportedFo
 from pneumoscan.core.hardware import usable_cpus
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.serve import schemas
+from pneumoscan.serve.metrics import RequestMetrics, ServeMetrics
 from pneumoscan.serve.uploads import (
     MemoryBudget,
     UploadedFile,
@@ -173,6 +174,8 @@ def create_app(
         .read_text(encoding="utf-8")
         .replace("{{notice}}", html.escape(NOT_DIAGNOSTIC_NOTICE)),
     )
+    state = app.state.server
+    app.state.metrics = ServeMetrics(in_flight=lambda: state.in_flight)
     _add_error_handlers(app)
     _add_routes(app, settings)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -188,6 +191,7 @@ def create_app(
             allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(RequestMetrics, metrics=app.state.metrics)  # outermost: every answer
     return app
 
 
@@ -241,6 +245,13 @@ def _health_router() -> APIRouter:
     @router.get("/docs", response_class=HTMLResponse, include_in_schema=False)
     async def docs() -> HTMLResponse:
         return HTMLResponse((STATIC_DIR / "docs.html").read_text(encoding="utf-8"))
+
+    @router.get("/metrics", tags=["health"], response_class=Response)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics: predictions by model, status and label, gate refusals by reason,
+        request latency by route, refusals by code, requests in flight. No patient data."""
+        body, content_type = request.app.state.metrics.exposition()
+        return Response(body, media_type=content_type)
 
     @router.get("/healthz", response_model=schemas.Health, tags=["health"])
     async def healthz() -> schemas.Health:
@@ -336,6 +347,7 @@ def _predict_router(settings: ServeSettings, errors: dict, model_names: list[str
             )
             if result.status == "error":
                 raise UploadRefused(400, "unreadable", result.message or "unreadable image.")
+            request.app.state.metrics.record(model_name, [result])
             body = _prediction(result, model_name)
             logger.info("predict %s: %s", model_name, result.status)
             return JSONResponse(body.model_dump())
@@ -382,6 +394,7 @@ def _predict_router(settings: ServeSettings, errors: dict, model_names: list[str
             results, items = _batch_items(
                 len(form.files), accepted, predicted, refused, model, model_name
             )
+            request.app.state.metrics.record(model_name, results.values())
             counts = asdict(summarize(results.values()))
             logger.info("batch %s: %s", model_name, counts)
             return JSONResponse(schemas.BatchResponse(results=items, counts=counts).model_dump())
@@ -681,6 +694,7 @@ def _error(status: int, code: str, message: str, headers: dict | None = None) ->
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UploadRefused)
     async def refused(request: Request, error: UploadRefused) -> JSONResponse:
+        request.app.state.metrics.refusals.labels(str(error.status), error.code).inc()
         logger.info(
             "%s %s refused: %d %s", request.method, request.url.path, error.status, error.code
         )
