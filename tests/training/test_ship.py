@@ -143,6 +143,10 @@ def test_shipped_card_is_the_template_fed_by_the_recorded_facts(name, tmp_path):
         head, rest = expected.split("<!-- speed:begin -->", 1)
         assert "## Speed" in rest and "films/s" in rest
         expected = head.rstrip("\n") + "\n" + rest.split("<!-- speed:end -->", 1)[1].lstrip("\n")
+    # `ship` (and `python -m pneumoscan.core.shipped`) end it with the files' digests.
+    head, rest = expected.split("<!-- provenance:begin -->", 1)
+    assert "sha256" in rest
+    expected = head.rstrip("\n") + "\n" + rest.split("<!-- provenance:end -->", 1)[1].lstrip("\n")
     # The card names the stress folder as given; the shipped cards were written from the repo root.
     written = card.read_text().replace(str(repo / "docs" / "stress"), "docs/stress")
     assert written == expected

@@ -32,6 +32,7 @@ from pneumoscan.core.fileio import atomic_write, atomic_write_text
 from pneumoscan.core.images import read_image
 from pneumoscan.core.labels import CLASS_NAMES, NOT_DIAGNOSTIC_NOTICE, Task
 from pneumoscan.core.preprocess import prepare
+from pneumoscan.core.shipped import write_provenance
 from pneumoscan.evaluation import calibration as cal
 from pneumoscan.evaluation.report import template
 from pneumoscan.training.distill import read_teacher_record
@@ -384,7 +385,9 @@ def ship_model(
         from pneumoscan.evaluation.stress import run_stress
 
         stress = run_stress(onnx_path, stress_data, Path(stress_dir) / name)
-    return write_card(name, models_dir, stress, Path(stress_dir) / name)
+    card = write_card(name, models_dir, stress, Path(stress_dir) / name)
+    write_provenance(models_dir)  # SHA256SUMS and each card's digests, of the files just written
+    return card
 
 
 def _ship_record(
