@@ -74,6 +74,19 @@ def dicom_node(
     retry_max: Annotated[
         float, typer.Option(help="longest wait between delivery attempts, in seconds")
     ] = 300.0,
+    max_attempts: Annotated[
+        int,
+        typer.Option(
+            help="unexpected delivery errors of one result before it goes to the spool's failed/"
+        ),
+    ] = 5,
+    group_readable: Annotated[
+        bool,
+        typer.Option(
+            "--group-readable",
+            help="spool and --out files 0640 in 0750 folders (default 0600 and 0700: patient data)",
+        ),
+    ] = False,
     tls_cert: Annotated[
         Path | None, typer.Option("--tls-cert", help="PEM certificate: accept DICOM over TLS")
     ] = None,
@@ -92,7 +105,7 @@ def dicom_node(
     setup_logging(verbose)
     DicomNode, NodeSettings, quiet_libraries, load_runtime_model = _node_classes()
     quiet_libraries()
-    destinations = _destinations(send_to, ae_title, stow, token, out)
+    destinations = _destinations(send_to, ae_title, stow, token, out, group_readable)
     settings = NodeSettings(
         spool=spool.expanduser(),
         ae_title=ae_title,
@@ -106,16 +119,20 @@ def dicom_node(
         max_message_mb=max_mb,
         indeterminate_margin=indeterminate,
         retry_max_s=retry_max,
+        max_attempts=max_attempts,
+        group_readable=group_readable,
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_ca=tls_ca,
     )
     runtime = load_runtime_model(model, threads=threads, gate=gate)
     _warn_if_open(host, allow_aet)
-    DicomNode(runtime, destinations, settings).serve_forever()
+    code = DicomNode(runtime, destinations, settings).serve_forever()
+    if code:
+        raise typer.Exit(code)  # the watchdog stopped it: the supervisor restarts it
 
 
-def _destinations(send_to, ae_title: str, stow: str | None, token, out):
+def _destinations(send_to, ae_title: str, stow: str | None, token, out, group_readable=False):
     """Where results go: C-STORE peers, a DICOMweb archive, a folder."""
     from pneumoscan.dicom.delivery import CStoreDestination, FolderDestination, StowDestination
 
@@ -123,7 +140,7 @@ def _destinations(send_to, ae_title: str, stow: str | None, token, out):
     if stow is not None:
         destinations.append(StowDestination(stow, token or None))
     if out is not None:
-        destinations.append(FolderDestination(out))
+        destinations.append(FolderDestination(out, group_readable))
     return destinations
 
 

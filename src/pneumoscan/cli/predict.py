@@ -77,6 +77,13 @@ def predict(
         ),
     ] = None,
     token: StowToken = None,
+    group_readable: Annotated[
+        bool,
+        typer.Option(
+            "--group-readable",
+            help="--dicom-out files 0640 in a 0750 folder (default 0600 and 0700: patient data)",
+        ),
+    ] = False,
     verbose: Annotated[
         bool,
         typer.Option(
@@ -99,7 +106,7 @@ def predict(
     part = _parse_shard(shard)
     files = _select_files(paths, part)
     _check_outputs(csv_out, json_out, heatmaps)
-    dicom = _open_dicom(runtime, dicom_out, stow, token, indeterminate)
+    dicom = _open_dicom(runtime, dicom_out, stow, token, indeterminate, group_readable)
     results = _predict_files(runtime, files, dicom, heatmaps, indeterminate, workers, sets)
     _print_results(runtime, results)
     for result in results:
@@ -117,7 +124,9 @@ def predict(
         raise typer.Exit(1)
 
 
-def _open_dicom(runtime, dicom_out: Path | None, stow: str | None, token, indeterminate: float):
+def _open_dicom(
+    runtime, dicom_out: Path | None, stow: str | None, token, indeterminate: float, group=False
+):
     """The DICOM results writer (--dicom-out, --stow), or None."""
     if dicom_out is None and stow is None:
         return None
@@ -125,7 +134,7 @@ def _open_dicom(runtime, dicom_out: Path | None, stow: str | None, token, indete
     from pneumoscan.dicom.outputs import open_outputs
 
     quiet_libraries()
-    return open_outputs(runtime, dicom_out, stow, token, indeterminate)
+    return open_outputs(runtime, dicom_out, stow, token, indeterminate, group)
 
 
 def _predict_files(runtime, files, dicom, heatmaps, indeterminate, workers, sets) -> list:
