@@ -105,6 +105,27 @@ def test_no_exception_ends_the_courier(films, tmp_path, monkeypatch):
     spool.close()
 
 
+def test_an_unreadable_outbox_does_not_end_the_courier(films, tmp_path, monkeypatch):
+    spool = Spool(tmp_path / "spool")
+    _job(spool, films["normal"])
+    destination = Recorder()
+    courier = _courier(spool, destination)
+    listings = []
+
+    def flaky_listing():
+        listings.append(1)
+        if len(listings) <= 2:
+            raise OSError(errno.EIO, "I/O error")
+        return Spool.jobs(spool)
+
+    monkeypatch.setattr(spool, "jobs", flaky_listing)
+    courier.start()
+    assert _wait(lambda: len(destination.sent) == 1, 30)
+    assert courier.is_alive()
+    courier.stop()
+    spool.close()
+
+
 def _node(model, tmp_path, **settings) -> DicomNode:
     settings = NodeSettings(
         tmp_path / "spool", port=free_port(), retry_base_s=0.05, queue_wait_s=0.5, **settings

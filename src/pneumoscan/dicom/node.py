@@ -635,13 +635,14 @@ class Courier(threading.Thread):
             self._wake.clear()
             try:
                 self._deliver_due()
+                pending = bool(self.spool.jobs())
             except Exception:  # e.g. the disk: nothing may end deliveries; log, wait, go on
                 logger.exception("delivery round failed; results wait in the spool")
                 self._wake.wait(self.settings.retry_base_s)
                 continue
             now = time.monotonic()
             waiting = [at - now for key, at in self._retry_at.items() if self._failures[key]]
-            if self.spool.jobs() and waiting:
+            if pending and waiting:
                 self._wake.wait(max(0.05, min(waiting)))
             else:
                 self._wake.wait(5.0)  # also picks up results of an earlier run
