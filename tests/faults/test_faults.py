@@ -103,10 +103,17 @@ def test_archive_down_and_back(make_films, tmp_path):
     archive = OrthancProcess(tmp_path / "pacs", dicom_port=free_port())
     root = tmp_path / "spool"
     films = make_films(4)
+    out = tmp_path / "out"
+    args = ["--send-to", archive.destination, "--out", str(out), *NODE_FLAGS]
     try:
-        with NodeProcess(root, ["--send-to", archive.destination, *NODE_FLAGS]) as node:
+        with NodeProcess(root, args) as node:
             assert send_each(node, films) == [0] * 4
             assert wait_until(lambda: len(_peek(root).jobs()) == 4)  # waiting on disk
+            for job in _peek(root).jobs():  # patient data: the owner's only
+                assert job.stat().st_mode & 0o777 == 0o700
+                assert {path.stat().st_mode & 0o777 for path in job.iterdir()} == {0o600}
+            assert out.stat().st_mode & 0o777 == 0o700
+            assert {path.stat().st_mode & 0o777 for path in out.iterdir()} == {0o600}
             archive.start()
             assert_each_delivered_once(archive, films, node)
             archive.stop()  # down again, then back: nothing is sent twice
