@@ -57,3 +57,30 @@ def test_token_without_stow_is_refused(films, tmp_path):
     assert result.exit_code == 2
     assert "--token is the bearer token for --stow" in result.output
     assert "t0ken" not in result.output
+
+
+def test_dicom_out_files_are_private_unless_group_readable(films, tmp_path):
+    for flags, file_mode, folder_mode in (([], 0o600, 0o700), (["--group-readable"], 0o640, 0o750)):
+        out = tmp_path / f"out{len(flags)}"
+        result = CliRunner().invoke(
+            app, ["predict", str(films["normal"]), "--dicom-out", str(out), *flags]
+        )
+        assert result.exit_code == 0, result.output
+        assert out.stat().st_mode & 0o777 == folder_mode
+        written = list(out.iterdir())
+        assert len(written) == 2
+        for path in written:  # patient name and ID inside
+            assert path.stat().st_mode & 0o777 == file_mode, path.name
+
+
+def test_the_node_out_folder_is_private_unless_group_readable(tmp_path):
+    from pneumoscan.dicom.delivery import FolderDestination
+
+    source = tmp_path / "job" / "0.dcm"
+    source.parent.mkdir()
+    source.write_bytes(b"sr")
+    for group_readable, file_mode, folder_mode in ((False, 0o600, 0o700), (True, 0o640, 0o750)):
+        folder = tmp_path / f"out{group_readable}"
+        FolderDestination(folder, group_readable).send([source])
+        assert folder.stat().st_mode & 0o777 == folder_mode
+        assert (folder / "job_0.dcm").stat().st_mode & 0o777 == file_mode

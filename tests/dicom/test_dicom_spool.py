@@ -83,3 +83,65 @@ def test_destinations_parse_and_keep_secrets():
     assert "s3cret" not in str(stow) and "s3cret" not in repr(stow) and "s3cret" not in stow.key
     with pytest.raises(PneumoscanError, match="DICOMweb root URL"):
         StowDestination("pacs:8042")
+
+
+def test_spool_lists_only_its_own_entries(tmp_path):
+    spool = Spool(tmp_path)
+    film = spool.admit(spool.new_name(), b"film")
+    job = spool.commit(spool.admit(spool.new_name(), b"film"), [b"sr"], {})
+    (spool.inbox / "notes.dcm").write_bytes(b"stray")  # a film's suffix, not a spool name
+    (spool.inbox / "notes.txt").write_text("stray")
+    (spool.outbox / "notes.txt").write_text("stray")  # once killed the courier
+    (spool.outbox / "backup").mkdir()
+    (spool.outbox / f"{job.name}~").write_text("an editor's backup")
+    assert spool.films() == [film] and spool.jobs() == [job]
+    spool.close()
+
+
+def test_spool_files_are_private_or_group_readable(tmp_path):
+    for group_readable, file_mode, folder_mode in ((False, 0o600, 0o700), (True, 0o640, 0o750)):
+        spool = Spool(tmp_path / str(group_readable), group_readable=group_readable)
+        film = spool.admit(spool.new_name(), b"film")
+        assert film.stat().st_mode & 0o777 == file_mode
+        job = spool.commit(film, [b"sr"], {})
+        spool.mark_sent(job, "cstore-a")
+        assert job.stat().st_mode & 0o777 == folder_mode
+        for path in job.iterdir():
+            assert path.stat().st_mode & 0o777 == file_mode, path.name
+        for folder in (spool.inbox, spool.outbox, spool.failed):
+            assert folder.stat().st_mode & 0o777 == folder_mode
+        spool.close()
+
+
+def test_a_film_is_fsynced_with_its_folder_before_admit_returns(tmp_path, monkeypatch):
+    spool = Spool(tmp_path)
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(handle):
+        synced.append(os.readlink(f"/proc/self/fd/{handle}"))
+        real_fsync(handle)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    film = spool.admit(spool.new_name(), b"film")
+    assert str(spool.inbox) in synced  # the folder, so the rename survives a power cut
+    assert any(path.startswith(str(spool.inbox / ".")) for path in synced)  # the file's data
+    synced.clear()
+    job = spool.commit(film, [b"sr"], {})
+    assert str(spool.outbox) in synced and str(spool.inbox) in synced
+    synced.clear()
+    spool.mark_sent(job, "cstore-a")
+    assert str(job) in synced
+    spool.close()
+
+
+def test_failed_items_keep_their_reason(tmp_path):
+    spool = Spool(tmp_path)
+    film = spool.admit(spool.new_name(), b"film")
+    job = spool.commit(spool.admit(spool.new_name(), b"film"), [b"sr"], {})
+    failed_film = spool.fail(film, "film x: unreadable")
+    failed_job = spool.fail(job, "archive said no")
+    assert failed_film.with_name(failed_film.name + ".txt").read_text() == "film x: unreadable\n"
+    assert (failed_job / "reason.txt").read_text() == "archive said no\n"
+    assert spool.films() == [] and spool.jobs() == []
+    spool.close()

@@ -23,6 +23,59 @@ from pneumoscan.cli.common import (
 )
 from pneumoscan.core.images import MAX_IMAGE_PIXELS
 
+_SendToOption = Annotated[
+    list[str] | None,
+    typer.Option("--send-to", help="send results by C-STORE to HOST:PORT:AET (repeat for several)"),
+]
+
+_StowOption = Annotated[
+    str | None,
+    typer.Option("--stow", help="send results by DICOMweb STOW-RS to this root URL"),
+]
+
+_SpoolOption = Annotated[
+    Path,
+    typer.Option(help="folder holding received films and unsent results (patient data)"),
+]
+
+_AllowAetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--allow-aet",
+        help="accept associations only from this calling AE title, or AET@HOST: that title "
+        "only from that IP address (repeat)",
+    ),
+]
+
+_MaxAttemptsOption = Annotated[
+    int,
+    typer.Option(
+        help="unexpected delivery errors of one result before it goes to the spool's failed/"
+    ),
+]
+
+_GroupReadableOption = Annotated[
+    bool,
+    typer.Option(
+        "--group-readable",
+        help="spool and --out files 0640 in 0750 folders (default 0600 and 0700: patient data)",
+    ),
+]
+
+_TlsCaOption = Annotated[
+    Path | None,
+    typer.Option("--tls-ca", help="PEM CA bundle: require callers' certificates signed by it"),
+]
+
+_QueueWaitOption = Annotated[
+    float,
+    typer.Option(help="seconds a sender waits for room in a full queue before 0xA700"),
+]
+
+_MaxAssociationsOption = Annotated[
+    int, typer.Option(help="associations open at once; past it, new ones are refused")
+]
+
 
 @friendly
 def dicom_node(
@@ -33,44 +86,21 @@ def dicom_node(
     host: Annotated[
         str, typer.Option(help="address to bind; 0.0.0.0 lets other machines (the PACS) connect")
     ] = "127.0.0.1",
-    send_to: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--send-to", help="send results by C-STORE to HOST:PORT:AET (repeat for several)"
-        ),
-    ] = None,
-    stow: Annotated[
-        str | None,
-        typer.Option("--stow", help="send results by DICOMweb STOW-RS to this root URL"),
-    ] = None,
+    send_to: _SendToOption = None,
+    stow: _StowOption = None,
     token: StowToken = None,
     insecure_stow: InsecureStow = False,
     out: Annotated[
         Path | None, typer.Option("--out", help="also write every result object to this folder")
     ] = None,
-    spool: Annotated[
-        Path,
-        typer.Option(help="folder holding received films and unsent results (patient data)"),
-    ] = Path("~/.local/state/pneumoscan/dicom-node"),
+    spool: _SpoolOption = Path("~/.local/state/pneumoscan/dicom-node"),
     model: RuntimeModel = "binary",
-    allow_aet: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--allow-aet",
-            help="accept associations only from this calling AE title, or AET@HOST: that title "
-            "only from that IP address (repeat)",
-        ),
-    ] = None,
-    max_associations: Annotated[
-        int, typer.Option(help="associations open at once; past it, new ones are refused")
-    ] = 10,
+    allow_aet: _AllowAetOption = None,
+    max_associations: _MaxAssociationsOption = 10,
     queue: Annotated[
         int, typer.Option(help="films waiting for prediction; past it, senders wait, then retry")
     ] = 16,
-    queue_wait: Annotated[
-        float,
-        typer.Option(help="seconds a sender waits for room in a full queue before 0xA700"),
-    ] = 10.0,
+    queue_wait: _QueueWaitOption = 10.0,
     workers: Annotated[int, typer.Option(help="films predicted at once")] = 1,
     threads: OnnxThreads = None,
     max_pixels: Annotated[
@@ -82,14 +112,13 @@ def dicom_node(
     retry_max: Annotated[
         float, typer.Option(help="longest wait between delivery attempts, in seconds")
     ] = 300.0,
+    max_attempts: _MaxAttemptsOption = 5,
+    group_readable: _GroupReadableOption = False,
     tls_cert: Annotated[
         Path | None, typer.Option("--tls-cert", help="PEM certificate: accept DICOM over TLS")
     ] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key")] = None,
-    tls_ca: Annotated[
-        Path | None,
-        typer.Option("--tls-ca", help="PEM CA bundle: require callers' certificates signed by it"),
-    ] = None,
+    tls_ca: _TlsCaOption = None,
     indeterminate: IndeterminateMargin = 0.0,
     gate: GateSwitch = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every association")] = False,
@@ -101,7 +130,7 @@ def dicom_node(
     check_stow(stow, token, insecure_stow)
     DicomNode, NodeSettings, quiet_libraries, load_runtime_model = _node_classes()
     quiet_libraries()
-    destinations = _destinations(send_to, ae_title, stow, token, out)
+    destinations = _destinations(send_to, ae_title, stow, token, out, group_readable)
     settings = NodeSettings(
         spool=spool.expanduser(),
         ae_title=ae_title,
@@ -116,16 +145,20 @@ def dicom_node(
         max_associations=max_associations,
         indeterminate_margin=indeterminate,
         retry_max_s=retry_max,
+        max_attempts=max_attempts,
+        group_readable=group_readable,
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_ca=tls_ca,
     )
     runtime = load_runtime_model(model, threads=threads, gate=gate)
     _warn_if_open(host, allow_aet)
-    DicomNode(runtime, destinations, settings).serve_forever()
+    code = DicomNode(runtime, destinations, settings).serve_forever()
+    if code:
+        raise typer.Exit(code)  # the watchdog stopped it: the supervisor restarts it
 
 
-def _destinations(send_to, ae_title: str, stow: str | None, token, out):
+def _destinations(send_to, ae_title: str, stow: str | None, token, out, group_readable=False):
     """Where results go: C-STORE peers, a DICOMweb archive, a folder."""
     from pneumoscan.dicom.delivery import CStoreDestination, FolderDestination, StowDestination
 
@@ -133,7 +166,7 @@ def _destinations(send_to, ae_title: str, stow: str | None, token, out):
     if stow is not None:
         destinations.append(StowDestination(stow, token or None))
     if out is not None:
-        destinations.append(FolderDestination(out))
+        destinations.append(FolderDestination(out, group_readable))
     return destinations
 
 

@@ -78,6 +78,15 @@ _ResumeOption = Annotated[
     ),
 ]
 
+_GroupReadableOption = Annotated[
+    bool,
+    typer.Option(
+        "--group-readable",
+        help="--dicom-out files 0640 in a 0750 folder (default 0600 and 0700: patient data)",
+    ),
+]
+
+
 _VerboseOption = Annotated[
     bool,
     typer.Option(
@@ -126,6 +135,7 @@ def predict(
     actors: _ActorsOption = None,
     resume: _ResumeOption = False,
     insecure_stow: InsecureStow = False,
+    group_readable: _GroupReadableOption = False,
     verbose: _VerboseOption = False,
 ) -> None:
     """Predict on images with ONNX Runtime (no torch needed): label, calibrated probabilities,
@@ -161,6 +171,7 @@ def predict(
         address,
         actors,
         resume,
+        group_readable,
     )
     # The files first: whatever happens on screen, the predictions are kept.
     unwritten = _write_outputs(runtime, results, csv_out, json_out, part)
@@ -202,6 +213,7 @@ def _run_engine(
     address,
     actors,
     resume,
+    group_readable=False,
 ):
     """(results, the DICOM writer or None, the Ray journal or None) from the engine asked for."""
     if engine == "ray":
@@ -214,7 +226,7 @@ def _run_engine(
         fail(f"--engine {engine}: choose local or ray")
     if resume or address or actors:
         fail("--resume, --address and --actors go with --engine ray")
-    dicom = _open_dicom(runtime, dicom_out, stow, token, indeterminate)
+    dicom = _open_dicom(runtime, dicom_out, stow, token, indeterminate, group_readable)
     return (
         _predict_files(runtime, files, dicom, heatmaps, indeterminate, workers, sets),
         dicom,
@@ -269,7 +281,9 @@ def _predict_ray(
     return predict_on_ray(files, settings, journal, progress)
 
 
-def _open_dicom(runtime, dicom_out: Path | None, stow: str | None, token, indeterminate: float):
+def _open_dicom(
+    runtime, dicom_out: Path | None, stow: str | None, token, indeterminate: float, group=False
+):
     """The DICOM results writer (--dicom-out, --stow), or None."""
     if dicom_out is None and stow is None:
         return None
@@ -277,7 +291,7 @@ def _open_dicom(runtime, dicom_out: Path | None, stow: str | None, token, indete
     from pneumoscan.dicom.outputs import open_outputs
 
     quiet_libraries()
-    return open_outputs(runtime, dicom_out, stow, token, indeterminate)
+    return open_outputs(runtime, dicom_out, stow, token, indeterminate, group)
 
 
 def _predict_files(runtime, files, dicom, heatmaps, indeterminate, workers, sets) -> list:

@@ -1,5 +1,6 @@
-"""Atomic writes: a crash mid-write leaves the previous file intact, never half a file; and
-sections of a Markdown file that several commands write into."""
+"""Atomic writes: a crash mid-write leaves the previous file intact, never half a file, and a
+write that has returned survives a power cut (the file and its folder are fsynced); and sections
+of a Markdown file that several commands write into."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(tmp_path) on a temporary file beside `path`, then rename it over `path`."""
+def atomic_write(path: Path, write: Callable[[Path], None], mode: int | None = None) -> None:
+    """Call write(tmp_path) on a temporary file beside `path`, fsync it, rename it over `path` and
+    fsync the folder, so the new file is on disk once this returns. `mode`: the file's
+    permissions (default: 0666 less the umask; patient data passes 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -18,18 +21,56 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
+        # mkstemp makes 0600 files; give the usual permissions unless told otherwise
+        os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+def atomic_write_text(path: Path, text: str, mode: int | None = None) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text), mode)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+def atomic_write_bytes(path: Path, data: bytes, mode: int | None = None) -> None:
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), mode)
+
+
+def fsync_file(path: Path) -> None:
+    handle = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename, creation or removal in `path` durable (a no-op where folders cannot be
+    opened, as on Windows)."""
+    try:
+        handle = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except (PermissionError, IsADirectoryError):
+        return
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def private_modes(group_readable: bool = False) -> tuple[int, int]:
+    """(file mode, folder mode) for patient data: the owner only, or also the owner's group."""
+    return (0o640, 0o750) if group_readable else (0o600, 0o700)
+
+
+def make_private_dir(path: Path, mode: int = 0o700) -> Path:
+    """`path` and its missing parents created; `path` itself set to `mode` (the parents that
+    existed are left as they are: they may be shared)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True, mode=mode)
+    os.chmod(path, mode)
+    return path
 
 
 def _umask() -> int:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pneumoscan.core.errors import PneumoscanError
-from pneumoscan.core.fileio import atomic_write
+from pneumoscan.core.fileio import atomic_write, make_private_dir, private_modes
 
 # The SOP classes pneumoscan sends: its SR and its Secondary Capture.
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -167,9 +167,11 @@ class StowDestination:
 
 @dataclass(frozen=True)
 class FolderDestination:
-    """A local folder: each object is copied there atomically, under the spool's own name."""
+    """A local folder: each object is copied there atomically, under the spool's own name, 0600
+    in a 0700 folder (patient data; 0640 and 0750 with `group_readable`)."""
 
     folder: Path
+    group_readable: bool = False
 
     @property
     def key(self) -> str:
@@ -179,10 +181,14 @@ class FolderDestination:
         return f"folder {self.folder}"
 
     def send(self, paths: list[Path]) -> None:
+        file_mode, folder_mode = private_modes(self.group_readable)
         for path in paths:
             target = self.folder / f"{path.parent.name}_{path.name}"
             try:
-                atomic_write(target, lambda tmp, source=path: shutil.copyfile(source, tmp))
+                make_private_dir(self.folder, folder_mode)
+                atomic_write(
+                    target, lambda tmp, source=path: shutil.copyfile(source, tmp), file_mode
+                )
             except OSError as error:
                 raise DeliveryError(
                     f"{self}: cannot write {target.name} ({error.strerror or error})", retry=True

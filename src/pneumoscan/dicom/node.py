@@ -17,9 +17,17 @@ How a film travels, and why nothing is lost:
 2. **Prediction** (`workers` threads, one ONNX Runtime model): the SR and SC are committed to the
    outbox, then the film leaves the inbox. A film that cannot be read gets an SR that says no
    result was produced and why, as does one the gate refuses.
+   A film the predictor cannot read goes to `failed/` with its reason; an error of the disk
+   (ENOSPC, EIO while writing the results) keeps the film in the inbox, retried later.
 3. **Delivery** (one courier thread): each destination gets each result folder; a destination
    that is down or busy is retried with exponential backoff (2 s doubling to `retry_max_s`) while
-   the results wait on disk; one that refuses an object for good has it moved to `failed/`.
+   the results wait on disk; a result folder the archive refuses for good, or whose files cannot
+   be read, goes to `failed/` at once with its reason, and one that fails `max_attempts` times in
+   a way nobody foresaw goes there too, so the results behind it keep flowing.
+
+No exception ends a worker or the courier: each is logged and the loop goes on. A watchdog
+checks that they are alive; if one has died anyway, the node refuses new films (0xA700, so the
+sender keeps them) and exits with status 1, for its supervisor to restart it.
 
 On SIGTERM or SIGINT the node stops accepting associations, lets those in progress finish (up to
 `drain_s`), finishes the predictions under way and stops; what it holds stays in the spool and the
@@ -100,6 +108,8 @@ class NodeSettings:
     retry_base_s: float = 2.0
     retry_max_s: float = 300.0
     drain_s: float = 20.0
+    max_attempts: int = 5  # unforeseen delivery errors of one result folder before failed/
+    group_readable: bool = False  # spool files 0640 and folders 0750 instead of 0600 and 0700
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
@@ -253,13 +263,15 @@ class DicomNode:
         self.destinations = destinations
         self.settings = settings
         self.producer = Producer.from_runtime(runtime, settings.indeterminate_margin)
-        self.spool = Spool(settings.spool)
+        self.spool = Spool(settings.spool, settings.group_readable)
         self.counts = Counts()
         self._films: deque[Path] = deque()
         self._pending = 0  # films admitted and not yet predicted (waiting or under way)
         self._queue = threading.Condition()
         self._stopping = threading.Event()
         self._workers: list[threading.Thread] = []
+        self._broken = threading.Event()  # a worker or the courier has died: refuse new films
+        self._attempts: dict[Path, int] = {}  # films whose prediction failed in an unforeseen way
         self._courier = Courier(self.spool, destinations, settings, self.counts)
         self._server = None
         self._message_bytes: dict[int, int] = {}
@@ -365,8 +377,9 @@ class DicomNode:
             worker.join()
         self._courier.stop()
 
-    def serve_forever(self) -> None:
-        """Start, then run until SIGTERM or SIGINT, then stop cleanly."""
+    def serve_forever(self, watch_s: float = 1.0) -> int:
+        """Start, then run until SIGTERM or SIGINT, then stop cleanly: exit status 0. Stops too,
+        with status 1, when the watchdog finds a worker or the courier dead."""
         stop = threading.Event()
         previous = {
             signum: signal.signal(signum, lambda *_: stop.set())
@@ -374,12 +387,30 @@ class DicomNode:
         }
         try:
             self.start()
-            stop.wait()
-            logger.info("stopping: finishing what is under way")
+            while not stop.wait(watch_s):
+                if self.check_threads():
+                    break
+            if not self._broken.is_set():
+                logger.info("stopping: finishing what is under way")
         finally:
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
             self.stop()
+        return 1 if self._broken.is_set() else 0
+
+    def check_threads(self) -> list[str]:
+        """The watchdog: the names of dead workers or a dead courier. Any makes the node refuse
+        new films from now on (what it holds stays in the spool for the next start)."""
+        threads = [*self._workers, self._courier]
+        dead = [thread.name for thread in threads if not thread.is_alive()]
+        if dead and not self._broken.is_set() and not self._stopping.is_set():
+            self._broken.set()
+            logger.critical(
+                "thread(s) %s died: refusing new films and exiting with status 1, so the "
+                "supervisor restarts the node; the spool keeps what it holds",
+                ", ".join(dead),
+            )
+        return dead
 
     # --- the SCP -------------------------------------------------------------------------
 
@@ -443,7 +474,10 @@ class DicomNode:
     def _on_store(self, event):
         self._message_bytes.pop(id(event.assoc), None)
         caller = event.assoc.requestor.ae_title
-        code, comment = self._admit(event)
+        if self._broken.is_set():  # no film is acknowledged that nothing would predict
+            code, comment = OUT_OF_RESOURCES, "node restarting; retry later"
+        else:
+            code, comment = self._admit(event)
         self.counts.answered(code)
         if code != SUCCESS:
             logger.warning("C-STORE from %s refused with 0x%04X: %s", caller, code, comment)
@@ -532,15 +566,41 @@ class DicomNode:
                     return
                 film = self._films.popleft()
             try:
-                self._predict(film)
-            finally:
+                done = self._predict(film)
+            except Exception:  # nothing may end the worker: log, keep the film, go on
+                logger.exception("film %s: unexpected error; kept for a retry", film.name)
+                done = self._count_attempt(film)
+            if done:
                 self._release()
+            else:
+                self._stopping.wait(self.settings.retry_base_s)  # e.g. a full disk: let it pass
+                with self._queue:
+                    self._films.append(film)  # still pending: its place in the queue is kept
+                    self._queue.notify_all()
 
-    def _predict(self, film: Path) -> None:
+    def _count_attempt(self, film: Path) -> bool:
+        """True once a film has failed `max_attempts` times: it leaves the queue (it stays in
+        the inbox, or in failed/ if it could be moved there)."""
+        self._attempts[film] = self._attempts.get(film, 0) + 1
+        if self._attempts[film] < self.settings.max_attempts:
+            return False
+        self._attempts.pop(film, None)
+        try:
+            self.spool.fail(film, f"film {film.name}: failed {self.settings.max_attempts} times")
+            self.counts.add("failed")
+        except OSError as error:
+            logger.error("film %s: cannot move it to failed/ (%s)", film.name, error)
+        return True
+
+    def _predict(self, film: Path) -> bool:
+        """True when the film is done with (results committed, or the film in failed/); False
+        when the disk failed us (the film stays in the inbox for a retry)."""
         import pydicom
 
         name = film.name.removesuffix(FILM_SUFFIX)
         label = f"film {name}"
+        if not film.exists():  # already committed (or removed by hand)
+            return True
         try:
             dataset = pydicom.dcmread(film)
             result = predict_film(
@@ -559,13 +619,26 @@ class DicomNode:
                 "status": result.status,
                 "label": result.label,
             }
-            self.spool.commit(film, objects, record)
         except Exception as error:  # a film that breaks the pipeline must not stop the node
             reason = f"{label}: no result could be made ({type(error).__name__})"
             logger.error("%s; the film is kept in %s", reason, self.spool.failed)
-            self.spool.fail(film, reason)
+            try:
+                self.spool.fail(film, reason)
+            except OSError as disk:
+                logger.error("%s: cannot move it to failed/ (%s); retried later", label, disk)
+                return False
             self.counts.add("failed")
-            return
+            return True
+        try:
+            self.spool.commit(film, objects, record)
+        except OSError as error:  # the disk, not the film: never failed/, try again later
+            logger.error(
+                "%s: cannot write its results (%s); the film stays in the inbox for a retry",
+                label,
+                error.strerror or type(error).__name__,
+            )
+            return False
+        self._attempts.pop(film, None)
         self.counts.add("predicted")
         logger.info(
             "%s: %s%s; %d object(s) queued for delivery",
@@ -575,6 +648,7 @@ class DicomNode:
             len(objects),
         )
         self._courier.notify()
+        return True
 
 
 def _probabilities(result: Result) -> str:
@@ -604,6 +678,7 @@ class Courier(threading.Thread):
         self._stopping = threading.Event()
         self._failures = {destination.key: 0 for destination in destinations}
         self._retry_at = {destination.key: 0.0 for destination in destinations}
+        self._attempts: dict[str, int] = {}  # unforeseen delivery errors, per result folder
 
     def notify(self) -> None:
         self._wake.set()
@@ -617,10 +692,16 @@ class Courier(threading.Thread):
     def run(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
-            self._deliver_due()
+            try:
+                self._deliver_due()
+                pending = bool(self.spool.jobs())
+            except Exception:  # e.g. the disk: nothing may end deliveries; log, wait, go on
+                logger.exception("delivery round failed; results wait in the spool")
+                self._wake.wait(self.settings.retry_base_s)
+                continue
             now = time.monotonic()
             waiting = [at - now for key, at in self._retry_at.items() if self._failures[key]]
-            if self.spool.jobs() and waiting:
+            if pending and waiting:
                 self._wake.wait(max(0.05, min(waiting)))
             else:
                 self._wake.wait(5.0)  # also picks up results of an earlier run
@@ -635,29 +716,46 @@ class Courier(threading.Thread):
                     return
                 if self.spool.is_sent(job, key) or not job.exists():
                     continue
+                objects = self.spool.objects(job)
+                unreadable = _unreadable(objects)
+                if unreadable:  # the job itself is broken: no destination can ever take it
+                    self._fail(job, unreadable)
+                    continue
                 try:
-                    destination.send(self.spool.objects(job))
+                    destination.send(objects)
                 except DeliveryError as error:
                     if error.retry:
                         self._back_off(destination, error)
                         break
-                    logger.error(
-                        "%s refused for good: %s; kept in %s", job.name, error, self.spool.failed
-                    )
-                    self.spool.fail(job, str(error))
-                    self.counts.add("failed")
+                    self._fail(job, f"{error} (refused for good)")
                     continue
                 except Exception as error:  # a library's surprise must not end deliveries
+                    attempts = self._attempts.get(job.name, 0) + 1
+                    self._attempts[job.name] = attempts
+                    if attempts >= self.settings.max_attempts:
+                        self._fail(
+                            job,
+                            f"{destination}: {type(error).__name__}, {attempts} times",
+                        )
+                        continue
                     self._back_off(
                         destination,
                         DeliveryError(f"{destination}: {type(error).__name__}", retry=True),
                     )
                     break
+                self._attempts.pop(job.name, None)
                 self.spool.mark_sent(job, key)
                 if self._failures[key]:
                     logger.info("%s is back: delivering what waited", destination)
                 self._failures[key] = 0
                 self._finish_if_done(job)
+
+    def _fail(self, job: Path, reason: str) -> None:
+        """The job to failed/ with its reason, now: the results behind it keep flowing."""
+        logger.error("%s: %s; kept in %s", job.name, reason, self.spool.failed)
+        self.spool.fail(job, reason)
+        self._attempts.pop(job.name, None)
+        self.counts.add("failed")
 
     def _finish_if_done(self, job: Path) -> None:
         if all(self.spool.is_sent(job, d.key) for d in self.destinations):
@@ -682,3 +780,18 @@ class Courier(threading.Thread):
             len(self.spool.jobs()),
             delay,
         )
+
+
+def _unreadable(objects: list[Path]) -> str:
+    """Why a result folder cannot be sent by anyone (no objects, or one that is not a readable
+    DICOM file), or "" when it can."""
+    import pydicom
+
+    if not objects:
+        return "no result objects in the folder"
+    for path in objects:
+        try:
+            pydicom.dcmread(path)
+        except Exception as error:  # pydicom raises many types for a corrupt file
+            return f"{path.name} cannot be read ({type(error).__name__})"
+    return ""

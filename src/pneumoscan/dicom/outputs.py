@@ -3,7 +3,8 @@
 Results stream through `DicomOutputs.process` as `predict` makes them: each DICOM film's SR (and
 heatmap SC, when there is one) is written to DIR as `00012_<name>_sr.dcm` / `_sc.dcm` and, with
 `--stow`, stored in the archive; the overlay image is then dropped, so memory stays flat over a
-long batch. A film that is not DICOM gets one line saying why it has no DICOM result; a film whose
+long batch. The files hold patient data: they are 0600 in a 0700 folder (0640 and 0750 with
+`--group-readable`). A film that is not DICOM gets one line saying why it has no DICOM result; a film whose
 results cannot be written or sent gets its own error line, and the batch goes on.
 """
 
@@ -13,7 +14,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pneumoscan.core.errors import InputError
-from pneumoscan.core.fileio import atomic_write_bytes
+from pneumoscan.core.fileio import atomic_write_bytes, make_private_dir, private_modes
 from pneumoscan.dicom.delivery import DeliveryError, StowDestination
 from pneumoscan.dicom.producer import Producer
 from pneumoscan.dicom.results import encode, read_header, result_objects
@@ -30,9 +31,11 @@ class DicomOutputs:
         out_dir: Path | None = None,
         stow: StowDestination | None = None,
         indeterminate_margin: float = 0.0,
+        group_readable: bool = False,
     ) -> None:
         self.producer = Producer.from_runtime(runtime, indeterminate_margin)
         self.out_dir = out_dir
+        self.file_mode, self.folder_mode = private_modes(group_readable)
         self.stow = stow
         self.notes: list[str] = []  # inputs that get no DICOM result, and why
         self.failures: list[str] = []  # DICOM films whose results were not written or stored
@@ -75,7 +78,7 @@ class DicomOutputs:
             for data, suffix in zip(encoded, OBJECT_SUFFIXES):
                 path = self.out_dir / f"{index:05d}_{stem}{suffix}"
                 try:
-                    atomic_write_bytes(path, data)
+                    atomic_write_bytes(path, data, self.file_mode)
                 except OSError as error:
                     self.failures.append(
                         f"{source}: cannot write {path} ({error.strerror or error}); "
@@ -109,6 +112,7 @@ def open_outputs(
     stow_url: str | None,
     token: str | None = None,
     indeterminate_margin: float = 0.0,
+    group_readable: bool = False,
 ) -> DicomOutputs:
     """`DicomOutputs` for predict's options, with a clear error for a missing extra or folder."""
     from pneumoscan.core.errors import PneumoscanError
@@ -127,10 +131,10 @@ def open_outputs(
         raise PneumoscanError("--token is the bearer token for --stow: give --stow URL too.")
     if out_dir is not None:
         try:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dir(out_dir, private_modes(group_readable)[1])
         except OSError as error:
             raise PneumoscanError(
                 f"--dicom-out {out_dir}: cannot create this folder ({error.strerror or error})"
             ) from None
     stow = StowDestination(stow_url, token or None) if stow_url is not None else None
-    return DicomOutputs(runtime, out_dir, stow, indeterminate_margin)
+    return DicomOutputs(runtime, out_dir, stow, indeterminate_margin, group_readable)

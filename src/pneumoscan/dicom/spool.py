@@ -8,13 +8,16 @@
     SPOOL/failed/<film>[.dcm]       what a destination refused for good, or a film that broke
                                     the predictor, with a reason.txt; kept for a person to look at
 
-A film is written to the inbox (atomically) before its C-STORE is answered with success; its
-results are committed to the outbox by renaming a finished temporary folder, and only then is the
-film removed from the inbox; a result folder is removed only when every destination has stored
-it. A crash at any point leaves either the film or its results on disk, and the next start picks
-them up (`films`, `jobs`). Names are arrival times plus a counter: they sort in arrival order and
-hold nothing from the film. The spool holds patient data (films and results): its folders are
-readable by their owner only. A lock file keeps a second node off a spool in use.
+A film is written to the inbox (atomically, the file and its folder fsynced) before its C-STORE
+is answered with success; its results are committed to the outbox by renaming a finished, fsynced
+temporary folder, and only then is the film removed from the inbox; a result folder is removed
+only when every destination has stored it (each `sent-` mark is fsynced too). A crash or power
+cut at any point leaves either the film or its results on disk, and the next start picks them up
+(`films`, `jobs`). Names are arrival times plus a counter: they sort in arrival order and hold
+nothing from the film; anything else in the spool's folders (a stray `notes.txt`, an editor's
+backup) is not the spool's and is left alone. The spool holds patient data (films and results):
+its folders are 0700 and its files 0600 (0750 and 0640 with `group_readable`). A lock file keeps
+a second node off a spool in use.
 """
 
 from __future__ import annotations
@@ -22,32 +25,46 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import threading
 import time
 from pathlib import Path
 
 from pneumoscan.core.errors import PneumoscanError
-from pneumoscan.core.fileio import atomic_write_bytes, atomic_write_text
+from pneumoscan.core.fileio import (
+    atomic_write_bytes,
+    atomic_write_text,
+    fsync_dir,
+    private_modes,
+)
 
 FILM_SUFFIX = ".dcm"
 JOB_FILE = "job.json"
+REASON_FILE = "reason.txt"
+# The spool's own names (`new_name`): arrival time, process id, counter.
+NAME_PATTERN = re.compile(r"\d{8}T\d{6}\.\d{6}-\d+-\d{6}")
+
+
+def is_spool_name(name: str) -> bool:
+    return NAME_PATTERN.fullmatch(name) is not None
 
 
 class Spool:
     """The spool folder, locked for one node process at a time (`SpoolInUseError` otherwise)."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, group_readable: bool = False) -> None:
         self.root = Path(root)
         self.inbox = self.root / "inbox"
         self.outbox = self.root / "outbox"
         self.failed = self.root / "failed"
+        self.file_mode, self.folder_mode = private_modes(group_readable)
         try:
             if not self.root.exists():
-                self.root.mkdir(parents=True, mode=0o700)
+                self.root.mkdir(parents=True, mode=self.folder_mode)
             for folder in (self.inbox, self.outbox, self.failed):
                 folder.mkdir(exist_ok=True)
-                os.chmod(folder, 0o700)  # its own folders only: the root may be shared
+                os.chmod(folder, self.folder_mode)  # its own folders only: the root may be shared
             self._lock_file = self._take_lock()
         except OSError as error:
             raise PneumoscanError(
@@ -100,12 +117,16 @@ class Spool:
     def admit(self, name: str, data: bytes) -> Path:
         """A received film, on disk before its C-STORE is answered."""
         path = self.inbox / f"{name}{FILM_SUFFIX}"
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, data, self.file_mode)  # fsynced, with the inbox
         return path
 
     def films(self) -> list[Path]:
-        """Films waiting for prediction, oldest first."""
-        return sorted(self.inbox.glob(f"[!.]*{FILM_SUFFIX}"))
+        """Films waiting for prediction, oldest first (the spool's own names only)."""
+        return sorted(
+            path
+            for path in self.inbox.glob(f"*{FILM_SUFFIX}")
+            if is_spool_name(path.name.removesuffix(FILM_SUFFIX)) and path.is_file()
+        )
 
     # --- results -------------------------------------------------------------------------
 
@@ -116,17 +137,21 @@ class Spool:
         if not job.exists():  # a film predicted before a crash, not yet removed: keep the first
             staging = self.outbox / f".{name}.staging"
             shutil.rmtree(staging, ignore_errors=True)
-            staging.mkdir()
+            staging.mkdir(mode=self.folder_mode)
             for index, data in enumerate(objects):
-                atomic_write_bytes(staging / f"{index}{FILM_SUFFIX}", data)
-            atomic_write_text(staging / JOB_FILE, json.dumps(record))
+                atomic_write_bytes(staging / f"{index}{FILM_SUFFIX}", data, self.file_mode)
+            atomic_write_text(staging / JOB_FILE, json.dumps(record), self.file_mode)
             os.rename(staging, job)
+            fsync_dir(self.outbox)  # the results are on disk before the film goes
         film.unlink(missing_ok=True)
+        fsync_dir(self.inbox)
         return job
 
     def jobs(self) -> list[Path]:
-        """Result folders waiting for delivery, oldest first."""
-        return sorted(path for path in self.outbox.iterdir() if not path.name.startswith("."))
+        """Result folders waiting for delivery, oldest first (the spool's own names only)."""
+        return sorted(
+            path for path in self.outbox.iterdir() if is_spool_name(path.name) and path.is_dir()
+        )
 
     @staticmethod
     def objects(job: Path) -> list[Path]:
@@ -143,20 +168,27 @@ class Spool:
     def is_sent(job: Path, key: str) -> bool:
         return (job / f"sent-{key}").exists()
 
-    @staticmethod
-    def mark_sent(job: Path, key: str) -> None:
-        atomic_write_text(job / f"sent-{key}", f"{time.time():.3f}\n")
+    def mark_sent(self, job: Path, key: str) -> None:
+        atomic_write_text(job / f"sent-{key}", f"{time.time():.3f}\n", self.file_mode)
 
-    @staticmethod
-    def finish(job: Path) -> None:
+    def finish(self, job: Path) -> None:
         shutil.rmtree(job, ignore_errors=True)
+        fsync_dir(self.outbox)
 
     def fail(self, item: Path, reason: str) -> Path:
-        """Move a job (or a film) aside for good, with the reason next to it."""
+        """Move a job (or a film) aside for good, with the reason next to it: `failed/<job>/
+        reason.txt`, or `failed/<film>.dcm.txt`. The reason is written first, so a crash between
+        the two leaves the item where it was (retried), never in failed/ without its reason."""
         target = self.failed / item.name
         if target.exists():
             target = self.failed / f"{item.name}.{time.time_ns()}"
-        os.rename(item, target)
-        note = target / "reason.txt" if target.is_dir() else target.with_name(target.name + ".txt")
-        atomic_write_text(note, reason + "\n")
+        if item.is_dir():
+            atomic_write_text(item / REASON_FILE, reason + "\n", self.file_mode)
+            os.rename(item, target)
+        else:
+            note = target.with_name(target.name + ".txt")
+            atomic_write_text(note, reason + "\n", self.file_mode)
+            os.rename(item, target)
+        fsync_dir(self.failed)
+        fsync_dir(item.parent)
         return target
