@@ -77,6 +77,16 @@ _MaxAssociationsOption = Annotated[
 ]
 
 
+_MetricsPortOption = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (films by stage, C-STORE "
+        "answers, predictions by label, spool depth, delivery latency; no patient data)",
+    ),
+]
+
+
 @friendly
 def dicom_node(
     port: Annotated[int, typer.Option(help="DICOM port to listen on")] = 11112,
@@ -119,6 +129,7 @@ def dicom_node(
     ] = None,
     tls_key: Annotated[Path | None, typer.Option("--tls-key", help="PEM private key")] = None,
     tls_ca: _TlsCaOption = None,
+    metrics_port: _MetricsPortOption = None,
     indeterminate: IndeterminateMargin = 0.0,
     gate: GateSwitch = True,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log every association")] = False,
@@ -150,6 +161,7 @@ def dicom_node(
         tls_cert=tls_cert,
         tls_key=tls_key,
         tls_ca=tls_ca,
+        metrics_port=metrics_port,
     )
     runtime = load_runtime_model(model, threads=threads, gate=gate)
     _warn_if_open(host, allow_aet)

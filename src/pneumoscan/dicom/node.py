@@ -45,6 +45,7 @@ import ssl
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -113,6 +114,7 @@ class NodeSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    metrics_port: int | None = None  # Prometheus /metrics on the node's host, this port
 
     def __post_init__(self) -> None:
         if not 0 < len(self.ae_title.strip()) <= 16:
@@ -175,8 +177,22 @@ class Counts:
     predicted: int = 0
     delivered: int = 0
     failed: int = 0
+    retries: int = 0  # delivery rounds to a destination scheduled again after an error
     statuses: dict[int, int] = field(default_factory=dict)
+    outcomes: dict[tuple[str, str], int] = field(default_factory=dict)  # (status, label) -> films
+    # Called with each delivered film's seconds from receipt (`--metrics-port`'s histogram).
+    on_delivered: Callable[[float], None] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def predicted_as(self, status: str, label: str) -> None:
+        with self._lock:
+            self.predicted += 1
+            self.outcomes[status, label] = self.outcomes.get((status, label), 0) + 1
+
+    def delivered_after(self, seconds: float | None) -> None:
+        self.add("delivered")
+        if seconds is not None and self.on_delivered is not None:
+            self.on_delivered(seconds)
 
     def add(self, name: str) -> None:
         with self._lock:
@@ -273,6 +289,7 @@ class DicomNode:
         self._broken = threading.Event()  # a worker or the courier has died: refuse new films
         self._attempts: dict[Path, int] = {}  # films whose prediction failed in an unforeseen way
         self._courier = Courier(self.spool, destinations, settings, self.counts)
+        self._metrics_server = None  # --metrics-port's HTTP server
         self._server = None
         self._message_bytes: dict[int, int] = {}
 
@@ -301,6 +318,14 @@ class DicomNode:
             worker.start()
             self._workers.append(worker)
         self._courier.start()
+        if self.settings.metrics_port is not None:
+            from pneumoscan.dicom.metrics import NodeMetrics
+
+            metrics = NodeMetrics()
+            self.counts.on_delivered = metrics.latency.observe
+            self._metrics_server = metrics.serve(
+                self, self.settings.host, self.settings.metrics_port
+            )
 
         ae = AE(ae_title=self.settings.ae_title)
         ae.maximum_associations = self.settings.max_associations
@@ -354,6 +379,9 @@ class DicomNode:
                 association.abort()  # an unanswered C-STORE is the sender's to retry
             self._server = None
         self._stop_threads()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server = None
         self.spool.close()
         counts = self.counts
         logger.info(
@@ -639,7 +667,7 @@ class DicomNode:
             )
             return False
         self._attempts.pop(film, None)
-        self.counts.add("predicted")
+        self.counts.predicted_as(result.status, result.label or "")
         logger.info(
             "%s: %s%s; %d object(s) queued for delivery",
             label,
@@ -761,8 +789,8 @@ class Courier(threading.Thread):
         if all(self.spool.is_sent(job, d.key) for d in self.destinations):
             record = self.spool.record(job)
             self.spool.finish(job)
-            self.counts.add("delivered")
             received = record.get("received")
+            self.counts.delivered_after(None if received is None else time.time() - received)
             latency = "" if received is None else f", {time.time() - received:.2f} s after receipt"
             logger.info("film %s: results delivered%s", job.name, latency)
 
@@ -774,6 +802,7 @@ class Courier(threading.Thread):
         )
         delay *= random.uniform(0.8, 1.2)  # several nodes must not retry in step
         self._retry_at[key] = time.monotonic() + delay
+        self.counts.add("retries")
         logger.warning(
             "%s; %d result(s) wait in the spool, next try in %.0f s",
             error,
