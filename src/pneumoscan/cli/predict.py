@@ -152,27 +152,16 @@ def predict(
     part = _parse_shard(shard)
     files = _select_files(paths, part)
     _check_outputs(csv_out, json_out, heatmaps)
-    results, dicom, journal = _run_engine(
-        engine,
-        runtime,
-        model,
-        files,
-        csv_out,
-        json_out,
-        heatmaps,
-        dicom_out,
-        stow,
-        token,
-        indeterminate,
-        workers,
-        sets,
-        threads,
-        gate,
-        address,
-        actors,
-        resume,
-        group_readable,
-    )
+    journal, dicom = None, None
+    if engine == "ray":
+        journal = _ray_journal(csv_out, json_out, heatmaps, dicom_out, stow, resume)
+        results = _predict_ray(
+            model, files, journal, threads, gate, indeterminate, sets, address, actors
+        )
+    else:
+        _check_local_engine(engine, resume, address, actors)
+        dicom = _open_dicom(runtime, dicom_out, stow, token, indeterminate, group_readable)
+        results = _predict_files(runtime, files, dicom, heatmaps, indeterminate, workers, sets)
     # The files first: whatever happens on screen, the predictions are kept.
     unwritten = _write_outputs(runtime, results, csv_out, json_out, part)
     if journal is not None and not unwritten:
@@ -194,44 +183,12 @@ def predict(
         raise typer.Exit(1)
 
 
-def _run_engine(
-    engine,
-    runtime,
-    model,
-    files,
-    csv_out,
-    json_out,
-    heatmaps,
-    dicom_out,
-    stow,
-    token,
-    indeterminate,
-    workers,
-    sets,
-    threads,
-    gate,
-    address,
-    actors,
-    resume,
-    group_readable=False,
-):
-    """(results, the DICOM writer or None, the Ray journal or None) from the engine asked for."""
-    if engine == "ray":
-        journal = _ray_journal(csv_out, json_out, heatmaps, dicom_out, stow, resume)
-        results = _predict_ray(
-            model, files, journal, threads, gate, indeterminate, sets, address, actors
-        )
-        return results, None, journal
+def _check_local_engine(engine: str, resume: bool, address, actors) -> None:
+    """--engine local, without the options only the Ray engine takes."""
     if engine != "local":
         fail(f"--engine {engine}: choose local or ray")
     if resume or address or actors:
         fail("--resume, --address and --actors go with --engine ray")
-    dicom = _open_dicom(runtime, dicom_out, stow, token, indeterminate, group_readable)
-    return (
-        _predict_files(runtime, files, dicom, heatmaps, indeterminate, workers, sets),
-        dicom,
-        None,
-    )
 
 
 def _ray_journal(csv_out, json_out, heatmaps, dicom_out, stow, resume: bool) -> Path | None:
