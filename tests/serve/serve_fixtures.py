@@ -56,3 +56,22 @@ def file_part(content: bytes, content_type: bytes = b"image/jpeg", name: bytes =
         b"Content-Type: " + content_type
     )
     return headers, content
+
+
+def post_to_a_broken_model(models: dict):
+    """POST a real film to an app whose binary model raises RuntimeError("bug with secret
+    content") in `predict` (a bug in the server's code path); the response."""
+    from fastapi.testclient import TestClient
+
+    from pneumoscan.serve.app import ServeSettings, create_app
+
+    class Broken:
+        def __getattr__(self, name):
+            return getattr(models["binary"], name)
+
+        def predict(self, *args, **kwargs):
+            raise RuntimeError("bug with secret content")
+
+    with TestClient(create_app(ServeSettings(), models={"binary": Broken()})) as client:
+        files = {"file": ("film.jpeg", NORMAL_FILM.read_bytes(), "image/jpeg")}
+        return client.post("/v1/predict", files=files)

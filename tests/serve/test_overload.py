@@ -13,7 +13,7 @@ import anyio
 import httpx
 import pytest
 from PIL import Image
-from serve_fixtures import NORMAL_FILM, film_as, load_shipped_models
+from serve_fixtures import NORMAL_FILM, film_as, load_shipped_models, post_to_a_broken_model
 
 from pneumoscan.serve.app import ServeSettings, create_app
 
@@ -177,19 +177,8 @@ def test_a_handled_error_is_answered_and_logged_without_a_traceback(models, capl
     re-raises whatever escapes), and the log holds one line without exception info."""
     import logging
 
-    from fastapi.testclient import TestClient
-
-    class Broken:
-        def __getattr__(self, name):
-            return getattr(models["binary"], name)
-
-        def predict(self, *args, **kwargs):
-            raise RuntimeError("bug with secret content")
-
     caplog.set_level(logging.INFO)
-    with TestClient(create_app(ServeSettings(), models={"binary": Broken()})) as client:
-        files = {"file": ("film.jpeg", NORMAL_FILM.read_bytes(), "image/jpeg")}
-        response = client.post("/v1/predict", files=files)
+    response = post_to_a_broken_model(models)
     assert response.status_code == 500
     assert response.json()["error"] == "internal_error" and "secret" not in response.text
     assert response.headers["Cache-Control"] == "no-store"  # still inside the security headers

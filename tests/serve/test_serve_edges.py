@@ -16,7 +16,7 @@ import urllib.error
 import urllib.request
 
 import pytest
-from serve_fixtures import NORMAL_FILM, load_shipped_models
+from serve_fixtures import load_shipped_models, post_to_a_broken_model
 
 from pneumoscan.serve.loadtest import ServerProcess, free_port
 
@@ -133,29 +133,15 @@ def test_bad_tls_files_are_one_line_errors(tmp_path):
 
 
 def test_a_500_carries_the_request_id_that_finds_its_frames_in_the_log(caplog):
-    from fastapi.testclient import TestClient
-
-    from pneumoscan.serve.app import ServeSettings, create_app
-
-    models = load_shipped_models()
-
-    class Broken:
-        def __getattr__(self, name):
-            return getattr(models["binary"], name)
-
-        def predict(self, *args, **kwargs):
-            raise RuntimeError("bug with secret content")
-
     caplog.set_level(logging.INFO)
-    with TestClient(create_app(ServeSettings(), models={"binary": Broken()})) as client:
-        files = {"file": ("film.jpeg", NORMAL_FILM.read_bytes(), "image/jpeg")}
-        response = client.post("/v1/predict", files=files)
+    response = post_to_a_broken_model(load_shipped_models())
     assert response.status_code == 500
     request_id = response.headers["X-Request-ID"]
     assert request_id in json.loads(response.text)["message"]
     record = next(r for r in caplog.records if request_id in r.getMessage())
     assert "RuntimeError" in record.getMessage()
-    assert "test_serve_edges.py" in record.getMessage() and "in predict" in record.getMessage()
+    # The frame that raised (Broken.predict, in serve_fixtures.py) is named with its line.
+    assert "serve_fixtures.py" in record.getMessage() and "in predict" in record.getMessage()
     assert "secret" not in caplog.text
 
 
