@@ -133,3 +133,41 @@ def test_fov_policy_and_zoom_stress_cases():
     assert cases["border-20"](image, 0).shape == (140, 280)
     cropped = cases["crop-off-centre"](image, 0)
     assert 60 <= cropped.shape[0] <= 90 and 120 <= cropped.shape[1] <= 180
+
+
+def test_int8_ship_keeps_torch_files_out_of_models_and_reports_parity(member_runs):
+    """`ship --int8`: models/ holds only the int8 graph (with the pneumoscan metadata and the
+    gate threshold on its own scale) and the card; the fp16 file and fp32 graph stay with the
+    run; the card shows the per-fold parity table, and the card can be rewritten from models/."""
+    from pneumoscan.core.dataset import read_split
+    from pneumoscan.core.images import read_image
+    from pneumoscan.runtime.model import OnnxModel
+    from pneumoscan.training.ship import ship_model, write_card
+
+    root, _, first, second, _ = member_runs
+    models = root / "models-int8"
+    card = ship_model(None, "binary", models, derive="binary", ensemble=[first, second], int8=True)
+    assert sorted(p.name for p in models.iterdir()) == ["SHA256SUMS", "binary.md", "binary.onnx"]
+    assert (first / "shipped" / "binary.pt").is_file()
+    fp32 = OnnxModel(first / "shipped" / "binary-fp32.onnx")
+    int8 = OnnxModel(models / "binary.onnx")
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(models / "binary.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    record = int8.metadata["record"]["int8"]
+    held_out = sum(len(read_split(run, "val")[0]) for run in (first, second))
+    assert record["films"] == held_out and [r["fold"] for r in record["folds"]] == [0, 1]
+    assert int8.ood_threshold == pytest.approx(record["gate"]["int8_threshold"])
+    text = card.read_text()
+    assert "## int8 against fp32" in text and "not a diagnostic device" in text
+    # both graphs answer every validation film alike in the main
+    samples, _ = read_split(first, "val")
+    images = [read_image(s.path) for s in samples]
+    a = fp32.run_images(images)["probabilities"]
+    b = int8.run_images(images)["probabilities"]
+    assert np.abs(a - b).max() < 0.2
+    # the card can be rewritten with no model file in models/ (the ONNX record points to it)
+    rewritten = write_card("binary", models, stress_dir=root / "no-stress").read_text()
+    section = text.split("## int8 against fp32")[1].split("## ")[0]
+    assert section in rewritten and len(section) > 300

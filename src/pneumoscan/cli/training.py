@@ -249,6 +249,15 @@ def ship(
     card_only: Annotated[
         bool, typer.Option("--card-only", help="only rewrite the model card from the shipped files")
     ] = False,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="ship int8 convolutions (static quantization on training films), checked "
+            "against fp32 on every member's validation films; the fp16 model file stays in "
+            "RUN/shipped/",
+        ),
+    ] = False,
 ) -> None:
     """Ship a run: cross-fitted calibration, refitted gate, fp16 model file, parity-checked ONNX,
     stress benchmark and a model card generated from what was recorded."""
@@ -272,6 +281,7 @@ def ship(
             ensemble=ensemble or [],
             class_bias=class_bias,
             cost_fn=cost_fn,
+            int8=int8,
         )
     typer.echo(f"wrote {path}")
 

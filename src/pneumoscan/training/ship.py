@@ -323,11 +323,15 @@ def ship_model(
     ensemble: list[Path] = (),
     class_bias: bool = False,
     cost_fn: float = 1.0,
+    int8: bool = False,
 ) -> Path:
     """Calibrate, refit the gate, write the fp16 model file, the ONNX file and the card.
 
     With `ensemble` (run folders trained on different patient folds) the shipped network
     averages the members' logits in one graph, and every fit and figure uses out-of-fold scores.
+    With `int8` the shipped ONNX file has int8 convolutions (`training.quantize`), checked
+    against fp32 on every member's validation films; the fp16 model file and the fp32 graph
+    stay in RUN/shipped/, outside the size budget of models/.
     """
     if rule not in cal.THRESHOLD_RULES:
         raise ConfigError(f"--rule {rule!r}: choose one of {', '.join(cal.THRESHOLD_RULES)}")
@@ -367,10 +371,15 @@ def ship_model(
     refit_gate(run_dir, model, info, run_dir / gate_cache)
     info.name = name
     info.record = _ship_record(run_dir, info, scores, oos, folds, derive, rule, cost_fn, ensemble)
-    shipped_pt = models_dir / f"{name}.pt"
+    kept = Path(run_dir) / "shipped"  # with int8: the torch-side files, not shipped
+    if int8:
+        kept.mkdir(parents=True, exist_ok=True)
+    shipped_pt = (kept if int8 else models_dir) / f"{name}.pt"
+    info.record["model_file"] = str(shipped_pt)
     save_model_file(shipped_pt, model, info, half=True)
     version = f"{name}-{datetime.now(timezone.utc):%Y%m%d}"
-    onnx_path = export_onnx(shipped_pt, models_dir / f"{name}.onnx", model_version=version)
+    fp32_onnx = (kept / f"{name}-fp32.onnx") if int8 else models_dir / f"{name}.onnx"
+    onnx_path = export_onnx(shipped_pt, fp32_onnx, model_version=version)
     samples, _ = ds.read_split(run_dir, "val")
     check = np.stack([prepare(read_image(s.path), info.preprocess) for s in samples[:8]])
     difference = parity(shipped_pt, onnx_path, check)
@@ -379,13 +388,21 @@ def ship_model(
             f"{onnx_path}: ONNX differs from torch by {difference:.2e}; not shipping it."
         )
     info.record["onnx_parity"] = difference  # in the model file; the ONNX file was written before
+    if int8:
+        from pneumoscan.training.quantize import quantize_shipped, set_metadata_value
+
+        onnx_path = models_dir / f"{name}.onnx"
+        binary = info.task == Task.BINARY.value
+        runs = [Path(m) for m in ensemble] or [Path(run_dir)]
+        info.record["int8"] = quantize_shipped(fp32_onnx, onnx_path, info.preprocess, runs, binary)
+        set_metadata_value(onnx_path, "record", info.record)
     save_model_file(shipped_pt, model, info, half=True)
     stress = None
     if stress_data is not None:
         from pneumoscan.evaluation.stress import run_stress
 
         stress = run_stress(onnx_path, stress_data, Path(stress_dir) / name)
-    card = write_card(name, models_dir, stress, Path(stress_dir) / name)
+    card = write_card(name, models_dir, stress, Path(stress_dir) / name, shipped_pt)
     write_provenance(models_dir)  # SHA256SUMS and each card's digests, of the files just written
     return card
 
@@ -482,11 +499,18 @@ def _fold_row(metrics: dict) -> dict:
 
 
 def write_card(
-    name: str, models_dir: Path, stress: dict | None = None, stress_dir: Path | None = None
+    name: str,
+    models_dir: Path,
+    stress: dict | None = None,
+    stress_dir: Path | None = None,
+    model_file: Path | None = None,
 ) -> Path:
-    """(Re)write models/<name>.md from what the shipped model file recorded."""
+    """(Re)write models/<name>.md from what the shipped model file recorded (an int8 ship keeps
+    its model file in the run folder: the ONNX file's record says where)."""
     models_dir = Path(models_dir)
-    shipped_pt = models_dir / f"{name}.pt"
+    shipped_pt = Path(model_file) if model_file else models_dir / f"{name}.pt"
+    if not shipped_pt.is_file() and (models_dir / f"{name}.onnx").is_file():
+        shipped_pt = Path(_onnx_record(models_dir / f"{name}.onnx").get("model_file", shipped_pt))
     _, info = load_model_file(shipped_pt)
     if info.record is None:
         raise ModelFileError(
@@ -498,6 +522,16 @@ def write_card(
     path = models_dir / f"{name}.md"
     atomic_write_text(path, card)
     return path
+
+
+def _onnx_record(path: Path) -> dict:
+    import onnx
+
+    from pneumoscan.core.decision import METADATA_KEY
+
+    proto = onnx.load(str(path), load_external_data=False)
+    raw = next((p.value for p in proto.metadata_props if p.key == METADATA_KEY), "{}")
+    return json.loads(raw).get("record") or {}
 
 
 def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Path | None) -> str:

@@ -1,0 +1,189 @@
+"""Static int8 quantization of an exported model, and its parity with the fp32 graph.
+
+The convolutions get int8 weights (per output channel) and uint8 activations, in QDQ form, with
+activation ranges calibrated on training films (onnxruntime's `quantize_static`); the heads,
+class maps and gate arithmetic stay fp32. `int8_parity` then runs both graphs on films the
+members never trained on and reports, per validation fold, how often the decisions agree and
+how much the ROC AUC moves. The gate threshold is carried to the int8 graph's scale by rank:
+it refuses the same share of in-distribution films as before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan.core.decision import METADATA_KEY
+from pneumoscan.core.fileio import atomic_write
+from pneumoscan.evaluation.metrics import roc_auc
+
+logger = logging.getLogger(__name__)
+
+QUANTIZED_OPS = ["Conv"]  # the backbones' compute; heads, class maps and the gate stay fp32
+CALIBRATION_BATCH = 16
+AGREEMENT_GOAL = 0.995  # per fold: int8 decisions that equal fp32's
+AUC_DROP_LIMIT = 0.002  # per fold: fp32 AUC minus int8 AUC
+
+
+def quantize_onnx(fp32: Path, out: Path, calibration: np.ndarray) -> Path:
+    """Write `out` (atomically): `fp32` with int8 convolutions, its metadata unchanged.
+    `calibration` is a batch of prepared training films (N, C, H, W) for activation ranges."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Films(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.starts = iter(range(0, len(calibration), CALIBRATION_BATCH))
+
+        def get_next(self):
+            start = next(self.starts, None)
+            if start is None:
+                return None
+            return {"image": calibration[start : start + CALIBRATION_BATCH].astype(np.float32)}
+
+    metadata = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
+    with tempfile.TemporaryDirectory() as folder:
+        prepared = Path(folder) / "prepared.onnx"
+        # The gate's arithmetic defeats symbolic shape inference; ONNX's own inference suffices.
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+
+        def write(tmp: Path) -> None:
+            quantize_static(
+                str(prepared),
+                str(tmp),
+                Films(),
+                quant_format=QuantFormat.QDQ,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                per_channel=True,
+                op_types_to_quantize=QUANTIZED_OPS,
+            )
+            proto = onnx.load(str(tmp))
+            del proto.metadata_props[:]
+            for key, value in metadata.items():
+                entry = proto.metadata_props.add()
+                entry.key, entry.value = key, value
+            onnx.save(proto, str(tmp))
+
+        atomic_write(Path(out), write)
+    return Path(out)
+
+
+def set_metadata_value(path: Path, key: str, value) -> None:
+    """Replace one key of the pneumoscan metadata in an ONNX file (atomically)."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    entry = next(p for p in proto.metadata_props if p.key == METADATA_KEY)
+    metadata = json.loads(entry.value)
+    metadata[key] = value
+    entry.value = json.dumps(metadata)
+    atomic_write(Path(path), lambda tmp: onnx.save(proto, str(tmp)))
+
+
+def _run_all(path: Path, images: np.ndarray, batch: int = 64) -> dict[str, np.ndarray]:
+    from pneumoscan.runtime.model import OnnxModel
+
+    model = OnnxModel(path)
+    parts = [model.run(images[start : start + batch]) for start in range(0, len(images), batch)]
+    outputs = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    outputs["labels"] = np.array([model.label_index(p) for p in outputs["probabilities"]])
+    outputs["ood_threshold"] = model.ood_threshold
+    return outputs
+
+
+def _auc(targets: np.ndarray, probabilities: np.ndarray, binary: bool) -> float:
+    """Binary: P(pneumonia). Three-class: P(bacteria) + P(virus) against normal, the reading
+    that both tasks share."""
+    positive = probabilities[:, 1] if binary else probabilities[:, 1:].sum(axis=1)
+    return roc_auc((targets > 0).astype(int), np.stack([1 - positive, positive], axis=1))
+
+
+def int8_parity(
+    fp32: Path, int8: Path, images: np.ndarray, targets: np.ndarray, folds: np.ndarray
+) -> dict:
+    """Decision agreement and ROC AUC of both graphs per validation fold, and the gate threshold
+    on the int8 scale (same rank among these films as the fp32 threshold)."""
+    reference, quantized = _run_all(fp32, images), _run_all(int8, images)
+    binary = reference["probabilities"].shape[1] == 2
+    rows = []
+    for fold in np.unique(folds):
+        keep = folds == fold
+        fp32_auc = _auc(targets[keep], reference["probabilities"][keep], binary)
+        int8_auc = _auc(targets[keep], quantized["probabilities"][keep], binary)
+        rows.append(
+            {
+                "fold": int(fold),
+                "films": int(keep.sum()),
+                "agreement": float((reference["labels"][keep] == quantized["labels"][keep]).mean()),
+                "fp32_auc": fp32_auc,
+                "int8_auc": int8_auc,
+                "auc_drop": fp32_auc - int8_auc,
+                "fp32_accuracy": float((reference["labels"][keep] == targets[keep]).mean()),
+                "int8_accuracy": float((quantized["labels"][keep] == targets[keep]).mean()),
+            }
+        )
+    facts = {
+        "films": len(targets),
+        "quantized_ops": QUANTIZED_OPS,
+        "folds": rows,
+        "max_probability_difference": float(
+            np.abs(reference["probabilities"] - quantized["probabilities"]).max()
+        ),
+        "within_goals": all(
+            r["agreement"] >= AGREEMENT_GOAL and r["auc_drop"] <= AUC_DROP_LIMIT for r in rows
+        ),
+    }
+    threshold = reference["ood_threshold"]
+    if threshold is not None and "ood_score" in quantized:
+        rank = float((reference["ood_score"] <= threshold).mean())
+        facts["gate"] = {
+            "fp32_threshold": float(threshold),
+            "int8_threshold": float(np.quantile(quantized["ood_score"], rank)),
+            "fp32_refused": float((reference["ood_score"] > threshold).mean()),
+        }
+    return facts
+
+
+def _prepared(paths: list[Path], spec) -> np.ndarray:
+    from pneumoscan.core.images import read_image
+    from pneumoscan.core.preprocess import prepare
+
+    return np.stack([prepare(read_image(path), spec) for path in paths])
+
+
+def quantize_shipped(fp32: Path, out: Path, spec, runs: list[Path], binary: bool) -> dict:
+    """Quantize a shipped graph into `out`, calibrated on training films of the first run, and
+    check it on every run's validation films (each run's fold kept apart). Returns the parity
+    facts; the int8 file gets the gate threshold on its own scale."""
+    from pneumoscan.core import dataset as ds
+
+    train, _ = ds.read_split(runs[0], "train")
+    chosen = np.random.default_rng(0).choice(len(train), size=min(256, len(train)), replace=False)
+    quantize_onnx(fp32, out, _prepared([train[i].path for i in sorted(chosen)], spec))
+    paths, targets, folds = [], [], []
+    for fold, run in enumerate(runs):
+        samples, run_targets = ds.read_split(run, "val")
+        paths += [s.path for s in samples]
+        targets.append(run_targets)
+        folds += [fold] * len(samples)
+    targets = np.concatenate(targets)
+    if binary and targets.max() > 1:
+        targets = (targets > 0).astype(int)  # a binary reading of three-class runs
+    logger.info("int8 parity on %d validation films of %d run(s)", len(paths), len(runs))
+    facts = int8_parity(fp32, out, _prepared(paths, spec), targets, np.array(folds))
+    facts["calibration_films"] = len(chosen)
+    facts["sizes_mb"] = {"fp32": fp32.stat().st_size / 1e6, "int8": out.stat().st_size / 1e6}
+    if "gate" in facts:
+        set_metadata_value(out, "ood_threshold", facts["gate"]["int8_threshold"])
+    return facts
