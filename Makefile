@@ -7,7 +7,7 @@ REPEATS ?= 3
 CLIENTS ?= 16
 DURATION ?= 60
 
-.PHONY: help setup test test-slow fuzz bench bench-workers bench-serve bench-train bench-dicom site-demo lint format train serve
+.PHONY: help setup test test-slow docs fuzz bench bench-workers bench-serve bench-train bench-dicom site-demo lint format train serve
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 setup:  ## create .venv and install pneumoscan with training, serving, DICOM and test extras
@@ -16,6 +16,9 @@ test:  ## the default test suite (skips slow tests)
 	$(PY) -m pytest -q
 test-slow:  ## only the slow tests
 	$(PY) -m pytest -q -m slow
+docs:  ## rewrite the CLI reference (docs/cli.md) and build the docs site, strict, into build/site/
+	$(PY) -m pneumoscan.cli.reference
+	$(dir $(PY))mkdocs build --strict
 fuzz:  ## 10,000 fuzz cases over read_image and predict; prints the counts
 	PNEUMOSCAN_FUZZ_CASES=10000 $(PY) -m pytest -q -s -m slow tests/core/test_fuzz.py
 bench:  ## prediction speed, whole processes -> docs/benchmarks.md and the Speed section of each model card

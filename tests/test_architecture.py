@@ -1,4 +1,4 @@
-"""The folder tree is the map: README.md's "Architecture" block is generated from the import-linter
+"""The folder tree is the map: docs/architecture.md's block is generated from the import-linter
 contracts in pyproject.toml and the subpackages' docstrings, so it cannot drift from what
 `lint-imports` enforces. Regenerate the block with `python tests/test_architecture.py`."""
 
@@ -44,7 +44,7 @@ def _display(module: str) -> str:
 
 
 def architecture_block() -> str:
-    """The README block: layers top first with their level and summary, then the contracts."""
+    """The docs/architecture.md block: layers top first with their level and summary, then the contracts."""
     layers = _layers()
     rows = ["level  package      owns"] + [
         f"{len(layers) - level:>5}  {_display(module):<13}{_summary(module)}"
@@ -55,14 +55,14 @@ def architecture_block() -> str:
     return "\n".join(["```", *rows, "```", "", *rules])
 
 
-def _readme_block() -> str:
-    text = (REPO / "README.md").read_text()
+def _documented_block() -> str:
+    text = (REPO / "docs" / "architecture.md").read_text()
     return text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip()
 
 
-def test_readme_architecture_is_the_contracts():
-    assert _readme_block() == architecture_block(), (
-        "README.md's Architecture block is stale; regenerate it with "
+def test_documented_architecture_is_the_contracts():
+    assert _documented_block() == architecture_block(), (
+        "docs/architecture.md's block is stale; regenerate it with "
         "`python tests/test_architecture.py` and paste it between the markers"
     )
 
@@ -101,5 +101,5 @@ def test_no_function_over_100_lines():
     assert not long, "split these by the steps they perform:\n" + "\n".join(long)
 
 
-if __name__ == "__main__":  # print the block to paste into README.md
+if __name__ == "__main__":  # print the block to paste into docs/architecture.md
     sys.stdout.write(architecture_block() + "\n")

@@ -1,7 +1,7 @@
 """pneumoscan against a real archive: Debian's Orthanc on loopback, and `pneumoscan dicom-node`
 as a real child process.
 
-- Orthanc C-STOREs a film to the node (routed by the README's Lua script) and gets the SR and
+- Orthanc C-STOREs a film to the node (routed by the Lua script in docs/orthanc/) and gets the SR and
   SC back in the film's study;
 - `predict --stow` stores them through Orthanc's DICOMweb;
 - with the archive down, results wait in the spool and arrive once it is back, across a restart;

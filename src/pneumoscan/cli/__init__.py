@@ -3,7 +3,8 @@
 The entry point is `pneumoscan.cli:app`. Modules: `predict` (predict, merge), `training` (train,
 cv, export, ship, distill-targets, restore-run, models), `evaluation` (evaluate, stress, monitor), `site` (validate, calibrate),
 `research` (eda, bench, bench-ood, bench-workers, experiments), `serve` and `dicom` (dicom-node); `common` holds
-the shared options, logging set-up and the one-line error wrapper. Each command imports its heavy modules inside
+the shared options, logging set-up and the one-line error wrapper; `reference` writes the CLI reference,
+docs/cli.md, from the app. Each command imports its heavy modules inside
 itself, so `pneumoscan --help` is instant, and `--help`, `predict` and `serve` never import torch.
 
 May import: every layer, inside the commands; at import time only typer and `core`.

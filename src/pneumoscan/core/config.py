@@ -167,7 +167,7 @@ class TrainConfig:
     # becomes distill_weight x the teacher's probabilities + (1 - distill_weight) x its label.
     distill_targets: Text | None = None
     distill_weight: Number(ge=0, le=1) = 0.5
-    # Lightning's device flags (README, "Several devices and machines"). batch_size and lr are per
+    # Lightning's device flags (docs/scale.md). batch_size and lr are per
     # process: the global batch is batch_size x devices x num_nodes.
     accelerator: Text = "cpu"
     devices: Integer() | Text = 1  # per node: a count, "auto", or GPU ids such as "0,1"

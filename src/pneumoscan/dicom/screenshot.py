@@ -2,7 +2,7 @@
 
     python -m pneumoscan.dicom.screenshot --out docs/img
 
-Starts a throwaway Orthanc with the README's routing script and a `pneumoscan dicom-node`,
+Starts a throwaway Orthanc with the routing script of docs/orthanc/ and a `pneumoscan dicom-node`,
 uploads the example pneumonia film wrapped into a DX object (a made-up patient), waits for the
 results and photographs three Orthanc Explorer pages with Debian's Chromium, headless, driven by
 Playwright: the study (the film's series and pneumoscan's two), the SR's tags and the SC's preview.

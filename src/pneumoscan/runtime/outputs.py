@@ -1,5 +1,5 @@
 """CSV and JSON files of predictions, each row and document carrying the not-a-diagnostic-device
-notice. The columns and keys are defined here once; README.md documents them and
+notice. The columns and keys are defined here once; docs/usage.md documents them and
 tests/runtime/test_outputs.py reads them back with csv, json and pandas.
 
 CSV columns: file, status, label, p_<class> (one per class, in the model's order), threshold,
