@@ -35,6 +35,7 @@ from pneumoscan.core.preprocess import prepare
 from pneumoscan.core.shipped import write_provenance
 from pneumoscan.evaluation import calibration as cal
 from pneumoscan.evaluation.report import template
+from pneumoscan.evaluation.rules import has_params
 from pneumoscan.training.distill import read_teacher_record
 from pneumoscan.training.export import export_onnx, parity
 from pneumoscan.training.fit import default_cache_dir
@@ -329,8 +330,10 @@ def ship_model(
     With `ensemble` (run folders trained on different patient folds) the shipped network
     averages the members' logits in one graph, and every fit and figure uses out-of-fold scores.
     """
-    if rule not in cal.THRESHOLD_RULES:
-        raise ConfigError(f"--rule {rule!r}: choose one of {', '.join(cal.THRESHOLD_RULES)}")
+    try:
+        cal.make_rule(rule, cost_fn=cost_fn)
+    except ValueError as error:
+        raise ConfigError(f"--rule {rule}: {error}") from None
     models_dir = Path(models_dir)
     if ensemble:
         # Members on different patient folds; the reported films are each member's own
@@ -420,6 +423,7 @@ def _ship_record(
         else None,
         "threshold_rule": rule if binary else None,
         "cost_fn": cost_fn if binary and rule == "cost" else None,
+        "rule": cal.make_rule(rule, cost_fn=cost_fn).record() if binary else None,
         "calibration_films": int(len(scores.targets)),
         "crossfit_folds": oos["calibration_folds"]["count"],
         "out_of_sample": {k: v for k, v in oos.items() if k != "confusion_matrix"},
@@ -428,7 +432,7 @@ def _ship_record(
             {
                 other: _fold_row(out_of_sample(scores, derive, other))
                 for other in cal.THRESHOLD_RULES
-                if other not in ("sensitivity", "cost")
+                if not has_params(other)  # a rule with parameters is compared at its own only
             }
             if binary
             else None
@@ -589,22 +593,6 @@ def _conformal_text(info: ModelInfo, oos: dict) -> str:
 
 
 def _rule_text(rule: str, cost_fn: float | None = None) -> str:
-    if rule == "cost":
-        cost = cost_fn if cost_fn is not None else 1.0
-        return (
-            f": pneumonia when P(pneumonia) x {cost:g} > P(normal), i.e. the threshold "
-            f"1 / (1 + {cost:g}): the least expected cost when a missed pneumonia costs {cost:g} "
-            "false alarms."
-        )
-    return {
-        "balanced": ": pneumonia when the calibrated odds exceed the validation films' prior odds. "
-        "It is set by the class balance, not by the few films at the edge of a saturated ROC "
-        "curve, so it does not move between calibration folds, and it leaves normal films room: "
-        "acquisition shift mostly pushes normal films toward pneumonia (the first release lost "
-        "specificity on the test films; here, shutters and crops do it in the stress benchmark). "
-        "On clean validation it trades sensitivity for specificity; `pneumoscan stress "
-        "--thresholds` and docs/experiments.md compare it with the other rules under shift.",
-        "youden": ": the ROC point maximising sensitivity + specificity - 1 on validation.",
-        "sensitivity": ": the highest threshold reaching the target sensitivity on validation.",
-        "half": ": 0.5, the accuracy-optimal decision at the validation prevalence.",
-    }[rule]
+    """The card's words on the shipped rule, from the registry (`evaluation.rules`)."""
+    options = {"cost_fn": cost_fn if cost_fn is not None else 1.0}
+    return ": " + cal.make_rule(rule, **options).describe("validation") + "."
