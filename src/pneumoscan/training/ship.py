@@ -36,9 +36,7 @@ from pneumoscan.core.shipped import write_provenance
 from pneumoscan.evaluation import calibration as cal
 from pneumoscan.evaluation.report import template
 from pneumoscan.evaluation.rules import has_params
-from pneumoscan.training.distill import read_teacher_record
 from pneumoscan.training.export import export_onnx, parity
-from pneumoscan.training.fit import default_cache_dir
 from pneumoscan.training.gate import (
     GATE_DESIGN,
     PART_DESCRIPTIONS,
@@ -56,6 +54,13 @@ from pneumoscan.training.networks import (
     recorded_accelerator,
     scoring_device,
 )
+from pneumoscan.training.runs import (
+    default_cache_dir,
+    film_key,
+    member_facts,
+    read_teacher_record,
+    run_timing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +73,6 @@ GATE_POLICY = {"fov": "framing"}
 GATE_POLICY_KEY = "fov-as-framing"  # in the gate cache's name: a change of rule refits it
 
 
-def run_timing(run_dir: Path) -> dict:
-    timing = Path(run_dir) / "timing.json"
-    return json.loads(timing.read_text()) if timing.is_file() else {}
-
-
 @dataclass
 class RunScores:
     """A run's network on its own validation films: raw logits, targets, patients."""
@@ -83,7 +83,7 @@ class RunScores:
     logits: np.ndarray
     targets: np.ndarray
     patients: list[str]
-    keys: list[str] = field(default_factory=list)  # distill.film_key of each scored film
+    keys: list[str] = field(default_factory=list)  # runs.film_key of each scored film
     # An ensemble's out-of-fold scores: how many films each member scored, and how many films
     # had 1, 2, ... out-of-fold members.
     ensemble: dict | None = None
@@ -105,8 +105,6 @@ def score_run(run_dir: Path) -> RunScores:
     logits = predict_logits(
         model.to(device, memory_format=torch.channels_last), scoring_batches(images, device)
     ).numpy()
-    from pneumoscan.training.distill import film_key
-
     patients = [samples[i].patient for i in decoded.kept]
     keys = [film_key(samples[i].path) for i in decoded.kept]
     return RunScores(run_dir, model, info, logits, targets[decoded.kept], patients, keys)
@@ -452,27 +450,6 @@ def weights_key(run_dirs: list[Path]) -> str:
     for run_dir in run_dirs:
         digest.update((Path(run_dir) / "model.pt").read_bytes())
     return digest.hexdigest()[:12]
-
-
-def member_facts(run_dir: Path, model_file: Path | None = None) -> dict:
-    """What the card says of one ensemble or teacher member: its run, fold, seed, recipe and
-    time (`model_file` defaults to the run's model.pt)."""
-    _, info = load_model_file(model_file or run_dir / "model.pt")
-    config = info.config or {}
-    data, train = config.get("data", {}), config.get("train", {})
-    timing = run_timing(run_dir)
-    return {
-        "run": str(run_dir),
-        "arch": info.arch,
-        "size": info.preprocess.size,
-        "fold": data.get("fold"),
-        "seed": train.get("seed"),
-        "augment_policy": train.get("augment_policy"),
-        "epochs": train.get("epochs"),
-        "training_minutes": round(timing["wall_seconds"] / 60, 1)
-        if "wall_seconds" in timing
-        else None,
-    }
 
 
 def _fold_row(metrics: dict) -> dict:
