@@ -3,12 +3,9 @@ import pytest
 from scipy.special import softmax
 
 from pneumoscan.core.decision import calibrated_probabilities
-from pneumoscan.evaluation.calibration import (
-    fit_temperature,
-    threshold_at_sensitivity,
-    youden_threshold,
-)
+from pneumoscan.evaluation.calibration import fit_temperature
 from pneumoscan.evaluation.metrics import compute_metrics, expected_calibration_error
+from pneumoscan.evaluation.rules import Sensitivity, Youden
 
 # Hand-checked binary case: 4 normal, 4 pneumonia.
 TARGETS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
@@ -38,9 +35,9 @@ def test_threshold_changes_sensitivity_and_specificity():
 
 def test_youden_and_sensitivity_thresholds():
     # Youden's J is maximal (0.75) at threshold 0.7: sensitivity 0.75, specificity 1.0
-    assert youden_threshold(TARGETS, P_PNEUMONIA) == pytest.approx(0.7)
-    assert threshold_at_sensitivity(TARGETS, P_PNEUMONIA, 1.0) == pytest.approx(0.4)
-    assert threshold_at_sensitivity(TARGETS, P_PNEUMONIA, 0.5) == pytest.approx(0.8)
+    assert Youden().choose(TARGETS, P_PNEUMONIA, 0.5) == pytest.approx(0.7)
+    assert Sensitivity(1.0).choose(TARGETS, P_PNEUMONIA, 0.5) == pytest.approx(0.4)
+    assert Sensitivity(0.5).choose(TARGETS, P_PNEUMONIA, 0.5) == pytest.approx(0.8)
 
 
 def test_ece_hand_checked():

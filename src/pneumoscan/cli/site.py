@@ -15,6 +15,7 @@ from pneumoscan.cli.common import (
     setup_logging,
 )
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.evaluation.rules import rules_help
 
 SiteData = Annotated[
     Path,
@@ -73,9 +74,7 @@ def validate(
 
 _RuleOption = Annotated[
     str | None,
-    typer.Option(
-        help="binary threshold rule instead: youden, cost (with --cost-fn), balanced or half"
-    ),
+    typer.Option(help=f"binary threshold rule instead of --target-sensitivity: {rules_help()}"),
 ]
 
 _BiasOption = Annotated[
@@ -134,7 +133,8 @@ def calibrate(
 ) -> None:
     """Recalibrate a model for a site: temperature, threshold, conformal sets (and gate) fitted on
     part of the site's films, before/after on the rest, and how the figures grow with the number
-    of films. Writes a new model (OUT/model.pt, OUT/model.onnx) with its card."""
+    of films. Writes a new model (OUT/model.onnx, and OUT/model.pt where torch is installed) with
+    its card; needs no torch."""
     setup_logging()
     from pneumoscan.site.calibrate import Request
     from pneumoscan.site.calibrate import calibrate as calibrate_site
@@ -181,7 +181,6 @@ def calibrate(
     if "after" in report:
         typer.echo(f"held-out before: {headline(report['before'])}")
         typer.echo(f"held-out after:  {headline(report['after'])}")
-    typer.echo(
-        f"wrote {out / 'model.onnx'}, {out / 'model.pt'}, {out / 'card.md'} and {out / 'report.md'}"
-    )
+    models = ", ".join(report["written"].values())  # model.pt only where torch is installed
+    typer.echo(f"wrote {models}, {out / 'card.md'} and {out / 'report.md'}")
     typer.echo(NOT_DIAGNOSTIC_NOTICE)

@@ -15,6 +15,7 @@ from pneumoscan.cli.common import (
     friendly,
     setup_logging,
 )
+from pneumoscan.evaluation.rules import rules_help
 
 # Lightning's notes between the progress bars: accelerator availability, the litlogger tip,
 # "Seed set to", "`Trainer.fit` stopped", and its warnings about a non-empty checkpoint folder or
@@ -226,9 +227,7 @@ def ship(
     ] = None,
     rule: Annotated[
         str,
-        typer.Option(
-            "--rule", help="binary threshold rule: balanced, youden, sensitivity, half, cost"
-        ),
+        typer.Option("--rule", help=f"binary threshold rule: {rules_help()}"),
     ] = "balanced",
     cost_fn: Annotated[
         float,

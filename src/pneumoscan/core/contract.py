@@ -62,6 +62,16 @@ class Conformal(BaseModel):
     class_scores: list[list[Finite]] | None = None
 
 
+class Rule(BaseModel):
+    """The binary threshold rule that chose `threshold` and its parameters
+    (`evaluation.calibration.THRESHOLD_RULES`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    params: dict[str, Finite] = {}
+
+
 class ModelContract(BaseModel):
     """The fields of an exported model's metadata that decide its predictions."""
 
@@ -78,6 +88,7 @@ class ModelContract(BaseModel):
     temperature: Positive = 1.0
     class_bias: list[Finite] | None = None
     threshold: Annotated[float, Field(gt=0, lt=1)] | None = None
+    rule: Rule | None = None
     ood_threshold: Finite | None = None
     has_cam: bool = False
     conformal: Conformal | None = None
@@ -109,6 +120,24 @@ def validate_metadata(metadata: dict, path: Path | str) -> ModelContract:
             f"{_shown(first.get('input'))}); this file cannot be trusted to predict. "
             "Re-export or recalibrate it."
         ) from None
+
+
+# The fields that make up the operating point: what `calibrate` refits for a site.
+OPERATING_FIELDS = ("temperature", "class_bias", "threshold", "rule", "ood_threshold", "conformal")
+
+
+def recalibrated(metadata: dict, path: Path | str, **changes) -> dict:
+    """A model file's metadata with a new operating point (`OPERATING_FIELDS`) and a new `name`,
+    `model_version` or `record`; everything else (classes, preprocessing, provenance) as it was.
+    The result is checked against the contract, so a recalibration cannot write what load refuses.
+    """
+    allowed = {*OPERATING_FIELDS, "name", "model_version", "record"}
+    unknown = sorted(set(changes) - allowed)
+    if unknown:
+        raise ValueError(f"not operating-point fields: {', '.join(unknown)}")
+    updated = {**metadata, **changes}
+    validate_metadata(updated, path)
+    return updated
 
 
 def _shown(value) -> str:

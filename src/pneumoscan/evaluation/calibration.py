@@ -6,19 +6,8 @@ into folds, fits the temperature (and the binary threshold) on all folds but one
 held-out fold with them, so every reported film was scored by a calibration that never saw it.
 The shipped calibration is then fitted once on all validation films.
 
-Threshold rules for the binary decision on the calibrated P(pneumonia):
-- `balanced` (shipped): pneumonia when the calibrated odds exceed the calibration films' prior
-  odds. It is set by the class balance, not by the few films at the edge of a saturated ROC
-  curve, so it is the same in every calibration fold, and it sits high enough on the probability
-  scale that normal films pushed toward pneumonia by acquisition shift keep room below it. In the
-  stress benchmark it had the best worst-case accuracy of the rules (docs/experiments.md).
-- `youden`: the ROC point maximising sensitivity + specificity - 1. On a saturated ROC curve this
-  is decided by a handful of films at its edge (the first release chose 0.13 this way).
-- `sensitivity`: the highest threshold reaching a target sensitivity on the calibration films.
-- `half`: 0.5, the accuracy-optimal decision at the calibration films' own prevalence.
-- `cost`: pneumonia when P(pneumonia) x cost_fn > P(normal), i.e. the threshold 1 / (1 + cost_fn):
-  the decision with the least expected cost when a missed pneumonia costs `cost_fn` false alarms.
-  It needs calibrated probabilities and nothing else, so it is stable on a few dozen films.
+The binary decision's threshold rules (`balanced`, shipped; `youden`, `sensitivity`, `half`,
+`cost`) are the registry in `evaluation.rules`, whose classes say what each one does and why.
 
 Prevalence. A calibration fitted by likelihood reproduces the class shares of the films it is
 fitted on: P(pneumonia | film) is right for a population with that prevalence. With `prevalence`
@@ -36,12 +25,15 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import minimize_scalar
 from scipy.special import log_softmax
-from sklearn.metrics import roc_curve
 
 from pneumoscan.core.decision import calibrated_probabilities, decide
 from pneumoscan.evaluation.metrics import compute_metrics
+from pneumoscan.evaluation.rules import (
+    THRESHOLD_RULES,  # noqa: F401 (the registry, re-exported)
+    ThresholdRule,
+    make_rule,
+)
 
-THRESHOLD_RULES = ("balanced", "youden", "sensitivity", "half", "cost")
 BINARY_GROUPS = ((0,), (1, 2))  # normal; bacteria + virus -> the binary task's classes
 
 
@@ -49,7 +41,7 @@ BINARY_GROUPS = ((0,), (1, 2))  # normal; bacteria + virus -> the binary task's 
 class Calibration:
     temperature: float
     threshold: float | None  # binary only
-    rule: str | None
+    rule: str | ThresholdRule | None
     films: int
     bias: tuple[float, ...] | None = None  # per-class logit bias (bias-corrected scaling)
 
@@ -64,21 +56,6 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray) -> float:
 
     result = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
     return float(np.exp(result.x))
-
-
-def youden_threshold(targets: np.ndarray, scores: np.ndarray) -> float:
-    """The threshold maximising sensitivity + specificity - 1 on validation."""
-    false_positive, true_positive, thresholds = roc_curve(targets, scores, drop_intermediate=False)
-    finite = np.isfinite(thresholds)  # roc_curve starts with +inf: "call nothing positive"
-    best = int(np.argmax(np.where(finite, true_positive - false_positive, -np.inf)))
-    return float(thresholds[best])
-
-
-def threshold_at_sensitivity(targets: np.ndarray, scores: np.ndarray, sensitivity: float) -> float:
-    """The highest threshold whose validation sensitivity is at least `sensitivity`."""
-    _, true_positive, thresholds = roc_curve(targets, scores, drop_intermediate=False)
-    reaching = np.flatnonzero(true_positive >= sensitivity)
-    return float(min(thresholds[reaching[0]], 1.0))
 
 
 def fit_bias_corrected(logits: np.ndarray, targets: np.ndarray) -> tuple[float, tuple[float, ...]]:
@@ -103,28 +80,20 @@ def fit_bias_corrected(logits: np.ndarray, targets: np.ndarray) -> tuple[float, 
 
 
 def choose_threshold(
-    rule: str,
+    rule: str | ThresholdRule,
     targets: np.ndarray,
     scores: np.ndarray,
     sensitivity: float = 0.98,
     cost_fn: float = 1.0,
     prevalence: float | None = None,
 ) -> float:
-    """A binary threshold on calibrated P(pneumonia) by one of THRESHOLD_RULES; `balanced` is at
-    `prevalence` when given (the share the probabilities were shifted to), else the films' share."""
-    if rule == "balanced":
-        return float(np.mean(targets == 1)) if prevalence is None else float(prevalence)
-    if rule == "youden":
-        return youden_threshold(targets, scores)
-    if rule == "sensitivity":
-        return threshold_at_sensitivity(targets, scores, sensitivity)
-    if rule == "half":
-        return 0.5
-    if rule == "cost":
-        if cost_fn <= 0:
-            raise ValueError(f"cost of a missed pneumonia {cost_fn}: give a positive number")
-        return 1.0 / (1.0 + cost_fn)
-    raise ValueError(f"threshold rule {rule!r}: choose one of {', '.join(THRESHOLD_RULES)}")
+    """A binary threshold on calibrated P(pneumonia) by a rule of THRESHOLD_RULES (by name, with
+    `sensitivity` or `cost_fn` its parameter, or a rule object); `prevalence` is the pneumonia
+    share the probabilities were shifted to, else the films' share."""
+    if isinstance(rule, str):
+        rule = make_rule(rule, target_sensitivity=sensitivity, cost_fn=cost_fn)
+    prior = float(np.mean(targets == 1)) if prevalence is None else float(prevalence)
+    return rule.choose(targets, scores, prior)
 
 
 def grouped_log_probabilities(probabilities: np.ndarray, groups) -> np.ndarray:
@@ -136,7 +105,7 @@ def grouped_log_probabilities(probabilities: np.ndarray, groups) -> np.ndarray:
 def fit(
     logits: np.ndarray,
     targets: np.ndarray,
-    rule: str | None,
+    rule: str | ThresholdRule | None,
     sensitivity: float = 0.98,
     cost_fn: float = 1.0,
     bias: bool = False,
@@ -198,7 +167,7 @@ def fit_grouped(
     logits: np.ndarray,
     targets: np.ndarray,
     groups,
-    rule: str | None,
+    rule: str | ThresholdRule | None,
     sensitivity: float = 0.98,
     cost_fn: float = 1.0,
 ) -> tuple[float, Calibration]:
@@ -292,7 +261,7 @@ def crossfit(
     logits: np.ndarray,
     targets: np.ndarray,
     patients: list[str],
-    rule: str | None,
+    rule: str | ThresholdRule | None,
     folds: int = 5,
     seed: int = 0,
     sensitivity: float = 0.98,

@@ -33,10 +33,11 @@ from pneumoscan.core.config import Config, load_config, trainable_blocks
 from pneumoscan.core.hardware import hardware
 from pneumoscan.core.labels import CLASS_NAMES
 from pneumoscan.research.bench import cpu_sharing_note, write_report
-from pneumoscan.training.fit import default_cache_dir, with_overrides
+from pneumoscan.training.fit import with_overrides
 from pneumoscan.training.lit import LitClassifier
 from pneumoscan.training.loaders import ChestXrayDataModule, ImageTensorDataset, decode_images
 from pneumoscan.training.networks import create_model, get_architecture
+from pneumoscan.training.runs import default_cache_dir
 
 SECTION = "train-speed"
 

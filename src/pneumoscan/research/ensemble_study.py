@@ -41,9 +41,9 @@ def _views(size: int) -> dict[str, v2.Transform | None]:
 def view_logits(scores: RunScores) -> dict[str, np.ndarray]:
     """The member's logits on its validation films under each test-time view."""
     from pneumoscan.core.dataset import read_split
-    from pneumoscan.training.fit import default_cache_dir
     from pneumoscan.training.loaders import ImageTensorDataset, decode_images
     from pneumoscan.training.networks import predict_logits
+    from pneumoscan.training.runs import default_cache_dir
 
     samples, targets = read_split(scores.run_dir, "val")
     spec = scores.info.preprocess

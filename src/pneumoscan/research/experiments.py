@@ -25,8 +25,9 @@ from pneumoscan.core.errors import WeightsNotFoundError
 from pneumoscan.core.fileio import atomic_write, atomic_write_text
 from pneumoscan.evaluation.report import SplitEvaluation, interval_cell
 from pneumoscan.training.evaluate import evaluate_model
-from pneumoscan.training.fit import MODEL_FILE, fit
+from pneumoscan.training.fit import fit
 from pneumoscan.training.networks import torchvision_weights_file
+from pneumoscan.training.runs import MODEL_FILE
 
 logger = logging.getLogger(__name__)
 

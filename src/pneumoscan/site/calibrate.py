@@ -34,12 +34,14 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.conformal import REPORTED_LEVELS, ConformalCalibration, coverage_report
+from pneumoscan.core.contract import recalibrated
 from pneumoscan.core.decision import GATE_QUANTILE, calibrated_probabilities, decide
 from pneumoscan.core.errors import DatasetError, ModelFileError
 from pneumoscan.core.fileio import atomic_write_json, atomic_write_text, shown_path
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.core.shipped import resolve_model
 from pneumoscan.evaluation import calibration as cal
+from pneumoscan.evaluation.rules import ThresholdRule, make_rule
 from pneumoscan.evaluation.scoring import FilmScores
 from pneumoscan.site.report import (
     plot_learning_curve,
@@ -48,6 +50,7 @@ from pneumoscan.site.report import (
     site_sections,
 )
 from pneumoscan.site.validate import Operating, load_scored, site_metrics
+from pneumoscan.training.onnx_file import write_with_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +78,19 @@ class Request:
     # pneumonia for a binary model, or one share per class in the model's class order.
     prevalence: tuple[float, ...] | None = None
 
-    def describe(self) -> str:
-        if self.rule == "sensitivity":
-            return f"the highest threshold reaching sensitivity {self.target_sensitivity:g}"
-        if self.rule == "cost":
-            return (
-                f"expected cost, a missed pneumonia costing {self.cost_fn:g} false alarms "
-                f"(threshold 1 / (1 + {self.cost_fn:g}))"
+    def rule_of(self) -> ThresholdRule:
+        """The binary threshold rule asked for, with its parameters (`evaluation.rules`)."""
+        try:
+            return make_rule(
+                self.rule, target_sensitivity=self.target_sensitivity, cost_fn=self.cost_fn
             )
-        return f"rule `{self.rule}`"
+        except ValueError as error:
+            raise DatasetError(f"--rule {self.rule}: {error}") from None
+
+    def describe(self) -> dict:
+        """The rule as the model's record keeps it: name, parameters and the card's words."""
+        rule = self.rule_of()
+        return {**rule.record(), "description": rule.describe("site calibration")}
 
     def shares(self, class_names: tuple[str, ...]) -> tuple[float, ...] | None:
         """The site's expected share of each class, checked against the model's classes."""
@@ -117,9 +124,7 @@ def fit_operating(
     fitted = cal.fit(
         scores.logits,
         scores.targets,
-        request.rule if binary else None,
-        request.target_sensitivity,
-        request.cost_fn,
+        request.rule_of() if binary else None,
         bias=request.bias,
         prevalence=request.shares(class_names),
     )
@@ -286,22 +291,29 @@ def _summarise(size: int, runs: list[dict]) -> dict:
     return row
 
 
-def source_files(model_ref: str | Path) -> tuple[Path, Path]:
-    """The (model file, ONNX file) pair of a shipped name, a .pt or a .onnx path."""
+def source_files(model_ref: str | Path) -> tuple[Path | None, Path]:
+    """The (model file or None, ONNX file) pair of a shipped name, a .pt or a .onnx path: the
+    ONNX file is needed, its .pt twin is rewritten too when it is there and torch is installed."""
     reference = str(model_ref)
-    if Path(reference).suffix.lower() == ".onnx":
-        onnx_path = resolve_model(reference, suffix=".onnx")
-        pt_path = onnx_path.with_suffix(".pt")
+    if Path(reference).suffix.lower() == ".pt":
+        onnx_path = resolve_model(reference, suffix=".pt").with_suffix(".onnx")
     else:
-        pt_path = resolve_model(reference, suffix=".pt")
-        onnx_path = pt_path.with_suffix(".onnx")
-    for path, what in ((pt_path, "model file (.pt)"), (onnx_path, "ONNX file")):
-        if not path.is_file():
-            raise ModelFileError(
-                f"{path}: the {what} is missing; calibrate needs both files of a model side by "
-                "side (export the ONNX file with `pneumoscan export`)."
-            )
-    return pt_path, onnx_path
+        onnx_path = resolve_model(reference, suffix=".onnx")
+    if not onnx_path.is_file():
+        raise ModelFileError(
+            f"{onnx_path}: the ONNX file is missing; calibrate recalibrates an exported model "
+            "(export it with `pneumoscan export`)."
+        )
+    pt_path = onnx_path.with_suffix(".pt")
+    return (pt_path if pt_path.is_file() and torch_installed() else None), onnx_path
+
+
+def torch_installed() -> bool:
+    """Whether torch can be imported here: without it (the [eval] install) calibrate writes the
+    ONNX file alone, which is all that predict, the API, serve and validate read."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def calibrate(
@@ -315,17 +327,16 @@ def calibrate(
     allow_outside: bool = False,
 ) -> dict:
     """Fit the site's calibration on part of its films, report before/after on the rest, write
-    the recalibrated model (out/model.pt, out/model.onnx), its card and the report."""
-    from pneumoscan.training.export import relabel_onnx
-    from pneumoscan.training.model_file import load_model_file, relabel_model_file
-
-    if request.rule not in cal.THRESHOLD_RULES:
-        raise DatasetError(f"rule {request.rule!r}: choose one of {', '.join(cal.THRESHOLD_RULES)}")
+    the recalibrated model (out/model.onnx, and out/model.pt where torch is), its card and the
+    report."""
+    request.rule_of()  # an unknown rule or a bad parameter fails before any film is scored
     if not 0.0 <= request.holdout < 1.0:
         raise DatasetError(f"--holdout {request.holdout}: give a fraction in [0, 1), e.g. 0.5")
     pt_path, onnx_path = source_files(model_ref)
     out = Path(out)
-    if (out / "model.pt").exists() and out.resolve() == pt_path.parent.resolve():
+    if out.resolve() == onnx_path.parent.resolve() and any(
+        (out / f).exists() for f in ("model.onnx", "model.pt")
+    ):
         raise DatasetError(f"{out}: holds the model being calibrated; choose another --out folder.")
     model, scores = load_scored(data, onnx_path, allow_outside)
     class_names = model.class_names
@@ -356,28 +367,62 @@ def calibrate(
         report["non_radiographs"] = non_radiograph_refusals(
             model, {"before": before.gate_threshold, "after": final.gate_threshold}
         )
-    _, info = load_model_file(pt_path)
     name = name or f"{model.name}-site"
     version = f"{name}-{datetime.now(timezone.utc):%Y%m%d%H%M}"
-    info.name = name
-    info.temperature, info.threshold = final.temperature, final.threshold
-    info.class_bias = final.bias
-    info.conformal = final.conformal.to_dict()
-    if info.ood is not None and final.gate_threshold is not None:
-        info.ood = dataclasses.replace(info.ood, threshold=final.gate_threshold)
     calibration_record = _calibration_record(
         data, scores, model, request, before, final, coverage, report
     )
-    info.record = {**(info.record or {}), "site_calibration": calibration_record}
     out.mkdir(parents=True, exist_ok=True)
-    relabel_model_file(pt_path, out / "model.pt", info)
-    relabel_onnx(onnx_path, out / "model.onnx", info, version)
-    report["written"] = {"model": str(out / "model.pt"), "onnx": str(out / "model.onnx")}
+    metadata = _recalibrated_metadata(model, onnx_path, request, final, name, version)
+    metadata["record"] = {**(metadata.get("record") or {}), "site_calibration": calibration_record}
+    written = {"onnx": str(write_with_metadata(onnx_path, out / "model.onnx", metadata))}
+    if pt_path is not None:
+        written["model"] = str(_write_model_file(pt_path, out / "model.pt", metadata))
+    report["written"] = written
     report["version"] = version
     atomic_write_json(out / "calibration.json", report)
-    atomic_write_text(out / "card.md", render_site_card(name, version, info, calibration_record))
+    card = render_site_card(name, version, metadata["conformal"], calibration_record)
+    atomic_write_text(out / "card.md", card)
     atomic_write_text(out / "report.md", render_calibration_report(report, CURVE_REPEATS))
     return report
+
+
+def _recalibrated_metadata(
+    model, onnx_path: Path, request: Request, final: Operating, name: str, version: str
+) -> dict:
+    """The source model's metadata with the site's operating point, name and version."""
+    binary = len(model.class_names) == 2
+    changes = {
+        "name": name,
+        "model_version": version,
+        "temperature": final.temperature,
+        "class_bias": list(final.bias) if final.bias is not None else None,
+        "threshold": final.threshold,
+        "rule": request.rule_of().record() if binary else None,
+        "conformal": final.conformal.to_dict(),
+    }
+    if model.metadata.get("ood_threshold") is not None and final.gate_threshold is not None:
+        changes["ood_threshold"] = final.gate_threshold
+    return recalibrated(model.metadata, onnx_path, **changes)
+
+
+def _write_model_file(source: Path, out: Path, metadata: dict) -> Path:
+    """The model file (.pt) beside the ONNX file, with the weights as they are and the same
+    operating point, name and record as the ONNX metadata."""
+    from pneumoscan.training.model_file import load_model_file, relabel_model_file
+
+    _, info = load_model_file(source)
+    info.name = metadata["name"]
+    info.temperature, info.threshold = metadata["temperature"], metadata["threshold"]
+    bias = metadata["class_bias"]
+    info.class_bias = tuple(bias) if bias is not None else None
+    info.conformal = metadata["conformal"]
+    site = metadata["record"]["site_calibration"]
+    info.record = {**(info.record or {}), "site_calibration": site}
+    if info.ood is not None and metadata.get("ood_threshold") is not None:
+        info.ood = dataclasses.replace(info.ood, threshold=metadata["ood_threshold"])
+    relabel_model_file(source, out, info)
+    return out
 
 
 def non_radiograph_refusals(model, thresholds: dict[str, float]) -> dict:

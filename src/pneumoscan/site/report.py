@@ -121,13 +121,13 @@ def render_calibration_report(report: dict, curve_repeats: int) -> str:
     )
 
 
-def render_site_card(name: str, version: str, info, record: dict) -> str:
+def render_site_card(name: str, version: str, conformal: dict, record: dict) -> str:
     """The recalibrated model's card: templates/site_card.md.j2 fed by its site_calibration
     record and its conformal scores."""
     return _template("site_card.md.j2").render(
         name=name,
         version=version,
         record=record,
-        conformal=info.conformal,
+        conformal=conformal,
         notice=NOT_DIAGNOSTIC_NOTICE,
     )

@@ -13,7 +13,6 @@ data set between machines.
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -23,17 +22,18 @@ from torch.utils.data import DataLoader
 from pneumoscan.core import dataset as ds
 from pneumoscan.core.errors import ConfigError
 from pneumoscan.core.fileio import atomic_write_json, atomic_write_text
-
-
-def film_key(path: Path | str) -> str:
-    return "/".join(Path(path).parts[-3:])
+from pneumoscan.training.runs import (
+    default_cache_dir,
+    film_key,
+    teacher_record,
+    teacher_record_path,
+)
 
 
 def teacher_logits(
     model_files: list[Path], samples: list[ds.Sample]
 ) -> tuple[np.ndarray, list[int]]:
     """Mean logits of the members over `samples` (films that fail to decode are left out)."""
-    from pneumoscan.training.fit import default_cache_dir
     from pneumoscan.training.loaders import ImageTensorDataset, decode_images
     from pneumoscan.training.model_file import load_model_file
     from pneumoscan.training.networks import predict_logits
@@ -72,40 +72,6 @@ def write_teacher_targets(
     atomic_write_text(Path(out), "\n".join(lines) + "\n")
     atomic_write_json(teacher_record_path(out), teacher_record(model_files, len(kept), task))
     return Path(out)
-
-
-def teacher_record_path(table: Path | str) -> Path:
-    """Where the teacher's provenance sits: beside its CSV, `teacher.csv` -> `teacher.json`."""
-    return Path(table).with_suffix(".json")
-
-
-def teacher_record(model_files: list[Path], films: int, task: str) -> dict:
-    """Who the teacher is: each member's run, network, fold, seed and recipe (as an ensemble
-    member's card row), and a digest of its weights file, so a student's card can name them."""
-    import hashlib
-
-    from pneumoscan.training.ship import member_facts
-
-    members = []
-    for model_file in model_files:
-        facts = member_facts(Path(model_file).parent, Path(model_file))
-        facts["model_file"] = str(model_file)
-        facts["sha256"] = hashlib.sha256(Path(model_file).read_bytes()).hexdigest()[:16]
-        members.append(facts)
-    return {
-        "combine": "mean of the members' logits",
-        "task": task,
-        "films": films,
-        "members": members,
-    }
-
-
-def read_teacher_record(table: Path | str | None) -> dict | None:
-    """The record `write_teacher_targets` left beside a targets CSV, or None (none was written)."""
-    if not table:
-        return None
-    path = teacher_record_path(table)
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def soft_targets(

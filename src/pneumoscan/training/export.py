@@ -8,7 +8,6 @@ heatmaps. Other heads export logits only, and the metadata says so (`has_cam: fa
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -16,12 +15,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from pneumoscan.core.decision import METADATA_KEY, ONNX_METADATA_FORMAT, calibrated_probabilities
+from pneumoscan.core.decision import ONNX_METADATA_FORMAT, calibrated_probabilities
 from pneumoscan.core.fileio import atomic_write
 from pneumoscan.core.shipped import resolve_model
 from pneumoscan.training.gate import GateModule, OodGate, TapRecorder, feature_model
 from pneumoscan.training.model_file import ModelInfo, load_model_file
 from pneumoscan.training.networks import Classifier, EnsembleClassifier, GroupedClassifier
+from pneumoscan.training.onnx_file import set_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ def onnx_metadata(info: ModelInfo, has_cam: bool, model_version: str | None) -> 
         "task": info.task,
         "class_names": list(info.class_names),
         "threshold": info.threshold,
+        "rule": (info.record or {}).get("rule"),  # what ship recorded: {name, params}
         "temperature": info.temperature,
         "class_bias": list(info.class_bias) if info.class_bias is not None else None,
         "preprocess": info.preprocess.to_dict(),
@@ -162,30 +163,8 @@ def _add_metadata(path: Path, info: ModelInfo, has_cam: bool, model_version: str
     import onnx
 
     proto = onnx.load(str(path))
-    _set_metadata(proto, info, has_cam, model_version)
+    set_metadata(proto, onnx_metadata(info, has_cam, model_version))
     onnx.save(proto, str(path))
-
-
-def _set_metadata(proto, info: ModelInfo, has_cam: bool, model_version: str | None) -> None:
-    for index in reversed(range(len(proto.metadata_props))):
-        if proto.metadata_props[index].key == METADATA_KEY:
-            del proto.metadata_props[index]
-    entry = proto.metadata_props.add()
-    entry.key = METADATA_KEY
-    entry.value = json.dumps(onnx_metadata(info, has_cam, model_version))
-
-
-def relabel_onnx(source: Path, out: Path, info: ModelInfo, model_version: str) -> Path:
-    """A copy of an exported ONNX file with new metadata (a recalibrated model: the same graph,
-    new temperature, threshold, gate threshold or conformal scores), written atomically."""
-    import onnx
-
-    proto = onnx.load(str(source))
-    previous = next((p.value for p in proto.metadata_props if p.key == METADATA_KEY), None)
-    has_cam = bool(json.loads(previous).get("has_cam")) if previous else False
-    _set_metadata(proto, info, has_cam, model_version)
-    atomic_write(Path(out), lambda tmp: onnx.save(proto, str(tmp)))
-    return Path(out)
 
 
 def parity(model_ref: str | Path, onnx_path: Path, images: np.ndarray) -> float:

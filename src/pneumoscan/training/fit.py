@@ -49,7 +49,6 @@ from pneumoscan.core.config import (
 from pneumoscan.core.decision import calibrated_probabilities
 from pneumoscan.core.errors import ConfigError
 from pneumoscan.core.fileio import atomic_write, atomic_write_json, atomic_write_text
-from pneumoscan.core.hardware import hardware
 from pneumoscan.core.labels import CLASS_NAMES, Task
 from pneumoscan.core.preprocess import PreprocessSpec
 from pneumoscan.core.shipped import resolve_model
@@ -81,10 +80,9 @@ from pneumoscan.training.networks import (
     predict_logits,
     scoring_device,
 )
+from pneumoscan.training.runs import MODEL_FILE, TIMING_FILE, default_cache_dir, write_timing
 
 logger = logging.getLogger(__name__)
-
-MODEL_FILE = "model.pt"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -155,11 +153,6 @@ class RunData:
     targets: np.ndarray
     split: ds.PatientSplit
     pixels: dict[int, np.ndarray]  # decoded uint8 squares per image size
-
-
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pneumoscan"
 
 
 def prepare_run_data(config: Config, sizes: set[int]) -> RunData:
@@ -335,7 +328,7 @@ def fit(
     model_path = finalize(
         config, model, run_data, features if frozen else None, spec, out_dir, shipped
     )
-    _write_timing(out_dir, resume, started, launch)
+    write_timing(out_dir, resume, started, launch)
     return model_path
 
 
@@ -529,22 +522,6 @@ def _phase_trainer(
         **device_flags(launch),
     )
     return checkpoint, trainer
-
-
-def _write_timing(out_dir: Path, resume: bool, started: float, launch) -> None:
-    """timing.json: wall time (added to the earlier sessions' on resume) and hardware."""
-    # A resumed run adds to the time already spent, so the record is the run's whole cost.
-    timing_file = out_dir / "timing.json"
-    earlier = json.loads(timing_file.read_text()) if resume and timing_file.is_file() else {}
-    timing = {
-        "wall_seconds": round(earlier.get("wall_seconds", 0.0) + time.time() - started, 1),
-        "resumed": resume,
-        "sessions": earlier.get("sessions", 1 if earlier else 0) + 1,
-        "hardware": hardware(),
-        "processes": launch.world_size,
-        "processes_per_node": launch.processes_per_node,
-    }
-    atomic_write_text(timing_file, json.dumps(timing, indent=2))
 
 
 def with_init(config: Config) -> Config:
@@ -835,5 +812,5 @@ def restore_run(model_file: Path, out_dir: Path) -> Path:
             "wall_seconds": 60 * record["training_minutes"],
             "restored_from": str(model_file),
         }
-        atomic_write_json(out_dir / "timing.json", timing)
+        atomic_write_json(out_dir / TIMING_FILE, timing)
     return out_dir

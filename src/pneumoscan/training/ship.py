@@ -35,9 +35,8 @@ from pneumoscan.core.preprocess import prepare
 from pneumoscan.core.shipped import write_provenance
 from pneumoscan.evaluation import calibration as cal
 from pneumoscan.evaluation.report import template
-from pneumoscan.training.distill import read_teacher_record
+from pneumoscan.evaluation.rules import has_params
 from pneumoscan.training.export import export_onnx, parity
-from pneumoscan.training.fit import default_cache_dir
 from pneumoscan.training.gate import (
     GATE_DESIGN,
     PART_DESCRIPTIONS,
@@ -55,6 +54,13 @@ from pneumoscan.training.networks import (
     recorded_accelerator,
     scoring_device,
 )
+from pneumoscan.training.runs import (
+    default_cache_dir,
+    film_key,
+    member_facts,
+    read_teacher_record,
+    run_timing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,11 +73,6 @@ GATE_POLICY = {"fov": "framing"}
 GATE_POLICY_KEY = "fov-as-framing"  # in the gate cache's name: a change of rule refits it
 
 
-def run_timing(run_dir: Path) -> dict:
-    timing = Path(run_dir) / "timing.json"
-    return json.loads(timing.read_text()) if timing.is_file() else {}
-
-
 @dataclass
 class RunScores:
     """A run's network on its own validation films: raw logits, targets, patients."""
@@ -82,7 +83,7 @@ class RunScores:
     logits: np.ndarray
     targets: np.ndarray
     patients: list[str]
-    keys: list[str] = field(default_factory=list)  # distill.film_key of each scored film
+    keys: list[str] = field(default_factory=list)  # runs.film_key of each scored film
     # An ensemble's out-of-fold scores: how many films each member scored, and how many films
     # had 1, 2, ... out-of-fold members.
     ensemble: dict | None = None
@@ -104,8 +105,6 @@ def score_run(run_dir: Path) -> RunScores:
     logits = predict_logits(
         model.to(device, memory_format=torch.channels_last), scoring_batches(images, device)
     ).numpy()
-    from pneumoscan.training.distill import film_key
-
     patients = [samples[i].patient for i in decoded.kept]
     keys = [film_key(samples[i].path) for i in decoded.kept]
     return RunScores(run_dir, model, info, logits, targets[decoded.kept], patients, keys)
@@ -333,8 +332,10 @@ def ship_model(
     against fp32 on every member's validation films; the fp16 model file and the fp32 graph
     stay in RUN/shipped/, outside the size budget of models/.
     """
-    if rule not in cal.THRESHOLD_RULES:
-        raise ConfigError(f"--rule {rule!r}: choose one of {', '.join(cal.THRESHOLD_RULES)}")
+    try:
+        cal.make_rule(rule, cost_fn=cost_fn)
+    except ValueError as error:
+        raise ConfigError(f"--rule {rule}: {error}") from None
     models_dir = Path(models_dir)
     if ensemble:
         # Members on different patient folds; the reported films are each member's own
@@ -437,6 +438,7 @@ def _ship_record(
         else None,
         "threshold_rule": rule if binary else None,
         "cost_fn": cost_fn if binary and rule == "cost" else None,
+        "rule": cal.make_rule(rule, cost_fn=cost_fn).record() if binary else None,
         "calibration_films": int(len(scores.targets)),
         "crossfit_folds": oos["calibration_folds"]["count"],
         "out_of_sample": {k: v for k, v in oos.items() if k != "confusion_matrix"},
@@ -445,7 +447,7 @@ def _ship_record(
             {
                 other: _fold_row(out_of_sample(scores, derive, other))
                 for other in cal.THRESHOLD_RULES
-                if other not in ("sensitivity", "cost")
+                if not has_params(other)  # a rule with parameters is compared at its own only
             }
             if binary
             else None
@@ -465,27 +467,6 @@ def weights_key(run_dirs: list[Path]) -> str:
     for run_dir in run_dirs:
         digest.update((Path(run_dir) / "model.pt").read_bytes())
     return digest.hexdigest()[:12]
-
-
-def member_facts(run_dir: Path, model_file: Path | None = None) -> dict:
-    """What the card says of one ensemble or teacher member: its run, fold, seed, recipe and
-    time (`model_file` defaults to the run's model.pt)."""
-    _, info = load_model_file(model_file or run_dir / "model.pt")
-    config = info.config or {}
-    data, train = config.get("data", {}), config.get("train", {})
-    timing = run_timing(run_dir)
-    return {
-        "run": str(run_dir),
-        "arch": info.arch,
-        "size": info.preprocess.size,
-        "fold": data.get("fold"),
-        "seed": train.get("seed"),
-        "augment_policy": train.get("augment_policy"),
-        "epochs": train.get("epochs"),
-        "training_minutes": round(timing["wall_seconds"] / 60, 1)
-        if "wall_seconds" in timing
-        else None,
-    }
 
 
 def _fold_row(metrics: dict) -> dict:
@@ -623,22 +604,6 @@ def _conformal_text(info: ModelInfo, oos: dict) -> str:
 
 
 def _rule_text(rule: str, cost_fn: float | None = None) -> str:
-    if rule == "cost":
-        cost = cost_fn if cost_fn is not None else 1.0
-        return (
-            f": pneumonia when P(pneumonia) x {cost:g} > P(normal), i.e. the threshold "
-            f"1 / (1 + {cost:g}): the least expected cost when a missed pneumonia costs {cost:g} "
-            "false alarms."
-        )
-    return {
-        "balanced": ": pneumonia when the calibrated odds exceed the validation films' prior odds. "
-        "It is set by the class balance, not by the few films at the edge of a saturated ROC "
-        "curve, so it does not move between calibration folds, and it leaves normal films room: "
-        "acquisition shift mostly pushes normal films toward pneumonia (the first release lost "
-        "specificity on the test films; here, shutters and crops do it in the stress benchmark). "
-        "On clean validation it trades sensitivity for specificity; `pneumoscan stress "
-        "--thresholds` and docs/experiments.md compare it with the other rules under shift.",
-        "youden": ": the ROC point maximising sensitivity + specificity - 1 on validation.",
-        "sensitivity": ": the highest threshold reaching the target sensitivity on validation.",
-        "half": ": 0.5, the accuracy-optimal decision at the validation prevalence.",
-    }[rule]
+    """The card's words on the shipped rule, from the registry (`evaluation.rules`)."""
+    options = {"cost_fn": cost_fn if cost_fn is not None else 1.0}
+    return ": " + cal.make_rule(rule, **options).describe("validation") + "."
