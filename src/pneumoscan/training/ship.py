@@ -372,7 +372,12 @@ def ship_model(
     version = f"{name}-{datetime.now(timezone.utc):%Y%m%d}"
     onnx_path = export_onnx(shipped_pt, models_dir / f"{name}.onnx", model_version=version)
     samples, _ = ds.read_split(run_dir, "val")
-    check = np.stack([prepare(read_image(s.path), info.preprocess) for s in samples[:8]])
+    check = np.stack(
+        [
+            prepare(read_image(s.path, min_side=info.preprocess.decode_side), info.preprocess)
+            for s in samples[:8]
+        ]
+    )
     difference = parity(shipped_pt, onnx_path, check)
     if difference > 1e-4:
         raise ModelFileError(
