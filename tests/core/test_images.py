@@ -165,9 +165,9 @@ def test_two_decodes_run_at_the_same_time(monkeypatch):
     barrier = threading.Barrier(2, timeout=10)
     real = images._read_raster
 
-    def slow_decoder(data, label, max_pixels):
+    def slow_decoder(data, label, max_pixels, min_side):
         barrier.wait()
-        return real(data, label, max_pixels)
+        return real(data, label, max_pixels, min_side)
 
     monkeypatch.setattr(images, "_read_raster", slow_decoder)
     data, results, errors = _png_bytes(), [], []

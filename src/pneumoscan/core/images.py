@@ -10,6 +10,12 @@ inputs in results without reading anything inside them (`source_label`).
 Every failure is an `InputError` (or one of its subclasses) whose one-line message names the file,
 the problem and the fix: whatever a decoder raises, a batch of files never stops on one of them.
 Sizes are checked from the header before any pixel is decoded (decompression bombs).
+
+With `min_side`, a film is decoded no smaller than that on its shorter side but no larger than it
+needs: a JPEG in the DCT at 1/2, 1/4 or 1/8 scale (Pillow's draft mode), other films by the mean of
+each k x k block of their integer pixels, before any float conversion (`area_reduce`). Callers pass
+`PreprocessSpec.decode_side`, about twice the model's input, so the later resize to the model's
+square sees the same film it would from full size.
 """
 
 from __future__ import annotations
@@ -89,6 +95,7 @@ def read_image(
     name: str | None = None,
     max_pixels: int = MAX_IMAGE_PIXELS,
     check_header: bool = False,
+    min_side: int | None = None,
 ) -> np.ndarray:
     """Decode a file, its bytes or a pydicom Dataset into a 2-D float32 array in [0, 1].
 
@@ -97,12 +104,16 @@ def read_image(
     than `max_pixels` pixels (checked before decoding) and `InputError` for anything else that
     cannot be read; never a raw decoder error. With `check_header`, a DICOM whose Modality,
     BodyPartExamined or ViewPosition says it is no frontal chest radiograph raises
-    `NotChestRadiographError` (with its `reason`) before any pixel is decoded.
+    `NotChestRadiographError` (with its `reason`) before any pixel is decoded. With `min_side`, the
+    image is decoded or reduced to the smallest size whose shorter side is still at least that
+    (never enlarged; see the module's docstring).
     """
     label = name or (str(source) if isinstance(source, (str, Path)) else "<upload>")
     try:
         if is_pydicom_dataset(source):
-            return _decoded(lambda: _dicom_pixels(source, label, max_pixels, check_header), label)
+            return _decoded(
+                lambda: _dicom_pixels(source, label, max_pixels, check_header, min_side), label
+            )
         data = (
             source if isinstance(source, (bytes, bytearray)) else _read_bytes(Path(source), label)
         )
@@ -110,9 +121,9 @@ def read_image(
             raise InputError(f"{label}: file is empty (0 bytes); re-export or re-download it.")
         if is_dicom(data):
             return _decoded(
-                lambda: _read_dicom(bytes(data), label, max_pixels, check_header), label
+                lambda: _read_dicom(bytes(data), label, max_pixels, check_header, min_side), label
             )
-        return _decoded(lambda: _read_raster(bytes(data), label, max_pixels), label)
+        return _decoded(lambda: _read_raster(bytes(data), label, max_pixels, min_side), label)
     except InputError:
         raise
     except MemoryError:
@@ -173,14 +184,21 @@ def pixels_from_array(array: np.ndarray, label: str = "<array>") -> np.ndarray:
 
 
 def decode_input(
-    item, label: str, max_pixels: int = MAX_IMAGE_PIXELS, check_header: bool = False
+    item,
+    label: str,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    check_header: bool = False,
+    min_side: int | None = None,
 ) -> np.ndarray:
     """Any accepted input -> the [0, 1] 2-D pixel contract, or an InputError (with
-    `check_header`, `NotChestRadiographError` for a DICOM that says it is no chest film)."""
+    `check_header`, `NotChestRadiographError` for a DICOM that says it is no chest film). Files
+    are decoded at `min_side` (see `read_image`); an array is taken as given."""
     if isinstance(item, np.ndarray):
         return pixels_from_array(item, label)
     if isinstance(item, (str, Path, bytes, bytearray)) or is_pydicom_dataset(item):
-        return read_image(item, name=label, max_pixels=max_pixels, check_header=check_header)
+        return read_image(
+            item, name=label, max_pixels=max_pixels, check_header=check_header, min_side=min_side
+        )
     raise InputError(
         f"{label}: cannot predict on a {type(item).__name__}; pass a path, bytes, a 2-D numpy "
         "array or a pydicom Dataset."
@@ -243,13 +261,49 @@ def _too_large(label: str, width: int, height: int, max_pixels: int, frames: int
         )
 
 
-def _read_raster(data: bytes, label: str, max_pixels: int) -> np.ndarray:
+def reduction_factor(width: int, height: int, min_side: int | None) -> int:
+    """The largest whole factor that keeps the shorter side at least `min_side` (1: none)."""
+    if not min_side or min_side <= 0:
+        return 1
+    return max(1, min(width, height) // min_side)
+
+
+def area_reduce(pixels: np.ndarray, factor: int) -> np.ndarray:
+    """The mean of each `factor` x `factor` block of a 2-D array, as float64 (the array itself
+    when `factor` < 2). Integer pixels are summed as integers, strided slice by slice (a few ms
+    for a 2,000 px film); the rows and columns past the last whole block, fewer than `factor`,
+    are dropped evenly from both edges, so the film stays centred."""
+    if factor < 2:
+        return pixels
+    height, width = pixels.shape
+    top, left = (height % factor) // 2, (width % factor) // 2
+    whole = pixels[top : top + height - height % factor, left : left + width - width % factor]
+    if np.issubdtype(whole.dtype, np.floating):
+        accumulator = np.float64
+    elif whole.dtype.itemsize <= 2 and np.issubdtype(whole.dtype, np.unsignedinteger):
+        accumulator = np.uint32  # 65535 x 256 x 256 still fits
+    else:
+        accumulator = np.int64
+    rows = whole[0::factor].astype(accumulator)
+    for offset in range(1, factor):
+        rows += whole[offset::factor]
+    total = rows[:, 0::factor].copy()
+    for offset in range(1, factor):
+        total += rows[:, offset::factor]
+    return total / float(factor * factor)
+
+
+def _read_raster(data: bytes, label: str, max_pixels: int, min_side: int | None) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data), formats=RASTER_FORMATS) as image:
             width, height = image.size
             _too_large(label, width, height, max_pixels)  # from the header: nothing decoded yet
+            if image.format == "JPEG" and image.mode in ("L", "RGB"):
+                if reduction_factor(width, height, min_side) >= 2:
+                    # libjpeg decodes at the smallest 1/2, 1/4 or 1/8 scale still >= min_side
+                    image.draft(image.mode, (min_side, min_side))
             image.load()
-            return _to_gray_unit(image)
+            return _to_gray_unit(image, reduction_factor(*image.size, min_side))
     except UnidentifiedImageError:
         if data.startswith(_PNG_MAGIC) or data.startswith(_JPEG_MAGIC):
             kind = "PNG" if data.startswith(_PNG_MAGIC) else "JPEG"
@@ -269,16 +323,18 @@ def _read_raster(data: bytes, label: str, max_pixels: int) -> np.ndarray:
         ) from None
 
 
-def _to_gray_unit(image: Image.Image) -> np.ndarray:
-    """Any Pillow mode to grayscale in [0, 1], keeping the full precision of 16-bit images."""
+def _to_gray_unit(image: Image.Image, factor: int = 1) -> np.ndarray:
+    """Any Pillow mode to grayscale in [0, 1], keeping the full precision of 16-bit images;
+    reduced by `factor` (`area_reduce`) on the integer pixels, before the float conversion."""
     if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-        return np.asarray(image, dtype=np.float32) / 65535.0
+        pixels = area_reduce(np.asarray(image), factor)
+        return (pixels / 65535.0).astype(np.float32)
     if image.mode == "I":
-        pixels = np.asarray(image, dtype=np.float32)
-        top = 65535.0 if pixels.max(initial=0) > 255 else 255.0
-        return np.clip(pixels / top, 0.0, 1.0)
+        pixels = np.asarray(image)
+        top = 65535.0 if pixels.max(initial=0) > 255 else 255.0  # from the film before reducing
+        return np.clip(area_reduce(pixels, factor) / top, 0.0, 1.0).astype(np.float32)
     if image.mode == "F":
-        return _min_max(np.asarray(image, dtype=np.float32))
+        return area_reduce(_min_max(np.asarray(image, dtype=np.float32)), factor).astype(np.float32)
     if image.mode in ("P", "PA"):
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA"):
@@ -287,7 +343,9 @@ def _to_gray_unit(image: Image.Image) -> np.ndarray:
         image = Image.alpha_composite(background, image.convert("RGBA"))
     if image.mode != "L":
         image = image.convert("L")
-    return np.asarray(image, dtype=np.float32) / 255.0
+    if factor < 2:
+        return np.asarray(image, dtype=np.float32) / 255.0
+    return (area_reduce(np.asarray(image), factor) / 255.0).astype(np.float32)
 
 
 def is_pydicom_dataset(source) -> bool:
@@ -301,7 +359,9 @@ def is_pydicom_dataset(source) -> bool:
     return isinstance(source, Dataset)
 
 
-def _read_dicom(data: bytes, label: str, max_pixels: int, check_header: bool) -> np.ndarray:
+def _read_dicom(
+    data: bytes, label: str, max_pixels: int, check_header: bool, min_side: int | None = None
+) -> np.ndarray:
     try:
         import pydicom
     except ImportError:  # pragma: no cover - pydicom is a core dependency
@@ -315,7 +375,7 @@ def _read_dicom(data: bytes, label: str, max_pixels: int, check_header: bool) ->
             f"{label}: unreadable DICOM ({type(error).__name__} while parsing the header); "
             "re-export the study."
         ) from None
-    return _dicom_pixels(dataset, label, max_pixels, check_header)
+    return _dicom_pixels(dataset, label, max_pixels, check_header, min_side)
 
 
 def inflated_limit(max_pixels: int) -> int:
@@ -414,10 +474,10 @@ def _check_acquisition(dataset, label: str) -> None:
         )
 
 
-def _dicom_pixels(dataset, label: str, max_pixels: int, check_header: bool = False) -> np.ndarray:
+def _dicom_pixels(
+    dataset, label: str, max_pixels: int, check_header: bool = False, min_side: int | None = None
+) -> np.ndarray:
     """Pixels of a parsed dataset, checked field by field before anything is decoded."""
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
     if check_header:
         _check_acquisition(dataset, label)
 
@@ -464,6 +524,25 @@ def _dicom_pixels(dataset, label: str, max_pixels: int, check_header: bool = Fal
             f"{label}: DICOM pixel data has shape {pixels.shape}, not one grayscale frame; "
             "export a single-frame MONOCHROME2 study."
         )
+    image = _dicom_unit(pixels, dataset, label, reduction_factor(*pixels.shape[::-1], min_side))
+    if photometric == "MONOCHROME1":
+        image = 1.0 - image
+    return image
+
+
+# Lookup tables and windows are not linear: a film that has one is reduced after them, in floats.
+_NONLINEAR_DICOM = ("ModalityLUTSequence", "VOILUTSequence", "WindowCenter")
+
+
+def _dicom_unit(pixels: np.ndarray, dataset, label: str, factor: int) -> np.ndarray:
+    """Stored pixels -> [0, 1] through the modality and VOI transforms, reduced by `factor`: on the
+    stored integers when every transform is linear (rescale slope and intercept only), else after
+    the transforms."""
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    linear = not any(keyword in dataset for keyword in _NONLINEAR_DICOM)
+    if linear:
+        pixels = area_reduce(pixels, factor)
     values = apply_modality_lut(pixels, dataset).astype(np.float64)
     if "VOILUTSequence" in dataset:
         image = _min_max(apply_voi_lut(values, dataset))
@@ -474,9 +553,7 @@ def _dicom_pixels(dataset, label: str, max_pixels: int, check_header: bool = Fal
         # PNG is scaled by 65535: the same film exported either way gives the same numbers.
         low, high = _stored_range(dataset, label)
         image = np.clip((values - low) / (high - low), 0.0, 1.0).astype(np.float32)
-    if photometric == "MONOCHROME1":
-        image = 1.0 - image
-    return image
+    return image if linear else area_reduce(image, factor).astype(np.float32)
 
 
 def _stored_range(dataset, label: str) -> tuple[float, float]:

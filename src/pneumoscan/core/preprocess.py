@@ -26,6 +26,17 @@ GRAY_STD = (0.25,)
 
 INTENSITY_METHODS = ("none", "equalize")
 
+# Films are decoded no smaller than this many times the model's input on their shorter side
+# (`core.images.read_image(..., min_side=...)`): a JPEG in the DCT at 1/2, 1/4 or 1/8 scale, other
+# films by an integer area mean. The resize to the square then averages at least 2x2 decoded pixels
+# per input pixel, as it did from full size, so the answers stay those of the full-size film.
+DECODE_MARGIN = 2
+
+
+def decode_side(size: int) -> int:
+    """The shorter side a film is decoded at, at least, for a `size` px model input."""
+    return DECODE_MARGIN * size
+
 
 @dataclass(frozen=True)
 class PreprocessSpec:
@@ -37,6 +48,11 @@ class PreprocessSpec:
     @property
     def channels(self) -> int:
         return len(self.mean)
+
+    @property
+    def decode_side(self) -> int:
+        """The shorter side films are decoded at, at least (see `decode_side`)."""
+        return decode_side(self.size)
 
     def with_size(self, size: int) -> PreprocessSpec:
         return replace(self, size=size)

@@ -55,7 +55,10 @@ def score_films(
 
     def load(sample: Sample):
         try:
-            return prepare(decode_input(sample.path, str(sample.path)), model.spec), None
+            return prepare(
+                decode_input(sample.path, str(sample.path), min_side=model.spec.decode_side),
+                model.spec,
+            ), None
         except InputError as error:
             return None, str(error)
         except OSError as error:

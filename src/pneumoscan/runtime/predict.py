@@ -181,8 +181,11 @@ def _prepare(
     model: OnnxModel, item, source: str, heatmap: bool, max_pixels: int, raising: bool = False
 ) -> _Prepared:
     try:
-        image = decode_input(item, source, max_pixels, check_header=model.header_check)
-        base = resize_square(image, HEATMAP_SIZE) if heatmap and model.has_cam else None
+        overlay = heatmap and model.has_cam
+        # Decoded at about twice the model's input (and no smaller than an overlay, when drawn).
+        side = max(model.spec.decode_side, HEATMAP_SIZE) if overlay else model.spec.decode_side
+        image = decode_input(item, source, max_pixels, model.header_check, min_side=side)
+        base = resize_square(image, HEATMAP_SIZE) if overlay else None
         return _Prepared(source, prepare(image, model.spec), base)
     except NotChestRadiographError as error:  # a refusal, not an error: never raised
         return _Prepared(source, refusal=(error.reason, " ".join(str(error).split())))

@@ -1,8 +1,8 @@
 """Decoded-image cache, torch Datasets and the LightningDataModule.
 
 On 2 CPU cores, decoding JPEGs every epoch costs as much as a small model's forward pass, so each
-image is decoded and resized once (`images.read_image` -> `preprocess.square_uint8`) into a uint8
-array, cached on disk, and augmented on the fly as a tensor. Under DDP each rank reads its own
+image is decoded and resized once (`images.read_image` at `preprocess.decode_side`, as prediction
+decodes it, -> `preprocess.square_uint8`) into a uint8 array, cached on disk, and augmented on the fly as a tensor. Under DDP each rank reads its own
 share of the films per epoch (`training_sampler`, `validation_sampler`).
 """
 
@@ -30,7 +30,13 @@ from pneumoscan.core.dataset import Sample
 from pneumoscan.core.errors import DatasetError, InputError
 from pneumoscan.core.fileio import atomic_write
 from pneumoscan.core.images import read_image
-from pneumoscan.core.preprocess import LEVELS, PreprocessSpec, prepare_square, square_uint8
+from pneumoscan.core.preprocess import (
+    LEVELS,
+    PreprocessSpec,
+    decode_side,
+    prepare_square,
+    square_uint8,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +48,14 @@ class DecodedImages:
     failed: list[str]  # one message per unreadable file
 
 
+# Names how films are decoded in the cache key: a new decoding gets new cache files (the old
+# ones are left as they are). 2: decoded at `decode_side`, no longer at full size.
+DECODING = "decode-side-2"
+
+
 def _decode(path: Path, size: int) -> np.ndarray:
-    return square_uint8(read_image(path), size)
+    """One film as prediction prepares it: decoded at `decode_side(size)`, then squared."""
+    return square_uint8(read_image(path, min_side=decode_side(size)), size)
 
 
 def decode_images(
@@ -60,7 +72,7 @@ def decode_images(
     """
     if cache_dir is None:
         return _decode_all(samples, size, strict, threads, cache_file=None)
-    key = hashlib.sha256()
+    key = hashlib.sha256(f"{DECODING}\n".encode())
     for sample in samples:
         stat = sample.path.stat()
         key.update(f"{sample.path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())

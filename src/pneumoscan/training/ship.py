@@ -382,7 +382,12 @@ def ship_model(
     fp32_onnx = (kept / f"{name}-fp32.onnx") if int8 else models_dir / f"{name}.onnx"
     onnx_path = export_onnx(shipped_pt, fp32_onnx, model_version=version)
     samples, _ = ds.read_split(run_dir, "val")
-    check = np.stack([prepare(read_image(s.path), info.preprocess) for s in samples[:8]])
+    check = np.stack(
+        [
+            prepare(read_image(s.path, min_side=info.preprocess.decode_side), info.preprocess)
+            for s in samples[:8]
+        ]
+    )
     difference = parity(shipped_pt, onnx_path, check)
     if difference > 1e-4:
         raise ModelFileError(
