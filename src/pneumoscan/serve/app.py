@@ -2,31 +2,32 @@
 
 Routes stay thin: each reads the upload into memory (uploads.py), refuses what it must with a
 specific status and message, and hands the bytes to `pneumoscan.api` (the same path as
-`pneumoscan predict` and `import pneumoscan`) on a worker thread. Nothing is written to disk and
-nothing about an upload (its name, a DICOM patient field) is logged or returned.
+`pneumoscan predict` and `import pneumoscan`) on worker threads (batching.py): a single film is
+decoded on a decoder thread, then runs through the model in one batch with the films of other
+requests that arrived with it; heatmaps and batch requests run alone. Nothing is written to disk
+and nothing about an upload (its name, a DICOM patient field) is logged or returned.
 
 Run it with `pneumoscan serve`; for tests, `TestClient(create_app(ServeSettings(...)))`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
 import os
-import threading
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
 import anyio.to_thread
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,7 +41,9 @@ from pneumoscan.api import Result, summarize
 from pneumoscan.core.errors import ImageTooLargeError, InputError, UnsupportedFormatError
 from pneumoscan.core.hardware import usable_cpus
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.runtime.predict import BATCH_SIZE
 from pneumoscan.serve import schemas
+from pneumoscan.serve.batching import MAX_BATCH_SIZE, MAX_BATCH_WAIT_MS, BatchFailed, Workers
 from pneumoscan.serve.metrics import RequestMetrics, ServeMetrics
 from pneumoscan.serve.uploads import (
     MemoryBudget,
@@ -74,7 +77,12 @@ class ServeSettings:
     models: tuple[str, ...] = ("binary", "three-class")  # the first is the default
     gate: bool = True
     threads: int | None = None  # ONNX Runtime threads per model; None: cores / parallel
-    parallel: int = 1  # predictions running at once in this process
+    parallel: int = 1  # model runs (batches, heatmaps, batch requests) at once in this process
+    # Dynamic batching: single-film requests run through the model together, up to this many,
+    # the first waiting at most max_batch_wait_ms for others (1 / 0: no batching).
+    max_batch_size: int = MAX_BATCH_SIZE
+    max_batch_wait_ms: float = MAX_BATCH_WAIT_MS
+    decode_threads: int | None = None  # threads decoding uploads; None: the usable cores
     max_upload_bytes: int = 20 * MB  # one file
     max_batch_files: int = 16
     max_batch_bytes: int = 64 * MB  # one batch request, all files together
@@ -96,6 +104,12 @@ class ServeSettings:
             raise ValueError("serve needs at least one model")
         if self.parallel < 1 or self.max_in_flight < 1 or self.max_in_flight_per_client < 1:
             raise ValueError("parallel, max_in_flight and max_in_flight_per_client must be >= 1")
+        if not 1 <= self.max_batch_size <= BATCH_SIZE:
+            raise ValueError(f"max batch size must be 1 to {BATCH_SIZE} (the runtime's batch)")
+        if not 0.0 <= self.max_batch_wait_ms <= 1000.0:
+            raise ValueError("max batch wait must be 0 to 1000 ms")
+        if self.decode_threads is not None and self.decode_threads < 1:
+            raise ValueError("decode threads must be >= 1")
         if not 0.0 <= self.indeterminate_margin < 0.5:
             raise ValueError("indeterminate margin must be in [0, 0.5)")
 
@@ -122,14 +136,19 @@ class ServeSettings:
     def onnx_threads(self) -> int:
         return self.threads or max(1, usable_cpus() // self.parallel)
 
+    def decoder_threads(self) -> int:
+        return self.decode_threads or usable_cpus()
+
 
 @dataclass
 class ServerState:
-    """Per-app state (no module globals): models, limits in force and request counters."""
+    """Per-app state (no module globals): models, limits in force, worker threads and request
+    counters."""
 
     settings: ServeSettings
     models: dict[str, Any]
-    limiter: anyio.CapacityLimiter
+    workers: Workers  # every model run: batches of single films, heatmaps, batch requests
+    decoders: Workers  # decoding single films before they join a batch
     budget: MemoryBudget
     index_html: str
     in_flight: int = 0
@@ -168,7 +187,13 @@ def create_app(
         settings=settings,
         models=dict(models or {}),
         ready=bool(models),  # models passed in are ready before any lifespan runs
-        limiter=anyio.CapacityLimiter(settings.parallel),
+        workers=Workers(
+            settings.parallel,
+            max_batch=settings.max_batch_size,
+            max_wait_s=settings.max_batch_wait_ms / 1000,
+            name="pneumoscan-model",
+        ),
+        decoders=Workers(settings.decoder_threads(), name="pneumoscan-decode"),
         budget=MemoryBudget(settings.memory_budget_bytes),
         index_html=(STATIC_DIR / "index.html")
         .read_text(encoding="utf-8")
@@ -176,6 +201,7 @@ def create_app(
     )
     state = app.state.server
     app.state.metrics = ServeMetrics(in_flight=lambda: state.in_flight)
+    state.workers.on_batch = app.state.metrics.record_batch
     _add_error_handlers(app)
     _add_routes(app, settings)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -249,7 +275,8 @@ def _health_router() -> APIRouter:
     @router.get("/metrics", tags=["health"], response_class=Response)
     async def metrics(request: Request) -> Response:
         """Prometheus metrics: predictions by model, status and label, gate refusals by reason,
-        request latency by route, refusals by code, requests in flight. No patient data."""
+        request latency by route, refusals by code, requests in flight, batch sizes and batch
+        waits by model. No patient data."""
         body, content_type = request.app.state.metrics.exposition()
         return Response(body, media_type=content_type)
 
@@ -340,11 +367,14 @@ def _predict_router(settings: ServeSettings, errors: dict, model_names: list[str
                 )
             data = _checked_bytes(uploads[0], request, state)
             model = state.models[model_name]
-            result = await _run(
-                request,
-                state,
-                lambda: _predict_one(model, data, heatmap, settings.indeterminate_margin, sets),
-            )
+            if heatmap:  # run alone: the overlay is drawn and compressed with the prediction
+                result = await _run(
+                    request,
+                    state.workers.submit_job,
+                    lambda: _predict_one(model, data, heatmap, settings.indeterminate_margin, sets),
+                )
+            else:
+                result = await _predict_batched(request, state, model_name, data, sets)
             if result.status == "error":
                 raise UploadRefused(400, "unreadable", result.message or "unreadable image.")
             request.app.state.metrics.record(model_name, [result])
@@ -381,7 +411,7 @@ def _predict_router(settings: ServeSettings, errors: dict, model_names: list[str
                     refused[index] = refusal
             predicted = await _run(
                 request,
-                state,
+                state.workers.submit_job,
                 lambda: _predict_many(
                     model,
                     list(accepted.values()),
@@ -539,58 +569,57 @@ def _checked_bytes(upload: UploadedFile, request: Request, state: ServerState) -
     return bytes(upload.data)
 
 
-async def _run(request: Request, state: ServerState, work):
-    """Blocking work on a worker thread, `parallel` at a time, within the request's time limit
-    (waiting for a free slot counts too).
+async def _run(request: Request, submit: Callable[..., Future], *args) -> Any:
+    """Work on a worker thread (`submit` is a `Workers` method, `args` its arguments) within the
+    request's time limit; waiting for a free thread or for a batch counts too.
 
-    A request that times out is answered at once, but its slot and its uploads' memory budget are
-    held until the thread really ends: a thread cannot be stopped, and freeing them on timeout let
-    more than `parallel` predictions run at once, holding memory no budget counted.
+    The bytes the request reserved go with the work and are released when it ends, or when it is
+    dropped before it began. A request that times out is answered at once, but its work keeps
+    them until its thread really ends: a thread cannot be stopped, and freeing them on timeout let
+    memory that no budget counted pile up behind a slow model. The pools' thread counts bound the
+    work under way, however many requests gave up on theirs.
     """
-    borrower = object()  # the slot belongs to this piece of work, not to the request's task
-    try:
-        with anyio.fail_after(max(0.0, request.state.deadline - time.monotonic())):
-            await state.limiter.acquire_on_behalf_of(borrower)
-    except TimeoutError:
-        raise _timed_out(state) from None
-    # From here the work owns the slot and the request's reserved bytes; the request's own
-    # cleanup releases nothing more.
+    state = _server(request)
+    future = submit(*args)
     reserved, request.state.reserved = request.state.reserved, 0
-    token = anyio.lowlevel.current_token()
+    if reserved:
+        loop = asyncio.get_running_loop()
 
-    def release() -> None:
-        state.budget.release(reserved)
-        state.limiter.release_on_behalf_of(borrower)
-
-    # Exactly one of two owners releases: the thread when it ends, or the request when it timed
-    # out before the thread began (anyio then never runs it).
-    lock, phase = threading.Lock(), {"started": False, "given_up": False}
-
-    def guarded():
-        with lock:
-            if phase["given_up"]:
-                return None
-            phase["started"] = True
-        try:
-            return work()
-        finally:
+        def release(_: Future) -> None:
             try:
-                anyio.from_thread.run_sync(release, token=token)
+                loop.call_soon_threadsafe(state.budget.release, reserved)
             except RuntimeError:  # the event loop is gone (shutdown): nothing left to free
                 pass
 
+        future.add_done_callback(release)
     try:
         with anyio.fail_after(max(0.0, request.state.deadline - time.monotonic())):
-            # No limiter here (the slot is ours already); an abandoned thread still ends in
-            # `release`, on the event loop.
-            return await anyio.to_thread.run_sync(guarded, abandon_on_cancel=True)
+            return await asyncio.wrap_future(future)
     except TimeoutError:
-        with lock:
-            phase["given_up"] = True
-            unstarted = not phase["started"]
-        if unstarted:
-            release()
+        future.cancel()  # dropped if no thread has taken it yet
         raise _timed_out(state) from None
+
+
+async def _predict_batched(
+    request: Request, state: ServerState, model_name: str, data: bytes, sets: float | None
+):
+    """One film without a heatmap: decoded on a decoder thread (its upload's bytes are released
+    when that ends), then run through the model once with the films of other requests for the
+    same model and options that arrived with it (batching.py)."""
+    model = state.models[model_name]
+    prepared = await _run(
+        request,
+        state.decoders.submit_job,
+        lambda: _refusing_bad_input(lambda: model.prepare(data, source="upload")),
+    )
+    margin = state.settings.indeterminate_margin
+    return await _run(
+        request,
+        state.workers.submit_item,
+        (model_name, sets),
+        prepared,
+        lambda items: model.predict(items, indeterminate_margin=margin, sets=sets),
+    )
 
 
 def _timed_out(state: ServerState) -> UploadRefused:
@@ -604,10 +633,17 @@ def _timed_out(state: ServerState) -> UploadRefused:
 
 
 def _predict_one(model, data: bytes, heatmap: bool, margin: float, sets: float | None = None):
-    try:
-        return model.predict(
+    return _refusing_bad_input(
+        lambda: model.predict(
             data, heatmap=heatmap, indeterminate_margin=margin, source="upload", sets=sets
         )
+    )
+
+
+def _refusing_bad_input(work: Callable[[], Any]) -> Any:
+    """`work()`, with an unreadable upload's InputError turned into the HTTP refusal it calls for."""
+    try:
+        return work()
     except ImageTooLargeError as error:
         raise UploadRefused(413, "too_many_pixels", str(error)) from None
     except UnsupportedFormatError as error:
@@ -752,10 +788,11 @@ class HandledErrors:
             )
             if started:  # too late for an answer: the client sees the connection end
                 return
+            what = str(error) if isinstance(error, BatchFailed) else "internal error"
             response = _error(
                 500,
                 "internal_error",
-                f"internal error; the server log has the details under request id {request_id}.",
+                f"{what}; the server log has the details under request id {request_id}.",
                 headers={"X-Request-ID": request_id},
             )
             await response(scope, receive, send)
