@@ -29,7 +29,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -255,9 +255,13 @@ def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
     # The enum in the documented body is the configured model list; the lifespan may load them
     # under the names in their metadata, which are the same for the shipped models.
     model_names = [Path(reference).stem for reference in settings.models]
-    app.include_router(_health_router())
-    app.include_router(_models_router(settings, errors))
-    app.include_router(_predict_router(settings, errors, model_names))
+    app.include_router(_health_router())  # public: the page, the docs, probes and metrics
+    # Every other route needs the API key (when one is set) through its router, so a route added
+    # to these routers is protected without a line of its own (tests/serve/test_auth_routes.py
+    # checks every route of the app).
+    protected = [Depends(_require_api_key)]
+    app.include_router(_models_router(settings, errors), dependencies=protected)
+    app.include_router(_predict_router(settings, errors, model_names), dependencies=protected)
 
 
 def _health_router() -> APIRouter:
@@ -319,7 +323,6 @@ def _models_router(settings: ServeSettings, errors: dict) -> APIRouter:
     async def list_models(request: Request) -> schemas.ModelsResponse:
         """The loaded models: names, versions, classes, thresholds and model cards."""
         state = _server(request)
-        _check_api_key(request, state.settings)
         limits = {
             "max_upload_bytes": settings.max_upload_bytes,
             "max_batch_files": settings.max_batch_files,
@@ -337,8 +340,8 @@ def _models_router(settings: ServeSettings, errors: dict) -> APIRouter:
 
 
 def _predict_router(settings: ServeSettings, errors: dict, model_names: list[str]) -> APIRouter:
-    """/v1/predict and /v1/predict/batch."""
-    router = APIRouter()
+    """/v1/predict and /v1/predict/batch; every route here is admitted first (`_admission`)."""
+    router = APIRouter(dependencies=[Depends(_admission, scope="function")])
 
     @router.post(
         "/v1/predict",
@@ -351,36 +354,36 @@ def _predict_router(settings: ServeSettings, errors: dict, model_names: list[str
         """Predict on one radiograph (multipart field `file`). Optional form fields: `model`
         (default: the first loaded), `heatmap` (true adds the overlay PNG as base64), `sets`
         (a coverage level such as 0.9 adds the conformal prediction set)."""
-        async with _admitted(request) as state:
-            form = await _read(request, state, settings.max_upload_bytes + _MULTIPART_OVERHEAD)
-            model_name, heatmap, sets = _options(form.fields, state)
-            uploads = form.files
-            if not uploads:
-                raise UploadRefused(
-                    400, "no_file", "no file in the request; send the image in a 'file' field."
-                )
-            if len(uploads) > 1:
-                raise UploadRefused(
-                    400,
-                    "too_many_files",
-                    f"{len(uploads)} files sent to /v1/predict; use /v1/predict/batch for several.",
-                )
-            data = _checked_bytes(uploads[0], request, state)
-            model = state.models[model_name]
-            if heatmap:  # run alone: the overlay is drawn and compressed with the prediction
-                result = await _run(
-                    request,
-                    state.workers.submit_job,
-                    lambda: _predict_one(model, data, heatmap, settings.indeterminate_margin, sets),
-                )
-            else:
-                result = await _predict_batched(request, state, model_name, data, sets)
-            if result.status == "error":
-                raise UploadRefused(400, "unreadable", result.message or "unreadable image.")
-            request.app.state.metrics.record(model_name, [result])
-            body = _prediction(result, model_name)
-            logger.info("predict %s: %s", model_name, result.status)
-            return JSONResponse(body.model_dump())
+        state = _server(request)
+        form = await _read(request, state, settings.max_upload_bytes + _MULTIPART_OVERHEAD)
+        model_name, heatmap, sets = _options(form.fields, state)
+        uploads = form.files
+        if not uploads:
+            raise UploadRefused(
+                400, "no_file", "no file in the request; send the image in a 'file' field."
+            )
+        if len(uploads) > 1:
+            raise UploadRefused(
+                400,
+                "too_many_files",
+                f"{len(uploads)} files sent to /v1/predict; use /v1/predict/batch for several.",
+            )
+        data = _checked_bytes(uploads[0], request, state)
+        model = state.models[model_name]
+        if heatmap:  # run alone: the overlay is drawn and compressed with the prediction
+            result = await _run(
+                request,
+                state.workers.submit_job,
+                lambda: _predict_one(model, data, heatmap, settings.indeterminate_margin, sets),
+            )
+        else:
+            result = await _predict_batched(request, state, model_name, data, sets)
+        if result.status == "error":
+            raise UploadRefused(400, "unreadable", result.message or "unreadable image.")
+        request.app.state.metrics.record(model_name, [result])
+        body = _prediction(result, model_name)
+        logger.info("predict %s: %s", model_name, result.status)
+        return JSONResponse(body.model_dump())
 
     @router.post(
         "/v1/predict/batch",
@@ -394,40 +397,40 @@ def _predict_router(settings: ServeSettings, errors: dict, model_names: list[str
     async def predict_batch(request: Request) -> JSONResponse:
         """Predict on several radiographs (repeated multipart field `files`). One bad file gets
         status `error` with a message and code; the others are predicted as usual."""
-        async with _admitted(request) as state:
-            form = await _read(request, state, settings.max_batch_bytes)
-            model_name, heatmap, sets = _options(form.fields, state)
-            if not form.files:
-                raise UploadRefused(
-                    400, "no_file", "no files in the request; send each image in a 'files' field."
-                )
-            model = state.models[model_name]
-            refused: dict[int, UploadRefused] = {}
-            accepted: dict[int, bytes] = {}
-            for index, upload in enumerate(form.files):
-                try:
-                    accepted[index] = _checked_bytes(upload, request, state)
-                except UploadRefused as refusal:
-                    refused[index] = refusal
-            predicted = await _run(
-                request,
-                state.workers.submit_job,
-                lambda: _predict_many(
-                    model,
-                    list(accepted.values()),
-                    [f"upload {index}" for index in accepted],
-                    heatmap,
-                    settings.indeterminate_margin,
-                    sets,
-                ),
+        state = _server(request)
+        form = await _read(request, state, settings.max_batch_bytes)
+        model_name, heatmap, sets = _options(form.fields, state)
+        if not form.files:
+            raise UploadRefused(
+                400, "no_file", "no files in the request; send each image in a 'files' field."
             )
-            results, items = _batch_items(
-                len(form.files), accepted, predicted, refused, model, model_name
-            )
-            request.app.state.metrics.record(model_name, results.values())
-            counts = asdict(summarize(results.values()))
-            logger.info("batch %s: %s", model_name, counts)
-            return JSONResponse(schemas.BatchResponse(results=items, counts=counts).model_dump())
+        model = state.models[model_name]
+        refused: dict[int, UploadRefused] = {}
+        accepted: dict[int, bytes] = {}
+        for index, upload in enumerate(form.files):
+            try:
+                accepted[index] = _checked_bytes(upload, request, state)
+            except UploadRefused as refusal:
+                refused[index] = refusal
+        predicted = await _run(
+            request,
+            state.workers.submit_job,
+            lambda: _predict_many(
+                model,
+                list(accepted.values()),
+                [f"upload {index}" for index in accepted],
+                heatmap,
+                settings.indeterminate_margin,
+                sets,
+            ),
+        )
+        results, items = _batch_items(
+            len(form.files), accepted, predicted, refused, model, model_name
+        )
+        request.app.state.metrics.record(model_name, results.values())
+        counts = asdict(summarize(results.values()))
+        logger.info("batch %s: %s", model_name, counts)
+        return JSONResponse(schemas.BatchResponse(results=items, counts=counts).model_dump())
 
     return router
 
@@ -460,12 +463,23 @@ def _server(request: Request) -> ServerState:
     return request.app.state.server
 
 
+async def _require_api_key(request: Request) -> None:
+    """Router dependency: the API key, checked before anything else (admission included)."""
+    _check_api_key(request, _server(request).settings)
+
+
+async def _admission(request: Request) -> AsyncIterator[None]:
+    """Router dependency of the predict routes: admitted around the route's function, released
+    once it has returned (scope "function"), before the answer is sent."""
+    async with _admitted(request):
+        yield
+
+
 @asynccontextmanager
 async def _admitted(request: Request) -> AsyncIterator[ServerState]:
-    """API key, then admission: past `max_in_flight` requests a new one gets 503 at once, before
-    its body is read, so a burst costs neither memory nor CPU."""
+    """Admission: past `max_in_flight` requests a new one gets 503 at once, before its body is
+    read, so a burst costs neither memory nor CPU."""
     state = _server(request)
-    _check_api_key(request, state.settings)
     if not state.ready:
         raise UploadRefused(503, "not_ready", "models are still loading.", {"Retry-After": "1"})
     if state.in_flight >= state.settings.max_in_flight:
