@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -368,16 +369,16 @@ def _predict_router(settings: ServeSettings, errors: dict, model_names: list[str
                 "too_many_files",
                 f"{len(uploads)} files sent to /v1/predict; use /v1/predict/batch for several.",
             )
-        data = _checked_bytes(uploads[0], request, state)
-        model = state.models[model_name]
-        if heatmap:  # run alone: the overlay is drawn and compressed with the prediction
+        if not heatmap:
+            result = await _predict_batched(request, state, model_name, uploads[0], sets)
+        else:  # run alone: the overlay is drawn and compressed with the prediction
+            data = _checked_bytes(uploads[0], request, state)
+            model = state.models[model_name]
             result = await _run(
                 request,
                 state.workers.submit_job,
                 lambda: _predict_one(model, data, heatmap, settings.indeterminate_margin, sets),
             )
-        else:
-            result = await _predict_batched(request, state, model_name, data, sets)
         if result.status == "error":
             raise UploadRefused(400, "unreadable", result.message or "unreadable image.")
         request.app.state.metrics.record(model_name, [result])
@@ -615,17 +616,17 @@ async def _run(request: Request, submit: Callable[..., Future], *args) -> Any:
 
 
 async def _predict_batched(
-    request: Request, state: ServerState, model_name: str, data: bytes, sets: float | None
+    request: Request, state: ServerState, model_name: str, upload: UploadedFile, sets: float | None
 ):
-    """One film without a heatmap: decoded on a decoder thread (its upload's bytes are released
-    when that ends), then run through the model once with the films of other requests for the
-    same model and options that arrived with it (batching.py)."""
+    """One film without a heatmap: decoded on a decoder thread, then run through the model once
+    with the films of other requests for the same model and options that arrived with it
+    (batching.py). The request keeps no copy of the upload meanwhile: the decoder holds the only
+    one, and the upload's budget is released when the decoding ends."""
     model = state.models[model_name]
-    prepared = await _run(
-        request,
-        state.decoders.submit_job,
-        lambda: _refusing_bad_input(lambda: model.prepare(data, source="upload")),
-    )
+    decode = partial(_prepare_upload, model, _checked_bytes(upload, request, state))
+    upload.data.clear()
+    prepared = await _run(request, state.decoders.submit_job, decode)
+    del decode
     margin = state.settings.indeterminate_margin
     return await _run(
         request,
@@ -634,6 +635,10 @@ async def _predict_batched(
         prepared,
         lambda items: model.predict(items, indeterminate_margin=margin, sets=sets),
     )
+
+
+def _prepare_upload(model, data: bytes):
+    return _refusing_bad_input(lambda: model.prepare(data, source="upload"))
 
 
 def _timed_out(state: ServerState) -> UploadRefused:

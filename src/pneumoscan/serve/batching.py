@@ -120,6 +120,7 @@ class Workers:
             try:
                 self._run(batch)
             finally:
+                first = batch = None  # an idle thread holds no upload or film
                 with self._condition:
                     self.busy -= 1
 
