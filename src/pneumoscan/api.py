@@ -25,7 +25,14 @@ from pathlib import Path
 
 from pneumoscan.core.images import MAX_IMAGE_PIXELS
 from pneumoscan.runtime.model import OnnxModel, load_runtime_model
-from pneumoscan.runtime.predict import Result, Summary, predict_many, predict_one, summarize
+from pneumoscan.runtime.predict import (
+    Result,
+    Summary,
+    predict_many,
+    predict_one,
+    prepare_input,
+    summarize,
+)
 
 __all__ = ["Model", "Result", "Summary", "load_model", "summarize"]
 
@@ -86,9 +93,9 @@ class Model:
         """Predict on one input, or on a list of them.
 
         x: a path (str or Path), the bytes of a JPEG/PNG/DICOM file, a 2-D numpy array (see the
-        module docstring for its contract) or a pydicom Dataset; or a list of these. `source` names
-        the input in the result (a list of names for a list); by default a path names itself and
-        other inputs are called `<upload>`, `<array>` or `<dicom>`.
+        module docstring for its contract), a pydicom Dataset or what `prepare` returned; or a list
+        of these. `source` names the input in the result (a list of names for a list); by default
+        a path names itself and other inputs are called `<upload>`, `<array>` or `<dicom>`.
 
         One input: a `Result`, or an `InputError` subclass when it cannot be read
         (`UnsupportedFormatError`, `ImageTooLargeError`). A list: a list of `Result`s in the same
@@ -119,6 +126,13 @@ class Model:
             max_pixels=self.max_pixels,
             set_coverage=sets,
         )
+
+    def prepare(self, x, source: str | None = None, heatmap: bool = False):
+        """Decode and prepare one input (any kind `predict` takes) for a later `predict`, alone or
+        in a list with others; `predict` then runs the model only. For callers that decode on
+        their own threads and batch the model across requests, as the server does. Raises the
+        input's `InputError` subclass as `predict` does; heatmap=True keeps what its overlay needs."""
+        return prepare_input(self.runtime, x, source, heatmap, self.max_pixels)
 
     def __repr__(self) -> str:
         return f"Model(name={self.name!r}, version={self.version!r}, classes={self.class_names})"

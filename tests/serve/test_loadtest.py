@@ -5,6 +5,7 @@ films are."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pneumoscan.research import bench
@@ -30,3 +31,5 @@ def test_load_benchmark_on_full_size_films_writes_its_section(tmp_path, capsys):
         f"--max-per-client={clients}" in text
         and "| errors (non-200 or connection errors) | 0 |" in text
     )
+    # what a request costs the server, the figure that holds on shared cores
+    assert re.search(r"\| server CPU time per request \| [0-9.]+ ms \|", text)

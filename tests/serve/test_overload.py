@@ -1,6 +1,6 @@
 """Issue 18 item 4: the server keeps its limits under overload. A prediction that outlives its
-request's time limit keeps its slot and its memory budget until the thread really ends, so no
-more than `parallel` predictions ever run at once; the copy of an upload counts in the budget; one
+request's time limit keeps its model thread (and, run alone, its memory budget) until the thread
+really ends, so no more than `parallel` model runs are ever under way; the copy of an upload counts in the budget; one
 client cannot hold every admission slot; a real server process's memory stays flat while waves of
 clients time out (slow)."""
 
@@ -49,9 +49,9 @@ class GatedModel:
                 self.running -= 1
 
 
-def _post(client: httpx.AsyncClient):
+def _post(client: httpx.AsyncClient, **form):
     files = {"file": ("film.jpeg", NORMAL_FILM.read_bytes(), "image/jpeg")}
-    return client.post("/v1/predict", files=files)
+    return client.post("/v1/predict", files=files, data=form)
 
 
 def _client(app, host: str = "10.0.0.1") -> httpx.AsyncClient:
@@ -59,7 +59,10 @@ def _client(app, host: str = "10.0.0.1") -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60)
 
 
-def test_timed_out_work_keeps_its_slot_and_budget_until_it_ends(models):
+@pytest.mark.parametrize("heatmap", ["true", "false"], ids=["run-alone", "batched"])
+def test_timed_out_work_keeps_its_slot_and_budget_until_it_ends(models, heatmap):
+    """A heatmap runs alone, decoding with the model, so its upload's bytes stay counted while
+    the model runs; a batched film is decoded first, and its bytes are freed when that ends."""
     slow = GatedModel(models["binary"])
     app = create_app(
         ServeSettings(parallel=1, request_timeout_s=0.5, max_in_flight_per_client=32),
@@ -69,15 +72,16 @@ def test_timed_out_work_keeps_its_slot_and_budget_until_it_ends(models):
 
     async def scenario():
         async with _client(app) as client:
-            first = await _post(client)  # times out while its prediction runs on
+            first = await _post(client, heatmap=heatmap)  # times out while its prediction runs
             assert first.status_code == 503 and first.json()["error"] == "timeout"
             assert slow.running == 1
-            assert state.limiter.borrowed_tokens == 1  # the slot is still held by the thread
-            assert state.budget.used_bytes > 0  # and so are its upload's bytes
+            assert state.workers.busy == 1  # the model thread is still held by the work
+            if heatmap == "true":
+                assert state.budget.used_bytes > 0  # and so are its upload's bytes
             statuses = []
 
             async def one():
-                statuses.append((await _post(client)).status_code)
+                statuses.append((await _post(client, heatmap=heatmap)).status_code)
 
             async with anyio.create_task_group() as group:
                 for _ in range(4):
@@ -86,7 +90,7 @@ def test_timed_out_work_keeps_its_slot_and_budget_until_it_ends(models):
             assert slow.peak == 1 and slow.entered == 1  # none of them started a second one
             slow.gate.set()
             with anyio.fail_after(30):
-                while state.limiter.borrowed_tokens or state.budget.used_bytes:
+                while state.workers.busy or state.budget.used_bytes:
                     await anyio.sleep(0.02)
             assert (await _post(client)).status_code == 200  # all freed once the work ended
             assert slow.peak == 1

@@ -56,6 +56,11 @@ def test_metrics_count_predictions_refusals_and_latency(client):
     assert value("pneumoscan_http_requests_total", route="/v1/predict", code="200") == 3
     assert value("pneumoscan_http_request_duration_seconds_count", route="/v1/predict") == 4
     assert value("pneumoscan_requests_in_flight") == 0
+    # One at a time, the three decoded films each ran as a batch of one (the broken one never
+    # reached the model).
+    assert value("pneumoscan_batch_size_count", model="binary") == 3
+    assert value("pneumoscan_batch_size_sum", model="binary") == 3
+    assert value("pneumoscan_batch_wait_seconds_count", model="binary") == 3
     assert "secret" not in text  # no file names in any label
 
 

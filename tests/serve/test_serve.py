@@ -474,3 +474,24 @@ def test_serve_command_lists_its_options():
     assert result.exit_code == 0
     for option in ("--host", "--port", "--model", "--workers", "--max-upload-mb", "127.0.0.1"):
         assert option in output
+
+
+def test_serve_batching_options_show_the_settings_defaults_and_refuse_bad_values():
+    """The defaults live in ServeSettings; the help (written before serve is imported) states
+    them, and a value out of range is one line, not a traceback."""
+    from typer.testing import CliRunner
+
+    from pneumoscan.cli import app
+
+    defaults = ServeSettings()
+    wide = {"COLUMNS": "400", "TERMINAL_WIDTH": "400"}  # one line per option in rich's box
+    output = " ".join(CliRunner().invoke(app, ["serve", "--help"], env=wide).output.split())
+    for option, default in (
+        ("--max-batch", defaults.max_batch_size),
+        ("--max-batch-wait-ms", defaults.max_batch_wait_ms),
+    ):
+        assert option in output
+        assert f"(default {default:g}" in output
+    result = CliRunner().invoke(app, ["serve", "--max-batch", "0", "-m", "binary"])
+    assert result.exit_code == 2 and "max batch size must be 1 to" in result.output
+    assert "Traceback" not in result.output

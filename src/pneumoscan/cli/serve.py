@@ -38,6 +38,28 @@ _ThreadsOption = Annotated[
     typer.Option(help="ONNX Runtime threads per prediction (default: cores / parallel)"),
 ]
 
+# Dynamic batching. The defaults live in ServeSettings (serve is not imported before the command
+# runs); a test keeps these help texts equal to them.
+_MaxBatchOption = Annotated[
+    int | None,
+    typer.Option(
+        help="single-film requests run through the model together, at most (default 16; 1: no "
+        "batching)"
+    ),
+]
+
+_MaxBatchWaitOption = Annotated[
+    float | None,
+    typer.Option(
+        help="milliseconds a batch's first film waits for others while the model is free "
+        "(default 2)"
+    ),
+]
+
+_DecodeThreadsOption = Annotated[
+    int | None, typer.Option(help="threads decoding uploads (default: the usable cores)")
+]
+
 _MaxInFlightOption = Annotated[
     int, typer.Option(help="requests handled at once; more get 503 with Retry-After")
 ]
@@ -100,8 +122,13 @@ def serve(
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     model: _ModelOption = None,
     workers: Annotated[int, typer.Option(help="server processes; each loads the models once")] = 1,
-    parallel: Annotated[int, typer.Option(help="predictions running at once in each process")] = 1,
+    parallel: Annotated[
+        int, typer.Option(help="model runs (batches, heatmaps) at once in each process")
+    ] = 1,
     threads: _ThreadsOption = None,
+    max_batch: _MaxBatchOption = None,
+    max_batch_wait_ms: _MaxBatchWaitOption = None,
+    decode_threads: _DecodeThreadsOption = None,
     max_upload_mb: Annotated[float, typer.Option(help="largest file accepted, in MB")] = 20.0,
     max_pixels: Annotated[int, typer.Option(help="largest image accepted, in pixels")] = 30_000_000,
     max_in_flight: _MaxInFlightOption = 32,
@@ -149,6 +176,11 @@ def serve(
             request_timeout_s=timeout,
             indeterminate_margin=indeterminate,
             cors_origins=tuple(cors_origin or ()),
+            **_given(
+                max_batch_size=max_batch,
+                max_batch_wait_ms=max_batch_wait_ms,
+                decode_threads=decode_threads,
+            ),
         )
     except ValueError as error:
         fail(str(error))
@@ -184,6 +216,11 @@ def serve(
         del models  # checked above; each worker loads its own
         os.environ[SETTINGS_ENV] = settings.to_environment()
         uvicorn.run("pneumoscan.serve.app:create_app", factory=True, workers=workers, **common)
+
+
+def _given(**options) -> dict:
+    """The options given on the command line; the others keep ServeSettings' defaults."""
+    return {name: value for name, value in options.items() if value is not None}
 
 
 def _tls_options(certfile: Path | None, keyfile: Path | None) -> dict:

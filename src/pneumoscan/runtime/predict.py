@@ -180,6 +180,8 @@ class _Prepared:
 def _prepare(
     model: OnnxModel, item, source: str, heatmap: bool, max_pixels: int, raising: bool = False
 ) -> _Prepared:
+    if isinstance(item, _Prepared):  # prepared ahead by `prepare_input`
+        return item
     try:
         overlay = heatmap and model.has_cam
         # Decoded at about twice the model's input (and no smaller than an overlay, when drawn).
@@ -370,6 +372,21 @@ def predict_one(
     results, maps = _infer(model, [prepared], indeterminate_margin, set_coverage)
     _attach_heatmaps(results, maps, [prepared])
     return results[0]
+
+
+def prepare_input(
+    model: OnnxModel,
+    item,
+    source: str | None = None,
+    heatmap: bool = False,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> _Prepared:
+    """Decode and prepare one input now, to predict on later (`predict_one`, or in a list to
+    `predict_many`, which then skips its decoding): the server decodes each upload on its own
+    thread, then runs the model once for the films of several requests. An unreadable input
+    raises its InputError subclass; a DICOM whose header says it is no chest film is prepared as
+    a refusal (its result is `not_chest_xray`, without running the model)."""
+    return _prepare(model, item, source_label(item, source), heatmap, max_pixels, raising=True)
 
 
 def predict_many(

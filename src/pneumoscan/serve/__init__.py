@@ -2,8 +2,9 @@
 
 Needs the [serve] extra (FastAPI, uvicorn, python-multipart); the lean install and `pneumoscan
 predict` never import it. Modules: `app` (factory, lifespan, routes), `schemas` (pydantic models,
-the OpenAPI schema), `uploads` (in-memory multipart parsing and upload checks), `loadtest`, and
-`static/` (the page).
+the OpenAPI schema), `uploads` (in-memory multipart parsing and upload checks), `batching` (the
+worker threads and the dynamic batcher), `metrics`, `protocol`, `loadtest`, and `static/` (the
+page).
 
 May import: `api`, `runtime` and `core`, and FastAPI. Never torch, never `evaluation` or above.
 """

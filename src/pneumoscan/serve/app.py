@@ -2,33 +2,35 @@
 
 Routes stay thin: each reads the upload into memory (uploads.py), refuses what it must with a
 specific status and message, and hands the bytes to `pneumoscan.api` (the same path as
-`pneumoscan predict` and `import pneumoscan`) on a worker thread. Nothing is written to disk and
-nothing about an upload (its name, a DICOM patient field) is logged or returned.
+`pneumoscan predict` and `import pneumoscan`) on worker threads (batching.py): a single film is
+decoded on a decoder thread, then runs through the model in one batch with the films of other
+requests that arrived with it; heatmaps and batch requests run alone. Nothing is written to disk
+and nothing about an upload (its name, a DICOM patient field) is logged or returned.
 
 Run it with `pneumoscan serve`; for tests, `TestClient(create_app(ServeSettings(...)))`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import html
 import json
 import logging
 import os
-import threading
 import time
 import traceback
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
 import anyio.to_thread
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -40,7 +42,9 @@ from pneumoscan.api import Result, summarize
 from pneumoscan.core.errors import ImageTooLargeError, InputError, UnsupportedFormatError
 from pneumoscan.core.hardware import usable_cpus
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+from pneumoscan.runtime.predict import BATCH_SIZE
 from pneumoscan.serve import schemas
+from pneumoscan.serve.batching import MAX_BATCH_SIZE, MAX_BATCH_WAIT_MS, BatchFailed, Workers
 from pneumoscan.serve.metrics import RequestMetrics, ServeMetrics
 from pneumoscan.serve.uploads import (
     MemoryBudget,
@@ -74,7 +78,12 @@ class ServeSettings:
     models: tuple[str, ...] = ("binary", "three-class")  # the first is the default
     gate: bool = True
     threads: int | None = None  # ONNX Runtime threads per model; None: cores / parallel
-    parallel: int = 1  # predictions running at once in this process
+    parallel: int = 1  # model runs (batches, heatmaps, batch requests) at once in this process
+    # Dynamic batching: single-film requests run through the model together, up to this many,
+    # the first waiting at most max_batch_wait_ms for others (1 / 0: no batching).
+    max_batch_size: int = MAX_BATCH_SIZE
+    max_batch_wait_ms: float = MAX_BATCH_WAIT_MS
+    decode_threads: int | None = None  # threads decoding uploads; None: the usable cores
     max_upload_bytes: int = 20 * MB  # one file
     max_batch_files: int = 16
     max_batch_bytes: int = 64 * MB  # one batch request, all files together
@@ -96,6 +105,12 @@ class ServeSettings:
             raise ValueError("serve needs at least one model")
         if self.parallel < 1 or self.max_in_flight < 1 or self.max_in_flight_per_client < 1:
             raise ValueError("parallel, max_in_flight and max_in_flight_per_client must be >= 1")
+        if not 1 <= self.max_batch_size <= BATCH_SIZE:
+            raise ValueError(f"max batch size must be 1 to {BATCH_SIZE} (the runtime's batch)")
+        if not 0.0 <= self.max_batch_wait_ms <= 1000.0:
+            raise ValueError("max batch wait must be 0 to 1000 ms")
+        if self.decode_threads is not None and self.decode_threads < 1:
+            raise ValueError("decode threads must be >= 1")
         if not 0.0 <= self.indeterminate_margin < 0.5:
             raise ValueError("indeterminate margin must be in [0, 0.5)")
 
@@ -122,14 +137,19 @@ class ServeSettings:
     def onnx_threads(self) -> int:
         return self.threads or max(1, usable_cpus() // self.parallel)
 
+    def decoder_threads(self) -> int:
+        return self.decode_threads or usable_cpus()
+
 
 @dataclass
 class ServerState:
-    """Per-app state (no module globals): models, limits in force and request counters."""
+    """Per-app state (no module globals): models, limits in force, worker threads and request
+    counters."""
 
     settings: ServeSettings
     models: dict[str, Any]
-    limiter: anyio.CapacityLimiter
+    workers: Workers  # every model run: batches of single films, heatmaps, batch requests
+    decoders: Workers  # decoding single films before they join a batch
     budget: MemoryBudget
     index_html: str
     in_flight: int = 0
@@ -168,7 +188,13 @@ def create_app(
         settings=settings,
         models=dict(models or {}),
         ready=bool(models),  # models passed in are ready before any lifespan runs
-        limiter=anyio.CapacityLimiter(settings.parallel),
+        workers=Workers(
+            settings.parallel,
+            max_batch=settings.max_batch_size,
+            max_wait_s=settings.max_batch_wait_ms / 1000,
+            name="pneumoscan-model",
+        ),
+        decoders=Workers(settings.decoder_threads(), name="pneumoscan-decode"),
         budget=MemoryBudget(settings.memory_budget_bytes),
         index_html=(STATIC_DIR / "index.html")
         .read_text(encoding="utf-8")
@@ -176,6 +202,7 @@ def create_app(
     )
     state = app.state.server
     app.state.metrics = ServeMetrics(in_flight=lambda: state.in_flight)
+    state.workers.on_batch = app.state.metrics.record_batch
     _add_error_handlers(app)
     _add_routes(app, settings)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -229,9 +256,13 @@ def _add_routes(app: FastAPI, settings: ServeSettings) -> None:
     # The enum in the documented body is the configured model list; the lifespan may load them
     # under the names in their metadata, which are the same for the shipped models.
     model_names = [Path(reference).stem for reference in settings.models]
-    app.include_router(_health_router())
-    app.include_router(_models_router(settings, errors))
-    app.include_router(_predict_router(settings, errors, model_names))
+    app.include_router(_health_router())  # public: the page, the docs, probes and metrics
+    # Every other route needs the API key (when one is set) through its router, so a route added
+    # to these routers is protected without a line of its own (tests/serve/test_auth_routes.py
+    # checks every route of the app).
+    protected = [Depends(_require_api_key)]
+    app.include_router(_models_router(settings, errors), dependencies=protected)
+    app.include_router(_predict_router(settings, errors, model_names), dependencies=protected)
 
 
 def _health_router() -> APIRouter:
@@ -249,7 +280,8 @@ def _health_router() -> APIRouter:
     @router.get("/metrics", tags=["health"], response_class=Response)
     async def metrics(request: Request) -> Response:
         """Prometheus metrics: predictions by model, status and label, gate refusals by reason,
-        request latency by route, refusals by code, requests in flight. No patient data."""
+        request latency by route, refusals by code, requests in flight, batch sizes and batch
+        waits by model. No patient data."""
         body, content_type = request.app.state.metrics.exposition()
         return Response(body, media_type=content_type)
 
@@ -292,7 +324,6 @@ def _models_router(settings: ServeSettings, errors: dict) -> APIRouter:
     async def list_models(request: Request) -> schemas.ModelsResponse:
         """The loaded models: names, versions, classes, thresholds and model cards."""
         state = _server(request)
-        _check_api_key(request, state.settings)
         limits = {
             "max_upload_bytes": settings.max_upload_bytes,
             "max_batch_files": settings.max_batch_files,
@@ -310,8 +341,8 @@ def _models_router(settings: ServeSettings, errors: dict) -> APIRouter:
 
 
 def _predict_router(settings: ServeSettings, errors: dict, model_names: list[str]) -> APIRouter:
-    """/v1/predict and /v1/predict/batch."""
-    router = APIRouter()
+    """/v1/predict and /v1/predict/batch; every route here is admitted first (`_admission`)."""
+    router = APIRouter(dependencies=[Depends(_admission, scope="function")])
 
     @router.post(
         "/v1/predict",
@@ -324,33 +355,36 @@ def _predict_router(settings: ServeSettings, errors: dict, model_names: list[str
         """Predict on one radiograph (multipart field `file`). Optional form fields: `model`
         (default: the first loaded), `heatmap` (true adds the overlay PNG as base64), `sets`
         (a coverage level such as 0.9 adds the conformal prediction set)."""
-        async with _admitted(request) as state:
-            form = await _read(request, state, settings.max_upload_bytes + _MULTIPART_OVERHEAD)
-            model_name, heatmap, sets = _options(form.fields, state)
-            uploads = form.files
-            if not uploads:
-                raise UploadRefused(
-                    400, "no_file", "no file in the request; send the image in a 'file' field."
-                )
-            if len(uploads) > 1:
-                raise UploadRefused(
-                    400,
-                    "too_many_files",
-                    f"{len(uploads)} files sent to /v1/predict; use /v1/predict/batch for several.",
-                )
+        state = _server(request)
+        form = await _read(request, state, settings.max_upload_bytes + _MULTIPART_OVERHEAD)
+        model_name, heatmap, sets = _options(form.fields, state)
+        uploads = form.files
+        if not uploads:
+            raise UploadRefused(
+                400, "no_file", "no file in the request; send the image in a 'file' field."
+            )
+        if len(uploads) > 1:
+            raise UploadRefused(
+                400,
+                "too_many_files",
+                f"{len(uploads)} files sent to /v1/predict; use /v1/predict/batch for several.",
+            )
+        if not heatmap:
+            result = await _predict_batched(request, state, model_name, uploads[0], sets)
+        else:  # run alone: the overlay is drawn and compressed with the prediction
             data = _checked_bytes(uploads[0], request, state)
             model = state.models[model_name]
             result = await _run(
                 request,
-                state,
+                state.workers.submit_job,
                 lambda: _predict_one(model, data, heatmap, settings.indeterminate_margin, sets),
             )
-            if result.status == "error":
-                raise UploadRefused(400, "unreadable", result.message or "unreadable image.")
-            request.app.state.metrics.record(model_name, [result])
-            body = _prediction(result, model_name)
-            logger.info("predict %s: %s", model_name, result.status)
-            return JSONResponse(body.model_dump())
+        if result.status == "error":
+            raise UploadRefused(400, "unreadable", result.message or "unreadable image.")
+        request.app.state.metrics.record(model_name, [result])
+        body = _prediction(result, model_name)
+        logger.info("predict %s: %s", model_name, result.status)
+        return JSONResponse(body.model_dump())
 
     @router.post(
         "/v1/predict/batch",
@@ -364,40 +398,40 @@ def _predict_router(settings: ServeSettings, errors: dict, model_names: list[str
     async def predict_batch(request: Request) -> JSONResponse:
         """Predict on several radiographs (repeated multipart field `files`). One bad file gets
         status `error` with a message and code; the others are predicted as usual."""
-        async with _admitted(request) as state:
-            form = await _read(request, state, settings.max_batch_bytes)
-            model_name, heatmap, sets = _options(form.fields, state)
-            if not form.files:
-                raise UploadRefused(
-                    400, "no_file", "no files in the request; send each image in a 'files' field."
-                )
-            model = state.models[model_name]
-            refused: dict[int, UploadRefused] = {}
-            accepted: dict[int, bytes] = {}
-            for index, upload in enumerate(form.files):
-                try:
-                    accepted[index] = _checked_bytes(upload, request, state)
-                except UploadRefused as refusal:
-                    refused[index] = refusal
-            predicted = await _run(
-                request,
-                state,
-                lambda: _predict_many(
-                    model,
-                    list(accepted.values()),
-                    [f"upload {index}" for index in accepted],
-                    heatmap,
-                    settings.indeterminate_margin,
-                    sets,
-                ),
+        state = _server(request)
+        form = await _read(request, state, settings.max_batch_bytes)
+        model_name, heatmap, sets = _options(form.fields, state)
+        if not form.files:
+            raise UploadRefused(
+                400, "no_file", "no files in the request; send each image in a 'files' field."
             )
-            results, items = _batch_items(
-                len(form.files), accepted, predicted, refused, model, model_name
-            )
-            request.app.state.metrics.record(model_name, results.values())
-            counts = asdict(summarize(results.values()))
-            logger.info("batch %s: %s", model_name, counts)
-            return JSONResponse(schemas.BatchResponse(results=items, counts=counts).model_dump())
+        model = state.models[model_name]
+        refused: dict[int, UploadRefused] = {}
+        accepted: dict[int, bytes] = {}
+        for index, upload in enumerate(form.files):
+            try:
+                accepted[index] = _checked_bytes(upload, request, state)
+            except UploadRefused as refusal:
+                refused[index] = refusal
+        predicted = await _run(
+            request,
+            state.workers.submit_job,
+            lambda: _predict_many(
+                model,
+                list(accepted.values()),
+                [f"upload {index}" for index in accepted],
+                heatmap,
+                settings.indeterminate_margin,
+                sets,
+            ),
+        )
+        results, items = _batch_items(
+            len(form.files), accepted, predicted, refused, model, model_name
+        )
+        request.app.state.metrics.record(model_name, results.values())
+        counts = asdict(summarize(results.values()))
+        logger.info("batch %s: %s", model_name, counts)
+        return JSONResponse(schemas.BatchResponse(results=items, counts=counts).model_dump())
 
     return router
 
@@ -430,12 +464,23 @@ def _server(request: Request) -> ServerState:
     return request.app.state.server
 
 
+async def _require_api_key(request: Request) -> None:
+    """Router dependency: the API key, checked before anything else (admission included)."""
+    _check_api_key(request, _server(request).settings)
+
+
+async def _admission(request: Request) -> AsyncIterator[None]:
+    """Router dependency of the predict routes: admitted around the route's function, released
+    once it has returned (scope "function"), before the answer is sent."""
+    async with _admitted(request):
+        yield
+
+
 @asynccontextmanager
 async def _admitted(request: Request) -> AsyncIterator[ServerState]:
-    """API key, then admission: past `max_in_flight` requests a new one gets 503 at once, before
-    its body is read, so a burst costs neither memory nor CPU."""
+    """Admission: past `max_in_flight` requests a new one gets 503 at once, before its body is
+    read, so a burst costs neither memory nor CPU."""
     state = _server(request)
-    _check_api_key(request, state.settings)
     if not state.ready:
         raise UploadRefused(503, "not_ready", "models are still loading.", {"Retry-After": "1"})
     if state.in_flight >= state.settings.max_in_flight:
@@ -539,58 +584,61 @@ def _checked_bytes(upload: UploadedFile, request: Request, state: ServerState) -
     return bytes(upload.data)
 
 
-async def _run(request: Request, state: ServerState, work):
-    """Blocking work on a worker thread, `parallel` at a time, within the request's time limit
-    (waiting for a free slot counts too).
+async def _run(request: Request, submit: Callable[..., Future], *args) -> Any:
+    """Work on a worker thread (`submit` is a `Workers` method, `args` its arguments) within the
+    request's time limit; waiting for a free thread or for a batch counts too.
 
-    A request that times out is answered at once, but its slot and its uploads' memory budget are
-    held until the thread really ends: a thread cannot be stopped, and freeing them on timeout let
-    more than `parallel` predictions run at once, holding memory no budget counted.
+    The bytes the request reserved go with the work and are released when it ends, or when it is
+    dropped before it began. A request that times out is answered at once, but its work keeps
+    them until its thread really ends: a thread cannot be stopped, and freeing them on timeout let
+    memory that no budget counted pile up behind a slow model. The pools' thread counts bound the
+    work under way, however many requests gave up on theirs.
     """
-    borrower = object()  # the slot belongs to this piece of work, not to the request's task
-    try:
-        with anyio.fail_after(max(0.0, request.state.deadline - time.monotonic())):
-            await state.limiter.acquire_on_behalf_of(borrower)
-    except TimeoutError:
-        raise _timed_out(state) from None
-    # From here the work owns the slot and the request's reserved bytes; the request's own
-    # cleanup releases nothing more.
+    state = _server(request)
+    future = submit(*args)
     reserved, request.state.reserved = request.state.reserved, 0
-    token = anyio.lowlevel.current_token()
+    if reserved:
+        loop = asyncio.get_running_loop()
 
-    def release() -> None:
-        state.budget.release(reserved)
-        state.limiter.release_on_behalf_of(borrower)
-
-    # Exactly one of two owners releases: the thread when it ends, or the request when it timed
-    # out before the thread began (anyio then never runs it).
-    lock, phase = threading.Lock(), {"started": False, "given_up": False}
-
-    def guarded():
-        with lock:
-            if phase["given_up"]:
-                return None
-            phase["started"] = True
-        try:
-            return work()
-        finally:
+        def release(_: Future) -> None:
             try:
-                anyio.from_thread.run_sync(release, token=token)
+                loop.call_soon_threadsafe(state.budget.release, reserved)
             except RuntimeError:  # the event loop is gone (shutdown): nothing left to free
                 pass
 
+        future.add_done_callback(release)
     try:
         with anyio.fail_after(max(0.0, request.state.deadline - time.monotonic())):
-            # No limiter here (the slot is ours already); an abandoned thread still ends in
-            # `release`, on the event loop.
-            return await anyio.to_thread.run_sync(guarded, abandon_on_cancel=True)
+            return await asyncio.wrap_future(future)
     except TimeoutError:
-        with lock:
-            phase["given_up"] = True
-            unstarted = not phase["started"]
-        if unstarted:
-            release()
+        future.cancel()  # dropped if no thread has taken it yet
         raise _timed_out(state) from None
+
+
+async def _predict_batched(
+    request: Request, state: ServerState, model_name: str, upload: UploadedFile, sets: float | None
+):
+    """One film without a heatmap: decoded on a decoder thread, then run through the model once
+    with the films of other requests for the same model and options that arrived with it
+    (batching.py). The request keeps no copy of the upload meanwhile: the decoder holds the only
+    one, and the upload's budget is released when the decoding ends."""
+    model = state.models[model_name]
+    decode = partial(_prepare_upload, model, _checked_bytes(upload, request, state))
+    upload.data.clear()
+    prepared = await _run(request, state.decoders.submit_job, decode)
+    del decode
+    margin = state.settings.indeterminate_margin
+    return await _run(
+        request,
+        state.workers.submit_item,
+        (model_name, sets),
+        prepared,
+        lambda items: model.predict(items, indeterminate_margin=margin, sets=sets),
+    )
+
+
+def _prepare_upload(model, data: bytes):
+    return _refusing_bad_input(lambda: model.prepare(data, source="upload"))
 
 
 def _timed_out(state: ServerState) -> UploadRefused:
@@ -604,10 +652,17 @@ def _timed_out(state: ServerState) -> UploadRefused:
 
 
 def _predict_one(model, data: bytes, heatmap: bool, margin: float, sets: float | None = None):
-    try:
-        return model.predict(
+    return _refusing_bad_input(
+        lambda: model.predict(
             data, heatmap=heatmap, indeterminate_margin=margin, source="upload", sets=sets
         )
+    )
+
+
+def _refusing_bad_input(work: Callable[[], Any]) -> Any:
+    """`work()`, with an unreadable upload's InputError turned into the HTTP refusal it calls for."""
+    try:
+        return work()
     except ImageTooLargeError as error:
         raise UploadRefused(413, "too_many_pixels", str(error)) from None
     except UnsupportedFormatError as error:
@@ -752,10 +807,11 @@ class HandledErrors:
             )
             if started:  # too late for an answer: the client sees the connection end
                 return
+            what = str(error) if isinstance(error, BatchFailed) else "internal error"
             response = _error(
                 500,
                 "internal_error",
-                f"internal error; the server log has the details under request id {request_id}.",
+                f"{what}; the server log has the details under request id {request_id}.",
                 headers={"X-Request-ID": request_id},
             )
             await response(scope, receive, send)

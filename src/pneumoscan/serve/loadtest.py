@@ -97,6 +97,11 @@ class ServerProcess:
         self.log.seek(0)
         return self.log.read()
 
+    def cpu_seconds(self) -> float:
+        """User plus system CPU time of the server process so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_bytes(self) -> int:
         """Resident memory of the server process (Linux /proc)."""
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
@@ -124,6 +129,7 @@ class LoadResult:
     statuses: Counter = field(default_factory=Counter)
     exceptions: Counter = field(default_factory=Counter)
     rss_samples: list[tuple[float, int]] = field(default_factory=list)
+    server_cpu_s: float | None = None  # the server's CPU time over the run
 
     @property
     def requests(self) -> int:
@@ -147,6 +153,10 @@ class LoadResult:
                 for name, q in (("p50", 50), ("p95", 95), ("p99", 99), ("max", 100))
             },
             "errors": self.errors,
+            # Robust to shared cores, unlike requests/s: what one request costs the server.
+            "server_cpu_ms_per_request": round(1000 * self.server_cpu_s / self.requests, 1)
+            if self.server_cpu_s is not None and self.requests
+            else None,
             "statuses": {str(status): count for status, count in sorted(self.statuses.items())},
             "exceptions": dict(self.exceptions),
             "rss_mb": {
@@ -220,9 +230,10 @@ def run_load(
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), server.cpu_seconds()
         asyncio.run(_drive(server.url, loaded, clients, duration, form, result))
         result.duration_s = time.monotonic() - started
+        result.server_cpu_s = server.cpu_seconds() - cpu_before
         stop.set()
         sampler.join()
         return result, server.args
@@ -293,6 +304,7 @@ def markdown(
             f"| latency p50 / p95 / p99 (max) | {latency['p50']:g} / {latency['p95']:g} / "
             f"{latency['p99']:g} ms ({latency['max']:g} ms) |",
             f"| errors (non-200 or connection errors) | {summary['errors']} |",
+            f"| server CPU time per request | {summary['server_cpu_ms_per_request']} ms |",
             f"| status codes | {', '.join(f'{k}: {v:,}' for k, v in summary['statuses'].items())} |",
             f"| server RSS at start / peak / end | {rss['start']:g} / {rss['peak']:g} / "
             f"{rss['end']:g} MB |",

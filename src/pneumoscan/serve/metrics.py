@@ -21,6 +21,8 @@ from prometheus_client import (
 
 ROUTES = ("/", "/healthz", "/readyz", "/metrics", "/v1/models", "/v1/predict", "/v1/predict/batch")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16)
+BATCH_WAIT_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
 class ServeMetrics:
@@ -65,8 +67,27 @@ class ServeMetrics:
             "Prediction requests admitted and not yet answered.",
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "pneumoscan_batch_size",
+            "Films per model run of concurrent single-film requests (dynamic batching), by model.",
+            ["model"],
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_wait = Histogram(
+            "pneumoscan_batch_wait_seconds",
+            "Time from a batch's first film being ready to its model run, by model.",
+            ["model"],
+            buckets=BATCH_WAIT_BUCKETS,
+            registry=self.registry,
+        )
         if in_flight is not None:
             self.in_flight.set_function(in_flight)
+
+    def record_batch(self, key, size: int, waited_s: float) -> None:
+        """One model run of the batcher; `key` is (model name, options)."""
+        self.batch_size.labels(key[0]).observe(size)
+        self.batch_wait.labels(key[0]).observe(waited_s)
 
     def record(self, model: str, results) -> None:
         for result in results:
