@@ -55,6 +55,7 @@ from pneumoscan.core.errors import PneumoscanError
 from pneumoscan.core.images import MAX_IMAGE_PIXELS
 from pneumoscan.dicom.delivery import DeliveryError
 from pneumoscan.dicom.producer import Producer
+from pneumoscan.dicom.report_templates import ReportTemplates
 from pneumoscan.dicom.results import REQUIRED_UIDS, encode, predict_films, result_objects
 from pneumoscan.dicom.spool import FILM_SUFFIX, Spool
 from pneumoscan.runtime.model import OnnxModel
@@ -294,6 +295,7 @@ class DicomNode:
         self.destinations = destinations
         self.settings = settings
         self.producer = Producer.from_runtime(runtime, settings.indeterminate_margin)
+        self.reports = ReportTemplates(self.producer)  # SRs filled from a template per shape
         self.spool = Spool(settings.spool, settings.group_readable)
         self.counts = Counts()
         self._films: deque[Path] = deque()
@@ -744,7 +746,7 @@ class DicomNode:
 
     def objects(self, header, result: Result) -> list:
         """The film's SR (and SC): see `results.result_objects`."""
-        return result_objects(header, result, self.producer)
+        return result_objects(header, result, self.producer, reports=self.reports)
 
 
 def _label(film: Path) -> str:

@@ -16,6 +16,7 @@ from pneumoscan.core.images import MAX_IMAGE_PIXELS, check_inflated_size, is_dic
 from pneumoscan.dicom.capture import build_capture
 from pneumoscan.dicom.producer import Producer
 from pneumoscan.dicom.report import build_report
+from pneumoscan.dicom.report_templates import ReportTemplates
 from pneumoscan.runtime.model import OnnxModel
 from pneumoscan.runtime.predict import ERROR, Result, predict_batch, predict_one
 
@@ -80,11 +81,19 @@ def _error_result(runtime: OnnxModel, label: str, error: InputError) -> Result:
 
 
 def result_objects(
-    header: Dataset, result: Result, producer: Producer, when: datetime.datetime | None = None
+    header: Dataset,
+    result: Result,
+    producer: Producer,
+    when: datetime.datetime | None = None,
+    reports: ReportTemplates | None = None,
 ) -> list[Dataset]:
-    """[SR] or [SR, SC] for `result`, in the film's patient and study (see `report`, `capture`)."""
+    """[SR] or [SR, SC] for `result`, in the film's patient and study (see `report`, `capture`);
+    with `reports` (the node's), the SR is filled from a template of its shape."""
     when = when or datetime.datetime.now().astimezone()
-    objects = [build_report(header, result, producer, when)]
+    if reports is not None:
+        objects = [reports.build(header, result, when)]
+    else:
+        objects = [build_report(header, result, producer, when)]
     capture = build_capture(header, result, producer, when)
     if capture is not None:
         objects.append(capture)
