@@ -182,15 +182,15 @@ def test_an_error_moving_a_film_to_failed_does_not_kill_the_worker(
         return fail(item, reason)
 
     monkeypatch.setattr(node.spool, "fail", broken_disk)
-    predict_film = node_module.predict_film
+    predict_films = node_module.predict_films
     films = iter(["breaks", "breaks", "fine"])  # the first film twice, then the next
 
     def predictor(*args):
         if next(films) == "breaks":
             raise ValueError("a film that breaks the predictor")
-        return predict_film(*args)
+        return predict_films(*args)
 
-    monkeypatch.setattr(node_module, "predict_film", predictor)
+    monkeypatch.setattr(node_module, "predict_films", predictor)
     node.start()
     try:
         statuses = send_films("127.0.0.1", node.settings.port, [_film(tmp_path)])
@@ -212,7 +212,7 @@ def test_a_dead_worker_makes_the_node_refuse_films_and_exit_non_zero(
 ):
     node = _node(binary_model, tmp_path)
 
-    def die(film):
+    def die(films):
         raise SystemExit  # a thread that dies anyway: no `except Exception` catches this
 
     monkeypatch.setattr(node, "_predict", die)

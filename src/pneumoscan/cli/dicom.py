@@ -76,6 +76,10 @@ _MaxAssociationsOption = Annotated[
     int, typer.Option(help="associations open at once; past it, new ones are refused")
 ]
 
+_WorkersOption = Annotated[
+    int | None,
+    typer.Option(help="prediction threads (default: 2 where two cores are usable, else 1)"),
+]
 
 _MetricsPortOption = Annotated[
     int | None,
@@ -111,7 +115,10 @@ def dicom_node(
         int, typer.Option(help="films waiting for prediction; past it, senders wait, then retry")
     ] = 16,
     queue_wait: _QueueWaitOption = 10.0,
-    workers: Annotated[int, typer.Option(help="films predicted at once")] = 1,
+    workers: _WorkersOption = None,
+    batch: Annotated[
+        int, typer.Option(help="films that queued up predicted in one model run, at most")
+    ] = 8,
     threads: OnnxThreads = None,
     max_pixels: Annotated[
         int, typer.Option(help="largest film accepted, in pixels")
@@ -150,7 +157,8 @@ def dicom_node(
         allow_aet=tuple(allow_aet or ()),
         queue_size=queue,
         queue_wait_s=queue_wait,
-        workers=workers,
+        **({} if workers is None else {"workers": workers}),
+        batch_size=batch,
         max_pixels=max_pixels,
         max_message_mb=max_mb,
         max_associations=max_associations,

@@ -3,15 +3,18 @@
 Each destination takes a list of DICOM files (or pydicom datasets) and either stores them all or raises
 `DeliveryError`, whose `retry` says whether trying again later can help (the archive is down,
 busy or out of resources) or not (it refused the objects themselves). Messages name the
-destination and the status, never a patient field; a bearer token never appears in one.
+destination and the status, never a patient field; a bearer token never appears in one. A
+C-STORE destination keeps its association open across a burst and releases it when idle.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumoscan.core.errors import PneumoscanError
@@ -21,29 +24,56 @@ from pneumoscan.core.fileio import atomic_write, make_private_dir, private_modes
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 DEFAULT_TIMEOUT_S = 30.0
+# Seconds a C-STORE association stays open without a delivery before it is released.
+DEFAULT_IDLE_S = 5.0
+
+logger = logging.getLogger(__name__)
 
 
 class DeliveryError(PneumoscanError):
     """Objects that did not reach a destination; `retry`: whether a later try can succeed."""
 
-    def __init__(self, message: str, retry: bool) -> None:
+    def __init__(self, message: str, retry: bool, lost: bool = False) -> None:
         super().__init__(message)
         self.retry = retry
+        self.lost = lost  # the association went away mid-delivery (the archive may be fine)
 
 
 def _safe_key(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:80]
 
 
+class _Link:
+    """The association a C-STORE destination keeps open across a burst of deliveries (used by
+    one thread, the node's courier)."""
+
+    def __init__(self) -> None:
+        self.association = None
+        self.last_used = 0.0
+        self.opened = 0  # associations opened since the start (the tests count them)
+
+    def drop(self, release: bool) -> None:
+        association, self.association = self.association, None
+        if association is not None and association.is_established:
+            if release:
+                association.release()
+            else:
+                association.abort()
+
+
 @dataclass(frozen=True)
 class CStoreDestination:
-    """An archive's DIMSE C-STORE SCP: `HOST:PORT:AET`."""
+    """An archive's DIMSE C-STORE SCP: `HOST:PORT:AET`. One association carries a burst of
+    deliveries: it stays open until `idle_s` pass without one (`release_idle`), and is dropped on
+    any error (the next delivery opens a new one)."""
 
     host: str
     port: int
     ae_title: str
     calling_ae_title: str = "PNEUMOSCAN"
     timeout_s: float = DEFAULT_TIMEOUT_S
+    idle_s: float = DEFAULT_IDLE_S
+    _link: _Link = field(default_factory=_Link, compare=False, repr=False)
 
     @classmethod
     def parse(cls, text: str, calling_ae_title: str = "PNEUMOSCAN") -> CStoreDestination:
@@ -65,13 +95,48 @@ class CStoreDestination:
     def key(self) -> str:
         return _safe_key(f"cstore-{self.host}-{self.port}-{self.ae_title}")
 
+    @property
+    def associations_opened(self) -> int:
+        return self._link.opened
+
     def __str__(self) -> str:
         return f"C-STORE {self.host}:{self.port}:{self.ae_title}"
 
     def send(self, items: list) -> None:
+        """Store every item, on the open association if there is one. A reused association that
+        turns out to be gone (the archive closed it while idle) is replaced once, at once: the
+        objects' UIDs are fixed, so storing one again replaces it."""
+        reused = self._link.association is not None and self._link.association.is_established
+        try:
+            try:
+                self._store(self._association(), items)
+            except DeliveryError as error:
+                if not (reused and error.lost):
+                    raise
+                self._link.drop(release=False)
+                self._store(self._association(), items)  # a new association; its errors stand
+        except BaseException:  # whatever went wrong, the association's state is unknown
+            self._link.drop(release=False)
+            raise
+        self._link.last_used = time.monotonic()
+
+    def release_idle(self, now: float | None = None, force: bool = False) -> float | None:
+        """Release the association once `idle_s` have passed without a delivery (or now, with
+        `force`); the seconds until it is due otherwise, None when none is open."""
+        if self._link.association is None:
+            return None
+        left = self._link.last_used + self.idle_s - (time.monotonic() if now is None else now)
+        if force or left <= 0 or not self._link.association.is_established:
+            self._link.drop(release=True)
+            return None
+        return left
+
+    def _association(self):
+        if self._link.association is not None and self._link.association.is_established:
+            return self._link.association
+        self._link.drop(release=False)
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
         from pynetdicom import AE
-        from pynetdicom.status import code_to_category
 
         ae = AE(ae_title=self.calling_ae_title)
         for sop_class in (COMPREHENSIVE_3D_SR, SECONDARY_CAPTURE):
@@ -82,31 +147,39 @@ class CStoreDestination:
         if not association.is_established:
             how = "rejected the association" if association.is_rejected else "did not answer"
             raise DeliveryError(f"{self}: the archive {how}", retry=True)
-        try:
-            for item in items:
-                try:
-                    status = association.send_c_store(item)
-                except ValueError:  # no accepted presentation context for this SOP class
-                    raise DeliveryError(
-                        f"{self}: the archive accepts no Comprehensive 3D SR or Secondary "
-                        "Capture storage from this AE title",
-                        retry=False,
-                    ) from None
-                code = int(status.get("Status", -1)) if status else -1
-                if code == -1:
-                    raise DeliveryError(f"{self}: connection lost before the answer", retry=True)
-                category = code_to_category(code)
-                if category in ("Success", "Warning"):
-                    continue
-                comment = str(status.get("ErrorComment", "") or "")[:120]
-                retry = 0xA700 <= code <= 0xA7FF or code == 0x0210  # out of resources, busy
+        self._link.association = association
+        self._link.opened += 1
+        logger.info("%s: association opened (%d so far)", self, self._link.opened)
+        return association
+
+    def _store(self, association, items: list) -> None:
+        from pynetdicom.status import code_to_category
+
+        for item in items:
+            try:
+                status = association.send_c_store(item)
+            except ValueError:  # no accepted presentation context for this SOP class
                 raise DeliveryError(
-                    f"{self}: status 0x{code:04X} ({category}){': ' + comment if comment else ''}",
-                    retry=retry,
+                    f"{self}: the archive accepts no Comprehensive 3D SR or Secondary "
+                    "Capture storage from this AE title",
+                    retry=False,
+                ) from None
+            except RuntimeError:  # pynetdicom: the association is no longer established
+                raise DeliveryError(f"{self}: association lost", retry=True, lost=True) from None
+            code = int(status.get("Status", -1)) if status else -1
+            if code == -1:
+                raise DeliveryError(
+                    f"{self}: connection lost before the answer", retry=True, lost=True
                 )
-        finally:
-            if association.is_established:
-                association.release()
+            category = code_to_category(code)
+            if category in ("Success", "Warning"):
+                continue
+            comment = str(status.get("ErrorComment", "") or "")[:120]
+            retry = 0xA700 <= code <= 0xA7FF or code == 0x0210  # out of resources, busy
+            raise DeliveryError(
+                f"{self}: status 0x{code:04X} ({category}){': ' + comment if comment else ''}",
+                retry=retry,
+            )
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,14 @@ How a film travels, and why nothing is lost:
    `queue_wait_s`, which slows the sender down, then refuses with 0xA700 so it retries later). The
    film is written to the spool's inbox, atomically, before the C-STORE is answered with success.
    A message larger than `max_message_mb` aborts its association (DIMSE cannot answer mid-message).
-2. **Prediction** (`workers` threads, one ONNX Runtime model): the SR and SC are committed to the
-   outbox, then the film leaves the inbox. A film that cannot be read gets an SR that says no
+2. **Prediction** (`workers` threads, one ONNX Runtime model): a worker takes the films waiting,
+   up to `batch_size`, and runs the model once over them; each film's SR and SC are committed to
+   the outbox, then the film leaves the inbox. A film that cannot be read gets an SR that says no
    result was produced and why, as does one the gate refuses.
    A film the predictor cannot read goes to `failed/` with its reason; an error of the disk
    (ENOSPC, EIO while writing the results) keeps the film in the inbox, retried later.
-3. **Delivery** (one courier thread): each destination gets each result folder; a destination
+3. **Delivery** (one courier thread): each destination gets each result folder (a C-STORE
+   destination on one association kept open across a burst, released when idle); a destination
    that is down or busy is retried with exponential backoff (2 s doubling to `retry_max_s`) while
    the results wait on disk; a result folder the archive refuses for good, or whose files cannot
    be read, goes to `failed/` at once with its reason, and one that fails `max_attempts` times in
@@ -53,7 +55,8 @@ from pneumoscan.core.errors import PneumoscanError
 from pneumoscan.core.images import MAX_IMAGE_PIXELS
 from pneumoscan.dicom.delivery import DeliveryError
 from pneumoscan.dicom.producer import Producer
-from pneumoscan.dicom.results import REQUIRED_UIDS, encode, predict_film, result_objects
+from pneumoscan.dicom.report_templates import ReportTemplates
+from pneumoscan.dicom.results import REQUIRED_UIDS, encode, predict_films, result_objects
 from pneumoscan.dicom.spool import FILM_SUFFIX, Spool
 from pneumoscan.runtime.model import OnnxModel
 from pneumoscan.runtime.predict import Result
@@ -75,6 +78,10 @@ DOES_NOT_MATCH = 0xA900  # the dataset is not its context's SOP class, or lacks 
 CANNOT_UNDERSTAND = 0xC000  # the dataset cannot be parsed
 NOT_SUPPORTED = 0x0122  # refused: the dataset is of a SOP class the node does not take
 
+# Films one worker predicts in one model run (when that many wait), and the most bytes of film
+# they may hold in memory together.
+BATCH_SIZE = 8
+BATCH_BYTES = 64 * 1024 * 1024
 # Seconds a new connection has to send its A-ASSOCIATE request: silent sockets must not hold the
 # association slots (`max_associations`) for long.
 ASSOCIATION_TIMEOUT_S = 10
@@ -92,6 +99,14 @@ RESULT_HEADER = (
 )
 
 
+def default_workers() -> int:
+    """Prediction workers: two where two cores are usable (one runs the model while the other
+    builds and writes the last batch's objects), one on a single core."""
+    from pneumoscan.core.hardware import usable_cpus
+
+    return min(2, usable_cpus())
+
+
 @dataclass(frozen=True)
 class NodeSettings:
     spool: Path
@@ -101,7 +116,8 @@ class NodeSettings:
     allow_aet: tuple[str, ...] = ()
     queue_size: int = 16
     queue_wait_s: float = 10.0
-    workers: int = 1
+    workers: int = field(default_factory=lambda: default_workers())
+    batch_size: int = BATCH_SIZE
     max_pixels: int = MAX_IMAGE_PIXELS
     max_message_mb: float = 512.0
     max_associations: int = 10
@@ -119,8 +135,8 @@ class NodeSettings:
     def __post_init__(self) -> None:
         if not 0 < len(self.ae_title.strip()) <= 16:
             raise PneumoscanError(f"--ae-title {self.ae_title!r}: give 1 to 16 characters.")
-        if self.queue_size < 1 or self.workers < 1:
-            raise PneumoscanError("--queue and --workers: give 1 or more.")
+        if self.queue_size < 1 or self.workers < 1 or self.batch_size < 1:
+            raise PneumoscanError("--queue, --workers and --batch: give 1 or more.")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise PneumoscanError("--tls-cert and --tls-key go together: give both, or neither.")
         if self.tls_ca is not None and self.tls_cert is None:
@@ -279,6 +295,7 @@ class DicomNode:
         self.destinations = destinations
         self.settings = settings
         self.producer = Producer.from_runtime(runtime, settings.indeterminate_margin)
+        self.reports = ReportTemplates(self.producer)  # SRs filled from a template per shape
         self.spool = Spool(settings.spool, settings.group_readable)
         self.counts = Counts()
         self._films: deque[Path] = deque()
@@ -592,19 +609,33 @@ class DicomNode:
                     self._queue.wait()
                 if self._stopping.is_set():
                     return
-                film = self._films.popleft()
+                films = self._take_batch()
             try:
-                done = self._predict(film)
-            except Exception:  # nothing may end the worker: log, keep the film, go on
-                logger.exception("film %s: unexpected error; kept for a retry", film.name)
-                done = self._count_attempt(film)
-            if done:
+                done = self._predict(films)
+            except Exception:  # nothing may end the worker: log, keep the films, go on
+                for film in films:
+                    logger.exception("film %s: unexpected error; kept for a retry", film.name)
+                done = [self._count_attempt(film) for film in films]
+            kept = [film for film, finished in zip(films, done) if not finished]
+            for _ in range(len(films) - len(kept)):
                 self._release()
-            else:
+            if kept:
                 self._stopping.wait(self.settings.retry_base_s)  # e.g. a full disk: let it pass
                 with self._queue:
-                    self._films.append(film)  # still pending: its place in the queue is kept
+                    self._films.extend(kept)  # still pending: their places in the queue are kept
                     self._queue.notify_all()
+
+    def _take_batch(self) -> list[Path]:
+        """The films waiting, oldest first, up to `batch_size` and `BATCH_BYTES` (at least one);
+        called with the queue's lock held."""
+        films = [self._films.popleft()]
+        total = _size(films[0])
+        while self._films and len(films) < self.settings.batch_size:
+            total += _size(self._films[0])
+            if total > BATCH_BYTES:
+                break
+            films.append(self._films.popleft())
+        return films
 
     def _count_attempt(self, film: Path) -> bool:
         """True once a film has failed `max_attempts` times: it leaves the queue (it stays in
@@ -620,43 +651,78 @@ class DicomNode:
             logger.error("film %s: cannot move it to failed/ (%s)", film.name, error)
         return True
 
-    def _predict(self, film: Path) -> bool:
-        """True when the film is done with (results committed, or the film in failed/); False
-        when the disk failed us (the film stays in the inbox for a retry)."""
+    def _predict(self, films: list[Path]) -> list[bool]:
+        """For each film, True when it is done with (results committed, or the film in failed/),
+        False when the disk failed us (the film stays in the inbox for a retry). The model runs
+        once over the films that could be read."""
         import pydicom
 
-        name = film.name.removesuffix(FILM_SUFFIX)
-        label = f"film {name}"
-        if not film.exists():  # already committed (or removed by hand)
-            return True
+        done: dict[Path, bool] = {}
+        readable, datasets = [], []
+        for film in films:
+            if not film.exists():  # already committed (or removed by hand)
+                done[film] = True
+                continue
+            try:
+                datasets.append(pydicom.dcmread(film))
+            except Exception as error:  # a film that breaks the pipeline must not stop the node
+                done[film] = self._fail_film(film, error)
+                continue
+            readable.append(film)
+        outcomes = self._outcomes(datasets, [_label(film) for film in readable])
+        del datasets  # the pixels are done with; the objects need the header only
+        for film, outcome in zip(readable, outcomes):
+            done[film] = self._finish(film, outcome)
+        return [done[film] for film in films]
+
+    def _outcomes(self, datasets: list, labels: list[str]) -> list[Result | Exception]:
+        """`predict_films`; should the batch raise, each film again alone, so the exception
+        stays with the film that raised it."""
         try:
-            dataset = pydicom.dcmread(film)
-            result = predict_film(
+            return predict_films(
                 self.runtime,
-                dataset,
-                label,
+                datasets,
+                labels,
                 self.settings.indeterminate_margin,
                 self.settings.max_pixels,
             )
-            del dataset  # the pixels are done with; the objects need the header only
+        except Exception as error:  # a film that breaks the predictor must not stop the node
+            if len(datasets) == 1:
+                return [error]
+            return [self._outcomes([one], [label])[0] for one, label in zip(datasets, labels)]
+
+    def _fail_film(self, film: Path, error: Exception) -> bool:
+        """The film to failed/ with its reason: True, or False when even that failed (kept)."""
+        label = _label(film)
+        reason = f"{label}: no result could be made ({type(error).__name__})"
+        logger.error("%s; the film is kept in %s", reason, self.spool.failed)
+        try:
+            self.spool.fail(film, reason)
+        except OSError as disk:
+            logger.error("%s: cannot move it to failed/ (%s); retried later", label, disk)
+            return False
+        self.counts.add("failed")
+        return True
+
+    def _finish(self, film: Path, outcome: Result | Exception) -> bool:
+        """The film's result objects committed to the outbox (see `_predict`)."""
+        import pydicom
+
+        label = _label(film)
+        if isinstance(outcome, Exception):
+            return self._fail_film(film, outcome)
+        result = outcome
+        try:
             header = pydicom.dcmread(film, stop_before_pixels=True)
-            objects = [encode(item) for item in result_objects(header, result, self.producer)]
+            objects = [encode(item) for item in self.objects(header, result)]
             record = {
-                "received": received_at(name),
+                "received": received_at(film.name.removesuffix(FILM_SUFFIX)),
                 "predicted": time.time(),
                 "status": result.status,
                 "label": result.label,
             }
         except Exception as error:  # a film that breaks the pipeline must not stop the node
-            reason = f"{label}: no result could be made ({type(error).__name__})"
-            logger.error("%s; the film is kept in %s", reason, self.spool.failed)
-            try:
-                self.spool.fail(film, reason)
-            except OSError as disk:
-                logger.error("%s: cannot move it to failed/ (%s); retried later", label, disk)
-                return False
-            self.counts.add("failed")
-            return True
+            return self._fail_film(film, error)
         try:
             self.spool.commit(film, objects, record)
         except OSError as error:  # the disk, not the film: never failed/, try again later
@@ -677,6 +743,21 @@ class DicomNode:
         )
         self._courier.notify()
         return True
+
+    def objects(self, header, result: Result) -> list:
+        """The film's SR (and SC): see `results.result_objects`."""
+        return result_objects(header, result, self.producer, reports=self.reports)
+
+
+def _label(film: Path) -> str:
+    return f"film {film.name.removesuffix(FILM_SUFFIX)}"
+
+
+def _size(film: Path) -> int:
+    try:
+        return film.stat().st_size
+    except OSError:
+        return 0
 
 
 def _probabilities(result: Result) -> str:
@@ -729,10 +810,26 @@ class Courier(threading.Thread):
                 continue
             now = time.monotonic()
             waiting = [at - now for key, at in self._retry_at.items() if self._failures[key]]
-            if pending and waiting:
-                self._wake.wait(max(0.05, min(waiting)))
-            else:
-                self._wake.wait(5.0)  # also picks up results of an earlier run
+            # 5 s: also picks up results of an earlier run
+            timeout = max(0.05, min(waiting)) if pending and waiting else 5.0
+            self._wake.wait(min(timeout, self._release_idle()))
+        self._release_idle(force=True)
+
+    def _release_idle(self, force: bool = False) -> float:
+        """Release the associations idle for their interval (all with `force`); the seconds
+        until the next one is due."""
+        due = [5.0]
+        for destination in self.destinations:
+            if not hasattr(destination, "release_idle"):
+                continue
+            try:
+                left = destination.release_idle(force=force)
+            except Exception:  # a release that fails leaves nothing to deliver behind
+                logger.warning("%s: the idle association could not be released", destination)
+                continue
+            if left is not None:
+                due.append(max(0.05, left))
+        return min(due)
 
     def _deliver_due(self) -> None:
         for destination in self.destinations:

@@ -16,8 +16,9 @@ from pneumoscan.core.images import MAX_IMAGE_PIXELS, check_inflated_size, is_dic
 from pneumoscan.dicom.capture import build_capture
 from pneumoscan.dicom.producer import Producer
 from pneumoscan.dicom.report import build_report
+from pneumoscan.dicom.report_templates import ReportTemplates
 from pneumoscan.runtime.model import OnnxModel
-from pneumoscan.runtime.predict import ERROR, Result, predict_one
+from pneumoscan.runtime.predict import ERROR, Result, predict_batch, predict_one
 
 # What a film's header must hold for a result to be filed with it.
 REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
@@ -42,21 +43,57 @@ def predict_film(
             max_pixels=max_pixels,
         )
     except InputError as error:
-        return Result(
-            source=label,
-            status=ERROR,
-            message=str(error),
-            model_name=runtime.name,
-            model_version=runtime.version,
-        )
+        return _error_result(runtime, label, error)
+
+
+def predict_films(
+    runtime: OnnxModel,
+    films: list[Dataset],
+    labels: list[str],
+    indeterminate_margin: float = 0.0,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> list[Result | Exception]:
+    """`predict_film` for each film, with the model run once over them all: each entry is the
+    film's Result (an `error` Result for a film that cannot be read), or the unexpected
+    exception that film raised."""
+    outcomes = predict_batch(
+        runtime,
+        films,
+        labels,
+        heatmap=True,
+        indeterminate_margin=indeterminate_margin,
+        max_pixels=max_pixels,
+    )
+    return [
+        _error_result(runtime, label, outcome) if isinstance(outcome, InputError) else outcome
+        for label, outcome in zip(labels, outcomes)
+    ]
+
+
+def _error_result(runtime: OnnxModel, label: str, error: InputError) -> Result:
+    return Result(
+        source=label,
+        status=ERROR,
+        message=str(error),
+        model_name=runtime.name,
+        model_version=runtime.version,
+    )
 
 
 def result_objects(
-    header: Dataset, result: Result, producer: Producer, when: datetime.datetime | None = None
+    header: Dataset,
+    result: Result,
+    producer: Producer,
+    when: datetime.datetime | None = None,
+    reports: ReportTemplates | None = None,
 ) -> list[Dataset]:
-    """[SR] or [SR, SC] for `result`, in the film's patient and study (see `report`, `capture`)."""
+    """[SR] or [SR, SC] for `result`, in the film's patient and study (see `report`, `capture`);
+    with `reports` (the node's), the SR is filled from a template of its shape."""
     when = when or datetime.datetime.now().astimezone()
-    objects = [build_report(header, result, producer, when)]
+    if reports is not None:
+        objects = [reports.build(header, result, when)]
+    else:
+        objects = [build_report(header, result, producer, when)]
     capture = build_capture(header, result, producer, when)
     if capture is not None:
         objects.append(capture)

@@ -389,6 +389,33 @@ def prepare_input(
     return _prepare(model, item, source_label(item, source), heatmap, max_pixels, raising=True)
 
 
+def predict_batch(
+    model: OnnxModel,
+    items: Sequence,
+    sources: Sequence[str],
+    heatmap: bool = False,
+    indeterminate_margin: float = 0.0,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+) -> list[Result | Exception]:
+    """`predict_one` for each item, with the model run once over the whole batch (the DICOM
+    node's films that queued up): each entry is that item's Result, or the exception
+    `predict_one` would have raised for it (an unreadable input's InputError, say)."""
+    prepared: list[_Prepared] = []
+    outcomes: list[Result | Exception | None] = []
+    for item, source in zip(items, sources, strict=True):
+        try:
+            prepared.append(_prepare(model, item, source, heatmap, max_pixels, raising=True))
+            outcomes.append(None)
+        except Exception as error:  # this item's own failure; the others go on
+            outcomes.append(error)
+    if prepared:
+        results, maps = _infer(model, prepared, indeterminate_margin)
+        _attach_heatmaps(results, maps, prepared)
+        made = iter(results)
+        outcomes = [next(made) if outcome is None else outcome for outcome in outcomes]
+    return outcomes
+
+
 def predict_many(
     model: OnnxModel,
     items: Sequence,

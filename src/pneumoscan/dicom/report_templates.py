@@ -1,0 +1,321 @@
+"""Cheaper SRs: highdicom builds a report once per shape of report, and each film fills a copy.
+
+highdicom takes about 100 ms to build one TID 1500 SR (checks and copies of the content tree),
+and the films of a burst get the same tree but for a few values: their UIDs, patient and study
+fields, size, probabilities, the time, and the reason when there is no result.
+`ReportTemplates.build` gives the dataset `report.build_report` gives, for less:
+
+- a report's *shape*: the result's status, label and classes, whether it has a reason, and every
+  header attribute of the film except those filled per film (`FILLED`) and per-image attributes
+  no part of the report reads (`UNREAD`); for each filled one, only whether it has a value;
+- the first film of a shape: highdicom builds the reports of two *probes*, the film with each
+  filled attribute set to a made-up value, unique to the probe (probe B also drops every
+  `UNREAD` attribute), and the result with made-up probabilities, gate score and message. An
+  element holding one of the made-up values (or a UID derived from one) is a *slot*. The two
+  reports must agree everywhere else, slot for slot; otherwise something per film reaches the
+  report in a way the slots do not cover, and that shape keeps highdicom's path;
+- every other film of that shape: a deep copy of probe A's report with each slot set to the
+  film's own value, made as highdicom makes it (`DA`, `TM`, `DT`, `DS` with auto-format, FD).
+
+tests/dicom/test_report_templates.py compares the two paths on films that differ in every
+filled and unread attribute, for each kind of result.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import datetime
+import threading
+import uuid
+
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+from pydicom.valuerep import DA, DS, DT, TM
+
+from pneumoscan.dicom.producer import Producer, instance_number
+from pneumoscan.dicom.report import build_report, no_result_reason
+from pneumoscan.runtime.predict import ERROR, Result
+
+# Header attributes each film fills in (the values the report copies), and how a probe's
+# made-up value for each is made from a unique text (`_probe_values`).
+FILLED = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientAge",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "ReferringPhysicianName",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "Rows",
+    "Columns",
+    "InstanceNumber",
+)
+# Per-image attributes (acquisition, pixels, presentation) that the report does not read;
+# probe B drops them all, so a report that read one would not get a template.
+UNREAD = frozenset(
+    {
+        "ContentDate",
+        "ContentTime",
+        "AcquisitionDate",
+        "AcquisitionTime",
+        "AcquisitionDateTime",
+        "AcquisitionNumber",
+        "InstanceCreationDate",
+        "InstanceCreationTime",
+        "SeriesDate",
+        "SeriesTime",
+        "SeriesNumber",
+        "SeriesDescription",
+        "ImageType",
+        "BodyPartExamined",
+        "ViewPosition",
+        "PatientOrientation",
+        "ImageLaterality",
+        "Laterality",
+        "ImagerPixelSpacing",
+        "PixelSpacing",
+        "WindowCenter",
+        "WindowWidth",
+        "WindowCenterWidthExplanation",
+        "VOILUTFunction",
+        "RescaleIntercept",
+        "RescaleSlope",
+        "RescaleType",
+        "PresentationIntentType",
+        "PixelIntensityRelationship",
+        "PixelIntensityRelationshipSign",
+        "PresentationLUTShape",
+        "BurnedInAnnotation",
+        "LossyImageCompression",
+        "LossyImageCompressionRatio",
+        "LossyImageCompressionMethod",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+        "PlanarConfiguration",
+        "KVP",
+        "ExposureTime",
+        "XRayTubeCurrent",
+        "Exposure",
+        "ExposureInuAs",
+        "DistanceSourceToDetector",
+        "DistanceSourceToPatient",
+    }
+)
+# What highdicom stamps with its own clock (its creation time, its own contributing-equipment
+# item): filled with the time the report is made.
+NOW = {
+    Tag("InstanceCreationDate"): "now date",
+    Tag("InstanceCreationTime"): "now time",
+    Tag("ContributionDateTime"): "now datetime",
+}
+MAX_SHAPES = 64  # templates kept; later shapes take highdicom's path
+
+
+@dataclasses.dataclass
+class _Template:
+    report: Dataset
+    slots: list[tuple[tuple, str]]  # (path to an element, the value's name)
+
+
+class ReportTemplates:
+    """`build_report` for one producer, with a template per shape of report (thread-safe)."""
+
+    def __init__(self, producer: Producer) -> None:
+        self.producer = producer
+        self._templates: dict[tuple, _Template | None] = {}
+        self._lock = threading.Lock()
+        self.filled = 0  # reports made from a template (the tests read these)
+        self.built = 0  # reports highdicom built (probes included)
+
+    def build(
+        self, source: Dataset, result: Result, when: datetime.datetime | None = None
+    ) -> Dataset:
+        when = when or datetime.datetime.now().astimezone()
+        shape = _shape(source, result, self.producer)
+        with self._lock:
+            if shape not in self._templates and len(self._templates) < MAX_SHAPES:
+                self._templates[shape] = self._template(source, result, when)
+            template = self._templates.get(shape)
+        if template is None:
+            self.built += 1
+            return build_report(source, result, self.producer, when)
+        values = _values(source, result, self.producer, when)
+        report = copy.deepcopy(template.report)
+        now = datetime.datetime.now()
+        values.update(
+            {"now date": DA(now.date()), "now time": TM(now.time()), "now datetime": DT(now)}
+        )
+        for path, name in template.slots:
+            _element(report, path).value = values[name]
+        self.filled += 1
+        return report
+
+    def _template(self, source: Dataset, result: Result, when: datetime.datetime):
+        """Probe A's report and its slots, or None when the probes disagree (or fail)."""
+        probes = []
+        for probe in ("a", "b"):
+            header, probe_result, probe_when = _probe(source, result, when, probe)
+            try:
+                report = build_report(header, probe_result, self.producer, probe_when)
+            except Exception:  # a probe highdicom refuses: this shape keeps the plain path
+                return None
+            self.built += 1
+            values = _values(header, probe_result, self.producer, probe_when)
+            index = {_text(name, value): name for name, value in values.items()}
+            if len(index) != len(values):  # two made-up values alike: slots would be ambiguous
+                return None
+            probes.append((report, _leaves(report), index))
+        (report_a, leaves_a, index_a), (_, leaves_b, index_b) = probes
+        if [path for path, _ in leaves_a] != [path for path, _ in leaves_b]:
+            return None
+        slots = []
+        for (path, text_a), (_, text_b) in zip(leaves_a, leaves_b):
+            name_a, name_b = index_a.get(text_a), index_b.get(text_b)
+            if name_a != name_b:
+                return None
+            if name_a is not None:
+                slots.append((path, name_a))
+            elif text_a != text_b:
+                if path[-1] not in NOW:
+                    return None  # a per-film value the slots do not cover
+                slots.append((path, NOW[path[-1]]))
+        return _Template(report_a, slots)
+
+
+def _shape(source: Dataset, result: Result, producer: Producer) -> tuple:
+    parts: list = [
+        result.status,
+        result.label,
+        tuple(result.probabilities),
+        no_result_reason(result, producer) is not None,
+    ]
+    for element in source:
+        keyword = element.keyword
+        if keyword in UNREAD:
+            continue
+        if keyword in FILLED:
+            parts.append((keyword, _fillable(source, keyword)))
+        else:
+            parts.append((int(element.tag), element.VR, str(element.value)))
+    return tuple(parts)
+
+
+def _fillable(source: Dataset, keyword: str) -> bool:
+    """Whether the film's value for a filled attribute is one the report copies as a value."""
+    value = source.get(keyword)
+    if keyword in ("Rows", "Columns"):
+        return isinstance(value, int) and value > 0
+    return value is not None and str(value) != ""
+
+
+def _values(
+    source: Dataset, result: Result, producer: Producer, when: datetime.datetime
+) -> dict[str, object]:
+    """Every value a report takes from its film, result and time, by name, as highdicom
+    writes it."""
+    values: dict[str, object] = {}
+    for keyword in FILLED:
+        if keyword not in ("Rows", "Columns", "InstanceNumber") and _fillable(source, keyword):
+            values[keyword] = source[keyword].value
+    for keyword in ("Rows", "Columns"):
+        if _fillable(source, keyword):
+            values[keyword] = DS(source[keyword].value, auto_format=True)
+    values["instance"] = instance_number(source)
+    values["report series"] = producer.uid(source.StudyInstanceUID, "report series")
+    values["report"] = producer.uid(source.SOPInstanceUID, "report")
+    for name in producer.class_names:
+        values[f"finding {name}"] = producer.uid(source.SOPInstanceUID, "finding", name)
+    for name, probability in result.probabilities.items():
+        rounded = round(float(probability), 6)
+        values[f"P({name})"] = DS(rounded, auto_format=True)
+        values[f"P({name}) FD"] = rounded
+    values["date"], values["time"], values["datetime"] = (
+        DA(when.date()),
+        TM(when.time()),
+        DT(when),
+    )
+    reason = no_result_reason(result, producer)
+    if reason is not None:
+        values["reason"] = reason
+    return values
+
+
+def _probe(source: Dataset, result: Result, when: datetime.datetime, probe: str):
+    """The film, its result and the time, with unique made-up values in every slot."""
+    tag = uuid.uuid4().hex
+    b = probe == "b"
+    made_up = {
+        "PatientName": f"Probe^{tag[:10]}",
+        "PatientID": f"PID{tag[:12]}",
+        "PatientBirthDate": "19050607" if b else "19010102",
+        "PatientAge": "087Y" if b else "093Y",
+        "StudyDate": "19060708" if b else "19020304",
+        "StudyTime": "121314.151617" if b else "111213.141516",
+        "AccessionNumber": f"ACC{tag[:12]}",
+        "StudyID": f"SID{tag[:12]}",
+        "ReferringPhysicianName": f"Ref^{tag[:10]}",
+        "Rows": 30029 if b else 30011,
+        "Columns": 30031 if b else 30013,
+        "InstanceNumber": 30037 if b else 30017,
+    }
+    header = copy.deepcopy(source)
+    if b:
+        for keyword in UNREAD:
+            if keyword in header:
+                del header[keyword]
+    for keyword in FILLED:
+        if not _fillable(source, keyword):
+            continue
+        if keyword.endswith("InstanceUID"):
+            setattr(header, keyword, f"2.25.{uuid.uuid4().int}")
+        else:
+            setattr(header, keyword, made_up[keyword])
+    start = 0.144443 if b else 0.111113
+    probabilities = {
+        name: start + 0.111119 * index for index, name in enumerate(result.probabilities)
+    }
+    probe_result = dataclasses.replace(
+        result,
+        probabilities=probabilities,
+        gate_score=None if result.gate_score is None else (876.543 if b else 987.654),
+        message=f"{result.source}: probe {tag}" if result.status == ERROR else result.message,
+    )
+    probe_when = datetime.datetime(
+        1904 if b else 1903, 4 if b else 3, 4 if b else 3, 4, 4, 4, 444444 if b else 333333
+    ).replace(tzinfo=when.tzinfo)
+    return header, probe_result, probe_when
+
+
+def _text(name: str, value) -> tuple[bool, str]:
+    """How a value reads in a report's element: (whether it is an FD, its text)."""
+    return name.endswith(" FD"), str(value)
+
+
+def _leaves(dataset: Dataset, path: tuple = ()) -> list[tuple[tuple, tuple[bool, str]]]:
+    """(path, (whether an FD, value as text)) of every element that is not a sequence, in
+    order."""
+    leaves = []
+    for element in dataset:
+        here = (*path, element.tag)
+        if element.VR == "SQ":
+            for index, item in enumerate(element.value):
+                leaves.extend(_leaves(item, (*here, index)))
+        else:
+            leaves.append((here, (element.VR == "FD", str(element.value))))
+    return leaves
+
+
+def _element(dataset: Dataset, path: tuple):
+    for step in range(0, len(path) - 1, 2):
+        dataset = dataset[path[step]].value[path[step + 1]]
+    return dataset[path[-1]]

@@ -1,0 +1,107 @@
+"""The node at burst speed: films that queue up are predicted in one model run, a burst is
+delivered over one association, and SRs filled from a template equal highdicom's own."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import time
+
+import numpy as np
+import pydicom
+import pytest
+
+from dicom import sr_reading as sr
+from dicom.films import NORMAL_JPEG, PNEUMONIA_JPEG, chest_film, jpeg_pixels, write_film
+from pneumoscan.dicom.delivery import CStoreDestination
+from pneumoscan.dicom.harness import free_port, send_films
+from pneumoscan.dicom.node import SUCCESS, DicomNode, NodeSettings
+from pneumoscan.dicom.producer import Producer
+from pneumoscan.dicom.report import build_report
+from pneumoscan.dicom.report_templates import ReportTemplates
+from pneumoscan.dicom.results import encode, predict_film, predict_films
+
+
+def test_batched_prediction_gives_each_film_its_own_answer(binary_model, films):
+    order = ["pneumonia", "normal", "normal"]  # not a palindrome: a reversed batch fails
+    datasets = [pydicom.dcmread(films[which]) for which in order]
+    results = predict_films(binary_model, datasets, [f"film {i}" for i in range(len(order))])
+    assert [result.label for result in results] == order  # the example films' true labels
+    for which, result in zip(order, results):
+        alone = predict_film(binary_model, pydicom.dcmread(films[which]), "alone")
+        for name, probability in alone.probabilities.items():
+            assert result.probabilities[name] == pytest.approx(probability, abs=1e-5)
+        assert result.heatmap is not None
+
+
+def _canonical(report) -> bytes:
+    """The report's bytes with highdicom's own clock stamps blanked."""
+    dataset = pydicom.dcmread(io.BytesIO(encode(report)))
+    dataset.InstanceCreationDate = dataset.InstanceCreationTime = ""
+    for item in dataset.ContributingEquipmentSequence:
+        if (
+            item.get("ContributionDateTime")
+            and item.get("Manufacturer") != "pneumoscan (research software)"
+        ):
+            item.ContributionDateTime = ""
+    return encode(dataset)
+
+
+def _films(case, tmp_path):
+    """Two films of one shape of report that differ in every value filled per film."""
+    if case in ("refused", "unreadable"):
+        pixels = [np.zeros((128, 128), np.uint8), np.zeros((96, 80), np.uint8)]
+    else:
+        jpeg = NORMAL_JPEG if case == "normal" else PNEUMONIA_JPEG
+        pixels = [jpeg_pixels(jpeg), jpeg_pixels(jpeg, longest=200)]
+    made = []
+    for index, image in enumerate(pixels):
+        film = chest_film(
+            image, patient_id=f"P-{index}", patient_name=f"Doe^J{index}", instance_number=index + 3
+        )
+        film.PatientBirthDate, film.StudyTime = f"2019010{index + 1}", f"10150{index}"
+        film.AccessionNumber, film.WindowCenter = f"ACC-{index}", 100 + index
+        if case == "unreadable":
+            film.PhotometricInterpretation = "PALETTE COLOR"
+        made.append(write_film(tmp_path / f"{case}-{index}.dcm", film))
+    return made
+
+
+@pytest.mark.parametrize("case", ["pneumonia", "normal", "three-class", "refused", "unreadable"])
+def test_template_reports_equal_highdicom_reports(case, binary_model, three_class_model, tmp_path):
+    model = three_class_model if case == "three-class" else binary_model
+    producer = Producer.from_runtime(model)
+    templates = ReportTemplates(producer)
+    when = datetime.datetime(2026, 5, 6, 7, 8, 9, 123456).astimezone()
+    for index, path in enumerate(_films(case, tmp_path)):
+        film = pydicom.dcmread(path)
+        result = predict_film(model, film, "film")
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        filled = templates.build(header, result, when)
+        assert _canonical(filled) == _canonical(build_report(header, result, producer, when))
+        assert filled.SOPInstanceUID == producer.uid(film.SOPInstanceUID, "report")
+        written = tmp_path / f"filled-{index}.dcm"
+        filled.save_as(written, enforce_file_format=True)
+        errors, warnings = sr.dciodvfy(written)
+        assert errors == [], "\n".join(errors)
+    assert templates.filled == 2  # both came from the template, not from highdicom
+
+
+def test_a_burst_is_delivered_over_one_association(orthanc_factory, binary_model, films, tmp_path):
+    orthanc = orthanc_factory("pacs")
+    host, port, aet = orthanc.destination.split(":")
+    destination = CStoreDestination(host, int(port), aet)
+    settings = NodeSettings(tmp_path / "spool", port=free_port(), retry_base_s=0.05)
+    node = DicomNode(binary_model, [destination], settings)
+    node.start()
+    try:
+        burst = [films["pneumonia"], films["normal"]] * 5
+        assert send_films("127.0.0.1", settings.port, burst) == [SUCCESS] * len(burst)
+        deadline = time.monotonic() + 120
+        while node.counts.delivered < len(burst):
+            assert time.monotonic() < deadline, node.counts
+            time.sleep(0.05)
+        assert destination.associations_opened == 1
+        assert len(orthanc.rest("/instances")) == 4  # two films' SR and SC (UIDs per film)
+    finally:
+        node.stop()
