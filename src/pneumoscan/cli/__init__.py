@@ -1,7 +1,7 @@
 """cli: the `pneumoscan` command, one module per command group; thin.
 
 The entry point is `pneumoscan.cli:app`. Modules: `predict` (predict, merge), `training` (train,
-cv, export, ship, distill-targets, restore-run, models), `evaluation` (evaluate, stress, monitor), `site` (validate, calibrate),
+cv, export, ship, distill-targets, restore-run, models), `evaluation` (evaluate, stress, monitor), `site` (validate, calibrate, adapt),
 `research` (eda, bench, bench-ood, bench-workers, experiments), `serve` and `dicom` (dicom-node); `common` holds
 the shared options, logging set-up and the one-line error wrapper. Each command imports its heavy modules inside
 itself, so `pneumoscan --help` is instant, and `--help`, `predict` and `serve` never import torch.
@@ -31,6 +31,7 @@ COMMANDS = (
     evaluation.evaluate,
     site.validate,
     site.calibrate,
+    site.adapt,
     training.export,
     predict.predict,
     training.ship,

@@ -316,9 +316,6 @@ def calibrate(
 ) -> dict:
     """Fit the site's calibration on part of its films, report before/after on the rest, write
     the recalibrated model (out/model.pt, out/model.onnx), its card and the report."""
-    from pneumoscan.training.export import relabel_onnx
-    from pneumoscan.training.model_file import load_model_file, relabel_model_file
-
     if request.rule not in cal.THRESHOLD_RULES:
         raise DatasetError(f"rule {request.rule!r}: choose one of {', '.join(cal.THRESHOLD_RULES)}")
     if not 0.0 <= request.holdout < 1.0:
@@ -356,28 +353,50 @@ def calibrate(
         report["non_radiographs"] = non_radiograph_refusals(
             model, {"before": before.gate_threshold, "after": final.gate_threshold}
         )
-    _, info = load_model_file(pt_path)
     name = name or f"{model.name}-site"
     version = f"{name}-{datetime.now(timezone.utc):%Y%m%d%H%M}"
-    info.name = name
-    info.temperature, info.threshold = final.temperature, final.threshold
-    info.class_bias = final.bias
-    info.conformal = final.conformal.to_dict()
-    if info.ood is not None and final.gate_threshold is not None:
-        info.ood = dataclasses.replace(info.ood, threshold=final.gate_threshold)
     calibration_record = _calibration_record(
         data, scores, model, request, before, final, coverage, report
     )
-    info.record = {**(info.record or {}), "site_calibration": calibration_record}
-    out.mkdir(parents=True, exist_ok=True)
-    relabel_model_file(pt_path, out / "model.pt", info)
-    relabel_onnx(onnx_path, out / "model.onnx", info, version)
+    info = write_site_model(
+        pt_path, onnx_path, out, final, name, version, "site_calibration", calibration_record
+    )
     report["written"] = {"model": str(out / "model.pt"), "onnx": str(out / "model.onnx")}
     report["version"] = version
     atomic_write_json(out / "calibration.json", report)
     atomic_write_text(out / "card.md", render_site_card(name, version, info, calibration_record))
     atomic_write_text(out / "report.md", render_calibration_report(report, CURVE_REPEATS))
     return report
+
+
+def write_site_model(
+    pt_path: Path,
+    onnx_path: Path,
+    out: Path,
+    final: Operating,
+    name: str,
+    version: str,
+    record_key: str,
+    record: dict,
+):
+    """out/model.pt and out/model.onnx: the source model's network (weights bit for bit) with
+    `final`'s temperature, biases, threshold, conformal scores and gate threshold, and `record`
+    under `record_key` in the model file's record. Returns the new ModelInfo."""
+    from pneumoscan.training.export import relabel_onnx
+    from pneumoscan.training.model_file import load_model_file, relabel_model_file
+
+    _, info = load_model_file(pt_path)
+    info.name = name
+    info.temperature, info.threshold = final.temperature, final.threshold
+    info.class_bias = final.bias
+    info.conformal = final.conformal.to_dict()
+    if info.ood is not None and final.gate_threshold is not None:
+        info.ood = dataclasses.replace(info.ood, threshold=final.gate_threshold)
+    info.record = {**(info.record or {}), record_key: record}
+    out.mkdir(parents=True, exist_ok=True)
+    relabel_model_file(pt_path, out / "model.pt", info)
+    relabel_onnx(onnx_path, out / "model.onnx", info, version)
+    return info
 
 
 def non_radiograph_refusals(model, thresholds: dict[str, float]) -> dict:
