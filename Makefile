@@ -7,7 +7,7 @@ REPEATS ?= 3
 CLIENTS ?= 16
 DURATION ?= 60
 
-.PHONY: help setup test test-slow docs fuzz bench bench-workers bench-serve bench-train bench-dicom site-demo lint format train serve
+.PHONY: help setup test test-slow docs fuzz bench bench-workers bench-serve bench-train bench-dicom site-demo adapt-demo lint format train serve
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 setup:  ## create .venv and install pneumoscan with training, serving, DICOM and test extras
@@ -41,6 +41,11 @@ site-demo:  ## a simulated new site: validate, calibrate and conformal sets -> d
 	.venv/bin/pneumoscan calibrate build/site/labels.csv --model three-class --out build/site-three-class
 	for name in binary three-class; do mkdir -p docs/site/$$name && (cd build/site-$$name && \
 	  cp -r report.md card.md calibration.json learning_curve.png before after ../../docs/site/$$name/); done
+adapt-demo:  ## a simulated 400-film zoomed site: calibrate-only vs fine-tune by patient-grouped cross-validation -> docs/site/adapt/
+	$(PY) -m pneumoscan.site.simulate $(DATA) --model binary --out build/site-adapt --films 400 --shift zoomed
+	rm -rf build/site-adapted
+	.venv/bin/pneumoscan adapt build/site-adapt --model binary --out build/site-adapted --rule youden
+	mkdir -p docs/site/adapt && cp build/site-adapted/report.md build/site-adapted/adapt.json docs/site/adapt/
 lint:  ## ruff lint and format check, and the import contracts (lint-imports)
 	$(PY) -m ruff check src tests && $(PY) -m ruff format --check src tests && $(dir $(PY))lint-imports
 format:  ## ruff format

@@ -1,7 +1,7 @@
 """cli: the `pneumoscan` command, one module per command group; thin.
 
 The entry point is `pneumoscan.cli:app`. Modules: `predict` (predict, merge), `training` (train,
-cv, export, ship, distill-targets, restore-run, models), `evaluation` (evaluate, stress, monitor), `site` (validate, calibrate),
+cv, export, ship, distill-targets, restore-run, models), `evaluation` (evaluate, stress, monitor), `site` (validate, calibrate, adapt),
 `research` (eda, bench, bench-ood, bench-workers, experiments), `serve` and `dicom` (dicom-node); `common` holds
 the shared options, logging set-up and the one-line error wrapper; `reference` writes the CLI reference,
 docs/cli.md, from the app. Each command imports its heavy modules inside
@@ -32,6 +32,7 @@ COMMANDS = (
     evaluation.evaluate,
     site.validate,
     site.calibrate,
+    site.adapt,
     training.export,
     predict.predict,
     training.ship,

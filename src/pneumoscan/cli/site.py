@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -183,4 +184,87 @@ def calibrate(
         typer.echo(f"held-out after:  {headline(report['after'])}")
     models = ", ".join(report["written"].values())  # model.pt only where torch is installed
     typer.echo(f"wrote {models}, {out / 'card.md'} and {out / 'report.md'}")
+    typer.echo(NOT_DIAGNOSTIC_NOTICE)
+
+
+@friendly
+def adapt(
+    data: SiteData,
+    model: SiteModel = "binary",
+    out: Annotated[
+        Path,
+        typer.Option("--out", help="new folder for model.onnx, model.pt, report.md and adapt.json"),
+    ] = Path("adapted"),
+    folds: Annotated[
+        int, typer.Option(help="patient-grouped folds of the comparison (fewer on small sites)")
+    ] = 5,
+    epochs: Annotated[int, typer.Option(help="fine-tuning epochs per fold")] = 3,
+    min_gain: Annotated[
+        float,
+        typer.Option(help="the cross-validated ROC AUC gain a fine-tune must reach to be kept"),
+    ] = 0.005,
+    fine_tune: Annotated[
+        bool,
+        typer.Option("--fine-tune/--no-fine-tune", help="run the fine-tune arm (needs torch)"),
+    ] = True,
+    target_sensitivity: Annotated[
+        float | None,
+        typer.Option(help="binary: the highest threshold reaching this sensitivity (default 0.95)"),
+    ] = None,
+    rule: _RuleOption = None,
+    cost_fn: Annotated[
+        float, typer.Option(help="--rule cost: a missed pneumonia costs this many false alarms")
+    ] = 1.0,
+    bias: _BiasOption = True,
+    seed: Annotated[int, typer.Option(help="seed of the patient folds")] = 0,
+    keep_work: Annotated[
+        bool, typer.Option("--keep-work", help="keep the fold runs (OUT.work) after success")
+    ] = False,
+    bootstrap: Bootstrap = 1000,
+    allow_outside: AllowOutside = False,
+    override: Annotated[
+        list[str] | None,
+        typer.Argument(help="training overrides for the fold runs, e.g. train.batch_size=8"),
+    ] = None,
+) -> None:
+    """Adapt a model to a site: calibrate-only against fine-tune-then-calibrate, compared by
+    patient-grouped cross-validation on the site's labelled films; the better one is written
+    (OUT/model.onnx, used as any model) with a before/after report naming the choice. Rerun the
+    same command to resume interrupted fine-tunes."""
+    setup_logging()
+    if fine_tune:
+        from pneumoscan.cli.training import quiet_training_libraries
+
+        with contextlib.suppress(ImportError):  # without torch, adapt says so in one line
+            quiet_training_libraries()
+    from pneumoscan.site.adapt import AdaptRequest
+    from pneumoscan.site.adapt import adapt as adapt_site
+    from pneumoscan.site.calibrate import Request
+
+    if rule is not None and target_sensitivity is not None:
+        fail("give --target-sensitivity or --rule, not both")
+    if rule == "sensitivity":
+        fail("--rule sensitivity: use --target-sensitivity 0.95 instead")
+    if target_sensitivity is not None and not 0.0 < target_sensitivity <= 1.0:
+        fail(f"--target-sensitivity {target_sensitivity}: give a value in (0, 1]")
+    if folds < 2:
+        fail(f"--folds {folds}: give at least 2")
+    if epochs < 1:
+        fail(f"--epochs {epochs}: give at least 1")
+    calibration = Request(
+        rule=rule or "sensitivity",
+        target_sensitivity=target_sensitivity or 0.95,
+        cost_fn=cost_fn,
+        holdout=0.0,
+        bias=bias,
+        seed=seed,
+    )
+    request = AdaptRequest(
+        calibration, folds, epochs, min_gain, fine_tune, tuple(override or []), keep_work
+    )
+    report = adapt_site(data, model, out, request, bootstrap=bootstrap, allow_outside=allow_outside)
+    for name, metrics in {"as shipped": report["shipped"], **report["arms"]}.items():
+        typer.echo(f"{name:>14}: {headline(metrics, roc_auc=True)}, ECE {metrics['ece']:.4f}")
+    typer.echo(f"kept {report['choice']['arm']}: {report['choice']['reason']}")
+    typer.echo(f"wrote {out / 'model.onnx'}, {out / 'report.md'} and {out / 'adapt.json'}")
     typer.echo(NOT_DIAGNOSTIC_NOTICE)

@@ -406,7 +406,50 @@ def _recalibrated_metadata(
     return recalibrated(model.metadata, onnx_path, **changes)
 
 
-def _write_model_file(source: Path, out: Path, metadata: dict) -> Path:
+def write_site_model(
+    pt_path: Path | None,
+    onnx_path: Path,
+    out: Path,
+    final: Operating,
+    name: str,
+    version: str,
+    record_key: str,
+    record: dict,
+    request: Request | None = None,
+) -> dict:
+    """out/model.onnx (and out/model.pt where torch and the source's .pt are): the source's
+    network, weights untouched, with `final`'s operating point and `record` under `record_key`
+    in its record. Without `request` the source's threshold rule is kept. Returns what was
+    written."""
+    from pneumoscan.runtime.model import OnnxModel
+
+    model = OnnxModel(onnx_path)
+    binary = len(model.class_names) == 2
+    changes = {
+        "name": name,
+        "model_version": version,
+        "temperature": final.temperature,
+        "class_bias": list(final.bias) if final.bias is not None else None,
+        "threshold": final.threshold,
+        "rule": (request.rule_of().record() if request else model.metadata.get("rule"))
+        if binary
+        else None,
+        "conformal": final.conformal.to_dict(),
+    }
+    if model.metadata.get("ood_threshold") is not None and final.gate_threshold is not None:
+        changes["ood_threshold"] = final.gate_threshold
+    metadata = recalibrated(model.metadata, onnx_path, **changes)
+    metadata["record"] = {**(metadata.get("record") or {}), record_key: record}
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"onnx": str(write_with_metadata(onnx_path, out / "model.onnx", metadata))}
+    if pt_path is not None:
+        written["model"] = str(_write_model_file(pt_path, out / "model.pt", metadata, record_key))
+    return written
+
+
+def _write_model_file(
+    source: Path, out: Path, metadata: dict, record_key: str = "site_calibration"
+) -> Path:
     """The model file (.pt) beside the ONNX file, with the weights as they are and the same
     operating point, name and record as the ONNX metadata."""
     from pneumoscan.training.model_file import load_model_file, relabel_model_file
@@ -417,8 +460,8 @@ def _write_model_file(source: Path, out: Path, metadata: dict) -> Path:
     bias = metadata["class_bias"]
     info.class_bias = tuple(bias) if bias is not None else None
     info.conformal = metadata["conformal"]
-    site = metadata["record"]["site_calibration"]
-    info.record = {**(info.record or {}), "site_calibration": site}
+    site = metadata["record"][record_key]
+    info.record = {**(info.record or {}), record_key: site}
     if info.ood is not None and metadata.get("ood_threshold") is not None:
         info.ood = dataclasses.replace(info.ood, threshold=metadata["ood_threshold"])
     relabel_model_file(source, out, info)

@@ -131,3 +131,14 @@ def render_site_card(name: str, version: str, conformal: dict, record: dict) -> 
         conformal=conformal,
         notice=NOT_DIAGNOSTIC_NOTICE,
     )
+
+
+def render_adapt_report(report: dict) -> str:
+    """`adapt`'s report.md: templates/adapt_report.md.j2 fed by adapt.json."""
+    import statistics
+
+    from pneumoscan.evaluation.report import template
+
+    filters = {"median": statistics.median}
+    adapt_template = template(Path(__file__).parent / "templates", "adapt_report.md.j2", filters)
+    return adapt_template.render(report=report, notice=NOT_DIAGNOSTIC_NOTICE)
