@@ -23,8 +23,8 @@ def _contracts() -> list[dict]:
 
 
 def _layers() -> list[list[str]]:
-    """The layers contract, top first; siblings share a layer."""
-    (layers,) = [c["layers"] for c in _contracts() if c["type"] == "layers"]
+    """The package's layers contract (the first one), top first; siblings share a layer."""
+    layers = next(c["layers"] for c in _contracts() if c["type"] == "layers")
     return [[name.strip() for name in layer.split("|")] for layer in layers]
 
 
@@ -51,7 +51,7 @@ def architecture_block() -> str:
         for level, siblings in enumerate(layers)
         for module in siblings
     ]
-    rules = [f"- {c['name']}" for c in _contracts() if c["type"] != "layers"]
+    rules = [f"- {c['name']}" for c in _contracts()[1:]]
     return "\n".join(["```", *rows, "```", "", *rules])
 
 
