@@ -26,10 +26,13 @@ bench:  ## prediction speed, whole processes -> docs/benchmarks.md and the Speed
 	.venv/bin/pneumoscan bench --model three-class --images ../shared/data/chest_xray/train --full-size-films 0 --out build/bench-three-class.md
 bench-workers:  ## predict --workers 1 vs 2 on full-size (2,000 px) JPEG and 16-bit DICOM films -> docs/benchmarks.md
 	$(dir $(PY))pneumoscan bench-workers --model binary --images $(DATA)/train --films $(FILMS) --repeats $(REPEATS)
-bench-serve:  ## serving under load: CLIENTS upload 2,000 px films to a real `pneumoscan serve` for DURATION s -> docs/benchmarks.md
-	rm -rf build/full-size-films && $(PY) -m pneumoscan.research.bench $(DATA)/val build/full-size-films --films 64
-	$(PY) -m pneumoscan.serve.loadtest --clients $(CLIENTS) --duration $(DURATION) --images build/full-size-films \
-	  --films-note "validation films upscaled (bicubic) to a 2,000 px shorter side, JPEG quality 95; the stored copies are 256 px" --out docs/benchmarks.md
+bench-serve:  ## serving under load: CLIENTS upload the same films at 256 px, then at 2,000 px, to a real `pneumoscan serve` for DURATION s each -> docs/benchmarks.md
+	rm -rf build/serve-films-256 build/full-size-films
+	$(PY) -m pneumoscan.research.bench $(DATA)/val build/serve-films-256 --films 64 --shorter-side 0
+	$(PY) -m pneumoscan.research.bench $(DATA)/val build/full-size-films --films 64
+	$(PY) -m pneumoscan.serve.loadtest --clients $(CLIENTS) --duration $(DURATION) \
+	  --images build/serve-films-256 --images build/full-size-films \
+	  --films-note "validation films as stored (256 px), then the same films upscaled (bicubic) to a 2,000 px shorter side, JPEG quality 95" --out docs/benchmarks.md
 bench-train:  ## training speed: loader vs model step at 160 and 224 px, 1 vs 2 DDP processes -> docs/benchmarks.md
 	$(PY) -m pneumoscan.research.bench_train --config configs/three_class_robust.yaml --out docs/benchmarks.md
 bench-dicom:  ## DICOM node throughput and latency into a real Orthanc (needs the orthanc package) -> docs/dicom.md

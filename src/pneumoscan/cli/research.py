@@ -68,13 +68,17 @@ def bench(
         int, typer.Option(help="films in the whole-process folder benchmark (cycled from --images)")
     ] = 624,
     full_size_films: Annotated[
-        int, typer.Option(help="films upscaled to full size for the same benchmark (0: skip)")
-    ] = 200,
+        int,
+        typer.Option(
+            help="films upscaled to 2,000 px (JPEG and 16-bit DICOM) and timed beside their "
+            "256 px copies (0: skip)"
+        ),
+    ] = 120,
     repeats: Annotated[int, typer.Option(help="runs of each whole-process command")] = 3,
 ) -> None:
     """Benchmark prediction speed: in-process latency (ONNX vs torch eager), then whole processes
-    from the command line: cold start, folders to CSV with and without heatmaps, 256 px and
-    full-size films."""
+    from the command line: cold start, folders to CSV with and without heatmaps, and the same
+    films at 256 px and at 2,000 px as JPEG and 16-bit DICOM, side by side."""
     from pneumoscan.research.bench import speed_report, write_report
 
     files = expand_paths([str(path) for path in images])

@@ -281,49 +281,101 @@ def describe_films(films: list[Path]) -> str:
     return text
 
 
-def markdown(
-    summary: dict, command: str, server_command: list[str], images: str, films: str, note: str = ""
-) -> str:
-    latency = summary["latency_ms"]
-    rss = summary["rss_mb"]
+# Issue 27's goals for full-size uploads beside 256 px ones, 16 clients on 2 idle cores.
+GOAL_SHARE, GOAL_RATE, GOAL_P95_MS = 0.5, 60.0, 400.0
+
+
+def markdown(runs: list[dict], command: str, server_command: list[str], note: str = "") -> str:
+    """The report: one column per film folder (`runs`: images, films, summary), and the goals
+    for the last folder against the first when there are two or more."""
     server = " ".join(["pneumoscan", *server_command[3:]])
-    return "\n".join(
-        [
-            "## Serving under load: `pneumoscan serve`",
-            "",
-            f"`{command}`: {summary['clients']} concurrent clients over loopback for "
-            f"{summary['duration_s']:g} s, each uploading films from `{images}` ({films}"
-            f"{'; ' + note if note else ''}) to `/v1/predict` "
-            f"(multipart) one after another; server started as `{server}` (port chosen free). "
-            f"Hardware: {hardware_line()}. The clients run on the same cores as the server.",
-            "",
-            "| measure | value |",
-            "|---|---|",
-            f"| requests | {summary['requests']:,} |",
-            f"| throughput | {summary['requests_per_s']:g} requests/s |",
-            f"| latency p50 / p95 / p99 (max) | {latency['p50']:g} / {latency['p95']:g} / "
-            f"{latency['p99']:g} ms ({latency['max']:g} ms) |",
-            f"| errors (non-200 or connection errors) | {summary['errors']} |",
-            f"| server CPU time per request | {summary['server_cpu_ms_per_request']} ms |",
-            f"| status codes | {', '.join(f'{k}: {v:,}' for k, v in summary['statuses'].items())} |",
-            f"| server RSS at start / peak / end | {rss['start']:g} / {rss['peak']:g} / "
-            f"{rss['end']:g} MB |",
-            f"| server RSS median, first vs last sixth of the run | {rss['first_sixth_median']:g} "
-            f"vs {rss['last_sixth_median']:g} MB |",
-            "",
-            "Requests beyond the server's admission limit get 503 with Retry-After rather than "
-            f"queueing without bound; {summary['statuses'].get('503', 0)} did here. Rerun with "
-            "`make bench-serve` (full-size films) or the command above.",
+    first = runs[0]["summary"]
+
+    def row(name, value):
+        return f"| {name} | " + " | ".join(value(run["summary"]) for run in runs) + " |"
+
+    def latency(s):
+        q = s["latency_ms"]
+        return f"{q['p50']:g} / {q['p95']:g} / {q['p99']:g} ({q['max']:g})"
+
+    def rss(s):
+        r = s["rss_mb"]
+        return f"{r['start']:g} / {r['peak']:g} / {r['end']:g}"
+
+    lines = [
+        "## Serving under load: `pneumoscan serve`",
+        "",
+        f"`{command}`: {first['clients']} concurrent clients over loopback for "
+        f"{first['duration_s']:g} s per folder, each uploading films to `/v1/predict` (multipart) "
+        f"one after another{'; ' + note if note else ''}. Server started anew for each folder as "
+        f"`{server}` (port chosen free). Hardware: {hardware_line()}. The clients run on the "
+        "same cores as the server.",
+        "",
+        "| measure | " + " | ".join(f"`{run['images']}`" for run in runs) + " |",
+        "|---|" + "---|" * len(runs),
+        "| films | " + " | ".join(run["films"] for run in runs) + " |",
+        row("requests", lambda s: f"{s['requests']:,}"),
+        row("throughput", lambda s: f"{s['requests_per_s']:g} requests/s"),
+        row("latency p50 / p95 / p99 (max), ms", latency),
+        row("errors (non-200 or connection errors)", lambda s: str(s["errors"])),
+        row("server CPU time per request", lambda s: f"{s['server_cpu_ms_per_request']} ms"),
+        row("status codes", lambda s: ", ".join(f"{k}: {v:,}" for k, v in s["statuses"].items())),
+        row("server RSS at start / peak / end, MB", rss),
+        row(
+            "server RSS median, first vs last sixth, MB",
+            lambda s: (
+                f"{s['rss_mb']['first_sixth_median']:g} vs {s['rss_mb']['last_sixth_median']:g}"
+            ),
+        ),
+        "",
+    ]
+    if len(runs) > 1:
+        last = runs[-1]["summary"]
+        share = last["requests_per_s"] / first["requests_per_s"]
+        p95 = last["latency_ms"]["p95"]
+        goals = [
+            (
+                f"at least {GOAL_SHARE}x the first folder's rate",
+                f"{share:.2f}x",
+                share >= GOAL_SHARE,
+            ),
+            (
+                f"at least {GOAL_RATE:.0f} requests/s",
+                f"{last['requests_per_s']:g}",
+                last["requests_per_s"] >= GOAL_RATE,
+            ),
+            (f"p95 at most {GOAL_P95_MS:.0f} ms", f"{p95:g} ms", p95 <= GOAL_P95_MS),
+            ("no errors", str(last["errors"]), last["errors"] == 0),
         ]
+        lines += [
+            f"Goals for `{runs[-1]['images']}` beside `{runs[0]['images']}` (issue 27, "
+            f"{first['clients']} clients, 2 cores):",
+            "",
+            "| goal | measured | reached |",
+            "|---|---|---|",
+            *[f"| {goal} | {value} | {'yes' if ok else 'no'} |" for goal, value, ok in goals],
+            "",
+        ]
+    statuses = sum(run["summary"]["statuses"].get("503", 0) for run in runs)
+    lines.append(
+        "Requests beyond the server's admission limit get 503 with Retry-After rather than "
+        f"queueing without bound; {statuses} did here. Rerun with `make bench-serve` or the "
+        "command above."
     )
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
-    parser.add_argument("--images", type=Path, default=Path("examples"), help="film folder")
-    parser.add_argument("--limit", type=int, default=64, help="at most this many films")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of load per folder")
+    parser.add_argument(
+        "--images",
+        type=Path,
+        action="append",
+        help="film folder (repeat: one run each, side by side; default examples/)",
+    )
+    parser.add_argument("--limit", type=int, default=64, help="at most this many films a folder")
     parser.add_argument("--films-note", default="", help="what the films are, for the report")
     parser.add_argument("--model", default="binary")
     parser.add_argument("--heatmap", action="store_true", help="ask for heatmaps too")
@@ -332,29 +384,26 @@ def main(argv: list[str] | None = None) -> int:
         "--server-arg", action="append", default=[], help="extra `pneumoscan serve` argument"
     )
     args = parser.parse_args(argv)
-    films = sorted(
-        path for path in args.images.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES
-    )[: args.limit]
-    if not films:
-        parser.error(f"--images {args.images}: no films found")
-    result, server_command = run_load(
-        films, args.clients, args.duration, args.model, args.heatmap, args.server_arg
-    )
-    summary = result.summary()
-    print(json.dumps(summary, indent=2))
+    runs, errors = [], 0
+    for images in args.images or [Path("examples")]:
+        films = sorted(path for path in images.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES)[
+            : args.limit
+        ]
+        if not films:
+            parser.error(f"--images {images}: no films found")
+        result, server_command = run_load(
+            films, args.clients, args.duration, args.model, args.heatmap, args.server_arg
+        )
+        summary = result.summary()
+        print(json.dumps({"images": str(images), **summary}, indent=2))
+        runs.append({"images": str(images), "films": describe_films(films), "summary": summary})
+        errors += result.errors
     if args.out:
         command = "python -m pneumoscan.serve.loadtest " + shlex.join(argv or sys.argv[1:])
-        text = markdown(
-            summary,
-            command,
-            server_command,
-            str(args.images),
-            describe_films(films),
-            args.films_note,
-        )
+        text = markdown(runs, command, server_command, args.films_note)
         write_section(args.out, SECTION, text)
         print(f"wrote {args.out}")
-    return 0 if result.errors == 0 else 1
+    return 0 if errors == 0 else 1
 
 
 if __name__ == "__main__":

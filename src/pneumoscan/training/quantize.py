@@ -162,7 +162,7 @@ def _prepared(paths: list[Path], spec) -> np.ndarray:
     from pneumoscan.core.images import read_image
     from pneumoscan.core.preprocess import prepare
 
-    return np.stack([prepare(read_image(path), spec) for path in paths])
+    return np.stack([prepare(read_image(path, min_side=spec.decode_side), spec) for path in paths])
 
 
 def quantize_shipped(fp32: Path, out: Path, spec, runs: list[Path], binary: bool) -> dict:

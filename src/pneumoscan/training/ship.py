@@ -337,35 +337,11 @@ def ship_model(
     except ValueError as error:
         raise ConfigError(f"--rule {rule}: {error}") from None
     models_dir = Path(models_dir)
-    if ensemble:
-        # Members on different patient folds; the reported films are each member's own
-        # validation films, scored by the members that never trained on them.
-        member_scores = [score_run(Path(member)) for member in ensemble]
-        run_dir = member_scores[0].run_dir
-        scores = out_of_fold_scores(member_scores)
-        folds = [
-            {
-                "run": str(m.run_dir),
-                **_fold_row(out_of_sample(m, derive, rule, class_bias=class_bias, cost_fn=cost_fn)),
-            }
-            for m in member_scores
-        ]
-    else:
-        run_dir = Path(run_dir)
-        scores = score_run(run_dir)
-        folds = []
-    logger.info("cross-fitting calibration on %d validation films", len(scores.targets))
     if class_bias and derive is not None:
         raise ConfigError("--class-bias applies to the three-class model, not a derived reading")
-    oos = out_of_sample(scores, derive, rule, class_bias=class_bias, cost_fn=cost_fn)
-    if not ensemble:
-        folds.append({"run": str(run_dir), **_fold_row(oos)})
-    for other in fold_runs:
-        other_scores = score_run(Path(other))
-        other_oos = out_of_sample(
-            other_scores, derive, rule, class_bias=class_bias, cost_fn=cost_fn
-        )
-        folds.append({"run": str(other), **_fold_row(other_oos)})
+    run_dir, scores, oos, folds = _validation_scores(
+        run_dir, ensemble, fold_runs, derive, rule, class_bias, cost_fn
+    )
     model, info = shipped_network(scores, derive, rule, class_bias, cost_fn)
     info.val_metrics = oos  # the figures a user should expect: out-of-sample for calibration
     gate_cache = f"gate-{weights_key(ensemble or [run_dir])}-{GATE_VARIANTS}-{GATE_POLICY_KEY}-{GATE_DESIGN}.pt"
@@ -381,18 +357,7 @@ def ship_model(
     version = f"{name}-{datetime.now(timezone.utc):%Y%m%d}"
     fp32_onnx = (kept / f"{name}-fp32.onnx") if int8 else models_dir / f"{name}.onnx"
     onnx_path = export_onnx(shipped_pt, fp32_onnx, model_version=version)
-    samples, _ = ds.read_split(run_dir, "val")
-    check = np.stack(
-        [
-            prepare(read_image(s.path, min_side=info.preprocess.decode_side), info.preprocess)
-            for s in samples[:8]
-        ]
-    )
-    difference = parity(shipped_pt, onnx_path, check)
-    if difference > 1e-4:
-        raise ModelFileError(
-            f"{onnx_path}: ONNX differs from torch by {difference:.2e}; not shipping it."
-        )
+    difference = _checked_parity(shipped_pt, onnx_path, run_dir, info)
     info.record["onnx_parity"] = difference  # in the model file; the ONNX file was written before
     if int8:
         from pneumoscan.training.quantize import quantize_shipped, set_metadata_value
@@ -411,6 +376,57 @@ def ship_model(
     card = write_card(name, models_dir, stress, Path(stress_dir) / name, shipped_pt)
     write_provenance(models_dir)  # SHA256SUMS and each card's digests, of the files just written
     return card
+
+
+def _validation_scores(run_dir, ensemble, fold_runs, derive, rule, class_bias, cost_fn):
+    """(run folder, scores, out-of-sample figures, per-fold rows) of what `ship_model` ships.
+
+    With an ensemble the members are on different patient folds and the reported films are each
+    member's own validation films, scored by the members that never trained on them."""
+    if ensemble:
+        member_scores = [score_run(Path(member)) for member in ensemble]
+        run_dir = member_scores[0].run_dir
+        scores = out_of_fold_scores(member_scores)
+        folds = [
+            {
+                "run": str(m.run_dir),
+                **_fold_row(out_of_sample(m, derive, rule, class_bias=class_bias, cost_fn=cost_fn)),
+            }
+            for m in member_scores
+        ]
+    else:
+        run_dir = Path(run_dir)
+        scores = score_run(run_dir)
+        folds = []
+    logger.info("cross-fitting calibration on %d validation films", len(scores.targets))
+    oos = out_of_sample(scores, derive, rule, class_bias=class_bias, cost_fn=cost_fn)
+    if not ensemble:
+        folds.append({"run": str(run_dir), **_fold_row(oos)})
+    for other in fold_runs:
+        other_scores = score_run(Path(other))
+        other_oos = out_of_sample(
+            other_scores, derive, rule, class_bias=class_bias, cost_fn=cost_fn
+        )
+        folds.append({"run": str(other), **_fold_row(other_oos)})
+    return run_dir, scores, oos, folds
+
+
+def _checked_parity(shipped_pt: Path, onnx_path: Path, run_dir: Path, info: ModelInfo) -> float:
+    """The largest probability difference between the model file and its ONNX export on 8 of
+    the run's validation films; a `ModelFileError` when it exceeds 1e-4."""
+    samples, _ = ds.read_split(run_dir, "val")
+    check = np.stack(
+        [
+            prepare(read_image(s.path, min_side=info.preprocess.decode_side), info.preprocess)
+            for s in samples[:8]
+        ]
+    )
+    difference = parity(shipped_pt, onnx_path, check)
+    if difference > 1e-4:
+        raise ModelFileError(
+            f"{onnx_path}: ONNX differs from torch by {difference:.2e}; not shipping it."
+        )
+    return difference
 
 
 def _ship_record(
