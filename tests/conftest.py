@@ -12,6 +12,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data" / "chest_xray"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def onnx_cache(tmp_path_factory) -> Path:
+    """The runtime's optimised-graph cache in a folder of the test session's, not the user's
+    ~/.cache (subprocesses the tests start inherit it)."""
+    import os
+
+    folder = tmp_path_factory.mktemp("onnx-cache")
+    os.environ["PNEUMOSCAN_ONNX_CACHE"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def real_data() -> Path:
     """../shared/data/chest_xray, or skip: these tests need the real Kermany images."""

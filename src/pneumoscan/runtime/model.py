@@ -25,6 +25,72 @@ from pneumoscan.core.hardware import usable_cpus
 from pneumoscan.core.preprocess import PreprocessSpec, prepare
 from pneumoscan.core.shipped import resolve_model
 
+OPTIMIZED_CACHE_ENV = "PNEUMOSCAN_ONNX_CACHE"  # a folder, or 0 to switch the cache off
+
+
+def optimized_cache_path(path: Path) -> Path | None:
+    """Where the graph ONNX Runtime optimised from `path` is kept between processes, keyed by
+    the file (path, size, modification time) and the onnxruntime version; None when off."""
+    import hashlib
+    import os
+
+    import onnxruntime as ort
+
+    setting = os.environ.get(OPTIMIZED_CACHE_ENV, "")
+    if setting == "0":
+        return None
+    if setting:
+        folder = Path(setting)
+    else:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        folder = Path(base) / "pneumoscan" / "onnx"
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{ort.__version__}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+    return folder / f"{path.stem}-{digest}.ort.onnx"
+
+
+def optimized_session(path: Path, options):
+    """An ONNX Runtime session on `path`, fully optimised (ORT_ENABLE_ALL). The optimised graph
+    is saved once in the cache (`optimized_cache_path`) and later processes load it with no
+    optimisation pass, which is most of a cold start's session time; a cache that cannot be
+    read or written is passed over, and the model file itself is never changed."""
+    import os
+    import tempfile
+
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    cache = optimized_cache_path(path)
+    if cache is not None and cache.is_file():
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            return ort.InferenceSession(str(cache), options, providers=providers)
+        except Exception:  # a damaged or foreign cache entry: optimise from the file again
+            cache.unlink(missing_ok=True)
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if cache is None:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=cache.parent, suffix=".partial")
+        os.close(handle)
+    except OSError:
+        return ort.InferenceSession(str(path), options, providers=providers)
+    options.optimized_model_filepath = temporary
+    # ONNX Runtime warns that an ALL-level graph suits this machine only: the cache is this
+    # machine's, keyed by the file and the onnxruntime version.
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+        os.replace(temporary, cache)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    return session
+
 
 class OnnxModel:
     """An ONNX Runtime session plus the pneumoscan metadata stored in the file."""
@@ -38,11 +104,8 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         # Decoding runs beside inference on the same cores: idle ONNX threads must not spin.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         try:
-            self.session = ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            )
+            self.session = optimized_session(path, options)
         except Exception as error:  # onnxruntime raises its own untyped errors for bad files
             raise ModelFileError(
                 f"{path}: not a readable ONNX model ({type(error).__name__})."
