@@ -270,3 +270,32 @@ def test_unwritable_outputs_are_one_line_errors(tmp_path):
     )
     assert all(r.status == "ok" and r.heatmap_path is None for r in results)
     assert all("heatmap not written" in r.message for r in results)
+
+
+def test_heatmap_lookup_blend_is_within_one_level_of_the_float_blend():
+    """The overlay's table lookup (`_blend_tables`) against the blend written out in floating
+    point: film * (1 - weight) + jet colour * weight, per pixel."""
+    import numpy as np
+
+    from pneumoscan.runtime.heatmap import (
+        HEAT_LEVELS,
+        _jet_tables,
+        _upsampling_matrix,
+        render_heatmaps,
+    )
+
+    rng = np.random.default_rng(3)
+    bases = rng.random((2, 64, 64), dtype=np.float32)
+    maps = rng.standard_normal((2, 5, 5)).astype(np.float32)
+    rendered = render_heatmaps(bases, maps).astype(int)
+    positive = np.maximum(maps, 0)
+    positive /= positive.reshape(2, -1).max(axis=1)[:, None, None]
+    rows, columns = _upsampling_matrix(5, 64), _upsampling_matrix(5, 64)
+    heat = np.einsum("ij,njk,lk->nil", rows, positive, columns)
+    levels = np.clip(heat * (HEAT_LEVELS - 1) + 0.5, 0, HEAT_LEVELS - 1).astype(np.uint8)
+    coloured, weight = _jet_tables(0.55)
+    expected = bases[..., None] * 255.0 * (1 - weight[levels])[..., None] + coloured[levels]
+    assert np.abs(rendered - expected).max() <= 1.0
+    # hot regions are coloured, cold ones keep the film's grey
+    hot = levels == levels.max()
+    assert (rendered[hot][:, 0] - rendered[hot][:, 2]).mean() > 50

@@ -10,10 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: Path, write: Callable[[Path], None], mode: int | None = None) -> None:
+def atomic_write(
+    path: Path, write: Callable[[Path], None], mode: int | None = None, durable: bool = True
+) -> None:
     """Call write(tmp_path) on a temporary file beside `path`, fsync it, rename it over `path` and
     fsync the folder, so the new file is on disk once this returns. `mode`: the file's
-    permissions (default: 0666 less the umask; patient data passes 0600)."""
+    permissions (default: 0666 less the umask; patient data passes 0600). `durable=False` skips
+    both fsyncs, for outputs made again by rerunning the command (heatmap PNGs): the rename still
+    leaves a whole file or none, at about a quarter of the cost of a small file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -23,9 +27,11 @@ def atomic_write(path: Path, write: Callable[[Path], None], mode: int | None = N
         write(tmp)
         # mkstemp makes 0600 files; give the usual permissions unless told otherwise
         os.chmod(tmp, 0o666 & ~_umask() if mode is None else mode)
-        fsync_file(tmp)
+        if durable:
+            fsync_file(tmp)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if durable:
+            fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -6,6 +6,7 @@ Grad-CAM up to scale), so heatmaps need no torch: upsample, colour, blend, encod
 
 from __future__ import annotations
 
+import functools
 import struct
 import zlib
 from pathlib import Path
@@ -26,8 +27,10 @@ def heatmap_file_name(index: int, source: str) -> str:
 
 
 def save_png(image: Image.Image, path: Path) -> None:
+    """Write a heatmap PNG atomically (whole or not at all); not fsynced, since rerunning the
+    command makes it again, and an fsync per film cost more than compressing it."""
     data = png_bytes(np.asarray(image))
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    atomic_write(path, lambda tmp: tmp.write_bytes(data), durable=False)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
@@ -89,13 +92,30 @@ def _jet_tables(alpha: float) -> tuple[np.ndarray, np.ndarray]:
     return (colour * weight[:, None] * 255.0).astype(np.float32), weight.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=4)
+def _blend_tables(alpha: float) -> tuple[np.ndarray, ...]:
+    """Per colour channel, a flat (256 * 256,) uint8 table: the blended value of a film grey
+    level g (0-255) under heat level h at index g * 256 + h, rounded as the overlay is stored."""
+    coloured, weight = _jet_tables(alpha)
+    grey = np.arange(256, dtype=np.float32)[:, None]
+    return tuple(
+        np.clip(grey * (1.0 - weight[None, :]) + coloured[None, :, channel] + 0.5, 0, 255)
+        .astype(np.uint8)
+        .ravel()
+        for channel in range(3)
+    )
+
+
 def render_heatmaps(bases: np.ndarray, class_maps: np.ndarray, alpha: float = 0.55) -> np.ndarray:
     """Overlays for a whole batch at once: (N, S, S) films in [0, 1] under (N, h, w) class maps
     -> (N, S, S, 3) uint8.
 
     Each map is clipped at zero (evidence for the class), scaled to its own maximum, upsampled by
     two small matrix products, coloured with the jet colormap and blended more strongly where it
-    is higher, so cold regions still show the film. Colour and weight come from 256-entry tables.
+    is higher, so cold regions still show the film. The film is taken in 8-bit grey levels, so
+    each output pixel is one lookup per channel in a table of every grey and heat level
+    (`_blend_tables`): about twice as fast as blending in floating point, and never more than
+    one level away from it.
     """
     size = bases.shape[-1]
     positive = np.maximum(class_maps, 0.0).astype(np.float32)
@@ -105,14 +125,12 @@ def render_heatmaps(bases: np.ndarray, class_maps: np.ndarray, alpha: float = 0.
     columns = _upsampling_matrix(positive.shape[2], size)
     heat = np.einsum("ij,njk,lk->nil", rows, positive, columns, optimize=True)
     levels = np.clip(heat * (HEAT_LEVELS - 1) + 0.5, 0, HEAT_LEVELS - 1).astype(np.uint8)
-    coloured, weight = _jet_tables(alpha)
-    film = bases.astype(np.float32) * (255.0 * (1.0 - weight[levels]))
-    film += 0.5  # rounds on the cast below
+    index = np.clip(bases * 255.0 + 0.5, 0, 255).astype(np.uint16)
+    index <<= 8
+    index |= levels
     rgb = np.empty(levels.shape + (3,), dtype=np.uint8)
-    channel = np.empty_like(film)
-    for index in range(3):  # one-dimensional lookups per channel are far cheaper than (256, 3)
-        np.add(film, coloured[:, index][levels], out=channel)
-        rgb[..., index] = channel
+    for channel, table in enumerate(_blend_tables(float(alpha))):
+        rgb[..., channel] = table[index]
     return rgb
 
 
