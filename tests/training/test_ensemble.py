@@ -161,6 +161,8 @@ def test_int8_ship_keeps_torch_files_out_of_models_and_reports_parity(member_run
     assert int8.ood_threshold == pytest.approx(record["gate"]["int8_threshold"])
     text = card.read_text()
     assert "## int8 against fp32" in text and "not a diagnostic device" in text
+    # every section starts on a paragraph of its own (the gate sentence ends the int8 one)
+    assert "\n\n## Out-of-sample validation" in text
     # both graphs answer every validation film alike in the main
     samples, _ = read_split(first, "val")
     images = [read_image(s.path) for s in samples]

@@ -66,7 +66,8 @@ def member_facts(run_dir: Path, model_file: Path | None = None) -> dict:
         "arch": info.arch,
         "size": info.preprocess.size,
         "fold": data.get("fold"),
-        "seed": train.get("seed"),
+        # the seed the validation patients were drawn with (data.split_seed, else train.seed)
+        "seed": train.get("seed") if data.get("split_seed") is None else data["split_seed"],
         "augment_policy": train.get("augment_policy"),
         "epochs": train.get("epochs"),
         "training_minutes": round(timing["wall_seconds"] / 60, 1)
