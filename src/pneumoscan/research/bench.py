@@ -112,20 +112,23 @@ def speed_report(
             f"{onnx_batch * 1000:.1f} ms ({1 / onnx_batch:.0f} img/s)",
         )
     )
+    torch_file = _torch_model_file(model_ref)
     try:
+        if torch_file is None:
+            raise ImportError
         import torch
 
-        from pneumoscan.core.shipped import resolve_model
         from pneumoscan.training.model_file import load_model_file
 
-        torch_model, _ = load_model_file(resolve_model(model_ref))
+        torch_model, _ = load_model_file(torch_file)
         tensor = torch.from_numpy(image)
         with torch.no_grad():
             eager = statistics.median(_timeit(lambda: torch_model(tensor), repeats))
         rows.append(("torch eager, batch 1, median latency (in process)", f"{eager * 1000:.1f} ms"))
         rows.append(("ONNX Runtime speed-up at batch 1", f"{eager / onnx_latency:.1f}x"))
     except ImportError:
-        rows.append(("torch eager", "not installed (lean install)"))
+        missing = "not installed (lean install)" if torch_file else "no model file (.pt) beside it"
+        rows.append(("torch eager", missing))
     sharing = cpu_sharing_note()
     cold, timings = whole_process_timings(
         model_ref, image_paths, films, full_size_films, process_repeats
@@ -204,6 +207,18 @@ def _card_speed(model_ref, films, latency, repeats, plain, process_repeats, cold
             "benchmark after shipping.",
         ]
     )
+
+
+def _torch_model_file(model_ref: str) -> Path | None:
+    """The pneumoscan model file (.pt) that torch eager is timed on: a shipped name's, the one
+    given, or the .pt beside a given .onnx; None when there is none."""
+    from pneumoscan.core.shipped import SHIPPED_MODELS, models_dir
+
+    if model_ref.replace("_", "-") in SHIPPED_MODELS and not Path(model_ref).exists():
+        path = models_dir() / f"{model_ref.replace('_', '-')}.pt"
+    else:
+        path = Path(model_ref).with_suffix(".pt")
+    return path if path.is_file() else None
 
 
 def cpu_sharing_note() -> str:
