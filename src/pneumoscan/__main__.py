@@ -1,3 +1,3 @@
-from pneumoscan.cli import app
+from pneumoscan.cli import main
 
-app(prog_name="pneumoscan")
+main()

@@ -1,0 +1,47 @@
+"""The `pneumoscan` entry point (`pneumoscan.cli:main`, also `python -m pneumoscan`) builds only
+the command named first, for a shorter cold start; it must behave as the whole app does."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import typer.main
+
+from pneumoscan.cli import BY_NAME, app
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "pneumoscan", *args], capture_output=True, text=True, timeout=120
+    )
+
+
+def test_every_command_of_the_app_can_be_built_alone():
+    assert set(BY_NAME) == set(typer.main.get_command(app).commands)
+
+
+def test_a_command_built_alone_predicts_the_golden_films(tmp_path):
+    out = tmp_path / "out.json"
+    finished = _run("predict", "--model", "binary", str(EXAMPLES), "--json", str(out))
+    assert finished.returncode == 0, finished.stderr
+    predictions = json.loads(out.read_text())["predictions"]
+    rows = {Path(row["source"]).name.split("_")[0]: row for row in predictions}
+    assert rows["pneumonia"]["label"] == "pneumonia" and rows["normal"]["label"] == "normal"
+    assert "not a diagnostic device" in finished.stdout
+
+
+def test_help_and_mistakes_read_as_the_whole_app():
+    alone = _run("predict", "--help")
+    assert alone.returncode == 0 and "Usage: pneumoscan predict [OPTIONS]" in alone.stdout
+    assert "--heatmaps" in alone.stdout
+    whole = _run("--help")
+    assert whole.returncode == 0 and all(name in whole.stdout for name in ("dicom-node", "adapt"))
+    typo = _run("predikt")
+    assert typo.returncode == 2 and "No such command 'predikt'" in typo.stderr
+    missing = _run("predict")  # an argument missing: click's usage error, exit 2
+    assert missing.returncode == 2 and "Usage: pneumoscan predict" in missing.stderr
