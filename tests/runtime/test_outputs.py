@@ -299,3 +299,24 @@ def test_heatmap_lookup_blend_is_within_one_level_of_the_float_blend():
     # hot regions are coloured, cold ones keep the film's grey
     hot = levels == levels.max()
     assert (rendered[hot][:, 0] - rendered[hot][:, 2]).mean() > 50
+
+
+def test_heatmap_png_is_the_same_image_with_libdeflate_or_zlib(monkeypatch):
+    """The PNG writer compresses with libdeflate (`deflate`) where installed and zlib otherwise;
+    either file decodes to the overlay exactly."""
+    import io
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from pneumoscan.runtime.heatmap import png_bytes
+
+    y, x = np.mgrid[0:40, 0:56]
+    rgb = np.stack([x * 4, y * 6, (x + y) * 2], axis=-1).astype(np.uint8)  # smooth, compressible
+    fast = png_bytes(rgb)
+    monkeypatch.setitem(sys.modules, "deflate", None)  # `import deflate` now fails
+    plain = png_bytes(rgb)
+    assert fast != plain  # two compressors were used
+    for data in (fast, plain):
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), rgb)

@@ -33,12 +33,23 @@ def save_png(image: Image.Image, path: Path) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data), durable=False)
 
 
+def _zlib_compress(data: bytes) -> bytes:
+    """A zlib stream of `data` at level 1: libdeflate's where installed, else zlib's."""
+    try:
+        import deflate
+    except ImportError:
+        return zlib.compress(data, 1)
+    return deflate.zlib_compress(data, 1)
+
+
 def png_bytes(rgb: np.ndarray) -> bytes:
     """An (H, W, 3) uint8 array as an 8-bit RGB PNG, fast.
 
     Every row uses PNG's `Up` filter (the difference from the row above, one numpy subtraction)
-    and zlib level 1: for a smooth overlay that is as small as Pillow's adaptive filtering at
-    level 1 and about twice as fast, and zlib runs without the GIL, beside the model.
+    and deflate level 1 in zlib format: for a smooth overlay that is as small as Pillow's
+    adaptive filtering at level 1 and about twice as fast. libdeflate (the `deflate` package)
+    compresses a 512 px overlay in about 2.5 ms against zlib's 5.2 ms, a little smaller, and both
+    run without the GIL, beside the model; zlib stands in where `deflate` is not installed.
     """
     height, width, _ = rgb.shape
     rows = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(height, width * 3)
@@ -56,7 +67,7 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     return (
         b"\x89PNG\r\n\x1a\n"
         + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw.tobytes(), 1))
+        + chunk(b"IDAT", _zlib_compress(raw.tobytes()))
         + chunk(b"IEND", b"")
     )
 
