@@ -45,3 +45,30 @@ def test_help_and_mistakes_read_as_the_whole_app():
     assert typo.returncode == 2 and "No such command 'predikt'" in typo.stderr
     missing = _run("predict")  # an argument missing: click's usage error, exit 2
     assert missing.returncode == 2 and "Usage: pneumoscan predict" in missing.stderr
+
+
+def test_predict_loads_only_what_predicting_needs(tmp_path):
+    """A cold `pneumoscan predict` imports no library it does not use: every one below costs
+    tens to hundreds of milliseconds of start-up (issue 27: lazy imports, checked by the list
+    of modules loaded)."""
+    film = next(EXAMPLES.glob("pneumonia_*"))
+    code = (
+        "import sys\n"
+        "from pneumoscan.cli import main\n"
+        f"sys.argv = ['pneumoscan', 'predict', {str(film)!r}, '--csv', {str(tmp_path / 'o.csv')!r}]\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as stop:\n"
+        "    assert not stop.code, stop.code\n"
+        "heavy = ('torch', 'torchvision', 'lightning', 'sklearn', 'scipy', 'matplotlib', 'pandas',\n"
+        "         'fastapi', 'starlette', 'uvicorn', 'pynetdicom', 'highdicom', 'dicomweb_client',\n"
+        "         'ray', 'onnx', 'jinja2', 'prometheus_client', 'yaml')\n"
+        "loaded = sorted({m.split('.')[0] for m in sys.modules} & set(heavy))\n"
+        "ours = sorted(m for m in sys.modules if m.startswith(('pneumoscan.training',\n"
+        "    'pneumoscan.serve', 'pneumoscan.dicom', 'pneumoscan.site', 'pneumoscan.research',\n"
+        "    'pneumoscan.distributed')))\n"
+        "assert not loaded and not ours, (loaded, ours)\n"
+    )
+    finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert "pneumonia" in (tmp_path / "o.csv").read_text()
