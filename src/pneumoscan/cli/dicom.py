@@ -21,7 +21,7 @@ from pneumoscan.cli.common import (
     missing_extra,
     setup_logging,
 )
-from pneumoscan.core.images import MAX_IMAGE_PIXELS
+from pneumoscan.dicom.settings import NodeSettings as Defaults  # stdlib and core only
 
 _SendToOption = Annotated[
     list[str] | None,
@@ -93,13 +93,13 @@ _MetricsPortOption = Annotated[
 
 @friendly
 def dicom_node(
-    port: Annotated[int, typer.Option(help="DICOM port to listen on")] = 11112,
+    port: Annotated[int, typer.Option(help="DICOM port to listen on")] = Defaults.port,
     ae_title: Annotated[
         str, typer.Option("--ae-title", help="this node's AE title")
-    ] = "PNEUMOSCAN",
+    ] = Defaults.ae_title,
     host: Annotated[
         str, typer.Option(help="address to bind; 0.0.0.0 lets other machines (the PACS) connect")
-    ] = "127.0.0.1",
+    ] = Defaults.host,
     send_to: _SendToOption = None,
     stow: _StowOption = None,
     token: StowToken = None,
@@ -110,26 +110,26 @@ def dicom_node(
     spool: _SpoolOption = Path("~/.local/state/pneumoscan/dicom-node"),
     model: RuntimeModel = "binary",
     allow_aet: _AllowAetOption = None,
-    max_associations: _MaxAssociationsOption = 10,
+    max_associations: _MaxAssociationsOption = Defaults.max_associations,
     queue: Annotated[
         int, typer.Option(help="films waiting for prediction; past it, senders wait, then retry")
-    ] = 16,
-    queue_wait: _QueueWaitOption = 10.0,
+    ] = Defaults.queue_size,
+    queue_wait: _QueueWaitOption = Defaults.queue_wait_s,
     workers: _WorkersOption = None,
     batch: Annotated[
         int, typer.Option(help="films that queued up predicted in one model run, at most")
-    ] = 8,
+    ] = Defaults.batch_size,
     threads: OnnxThreads = None,
     max_pixels: Annotated[
         int, typer.Option(help="largest film accepted, in pixels")
-    ] = MAX_IMAGE_PIXELS,
+    ] = Defaults.max_pixels,
     max_mb: Annotated[
         float, typer.Option(help="largest C-STORE message accepted, in MB (larger ones abort)")
-    ] = 512.0,
+    ] = Defaults.max_message_mb,
     retry_max: Annotated[
         float, typer.Option(help="longest wait between delivery attempts, in seconds")
-    ] = 300.0,
-    max_attempts: _MaxAttemptsOption = 5,
+    ] = Defaults.retry_max_s,
+    max_attempts: _MaxAttemptsOption = Defaults.max_attempts,
     group_readable: _GroupReadableOption = False,
     tls_cert: Annotated[
         Path | None, typer.Option("--tls-cert", help="PEM certificate: accept DICOM over TLS")
