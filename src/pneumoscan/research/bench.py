@@ -112,23 +112,7 @@ def speed_report(
             f"{onnx_batch * 1000:.1f} ms ({1 / onnx_batch:.0f} img/s)",
         )
     )
-    torch_file = _torch_model_file(model_ref)
-    try:
-        if torch_file is None:
-            raise ImportError
-        import torch
-
-        from pneumoscan.training.model_file import load_model_file
-
-        torch_model, _ = load_model_file(torch_file)
-        tensor = torch.from_numpy(image)
-        with torch.no_grad():
-            eager = statistics.median(_timeit(lambda: torch_model(tensor), repeats))
-        rows.append(("torch eager, batch 1, median latency (in process)", f"{eager * 1000:.1f} ms"))
-        rows.append(("ONNX Runtime speed-up at batch 1", f"{eager / onnx_latency:.1f}x"))
-    except ImportError:
-        missing = "not installed (lean install)" if torch_file else "no model file (.pt) beside it"
-        rows.append(("torch eager", missing))
+    rows += _torch_rows(model_ref, image, onnx_latency, repeats)
     sharing = cpu_sharing_note()
     cold, timings = whole_process_timings(
         model_ref, image_paths, films, full_size_films, process_repeats
@@ -207,6 +191,28 @@ def _card_speed(model_ref, films, latency, repeats, plain, process_repeats, cold
             "benchmark after shipping.",
         ]
     )
+
+
+def _torch_rows(model_ref: str, image: np.ndarray, onnx_latency: float, repeats: int) -> list:
+    """The report's torch eager rows: batch-1 latency and ONNX Runtime's speed-up over it, or
+    why torch was not timed."""
+    torch_file = _torch_model_file(model_ref)
+    if torch_file is None:
+        return [("torch eager", "no model file (.pt) beside it")]
+    try:
+        import torch
+
+        from pneumoscan.training.model_file import load_model_file
+    except ImportError:
+        return [("torch eager", "not installed (lean install)")]
+    torch_model, _ = load_model_file(torch_file)
+    tensor = torch.from_numpy(image)
+    with torch.no_grad():
+        eager = statistics.median(_timeit(lambda: torch_model(tensor), repeats))
+    return [
+        ("torch eager, batch 1, median latency (in process)", f"{eager * 1000:.1f} ms"),
+        ("ONNX Runtime speed-up at batch 1", f"{eager / onnx_latency:.1f}x"),
+    ]
 
 
 def _torch_model_file(model_ref: str) -> Path | None:
