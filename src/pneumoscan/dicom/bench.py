@@ -39,6 +39,7 @@ from pneumoscan.dicom.harness import (
     jpeg_pixels,
     send_films,
 )
+from pneumoscan.dicom.settings import default_workers
 
 SECTION = "dicom-node-bench"  # its section of docs/dicom.md (core.fileio.write_section)
 RASTER_SUFFIXES = (".jpeg", ".jpg", ".png")
@@ -210,8 +211,9 @@ def markdown(summaries: list[dict], command: str, images: str) -> str:
             "",
             f"`{command}`: films from `{images}` wrapped into 8-bit DX objects (one study each, "
             "made-up patients), C-STOREd over loopback to `pneumoscan dicom-node --send-to` a "
-            "real Orthanc 1.10 on the same machine; binary model, one prediction worker, default "
-            f"queue. Hardware: {hardware()}; {sharing_note()}. Orthanc, the node and the sender "
+            "real Orthanc 1.10 on the same machine; binary model, the node's default prediction "
+            f"workers ({default_workers()} here), batch and queue. Hardware: {hardware()}; "
+            f"{sharing_note()}. Orthanc, the node and the sender "
             "all run on these cores.",
             "",
             *rows,
