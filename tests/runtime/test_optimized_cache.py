@@ -74,3 +74,14 @@ def test_the_cache_can_be_switched_off(tmp_path, monkeypatch):
     assert optimized_cache_path(path) is None
     OnnxModel(path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["binary.onnx"]
+
+
+def test_a_cache_folder_that_cannot_be_written_is_passed_over(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("PNEUMOSCAN_ONNX_CACHE", str(blocker / "onnx"))  # mkdir fails
+    path = tmp_path / "binary.onnx"
+    shutil.copy(MODELS / "binary.onnx", path)
+    model = OnnxModel(path)
+    assert model.class_names == ("normal", "pneumonia")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "binary.onnx"]

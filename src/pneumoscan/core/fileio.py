@@ -10,6 +10,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def user_cache_dir() -> Path:
+    """pneumoscan's cache folder: $XDG_CACHE_HOME/pneumoscan, else ~/.cache/pneumoscan (decoded
+    films and feature maps of training runs; ONNX Runtime's optimised graphs in onnx/)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pneumoscan"
+
+
 def atomic_write(
     path: Path, write: Callable[[Path], None], mode: int | None = None, durable: bool = True
 ) -> None:

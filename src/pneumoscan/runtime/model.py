@@ -21,6 +21,7 @@ from pneumoscan.core.decision import (
     decide,
 )
 from pneumoscan.core.errors import ModelFileError
+from pneumoscan.core.fileio import atomic_write, user_cache_dir
 from pneumoscan.core.hardware import usable_cpus
 from pneumoscan.core.preprocess import PreprocessSpec, prepare
 from pneumoscan.core.shipped import resolve_model
@@ -39,11 +40,7 @@ def optimized_cache_path(path: Path) -> Path | None:
     setting = os.environ.get(OPTIMIZED_CACHE_ENV, "")
     if setting == "0":
         return None
-    if setting:
-        folder = Path(setting)
-    else:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        folder = Path(base) / "pneumoscan" / "onnx"
+    folder = Path(setting) if setting else user_cache_dir() / "onnx"
     try:
         stat = path.stat()
     except OSError:
@@ -58,9 +55,6 @@ def optimized_session(path: Path, options):
     is saved once in the cache (`optimized_cache_path`) and later processes load it with no
     optimisation pass, which is most of a cold start's session time; a cache that cannot be
     read or written is passed over, and the model file itself is never changed."""
-    import os
-    import tempfile
-
     import onnxruntime as ort
 
     providers = ["CPUExecutionProvider"]
@@ -74,22 +68,22 @@ def optimized_session(path: Path, options):
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if cache is None:
         return ort.InferenceSession(str(path), options, providers=providers)
+    sessions = []
+
+    def optimise_into(temporary: Path) -> None:
+        options.optimized_model_filepath = str(temporary)
+        # ONNX Runtime warns that an ALL-level graph suits this machine only: the cache is this
+        # machine's, keyed by the file and the onnxruntime version.
+        options.log_severity_level = 3
+        sessions.append(ort.InferenceSession(str(path), options, providers=providers))
+
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=cache.parent, suffix=".partial")
-        os.close(handle)
-    except OSError:
-        return ort.InferenceSession(str(path), options, providers=providers)
-    options.optimized_model_filepath = temporary
-    # ONNX Runtime warns that an ALL-level graph suits this machine only: the cache is this
-    # machine's, keyed by the file and the onnxruntime version.
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
-        os.replace(temporary, cache)
-    finally:
-        Path(temporary).unlink(missing_ok=True)
-    return session
+        atomic_write(cache, optimise_into, durable=False)  # a rerun makes it again
+    except OSError:  # a cache folder that cannot be written: the session serves without it
+        if not sessions:
+            options.optimized_model_filepath = ""
+            return ort.InferenceSession(str(path), options, providers=providers)
+    return sessions[0]
 
 
 class OnnxModel:

@@ -9,11 +9,10 @@ they import none of each other in a circle (the `training-runs` import contract)
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
-from pneumoscan.core.fileio import atomic_write_text
+from pneumoscan.core.fileio import atomic_write_text, user_cache_dir
 from pneumoscan.core.hardware import hardware
 from pneumoscan.training.model_file import load_model_file
 
@@ -23,8 +22,7 @@ TIMING_FILE = "timing.json"
 
 def default_cache_dir() -> Path:
     """Where decoded films and feature maps are cached between runs (`data.cache_dir` unset)."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pneumoscan"
+    return user_cache_dir()
 
 
 def film_key(path: Path | str) -> str:
