@@ -218,12 +218,13 @@ def _torch_rows(model_ref: str, image: np.ndarray, onnx_latency: float, repeats:
 def _torch_model_file(model_ref: str) -> Path | None:
     """The pneumoscan model file (.pt) that torch eager is timed on: a shipped name's, the one
     given, or the .pt beside a given .onnx; None when there is none."""
-    from pneumoscan.core.shipped import SHIPPED_MODELS, models_dir
+    from pneumoscan.core.errors import ModelFileError
+    from pneumoscan.core.shipped import resolve_model
 
-    if model_ref.replace("_", "-") in SHIPPED_MODELS and not Path(model_ref).exists():
-        path = models_dir() / f"{model_ref.replace('_', '-')}.pt"
-    else:
-        path = Path(model_ref).with_suffix(".pt")
+    try:
+        path = resolve_model(model_ref, suffix=".pt").with_suffix(".pt")
+    except ModelFileError:  # a shipped name without its .pt (an install without torch files)
+        return None
     return path if path.is_file() else None
 
 
