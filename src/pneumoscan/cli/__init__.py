@@ -17,12 +17,18 @@ import typer
 from pneumoscan.cli import dicom, evaluation, predict, research, serve, site, training
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 
-app = typer.Typer(
-    help=f"Pneumonia detection in pediatric chest X-rays. {NOT_DIAGNOSTIC_NOTICE}",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
+
+def _typer(**options) -> typer.Typer:
+    """A Typer app as `pneumoscan` is: its help, no rich tracebacks, no completion commands."""
+    return typer.Typer(
+        help=f"Pneumonia detection in pediatric chest X-rays. {NOT_DIAGNOSTIC_NOTICE}",
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        **options,
+    )
+
+
+app = _typer(no_args_is_help=True)
 
 # The order `pneumoscan --help` lists them in.
 COMMANDS = (
@@ -67,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     command = BY_NAME.get(argv[0]) if argv else None
     if command is None:
         return app(argv, prog_name="pneumoscan")
-    alone = typer.Typer(help=app.info.help, pretty_exceptions_enable=False, add_completion=False)
+    alone = _typer()
     alone.callback()(_group)  # a group of one: `pneumoscan NAME ...` as with the whole app
     alone.command()(command)
     return alone(argv, prog_name="pneumoscan")
