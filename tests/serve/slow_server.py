@@ -12,7 +12,8 @@ import time
 
 import uvicorn
 
-from pneumoscan.serve.app import MB, ServeSettings, _load_models, create_app
+from pneumoscan.serve.app import _load_models, create_app
+from pneumoscan.serve.settings import MB, ServeSettings
 
 
 class SlowModel:

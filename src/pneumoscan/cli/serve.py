@@ -19,6 +19,8 @@ from pneumoscan.cli.common import (
     setup_logging,
 )
 from pneumoscan.core.errors import PneumoscanError
+from pneumoscan.serve.settings import MB, SETTINGS_ENV
+from pneumoscan.serve.settings import ServeSettings as Defaults  # no web stack imported
 
 _HostOption = Annotated[
     str, typer.Option(help="address to bind; 0.0.0.0 exposes the server to the network")
@@ -29,7 +31,8 @@ _ModelOption = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="models to load (repeat; the first is the default): binary and three-class by default",
+        help="models to load (repeat; the first is the default): "
+        f"{' and '.join(Defaults.models)} by default",
     ),
 ]
 
@@ -38,13 +41,12 @@ _ThreadsOption = Annotated[
     typer.Option(help="ONNX Runtime threads per prediction (default: cores / parallel)"),
 ]
 
-# Dynamic batching. The defaults live in ServeSettings (serve is not imported before the command
-# runs); a test keeps these help texts equal to them.
+# Dynamic batching: None keeps ServeSettings' default (which the help states).
 _MaxBatchOption = Annotated[
     int | None,
     typer.Option(
-        help="single-film requests run through the model together, at most (default 16; 1: no "
-        "batching)"
+        help="single-film requests run through the model together, at most "
+        f"(default {Defaults.max_batch_size}; 1: no batching)"
     ),
 ]
 
@@ -52,7 +54,7 @@ _MaxBatchWaitOption = Annotated[
     float | None,
     typer.Option(
         help="milliseconds a batch's first film waits for others while the model is free "
-        "(default 2)"
+        f"(default {Defaults.max_batch_wait_ms:g})"
     ),
 ]
 
@@ -129,13 +131,19 @@ def serve(
     max_batch: _MaxBatchOption = None,
     max_batch_wait_ms: _MaxBatchWaitOption = None,
     decode_threads: _DecodeThreadsOption = None,
-    max_upload_mb: Annotated[float, typer.Option(help="largest file accepted, in MB")] = 20.0,
-    max_pixels: Annotated[int, typer.Option(help="largest image accepted, in pixels")] = 30_000_000,
-    max_in_flight: _MaxInFlightOption = 32,
-    max_per_client: _MaxPerClientOption = 4,
-    min_upload_kb_per_s: _MinUploadKbPerSOption = 32.0,
-    timeout: Annotated[float, typer.Option(help="request time limit in seconds")] = 30.0,
-    indeterminate: IndeterminateMargin = 0.0,
+    max_upload_mb: Annotated[
+        float, typer.Option(help="largest file accepted, in MB")
+    ] = Defaults.max_upload_bytes / MB,
+    max_pixels: Annotated[
+        int, typer.Option(help="largest image accepted, in pixels")
+    ] = Defaults.max_pixels,
+    max_in_flight: _MaxInFlightOption = Defaults.max_in_flight,
+    max_per_client: _MaxPerClientOption = Defaults.max_in_flight_per_client,
+    min_upload_kb_per_s: _MinUploadKbPerSOption = Defaults.min_upload_bytes_per_s / 1024,
+    timeout: Annotated[
+        float, typer.Option(help="request time limit in seconds")
+    ] = Defaults.request_timeout_s,
+    indeterminate: IndeterminateMargin = Defaults.indeterminate_margin,
     gate: GateSwitch = True,
     cors_origin: _CorsOriginOption = None,
     header_timeout: _HeaderTimeoutOption = 30.0,
@@ -151,7 +159,7 @@ def serve(
     try:
         import uvicorn
 
-        from pneumoscan.serve.app import SETTINGS_ENV, ServeSettings, create_app
+        from pneumoscan.serve.app import create_app
         from pneumoscan.serve.protocol import HEADER_TIMEOUT_ENV, HeaderDeadlineProtocol
     except ImportError as error:
         missing_extra("serve", "serve", error)
@@ -163,8 +171,8 @@ def serve(
         fail(f"--max-connections {max_connections}: give 1 or more")
     tls = _tls_options(ssl_certfile, ssl_keyfile)
     try:
-        settings = ServeSettings.from_environment(
-            models=tuple(model or ("binary", "three-class")),
+        settings = Defaults.from_environment(
+            models=tuple(model or Defaults.models),
             gate=gate,
             threads=threads,
             parallel=parallel,

@@ -1,7 +1,7 @@
 """serve: the web page, REST API and OpenAPI docs over the runtime (`pneumoscan serve`).
 
 Needs the [serve] extra (FastAPI, uvicorn, python-multipart); the lean install and `pneumoscan
-predict` never import it. Modules: `app` (factory, lifespan, routes), `schemas` (pydantic models,
+predict` never import it. Modules: `settings` (ServeSettings and its defaults, no web stack), `app` (factory, lifespan, routes), `schemas` (pydantic models,
 the OpenAPI schema), `uploads` (in-memory multipart parsing and upload checks), `batching` (the
 worker threads and the dynamic batcher), `metrics`, `protocol`, `loadtest`, and `static/` (the
 page).

@@ -29,10 +29,6 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-# `pneumoscan serve` defaults (ServeSettings reads them too): a batch as large as the runtime's,
-# and a wait short next to a full-size film's decoding (tens of ms) and the model's run (~5 ms).
-MAX_BATCH_SIZE = 16
-MAX_BATCH_WAIT_MS = 2.0
 IDLE_S = 30.0
 
 
