@@ -30,13 +30,13 @@ bench-serve:  ## serving under load: CLIENTS upload the same films at 256 px, th
 	rm -rf build/serve-films-256 build/full-size-films
 	$(PY) -m pneumoscan.research.bench $(DATA)/val build/serve-films-256 --films 64 --shorter-side 0
 	$(PY) -m pneumoscan.research.bench $(DATA)/val build/full-size-films --films 64
-	$(PY) -m pneumoscan.serve.loadtest --clients $(CLIENTS) --duration $(DURATION) \
+	$(PY) -m pneumoscan.devtools.loadtest --clients $(CLIENTS) --duration $(DURATION) \
 	  --images build/serve-films-256 --images build/full-size-films \
 	  --films-note "validation films as stored (256 px), then the same films upscaled (bicubic) to a 2,000 px shorter side, JPEG quality 95" --out docs/benchmarks.md
 bench-train:  ## training speed: loader vs model step at 160 and 224 px, 1 vs 2 DDP processes -> docs/benchmarks.md
 	$(PY) -m pneumoscan.research.bench_train --config configs/three_class_robust.yaml --out docs/benchmarks.md
 bench-dicom:  ## DICOM node throughput and latency into a real Orthanc (needs the orthanc package) -> docs/dicom.md
-	$(PY) -m pneumoscan.dicom.bench --images $(DATA)/train --films 80 --shorter-side 0 --shorter-side 2000 --out docs/dicom.md
+	$(PY) -m pneumoscan.devtools.dicom_bench --images $(DATA)/train --films 80 --shorter-side 0 --shorter-side 2000 --out docs/dicom.md
 site-demo:  ## a simulated new site: validate, calibrate and conformal sets -> docs/site/
 	$(PY) -m pneumoscan.site.simulate $(DATA) --model binary --out build/site --films 400 --shift zoomed
 	.venv/bin/pneumoscan validate build/site --model binary --out docs/site/validate

@@ -16,7 +16,7 @@ from dicom.films import example_film
 pytest.importorskip("highdicom", reason='the [dicom] extra: pip install ".[dicom]"')
 pytest.importorskip("pynetdicom", reason='the [dicom] extra: pip install ".[dicom]"')
 
-from pneumoscan.dicom.harness import (  # noqa: E402
+from pneumoscan.devtools.dicom_harness import (  # noqa: E402
     NODE_AET,
     OrthancProcess,
     dicomweb_plugin,

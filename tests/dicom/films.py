@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from pneumoscan.dicom.harness import chest_film, jpeg_pixels
+from pneumoscan.devtools.dicom_harness import chest_film, jpeg_pixels
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"

@@ -10,9 +10,9 @@ import time
 import pytest
 
 from dicom.films import example_film
+from pneumoscan.devtools.dicom_harness import free_port, send_films
 from pneumoscan.dicom import node as node_module
 from pneumoscan.dicom.delivery import FolderDestination
-from pneumoscan.dicom.harness import free_port, send_films
 from pneumoscan.dicom.node import (
     OUT_OF_RESOURCES,
     SUCCESS,

@@ -31,7 +31,7 @@ from dicom.films import (
     write_film,
 )
 from pneumoscan.cli import app
-from pneumoscan.dicom.harness import NodeProcess, echo, free_port, send_films
+from pneumoscan.devtools.dicom_harness import NodeProcess, echo, free_port, send_films
 
 NODE_FLAGS = ["--allow-aet", "ORTHANC", "--retry-max", "1", "-v"]
 

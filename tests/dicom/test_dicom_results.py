@@ -194,12 +194,14 @@ def test_the_dicom_layer_never_imports_torch_or_training_code():
     import sys
 
     code = (
-        "import sys, pneumoscan.dicom.node, pneumoscan.dicom.outputs, pneumoscan.dicom.bench, "
+        "import sys, pneumoscan.dicom.node, pneumoscan.dicom.outputs, pneumoscan.devtools.dicom_bench, "
         "pneumoscan.cli.dicom\n"
         "import highdicom, pynetdicom, dicomweb_client\n"
         # The CLI lists the threshold rules in calibrate's and ship's --rule help: that registry
-        # (numpy only) is the one part of evaluation it may load.
-        "light = {'pneumoscan.evaluation', 'pneumoscan.evaluation.rules'}\n"
+        # (numpy only) is the one part of evaluation it may load; serve's settings (no web stack)
+        # give serve's options their defaults.
+        "light = {'pneumoscan.evaluation', 'pneumoscan.evaluation.rules',\n"
+        "         'pneumoscan.serve', 'pneumoscan.serve.settings'}\n"
         "loaded = [m for m in sys.modules if m == 'torch' or m not in light and m.startswith(("
         "'pneumoscan.training', 'pneumoscan.evaluation', 'pneumoscan.site', "
         "'pneumoscan.research', 'pneumoscan.serve'))]\n"

@@ -17,7 +17,7 @@ import pytest
 from predict_process import SRC
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
-from pneumoscan.dicom.harness import chest_film, free_port
+from pneumoscan.devtools.dicom_harness import chest_film, free_port
 
 pynetdicom = pytest.importorskip("pynetdicom")
 

@@ -13,8 +13,8 @@ import pytest
 
 from dicom import sr_reading as sr
 from dicom.films import NORMAL_JPEG, PNEUMONIA_JPEG, chest_film, jpeg_pixels, write_film
+from pneumoscan.devtools.dicom_harness import free_port, send_films
 from pneumoscan.dicom.delivery import CStoreDestination
-from pneumoscan.dicom.harness import free_port, send_films
 from pneumoscan.dicom.node import SUCCESS, DicomNode, NodeSettings
 from pneumoscan.dicom.producer import Producer
 from pneumoscan.dicom.report import build_report

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pydicom import dcmread
 
 from dicom.films import example_film
-from pneumoscan.dicom.harness import free_port
+from pneumoscan.devtools.dicom_harness import free_port
 
 pynetdicom = pytest.importorskip("pynetdicom")
 

@@ -9,7 +9,7 @@ import pytest
 from dicom.conftest import orthanc_factory, require_orthanc  # noqa: F401  (fixtures reused)
 from dicom.films import NORMAL_JPEG, PNEUMONIA_JPEG, chest_film, jpeg_pixels
 
-from pneumoscan.dicom.harness import NodeProcess, send_films
+from pneumoscan.devtools.dicom_harness import NodeProcess, send_films
 
 # Quick retries, so a scenario's archive coming back is noticed within seconds.
 NODE_FLAGS = ["--retry-max", "1", "-v"]

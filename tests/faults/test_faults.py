@@ -23,7 +23,7 @@ from faults.conftest import (
     sr_counts,
     wait_until,
 )
-from pneumoscan.dicom.harness import NodeProcess, OrthancProcess, free_port
+from pneumoscan.devtools.dicom_harness import NodeProcess, OrthancProcess, free_port
 from pneumoscan.dicom.spool import Spool
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from serve_fixtures import NORMAL_FILM, PNEUMONIA_FILM, TEST_OUTPUT
 
 from pneumoscan.api import load_model
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
-from pneumoscan.serve.loadtest import ServerProcess
+from pneumoscan.devtools.loadtest import ServerProcess
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Playwright's own browser download cannot work offline; Debian's chromium with these flags does.

@@ -8,8 +8,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from pneumoscan.devtools import loadtest
 from pneumoscan.research import bench
-from pneumoscan.serve import loadtest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

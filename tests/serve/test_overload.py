@@ -231,7 +231,7 @@ def test_memory_stays_flat_while_waves_of_clients_time_out():
     `busy` by the third wave."""
     import sys
 
-    from pneumoscan.serve.loadtest import ServerProcess
+    from pneumoscan.devtools.loadtest import ServerProcess
 
     with Image.open(NORMAL_FILM) as image:
         scale = 2000 / min(image.size)

@@ -18,7 +18,7 @@ import urllib.request
 import pytest
 from serve_fixtures import load_shipped_models, post_to_a_broken_model
 
-from pneumoscan.serve.loadtest import ServerProcess, free_port
+from pneumoscan.devtools.loadtest import ServerProcess, free_port
 
 
 def _serve(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

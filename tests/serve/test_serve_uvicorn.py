@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from serve_fixtures import NORMAL_FILM, file_part, multipart
 
-from pneumoscan.serve.loadtest import ServerProcess
+from pneumoscan.devtools.loadtest import ServerProcess
 
 BOUNDARY = "pneumoscan-test"
 

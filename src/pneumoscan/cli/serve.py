@@ -62,6 +62,12 @@ _DecodeThreadsOption = Annotated[
     int | None, typer.Option(help="threads decoding uploads (default: the usable cores)")
 ]
 
+_MaxUploadMbOption = Annotated[float, typer.Option(help="largest file accepted, in MB")]
+
+_MaxPixelsOption = Annotated[int, typer.Option(help="largest image accepted, in pixels")]
+
+_TimeoutOption = Annotated[float, typer.Option(help="request time limit in seconds")]
+
 _MaxInFlightOption = Annotated[
     int, typer.Option(help="requests handled at once; more get 503 with Retry-After")
 ]
@@ -131,18 +137,12 @@ def serve(
     max_batch: _MaxBatchOption = None,
     max_batch_wait_ms: _MaxBatchWaitOption = None,
     decode_threads: _DecodeThreadsOption = None,
-    max_upload_mb: Annotated[
-        float, typer.Option(help="largest file accepted, in MB")
-    ] = Defaults.max_upload_bytes / MB,
-    max_pixels: Annotated[
-        int, typer.Option(help="largest image accepted, in pixels")
-    ] = Defaults.max_pixels,
+    max_upload_mb: _MaxUploadMbOption = Defaults.max_upload_bytes / MB,
+    max_pixels: _MaxPixelsOption = Defaults.max_pixels,
     max_in_flight: _MaxInFlightOption = Defaults.max_in_flight,
     max_per_client: _MaxPerClientOption = Defaults.max_in_flight_per_client,
     min_upload_kb_per_s: _MinUploadKbPerSOption = Defaults.min_upload_bytes_per_s / 1024,
-    timeout: Annotated[
-        float, typer.Option(help="request time limit in seconds")
-    ] = Defaults.request_timeout_s,
+    timeout: _TimeoutOption = Defaults.request_timeout_s,
     indeterminate: IndeterminateMargin = Defaults.indeterminate_margin,
     gate: GateSwitch = True,
     cors_origin: _CorsOriginOption = None,

@@ -12,8 +12,10 @@ What it owns:
 - `results`: the objects for one prediction; `outputs`: `pneumoscan predict --dicom-out/--stow`;
 - `delivery`: sending objects by DIMSE C-STORE, DICOMweb STOW-RS or into a folder;
 - `spool`: received films and unsent results on disk, with atomic writes, retry and backoff;
-- `node`: `pneumoscan dicom-node`, a C-STORE SCP (with C-ECHO) that predicts on a bounded queue;
-- `harness` (throwaway Orthanc and node processes for the tests, `bench` and `screenshot`).
+- `node`: `pneumoscan dicom-node`, a C-STORE SCP (with C-ECHO) that predicts on a bounded queue.
+
+The developer harnesses (throwaway Orthanc and node processes, the node benchmark, the
+screenshots) live in `pneumoscan.devtools`, above this layer.
 
 May import: `runtime` and `core` (the ONNX model, the predict path, the image reader, the
 notice, errors, atomic writes), and the `[dicom]` extra's highdicom, pynetdicom and

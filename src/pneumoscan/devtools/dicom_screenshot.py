@@ -1,6 +1,6 @@
 """The documentation's screenshots: pneumoscan's SR and SC in Orthanc Explorer, in real Chromium.
 
-    python -m pneumoscan.dicom.screenshot --out docs/img
+    python -m pneumoscan.devtools.dicom_screenshot --out docs/img
 
 Starts a throwaway Orthanc with the routing script of docs/orthanc/ and a `pneumoscan dicom-node`,
 uploads the example pneumonia film wrapped into a DX object (a made-up patient), waits for the
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pneumoscan.dicom.harness import (
+from pneumoscan.devtools.dicom_harness import (
     NODE_AET,
     NodeProcess,
     OrthancProcess,

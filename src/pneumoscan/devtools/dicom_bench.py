@@ -1,6 +1,6 @@
 """Throughput and latency of `pneumoscan dicom-node` on loopback, against a real Orthanc.
 
-    python -m pneumoscan.dicom.bench --images ../shared/data/chest_xray/train --films 80 \\
+    python -m pneumoscan.devtools.dicom_bench --images ../shared/data/chest_xray/train --films 80 \\
         --shorter-side 0 --shorter-side 2000 --out docs/dicom.md
 
 Starts a throwaway Orthanc (the archive) and a real `pneumoscan dicom-node --send-to` it, wraps
@@ -32,7 +32,7 @@ import numpy as np
 
 from pneumoscan.core.fileio import write_section
 from pneumoscan.core.hardware import hardware
-from pneumoscan.dicom.harness import (
+from pneumoscan.devtools.dicom_harness import (
     NodeProcess,
     OrthancProcess,
     chest_film,
@@ -207,7 +207,7 @@ def markdown(summaries: list[dict], command: str, images: str) -> str:
     row("node's peak resident memory", lambda s: f"{s['node_peak_rss_mb']:g} MB")
     return "\n".join(
         [
-            "### Throughput and latency (`python -m pneumoscan.dicom.bench`)",
+            "### Throughput and latency (`python -m pneumoscan.devtools.dicom_bench`)",
             "",
             f"`{command}`: films from `{images}` wrapped into 8-bit DX objects (one study each, "
             "made-up patients), C-STOREd over loopback to `pneumoscan dicom-node --send-to` a "
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2), flush=True)
         summaries.append(summary)
     if args.out:
-        command = "python -m pneumoscan.dicom.bench " + " ".join(argv or sys.argv[1:])
+        command = "python -m pneumoscan.devtools.dicom_bench " + " ".join(argv or sys.argv[1:])
         write_section(args.out, SECTION, markdown(summaries, command, str(args.images)))
         print(f"wrote {args.out}")
     return 0

@@ -4,7 +4,7 @@ Starts a real server process (`pneumoscan serve` on a free 127.0.0.1 port), driv
 httpx clients that upload real films to /v1/predict, samples the server's resident memory every
 half second, and reports requests/s, latency percentiles, errors and RSS over the run as Markdown.
 
-    python -m pneumoscan.serve.loadtest --clients 16 --duration 60 \\
+    python -m pneumoscan.devtools.loadtest --clients 16 --duration 60 \\
         --images ../shared/data/chest_xray/val --out docs/benchmarks.md
 
 `make bench-serve` runs it on full-size films: 64 validation films upscaled to a 2,000 px
@@ -399,7 +399,7 @@ def main(argv: list[str] | None = None) -> int:
         runs.append({"images": str(images), "films": describe_films(films), "summary": summary})
         errors += result.errors
     if args.out:
-        command = "python -m pneumoscan.serve.loadtest " + shlex.join(argv or sys.argv[1:])
+        command = "python -m pneumoscan.devtools.loadtest " + shlex.join(argv or sys.argv[1:])
         text = markdown(runs, command, server_command, args.films_note)
         write_section(args.out, SECTION, text)
         print(f"wrote {args.out}")
