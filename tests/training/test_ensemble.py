@@ -86,6 +86,26 @@ def test_ensemble_and_binary_reading_parity(member_runs):
     assert info.record["onnx_parity"] < 1e-4 and info.class_names == ("normal", "pneumonia")
 
 
+def test_out_of_fold_runs_widen_the_fitted_films_but_stay_out_of_the_graph(member_runs):
+    """`ship --ensemble A --oof-run B`: the graph holds A alone, while the temperature and the
+    reported figures come from both runs' held-out films, each scored by its own network."""
+    from pneumoscan.core.dataset import read_split
+    from pneumoscan.training.model_file import load_model_file
+    from pneumoscan.training.ship import ship_model
+
+    root, _, first, second, _ = member_runs
+    models = root / "models-oof"
+    card = ship_model(None, "three-class", models, ensemble=[first], oof_runs=[second])
+    model, info = load_model_file(models / "three-class.pt")
+    assert len(model.members) == 1 and [m["fold"] for m in info.record["members"]] == [0]
+    assert [m["fold"] for m in info.record["oof_runs"]] == [1]
+    held_out = {str(s.path) for run in (first, second) for s in read_split(run, "val")[0]}
+    assert info.val_metrics["n"] == len(held_out)
+    assert info.record["calibration_films"] == len(held_out)
+    text = card.read_text()
+    assert "Out-of-fold runs: 1 more network" in text and f"`{second}`" in text
+
+
 def test_out_of_fold_pool_averages_only_members_that_held_the_film_out():
     from pneumoscan.training.ship import RunScores, pool_out_of_fold
 
@@ -173,3 +193,23 @@ def test_int8_ship_keeps_torch_files_out_of_models_and_reports_parity(member_run
     rewritten = write_card("binary", models, stress_dir=root / "no-stress").read_text()
     section = text.split("## int8 against fp32")[1].split("## ")[0]
     assert section in rewritten and len(section) > 300
+
+
+def test_int8_keeps_the_convolutions_that_read_the_image_in_fp32():
+    """Each member's stem reads the image: it stays fp32, so the image is never quantized
+    (on the shipped ensemble that moved the fewest decisions of the settings tried)."""
+    from onnx import TensorProto, helper
+
+    from pneumoscan.training.quantize import first_convolutions
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 1, 1], [1.0])
+    nodes = [
+        helper.make_node("Pad", ["image", "pads"], ["padded"], name="pad"),
+        helper.make_node("Conv", ["padded", "w"], ["a"], name="stem_a"),
+        helper.make_node("Conv", ["image", "w"], ["b"], name="stem_b"),
+        helper.make_node("Relu", ["a"], ["c"], name="relu"),
+        helper.make_node("Conv", ["c", "w"], ["d"], name="inner"),
+    ]
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 4, 4])
+    graph = helper.make_graph(nodes, "g", [image], [], initializer=[weight])
+    assert sorted(first_convolutions(graph)) == ["stem_a", "stem_b"]

@@ -194,13 +194,15 @@ def network_info(info: ModelInfo, **changes) -> ModelInfo:
     return ModelInfo(**{**facts, **changes})
 
 
-def out_of_fold_scores(members: list[RunScores]) -> RunScores:
+def out_of_fold_scores(members: list[RunScores], graph_members: int | None = None) -> RunScores:
     """Every film that is validation for at least one member, scored by the mean logits of the
-    members that never trained on it (its out-of-fold members), with the ensemble of all
-    members as the network. Figures from these scores describe one or two members per film,
-    not the whole ensemble: a conservative estimate of it."""
+    members that never trained on it (its out-of-fold members), with the ensemble of the first
+    `graph_members` members (all by default) as the network; the others only score their
+    held-out films. Figures from these scores describe one or two members per film, not the
+    whole ensemble: a conservative estimate of it."""
     keys, logits, targets, patients, counts = pool_out_of_fold(members)
-    ensemble = EnsembleClassifier([m.model for m in members], [m.info.to_dict() for m in members])
+    graph = members[: graph_members or len(members)]
+    ensemble = EnsembleClassifier([m.model for m in graph], [m.info.to_dict() for m in graph])
     # The members' epochs are their own (in member_infos), not the ensemble's.
     info = network_info(members[0].info, phase=None, epoch=None, global_step=None)
     facts = {
@@ -323,11 +325,13 @@ def ship_model(
     class_bias: bool = False,
     cost_fn: float = 1.0,
     int8: bool = False,
+    oof_runs: list[Path] = (),
 ) -> Path:
     """Calibrate, refit the gate, write the fp16 model file, the ONNX file and the card.
 
     With `ensemble` (run folders trained on different patient folds) the shipped network
-    averages the members' logits in one graph, and every fit and figure uses out-of-fold scores.
+    averages the members' logits in one graph, and every fit and figure uses out-of-fold scores
+    (of the members and of `oof_runs`, the split's other folds that are not in the graph).
     With `int8` the shipped ONNX file has int8 convolutions (`training.quantize`), checked
     against fp32 on every member's validation films; the fp16 model file and the fp32 graph
     stay in RUN/shipped/, outside the size budget of models/.
@@ -339,15 +343,19 @@ def ship_model(
     models_dir = Path(models_dir)
     if class_bias and derive is not None:
         raise ConfigError("--class-bias applies to the three-class model, not a derived reading")
+    if oof_runs and not ensemble:
+        raise ConfigError("--oof-run adds out-of-fold films to an --ensemble; give its members")
     run_dir, scores, oos, folds = _validation_scores(
-        run_dir, ensemble, fold_runs, derive, rule, class_bias, cost_fn
+        run_dir, ensemble, fold_runs, derive, rule, class_bias, cost_fn, oof_runs
     )
     model, info = shipped_network(scores, derive, rule, class_bias, cost_fn)
     info.val_metrics = oos  # the figures a user should expect: out-of-sample for calibration
     gate_cache = f"gate-{weights_key(ensemble or [run_dir])}-{GATE_VARIANTS}-{GATE_POLICY_KEY}-{GATE_DESIGN}.pt"
     refit_gate(run_dir, model, info, run_dir / gate_cache)
     info.name = name
-    info.record = _ship_record(run_dir, info, scores, oos, folds, derive, rule, cost_fn, ensemble)
+    info.record = _ship_record(
+        run_dir, info, scores, oos, folds, derive, rule, cost_fn, ensemble, oof_runs
+    )
     kept = Path(run_dir) / "shipped"  # with int8: the torch-side files, not shipped
     if int8:
         kept.mkdir(parents=True, exist_ok=True)
@@ -378,15 +386,19 @@ def ship_model(
     return card
 
 
-def _validation_scores(run_dir, ensemble, fold_runs, derive, rule, class_bias, cost_fn):
+def _validation_scores(
+    run_dir, ensemble, fold_runs, derive, rule, class_bias, cost_fn, oof_runs=()
+):
     """(run folder, scores, out-of-sample figures, per-fold rows) of what `ship_model` ships.
 
     With an ensemble the members are on different patient folds and the reported films are each
-    member's own validation films, scored by the members that never trained on them."""
+    member's own validation films, scored by the members that never trained on them. Runs in
+    `oof_runs` (other folds of the same split, not in the graph) add their own validation films,
+    scored by themselves, so the fitted and reported films can cover the whole training pool."""
     if ensemble:
-        member_scores = [score_run(Path(member)) for member in ensemble]
+        member_scores = [score_run(Path(member)) for member in [*ensemble, *oof_runs]]
         run_dir = member_scores[0].run_dir
-        scores = out_of_fold_scores(member_scores)
+        scores = out_of_fold_scores(member_scores, graph_members=len(ensemble))
         folds = [
             {
                 "run": str(m.run_dir),
@@ -439,9 +451,10 @@ def _ship_record(
     rule: str,
     cost_fn: float,
     ensemble: list[Path],
+    oof_runs: list[Path] = (),
 ) -> dict:
     """What the model file records of its shipping: run facts, out-of-sample figures, the fold
-    spread, the rule comparison and the ensemble's members."""
+    spread, the rule comparison, the ensemble's members and its out-of-fold-only runs."""
     binary = len(info.class_names) == 2
     arch = get_architecture(info.arch)
     timing = run_timing(run_dir)
@@ -462,7 +475,7 @@ def _ship_record(
         "rule": cal.make_rule(rule, cost_fn=cost_fn).record() if binary else None,
         "calibration_films": int(len(scores.targets)),
         "crossfit_folds": oos["calibration_folds"]["count"],
-        "out_of_sample": {k: v for k, v in oos.items() if k != "confusion_matrix"},
+        "out_of_sample": oos,
         "fold_runs": folds,
         "rule_comparison": (
             {
@@ -475,6 +488,7 @@ def _ship_record(
         ),
         "shipped": datetime.now(timezone.utc).strftime("%Y-%m-%d"),
         "members": [member_facts(Path(member)) for member in ensemble] or None,
+        "oof_runs": [member_facts(Path(run)) for run in oof_runs] or None,
         "ensemble": scores.ensemble,
         "teacher": read_teacher_record(config.get("train", {}).get("distill_targets")),
     }
@@ -558,6 +572,7 @@ def render_card(name: str, info: ModelInfo, stress: dict | None, stress_dir: Pat
         "derived": info.derived_from,
         "split_folds": round(1 / config["data"]["val_fraction"]),
         "members": record.get("members"),
+        "oof_runs": record.get("oof_runs") or [],
         "teacher": record.get("teacher"),
         "films_by_members": (record.get("ensemble") or {}).get("films_by_out_of_fold_members", {}),
         "oos": oos,

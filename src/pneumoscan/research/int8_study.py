@@ -1,0 +1,154 @@
+"""Which int8 settings keep an ensemble's decisions: a study, not a test.
+
+    python -m pneumoscan.research.int8_study runs/m0-lite0-fov/shipped/three-class-fp32.onnx \\
+        --run runs/m0-lite0-fov --run runs/m1-lite1-fram --run runs/m2-lite0-fram \\
+        --out runs/int8-study
+
+Quantizes one fp32 graph (as `ship --int8` writes it to RUN/shipped/) under each setting below,
+runs both graphs on every run's validation films and writes `int8-study.md`: decision agreement
+with fp32 and ROC AUC drop per fold, the largest probability difference and the file size.
+Calibration films are the first run's training films (the same draw as `ship`). Needs the
+[train] extra (onnx, onnxruntime's quantization tools).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from pneumoscan.core import dataset as ds
+from pneumoscan.core.fileio import atomic_write_text
+from pneumoscan.runtime.model import OnnxModel
+from pneumoscan.training import quantize as q
+
+
+def _convs(graph, part: str) -> list[str]:
+    return [n.name for n in graph.node if n.op_type == "Conv" and part in n.name]
+
+
+def _none(graph) -> list[str]:
+    return []
+
+
+# key -> (what it is, operation types, nodes kept fp32, calibration films)
+SETTINGS = {
+    "all-int8": ("op set, every convolution int8", q.QUANTIZED_OPS, _none, 256),
+    "films-1024": ("the same, 1,024 calibration films", q.QUANTIZED_OPS, _none, 1024),
+    "gap-fp32": (
+        "pooled features fp32",
+        [o for o in q.QUANTIZED_OPS if o != "GlobalAveragePool"],
+        _none,
+        256,
+    ),
+    "head-fp32": (
+        "head convolutions fp32",
+        q.QUANTIZED_OPS,
+        lambda g: _convs(g, "_conv_head"),
+        256,
+    ),
+    "last-block-fp32": (
+        "last block fp32",
+        q.QUANTIZED_OPS,
+        lambda g: _convs(g, "_blocks.15/"),
+        256,
+    ),
+    "depthwise-fp32": (
+        "depthwise convolutions fp32",
+        q.QUANTIZED_OPS,
+        lambda g: _convs(g, "_depthwise"),
+        256,
+    ),
+    "conv-only": ("convolutions alone", ["Conv"], _none, 256),
+    "stems-fp32": ("stems fp32 (what ships)", q.QUANTIZED_OPS, q.first_convolutions, 256),
+    "stems-fp32-films-1024": (
+        "stems fp32, 1,024 calibration films",
+        q.QUANTIZED_OPS,
+        q.first_convolutions,
+        1024,
+    ),
+}
+
+
+def study(fp32: Path, runs: list[Path], out: Path, names: list[str]) -> list[dict]:
+    spec = OnnxModel(fp32).spec
+    train, _ = ds.read_split(runs[0], "train")
+    draws = {
+        films: np.random.default_rng(0).choice(len(train), size=films, replace=False)
+        for films in {SETTINGS[name][3] for name in names}
+    }
+    prepared = {
+        films: q._prepared([train[i].path for i in sorted(chosen)], spec)
+        for films, chosen in draws.items()
+    }
+    paths, targets, folds = [], [], []
+    for fold, run in enumerate(runs):
+        samples, run_targets = ds.read_split(run, "val")
+        paths += [s.path for s in samples]
+        targets.append(run_targets)
+        folds += [fold] * len(samples)
+    images = q._prepared(paths, spec)
+    targets = np.concatenate(targets)
+    if OnnxModel(fp32).class_names == ("normal", "pneumonia"):
+        targets = (targets > 0).astype(int)
+    rows = []
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        described, ops, keep, films = SETTINGS[name]
+        path = out / f"{len(rows)}.onnx"
+        started = time.perf_counter()
+        q.quantize_onnx(fp32, path, prepared[films], ops=ops, keep_fp32=keep)
+        seconds = time.perf_counter() - started
+        facts = q.int8_parity(fp32, path, images, targets, np.asarray(folds))
+        rows.append(
+            {
+                "setting": described,
+                "agreement": [r["agreement"] for r in facts["folds"]],
+                "auc_drop": [r["auc_drop"] for r in facts["folds"]],
+                "max_probability_difference": facts["max_probability_difference"],
+                "mb": path.stat().st_size / 1e6,
+                "quantize_s": seconds,
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def report(rows: list[dict], fp32: Path, runs: list[Path]) -> str:
+    lines = [
+        "# int8 settings against fp32",
+        "",
+        f"`{fp32}` on the validation films of {', '.join(f'`{r}`' for r in runs)} "
+        "(`python -m pneumoscan.research.int8_study`).",
+        "",
+        "| setting | decisions agree, per fold | largest ROC AUC drop | largest probability "
+        "difference | size | quantization time |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        agree = " / ".join(f"{100 * a:.2f}%" for a in row["agreement"])
+        lines.append(
+            f"| {row['setting']} | {agree} | {max(row['auc_drop']):.5f} | "
+            f"{row['max_probability_difference']:.3f} | {row['mb']:.1f} MB | "
+            f"{row['quantize_s']:.0f} s |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("fp32", type=Path, help="the fp32 graph (RUN/shipped/NAME-fp32.onnx)")
+    parser.add_argument("--run", type=Path, action="append", required=True, help="a member run")
+    parser.add_argument("--out", type=Path, default=Path("runs/int8-study"))
+    parser.add_argument("--setting", action="append", choices=list(SETTINGS), default=None)
+    args = parser.parse_args()
+    rows = study(args.fp32, args.run, args.out, args.setting or list(SETTINGS))
+    atomic_write_text(args.out / "int8-study.md", report(rows, args.fp32, args.run))
+    print(f"wrote {args.out / 'int8-study.md'}")
+
+
+if __name__ == "__main__":
+    main()
