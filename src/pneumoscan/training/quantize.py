@@ -220,17 +220,24 @@ def quantize_shipped(fp32: Path, out: Path, spec, runs: list[Path], binary: bool
     films = min(CALIBRATION_FILMS, len(train))
     chosen = np.random.default_rng(0).choice(len(train), size=films, replace=False)
     quantize_onnx(fp32, out, _prepared([train[i].path for i in sorted(chosen)], spec))
-    paths, targets, folds = [], [], []
-    for fold, run in enumerate(runs):
+    paths, targets, folds, seen, names = [], [], [], set(), []
+    for run in runs:
         samples, run_targets = ds.read_split(run, "val")
+        films = tuple(sorted(str(s.path) for s in samples))
+        if films in seen:  # two members on the same fold: its films once
+            continue
+        seen.add(films)
         paths += [s.path for s in samples]
         targets.append(run_targets)
-        folds += [fold] * len(samples)
+        folds += [len(names)] * len(samples)
+        names.append(str(run))
     targets = np.concatenate(targets)
     if binary and targets.max() > 1:
         targets = (targets > 0).astype(int)  # a binary reading of three-class runs
     logger.info("int8 parity on %d validation films of %d run(s)", len(paths), len(runs))
     facts = int8_parity(fp32, out, _prepared(paths, spec), targets, np.array(folds))
+    for row in facts["folds"]:
+        row["run"] = names[row["fold"]]  # whose validation films
     facts["calibration_films"] = len(chosen)
     facts["fp32_convolutions"] = first_convolutions(onnx.load(str(fp32)).graph)
     facts["sizes_mb"] = {"fp32": fp32.stat().st_size / 1e6, "int8": out.stat().st_size / 1e6}
