@@ -76,7 +76,7 @@ def train(
         str | None,
         typer.Option(
             "--init",
-            help="fine-tune from this model: binary, three-class or a .pt file (a calibrated "
+            help="fine-tune from this model: binary-fast (the shipped network with a torch file) or a .pt file (a calibrated "
             "DIR/model.pt too); without --config, a short recipe (3 epochs, lr 1e-4)",
         ),
     ] = None,
@@ -189,6 +189,26 @@ def export(
     typer.echo(f"wrote {path}")
 
 
+_OofRunOption = Annotated[
+    list[Path] | None,
+    typer.Option(
+        "--oof-run",
+        help="with --ensemble: a run on another fold of the members' split that is not in the "
+        "graph (repeat for each); its validation films join the out-of-fold films that "
+        "calibration is fitted and reported on",
+    ),
+]
+
+_Int8Option = Annotated[
+    bool,
+    typer.Option(
+        "--int8",
+        help="ship int8 convolutions (static quantization on training films), checked against "
+        "fp32 on every member's validation films; the fp16 model file stays in RUN/shipped/",
+    ),
+]
+
+
 @friendly
 def ship(
     run: Annotated[
@@ -206,6 +226,7 @@ def ship(
             "mean as one ONNX graph, fitted and reported on out-of-fold films",
         ),
     ] = None,
+    oof_runs: _OofRunOption = None,
     stress_dir: Annotated[
         Path, typer.Option("--stress-dir", help="where the stress benchmark writes")
     ] = Path("docs/stress"),
@@ -248,15 +269,7 @@ def ship(
     card_only: Annotated[
         bool, typer.Option("--card-only", help="only rewrite the model card from the shipped files")
     ] = False,
-    int8: Annotated[
-        bool,
-        typer.Option(
-            "--int8",
-            help="ship int8 convolutions (static quantization on training films), checked "
-            "against fp32 on every member's validation films; the fp16 model file stays in "
-            "RUN/shipped/",
-        ),
-    ] = False,
+    int8: _Int8Option = False,
 ) -> None:
     """Ship a run: cross-fitted calibration, refitted gate, fp16 model file, parity-checked ONNX,
     stress benchmark and a model card generated from what was recorded."""
@@ -281,6 +294,7 @@ def ship(
             class_bias=class_bias,
             cost_fn=cost_fn,
             int8=int8,
+            oof_runs=oof_runs or [],
         )
     typer.echo(f"wrote {path}")
 
