@@ -213,3 +213,30 @@ def test_int8_keeps_the_convolutions_that_read_the_image_in_fp32():
     image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 4, 4])
     graph = helper.make_graph(nodes, "g", [image], [], initializer=[weight])
     assert sorted(first_convolutions(graph)) == ["stem_a", "stem_b"]
+
+
+def test_int8_keeps_the_gates_own_arithmetic_in_fp32():
+    """The gate's distances on a photo lie far outside the chest films' calibrated ranges: its
+    own nodes stay fp32 (quantized, the shipped int8 gate refused 11 of 64 non-radiographs),
+    while what the logits also need is quantized."""
+    from onnx import TensorProto, helper
+
+    from pneumoscan.training.quantize import gate_only_nodes, kept_in_fp32
+
+    weight = helper.make_tensor("w", TensorProto.FLOAT, [1, 1, 1, 1], [1.0])
+    nodes = [
+        helper.make_node("Conv", ["image", "w"], ["a"], name="stem"),
+        helper.make_node("Conv", ["a", "w"], ["b"], name="inner"),
+        helper.make_node("GlobalAveragePool", ["b"], ["pooled"], name="pool"),
+        helper.make_node("Flatten", ["pooled"], ["logits"], name="head"),
+        helper.make_node("Mul", ["pooled", "pooled"], ["squared"], name="square"),
+        helper.make_node("ReduceSum", ["squared"], ["ood_score"], name="distance"),
+    ]
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 1, 4, 4])
+    outputs = [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+        for name in ("logits", "ood_score")
+    ]
+    graph = helper.make_graph(nodes, "g", [image], outputs, initializer=[weight])
+    assert gate_only_nodes(graph) == ["distance", "square"]
+    assert sorted(kept_in_fp32(graph)) == ["distance", "square", "stem"]
