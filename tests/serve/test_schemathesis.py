@@ -28,7 +28,7 @@ CONFIG = SchemathesisConfig.from_dict(
         "checks": {
             "negative_data_rejection": {"expected-statuses": [400, 401, 413, 415, 422]},
             "positive_data_acceptance": {"expected-statuses": ["2xx", 400, 413, 415]},
-        }
+        },
     }
 )
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP, config=CONFIG)
