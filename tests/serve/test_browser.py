@@ -7,26 +7,14 @@ Needs `apt-get install chromium` (.ci/run does it) and the playwright package; s
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from serve_fixtures import NORMAL_FILM, PNEUMONIA_FILM, TEST_OUTPUT
 
 from pneumoscan.api import load_model
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.devtools.loadtest import ServerProcess
+from pneumoscan.devtools.local import CHROMIUM, CHROMIUM_ARGS
 
-CHROMIUM = Path("/usr/bin/chromium")
-# Playwright's own browser download cannot work offline; Debian's chromium with these flags does.
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SCREENSHOTS = TEST_OUTPUT / "browser"
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (dev extra)")

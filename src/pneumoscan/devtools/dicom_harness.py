@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,8 @@ from pathlib import Path
 import numpy as np
 from pydicom.dataset import Dataset
 
+from pneumoscan.devtools.local import free_port
+
 # Where Debian's orthanc-dicomweb package puts the plugin (the first path is a symlink to it).
 DICOMWEB_PLUGIN_PATHS = (
     Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so"),
@@ -36,12 +37,6 @@ DICOMWEB_PLUGIN_PATHS = (
 ORTHANC_AET = "ORTHANC"
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 NODE_AET = "PNEUMOSCAN"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def orthanc_binary() -> str | None:

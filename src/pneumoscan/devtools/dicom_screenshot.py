@@ -22,19 +22,10 @@ from pneumoscan.devtools.dicom_harness import (
     NodeProcess,
     OrthancProcess,
     chest_film,
-    free_port,
     jpeg_pixels,
 )
+from pneumoscan.devtools.local import CHROMIUM, CHROMIUM_ARGS, free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 REPO = Path(__file__).resolve().parents[3]
 EXAMPLE = REPO / "examples" / "pneumonia_person1946_bacteria_4874.jpeg"
 ROUTING_SCRIPT = REPO / "docs" / "orthanc" / "route-to-pneumoscan.lua"

@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import shlex
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,14 +35,9 @@ import numpy as np
 
 from pneumoscan.core.fileio import write_section
 from pneumoscan.core.images import IMAGE_SUFFIXES
+from pneumoscan.devtools.local import free_port
 
 SECTION = "serve-load"  # its section of the benchmarks file (core.fileio.write_section)
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class ServerProcess:

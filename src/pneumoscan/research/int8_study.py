@@ -18,9 +18,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
-from pneumoscan.core import dataset as ds
 from pneumoscan.core.fileio import atomic_write_text
 from pneumoscan.runtime.model import OnnxModel
 from pneumoscan.training import quantize as q
@@ -63,37 +60,24 @@ SETTINGS = {
         256,
     ),
     "conv-only": ("convolutions alone", ["Conv"], _none, 256),
-    "stems-fp32": ("stems fp32 (what ships)", q.QUANTIZED_OPS, q.first_convolutions, 256),
+    "stems-fp32": ("stems (and the gate) fp32: what ships", q.QUANTIZED_OPS, q.kept_in_fp32, 256),
     "stems-fp32-films-1024": (
-        "stems fp32, 1,024 calibration films",
+        "stems (and the gate) fp32, 1,024 calibration films",
         q.QUANTIZED_OPS,
-        q.first_convolutions,
+        q.kept_in_fp32,
         1024,
     ),
 }
 
 
 def study(fp32: Path, runs: list[Path], out: Path, names: list[str]) -> list[dict]:
-    spec = OnnxModel(fp32).spec
-    train, _ = ds.read_split(runs[0], "train")
-    draws = {
-        films: np.random.default_rng(0).choice(len(train), size=films, replace=False)
+    model = OnnxModel(fp32)
+    prepared = {
+        films: q.calibration_batch(runs[0], model.spec, films)
         for films in {SETTINGS[name][3] for name in names}
     }
-    prepared = {
-        films: q._prepared([train[i].path for i in sorted(chosen)], spec)
-        for films, chosen in draws.items()
-    }
-    paths, targets, folds = [], [], []
-    for fold, run in enumerate(runs):
-        samples, run_targets = ds.read_split(run, "val")
-        paths += [s.path for s in samples]
-        targets.append(run_targets)
-        folds += [fold] * len(samples)
-    images = q._prepared(paths, spec)
-    targets = np.concatenate(targets)
-    if OnnxModel(fp32).class_names == ("normal", "pneumonia"):
-        targets = (targets > 0).astype(int)
+    binary = model.class_names == ("normal", "pneumonia")
+    images, targets, folds, _ = q.validation_films(runs, model.spec, binary)
     rows = []
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
@@ -102,7 +86,7 @@ def study(fp32: Path, runs: list[Path], out: Path, names: list[str]) -> list[dic
         started = time.perf_counter()
         q.quantize_onnx(fp32, path, prepared[films], ops=ops, keep_fp32=keep)
         seconds = time.perf_counter() - started
-        facts = q.int8_parity(fp32, path, images, targets, np.asarray(folds))
+        facts = q.int8_parity(fp32, path, images, targets, folds)
         rows.append(
             {
                 "setting": described,

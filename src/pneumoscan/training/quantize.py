@@ -3,14 +3,14 @@
 The convolutions get int8 weights (per output channel) and uint8 activations, in QDQ form, with
 activation ranges calibrated on training films (onnxruntime's `quantize_static`), and so do the
 operations between them that ONNX Runtime runs in int8 (residual additions, ReLU6 clips,
-pooling; the gate's products and sums among them); the linear heads (Gemm) and the class maps
-(Einsum) stay fp32, and so do each member's first convolution, so the image itself is never
-quantized (`first_convolutions`), and the gate's own arithmetic (`gate_only_nodes`). On the shipped Lite0 graph this op set took a batch of 128
-films from 6.9 to 4.2 ms a film; convolutions alone gained less (6.0 ms) and moved the logits
-and gate scores more. `int8_parity` then runs both graphs on every member's validation films
-and reports, per fold, how often the decisions agree and how much the ROC AUC moves. The gate
-threshold is carried to the int8 graph's scale by rank: it refuses the same share of
-in-distribution films as before.
+pooling). The linear heads (Gemm) and the class maps (Einsum) stay fp32, and so do each
+member's first convolution, so the image itself is never quantized (`first_convolutions`), and
+the gate's own arithmetic (`gate_only_nodes`). On the shipped Lite0 graph this op set took a
+batch of 128 films from 6.9 to 4.2 ms a film; convolutions alone gained less (6.0 ms) and moved
+the logits and gate scores more. `int8_parity` then runs both graphs on every member's
+validation films and reports, per fold, how often the decisions agree and how much the ROC AUC
+moves. The gate threshold is carried to the int8 graph's scale by rank: it refuses the same
+share of in-distribution films as before.
 """
 
 from __future__ import annotations
@@ -239,23 +239,28 @@ def _prepared(paths: list[Path], spec) -> np.ndarray:
     return np.stack([prepare(read_image(path, min_side=spec.decode_side), spec) for path in paths])
 
 
-def quantize_shipped(fp32: Path, out: Path, spec, runs: list[Path], binary: bool) -> dict:
-    """Quantize a shipped graph into `out`, calibrated on `CALIBRATION_FILMS` training films of the
-    first run, and check it on every run's validation films (each run's fold kept apart). Returns
-    the parity facts; the int8 file gets the gate threshold on its own scale."""
-    import onnx
-
+def calibration_batch(run: Path, spec, films: int = CALIBRATION_FILMS) -> np.ndarray:
+    """`films` of the run's training films (all, if it has fewer), prepared: the same draw every
+    time, for the activation ranges."""
     from pneumoscan.core import dataset as ds
 
-    train, _ = ds.read_split(runs[0], "train")
-    films = min(CALIBRATION_FILMS, len(train))
-    chosen = np.random.default_rng(0).choice(len(train), size=films, replace=False)
-    quantize_onnx(fp32, out, _prepared([train[i].path for i in sorted(chosen)], spec))
+    train, _ = ds.read_split(run, "train")
+    chosen = np.random.default_rng(0).choice(len(train), size=min(films, len(train)), replace=False)
+    return _prepared([train[i].path for i in sorted(chosen)], spec)
+
+
+def validation_films(
+    runs: list[Path], spec, binary: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """(images, targets, fold index, run names): every run's validation films prepared, each
+    fold once (two members on the same fold share it), targets read as binary where asked."""
+    from pneumoscan.core import dataset as ds
+
     paths, targets, folds, seen, names = [], [], [], set(), []
     for run in runs:
         samples, run_targets = ds.read_split(run, "val")
         films = tuple(sorted(str(s.path) for s in samples))
-        if films in seen:  # two members on the same fold: its films once
+        if films in seen:
             continue
         seen.add(films)
         paths += [s.path for s in samples]
@@ -265,11 +270,23 @@ def quantize_shipped(fp32: Path, out: Path, spec, runs: list[Path], binary: bool
     targets = np.concatenate(targets)
     if binary and targets.max() > 1:
         targets = (targets > 0).astype(int)  # a binary reading of three-class runs
-    logger.info("int8 parity on %d validation films of %d run(s)", len(paths), len(runs))
-    facts = int8_parity(fp32, out, _prepared(paths, spec), targets, np.array(folds))
+    logger.info("int8 parity on %d validation films of %d fold(s)", len(paths), len(names))
+    return _prepared(paths, spec), targets, np.array(folds), names
+
+
+def quantize_shipped(fp32: Path, out: Path, spec, runs: list[Path], binary: bool) -> dict:
+    """Quantize a shipped graph into `out`, calibrated on `CALIBRATION_FILMS` training films of the
+    first run, and check it on every run's validation films (each run's fold kept apart). Returns
+    the parity facts; the int8 file gets the gate threshold on its own scale."""
+    import onnx
+
+    calibration = calibration_batch(runs[0], spec)
+    quantize_onnx(fp32, out, calibration)
+    images, targets, folds, names = validation_films(runs, spec, binary)
+    facts = int8_parity(fp32, out, images, targets, folds)
     for row in facts["folds"]:
         row["run"] = names[row["fold"]]  # whose validation films
-    facts["calibration_films"] = len(chosen)
+    facts["calibration_films"] = len(calibration)
     graph = onnx.load(str(fp32)).graph
     facts["fp32_convolutions"] = first_convolutions(graph)
     facts["fp32_gate_nodes"] = len(gate_only_nodes(graph))
