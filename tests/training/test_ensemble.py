@@ -71,6 +71,21 @@ def test_ensemble_ships_as_one_graph_averaging_its_members(member_runs):
     cam_weight = model.cam_weight()
     assert cam_weight.shape == (3, sum(model.widths))
 
+    # The gate reads the first member alone: fitted on all members side by side it refused
+    # nearly every collimated film. Its scores do not move when another member's weights do.
+    from pneumoscan.training.gate import model_gate_scores
+
+    assert info.ood.width == model.widths[0]
+    assert all(tap.startswith("members.0.") for tap in info.ood.taps)  # texture: 1,000+ films
+    before = model_gate_scores(model, info.ood, images)
+    with torch.no_grad():
+        for weight in model.members[1].parameters():
+            weight.add_(torch.randn_like(weight))
+    assert torch.allclose(model_gate_scores(model, info.ood, images), before)
+    with torch.no_grad():
+        next(model.members[0].backbone.parameters()).mul_(-1)
+    assert not torch.allclose(model_gate_scores(model, info.ood, images), before)
+
 
 def test_ensemble_and_binary_reading_parity(member_runs):
     """The binary model read from an ensemble: ONNX agrees with torch (ship refuses otherwise)."""

@@ -43,3 +43,28 @@ def test_many_films_fit_every_part_and_the_threshold_is_the_quantile_of_the_larg
     outlier[LAYOUT] += 25.0
     part = next(p for p in gate.parts if p.name == LAYOUT)
     assert _part_scores(part, outlier[LAYOUT])[0] / part.scale > gate.threshold
+
+
+def test_an_ensembles_gate_reads_its_first_member_only():
+    """Fitted on three members' features side by side, the gate refused 95.7% of collimated
+    films; the ensemble's gate reads the first member's texture stage and feature channels."""
+    import torch
+
+    from pneumoscan.training.gate import member_gate, part_vectors, texture_taps
+    from pneumoscan.training.networks import EnsembleClassifier, create_model
+
+    members = [
+        create_model("efficientnet-lite0", 3, head="linear", pretrained=False, image_size=64)
+        for _ in range(2)
+    ]
+    info = {"preprocess": {"size": 64}}
+    ensemble = EnsembleClassifier(members, [info, info])
+    taps = texture_taps(ensemble, 64, 3)
+    assert [tap.split(".")[1] for tap in taps] == ["0", "1"]
+    kept, width = member_gate(ensemble, taps)
+    assert kept == taps[:1] and width == ensemble.widths[0] == 1280
+    assert member_gate(members[0], ("backbone.x",)) == (("backbone.x",), 0)
+
+    features = torch.rand(2, sum(ensemble.widths), 2, 2)
+    content = part_vectors("content", (), torch.rand(2, 3, 64, 64), features, None, width)
+    assert torch.equal(content, features[:, :1280].mean(dim=(2, 3)))

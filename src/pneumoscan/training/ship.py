@@ -42,6 +42,7 @@ from pneumoscan.training.gate import (
     PART_DESCRIPTIONS,
     fit_gate,
     gate_features,
+    member_gate,
     texture_taps,
 )
 from pneumoscan.training.loaders import ImageTensorDataset, decode_images, scoring_batches
@@ -283,7 +284,8 @@ def refit_gate(run_dir: Path, model, info: ModelInfo, cache: Path) -> None:
     """Fit the gate on the run's training films as training presented them: each film as stored
     and `GATE_VARIANTS` copies through the run's augmentation (blur, noise, gamma, geometry...).
     A softer, noisier or re-framed chest film is still a chest film; photos and documents stay far
-    away. Cached in the run folder, so shipping both models from one run fits it once."""
+    away. An ensemble's gate reads its first member (`member_gate`). Cached in the run folder, so
+    shipping both models from one run fits it once."""
     if cache.is_file():
         info.ood = _gate_from_file(cache)
         return
@@ -298,11 +300,13 @@ def refit_gate(run_dir: Path, model, info: ModelInfo, cache: Path) -> None:
         ImageTensorDataset(decoded.pixels, targets[decoded.kept], info.preprocess, augment=policy)
         for _ in range(GATE_VARIANTS if policy else 0)
     ]
-    taps = texture_taps(model, info.preprocess.size, info.preprocess.channels)
+    taps, width = member_gate(
+        model, texture_taps(model, info.preprocess.size, info.preprocess.channels)
+    )
     device = next(model.parameters()).device  # score_run's: the run's training device
-    parts = [gate_features(model, scoring_batches(images, device), taps) for images in sets]
+    parts = [gate_features(model, scoring_batches(images, device), taps, width) for images in sets]
     features = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-    info.ood = fit_gate(features, taps)
+    info.ood = fit_gate(features, taps, width=width)
     atomic_write(cache, lambda tmp: torch.save(info.ood.to_tensors(), tmp))
 
 
