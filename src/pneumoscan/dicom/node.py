@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pneumoscan.core.errors import PneumoscanError
-from pneumoscan.dicom.delivery import DeliveryError
+from pneumoscan.dicom.delivery import SENT_META, DeliveryError, no_delay
 from pneumoscan.dicom.producer import Producer
 from pneumoscan.dicom.report_templates import ReportTemplates
 from pneumoscan.dicom.results import REQUIRED_UIDS, encode, predict_films, result_objects
@@ -271,6 +271,7 @@ class DicomNode:
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_CONN_CLOSE, self._on_close),
+            (evt.EVT_CONN_OPEN, no_delay),
         ]
         try:
             self._server = ae.start_server(
@@ -820,15 +821,20 @@ class Courier(threading.Thread):
 
 
 def _unreadable(objects: list[Path]) -> str:
-    """Why a result folder cannot be sent by anyone (no objects, or one that is not a readable
-    DICOM file), or "" when it can."""
-    import pydicom
+    """Why a result folder cannot be sent by anyone (no objects, or one that is not a DICOM
+    file with the file meta a C-STORE is sent from), or "" when it can. Only the file meta is
+    read: the objects were written whole and fsynced by this node, and parsing each SR again
+    cost more than building it."""
+    from pydicom.filereader import read_file_meta_info
 
     if not objects:
         return "no result objects in the folder"
     for path in objects:
         try:
-            pydicom.dcmread(path)
+            meta = read_file_meta_info(path)
         except Exception as error:  # pydicom raises many types for a corrupt file
             return f"{path.name} cannot be read ({type(error).__name__})"
+        missing = [keyword for keyword in SENT_META if not meta.get(keyword)]
+        if missing:
+            return f"{path.name} cannot be read (no {', '.join(missing)})"
     return ""
