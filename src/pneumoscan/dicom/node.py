@@ -781,11 +781,10 @@ class Courier(threading.Thread):
                     )
                     break
                 self._attempts.pop(job.name, None)
-                self.spool.mark_sent(job, key)
                 if self._failures[key]:
                     logger.info("%s is back: delivering what waited", destination)
                 self._failures[key] = 0
-                self._finish_if_done(job)
+                self._finish_if_done(job, key)
 
     def _fail(self, job: Path, reason: str) -> None:
         """The job to failed/ with its reason, now: the results behind it keep flowing."""
@@ -794,8 +793,13 @@ class Courier(threading.Thread):
         self._attempts.pop(job.name, None)
         self.counts.add("failed")
 
-    def _finish_if_done(self, job: Path) -> None:
-        if all(self.spool.is_sent(job, d.key) for d in self.destinations):
+    def _finish_if_done(self, job: Path, key: str) -> None:
+        """`key` has stored the job: mark it sent there, or, when every other destination has
+        stored it too, remove the job at once (no mark to write first)."""
+        others = [d.key for d in self.destinations if d.key != key]
+        if not all(self.spool.is_sent(job, other) for other in others):
+            self.spool.mark_sent(job, key)
+        else:
             record = self.spool.record(job)
             self.spool.finish(job)
             received = record.get("received")
