@@ -273,7 +273,7 @@ def test_unwritable_outputs_are_one_line_errors(tmp_path):
 
 
 def test_heatmap_lookup_blend_is_within_one_level_of_the_float_blend():
-    """The overlay's table lookup (`_blend_tables`) against the blend written out in floating
+    """The overlay's table lookup (`_blend_table`) against the blend written out in floating
     point: film * (1 - weight) + jet colour * weight, per pixel."""
     import numpy as np
 

@@ -32,7 +32,7 @@ from pneumoscan.core.errors import InputError, NotChestRadiographError, Pneumosc
 from pneumoscan.core.hardware import usable_cpus
 from pneumoscan.core.images import MAX_IMAGE_PIXELS, decode_input, source_label
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
-from pneumoscan.core.preprocess import prepare, resize_square
+from pneumoscan.core.preprocess import prepare
 from pneumoscan.core.refusal import (
     FEATURE_DISTANCE,
     NO_RADIOGRAPH_STRUCTURE,
@@ -42,6 +42,7 @@ from pneumoscan.core.refusal import (
 from pneumoscan.runtime.heatmap import (
     HEATMAP_SIZE,
     heatmap_file_name,
+    overlay_base,
     png_bytes,
     render_heatmaps,
     save_png,
@@ -187,7 +188,7 @@ def _prepare(
         # Decoded at about twice the model's input (and no smaller than an overlay, when drawn).
         side = max(model.spec.decode_side, HEATMAP_SIZE) if overlay else model.spec.decode_side
         image = decode_input(item, source, max_pixels, model.header_check, min_side=side)
-        base = resize_square(image, HEATMAP_SIZE) if overlay else None
+        base = overlay_base(image) if overlay else None
         return _Prepared(source, prepare(image, model.spec), base)
     except NotChestRadiographError as error:  # a refusal, not an error: never raised
         return _Prepared(source, refusal=(error.reason, " ".join(str(error).split())))
