@@ -74,3 +74,30 @@ def test_predict_loads_only_what_predicting_needs(tmp_path):
     finished = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert finished.returncode == 0, finished.stderr[-2000:]
     assert "pneumonia" in (tmp_path / "o.csv").read_text()
+
+
+def test_the_cli_sets_its_start_up_environment_before_numpy_and_keeps_a_users_own():
+    """numpy's OpenBLAS thread pool and pydantic's plugin scan cost a fifth of a cold predict:
+    the `pneumoscan` process turns both off before numpy is imported, unless the user set them."""
+    import os
+
+    code = (
+        "import sys, os\n"
+        "import pneumoscan.cli\n"
+        "assert 'numpy' in sys.modules\n"  # loaded by the CLI's import, after the environment
+        "print(os.environ['OPENBLAS_NUM_THREADS'], os.environ['PYDANTIC_DISABLE_PLUGINS'])\n"
+        "from threadpoolctl import threadpool_info\n"  # what OpenBLAS itself read at load
+        "print(*sorted({p['num_threads'] for p in threadpool_info() if p['internal_api'] == 'openblas'}))\n"
+    )
+    clean = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS",)}
+    clean.pop("PYDANTIC_DISABLE_PLUGINS", None)
+    ours = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=clean)
+    assert ours.returncode == 0, ours.stderr[-2000:]
+    assert ours.stdout.split() == ["1", "__all__", "1"]
+    users = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**clean, "OPENBLAS_NUM_THREADS": "2"},
+    )
+    assert users.stdout.split() == ["2", "__all__", "2"]

@@ -12,10 +12,22 @@ May import: every layer, inside the commands; at import time only typer and `cor
 
 from __future__ import annotations
 
-import typer
+import os
 
-from pneumoscan.cli import dicom, evaluation, predict, research, serve, site, training
-from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
+# Set for the `pneumoscan` process before numpy or pydantic is first imported (a user's own
+# setting wins). A cold `pneumoscan predict` spent about a fifth of its time on these two:
+# - numpy's OpenBLAS starts a thread pool at import; the CLI's numpy work is small (heatmap
+#   upsampling, calibration fits), and torch and ONNX Runtime run their own threads;
+# - pydantic scans every installed package's entry points for plugins at the first model it
+#   builds; pneumoscan uses none.
+PROCESS_DEFAULTS = {"OPENBLAS_NUM_THREADS": "1", "PYDANTIC_DISABLE_PLUGINS": "__all__"}
+for _name, _value in PROCESS_DEFAULTS.items():
+    os.environ.setdefault(_name, _value)
+
+import typer  # noqa: E402  (imported after the environment is set, as are these two)
+
+from pneumoscan.cli import dicom, evaluation, predict, research, serve, site, training  # noqa: E402
+from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE  # noqa: E402
 
 
 def _typer(**options) -> typer.Typer:
