@@ -14,7 +14,8 @@ from dicom import sr_reading as sr
 from dicom.films import PATIENT_ID, PATIENT_NAME, chest_film, jpeg_pixels, write_film
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.dicom.producer import Producer
-from pneumoscan.dicom.results import encode, predict_film, result_objects
+from pneumoscan.dicom.report import encode
+from pneumoscan.dicom.results import predict_film, result_objects
 from pneumoscan.runtime.predict import predict_one
 
 

@@ -17,9 +17,9 @@ from pneumoscan.devtools.dicom_harness import free_port, send_films
 from pneumoscan.dicom.delivery import CStoreDestination
 from pneumoscan.dicom.node import SUCCESS, DicomNode, NodeSettings
 from pneumoscan.dicom.producer import Producer
-from pneumoscan.dicom.report import build_report
+from pneumoscan.dicom.report import build_report, encode
 from pneumoscan.dicom.report_templates import ReportTemplates
-from pneumoscan.dicom.results import encode, predict_film, predict_films
+from pneumoscan.dicom.results import predict_film, predict_films
 
 
 def test_batched_prediction_gives_each_film_its_own_answer(binary_model, films):
@@ -35,8 +35,11 @@ def test_batched_prediction_gives_each_film_its_own_answer(binary_model, films):
 
 
 def _canonical(report) -> bytes:
-    """The report's bytes with highdicom's own clock stamps blanked."""
-    dataset = pydicom.dcmread(io.BytesIO(encode(report)))
+    """The report's bytes (of a dataset, or Part 10 bytes as read back) with highdicom's own
+    clock stamps blanked and every sequence and item of defined length."""
+    data = report if isinstance(report, bytes) else encode(report)
+    dataset = pydicom.dcmread(io.BytesIO(data))
+    _defined_lengths(dataset)
     dataset.InstanceCreationDate = dataset.InstanceCreationTime = ""
     for item in dataset.ContributingEquipmentSequence:
         if (
@@ -45,6 +48,15 @@ def _canonical(report) -> bytes:
         ):
             item.ContributionDateTime = ""
     return encode(dataset)
+
+
+def _defined_lengths(dataset) -> None:
+    for element in dataset:
+        if element.VR == "SQ":
+            element.is_undefined_length = False
+            for item in element.value:
+                item.is_undefined_length_sequence_item = False
+                _defined_lengths(item)
 
 
 def _films(case, tmp_path):
@@ -87,7 +99,14 @@ def test_template_reports_equal_highdicom_reports(case, binary_model, three_clas
         filled.save_as(written, enforce_file_format=True)
         errors, warnings = sr.dciodvfy(written)
         assert errors == [], "\n".join(errors)
-    assert templates.filled == 2  # both came from the template, not from highdicom
+        # the node's path: the shape's encoded report with the film's elements spliced in
+        spliced = templates.build_encoded(header, result, when)
+        assert _canonical(spliced) == expected
+        (tmp_path / f"spliced-{index}.dcm").write_bytes(spliced)
+        errors, warnings = sr.dciodvfy(tmp_path / f"spliced-{index}.dcm")
+        assert errors == [], "\n".join(errors)
+    assert templates.filled == 4  # all came from the template, not from highdicom
+    assert all(template.encoded for template in templates._templates.values())  # and spliced
     # filling the second report changed nothing in the first (they share no mutable part)
     assert all(_canonical(filled) == expected for filled, expected in reports)
 

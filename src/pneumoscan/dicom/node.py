@@ -54,7 +54,7 @@ from pneumoscan.core.errors import PneumoscanError
 from pneumoscan.dicom.delivery import SENT_META, DeliveryError, no_delay
 from pneumoscan.dicom.producer import Producer
 from pneumoscan.dicom.report_templates import ReportTemplates
-from pneumoscan.dicom.results import REQUIRED_UIDS, encode, predict_films, result_objects
+from pneumoscan.dicom.results import REQUIRED_UIDS, encoded_result_objects, predict_films
 from pneumoscan.dicom.settings import BATCH_BYTES, NodeSettings
 from pneumoscan.dicom.spool import FILM_SUFFIX, Spool
 from pneumoscan.runtime.model import OnnxModel
@@ -626,7 +626,7 @@ class DicomNode:
         result = outcome
         try:
             header = pydicom.dcmread(film, stop_before_pixels=True)
-            objects = [encode(item) for item in self.objects(header, result)]
+            objects = self.objects(header, result)
             record = {
                 "received": received_at(film.name.removesuffix(FILM_SUFFIX)),
                 "predicted": time.time(),
@@ -656,9 +656,9 @@ class DicomNode:
         self._courier.notify()
         return True
 
-    def objects(self, header, result: Result) -> list:
-        """The film's SR (and SC): see `results.result_objects`."""
-        return result_objects(header, result, self.producer, reports=self.reports)
+    def objects(self, header, result: Result) -> list[bytes]:
+        """The film's SR (and SC) as Part 10 bytes: see `results.encoded_result_objects`."""
+        return encoded_result_objects(header, result, self.producer, self.reports)
 
 
 def _label(film: Path) -> str:

@@ -17,7 +17,8 @@ from pneumoscan.core.errors import InputError
 from pneumoscan.core.fileio import atomic_write_bytes, make_private_dir, private_modes
 from pneumoscan.dicom.delivery import DeliveryError, StowDestination
 from pneumoscan.dicom.producer import Producer
-from pneumoscan.dicom.results import encode, read_header, result_objects
+from pneumoscan.dicom.report import encode
+from pneumoscan.dicom.results import read_header, result_objects
 from pneumoscan.runtime.model import OnnxModel
 from pneumoscan.runtime.predict import ERROR, Result
 

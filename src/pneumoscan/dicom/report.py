@@ -24,6 +24,7 @@ the film so the archive files it in the film's study.
 from __future__ import annotations
 
 import datetime
+import io
 
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes as dicom_codes
@@ -253,3 +254,10 @@ def _qualitative_evaluations(result: Result, producer: Producer):
     )
     container.ContentSequence = hd.sr.ContentSequence(items)
     return container
+
+
+def encode(dataset: Dataset) -> bytes:
+    """A result object as DICOM Part 10 bytes."""
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()

@@ -6,7 +6,6 @@ Shared by `pneumoscan predict --dicom-out/--stow` (`outputs`) and `pneumoscan di
 from __future__ import annotations
 
 import datetime
-import io
 from pathlib import Path
 
 from pydicom.dataset import Dataset
@@ -15,7 +14,7 @@ from pneumoscan.core.errors import InputError
 from pneumoscan.core.images import MAX_IMAGE_PIXELS, check_inflated_size, is_dicom
 from pneumoscan.dicom.capture import build_capture
 from pneumoscan.dicom.producer import Producer
-from pneumoscan.dicom.report import build_report
+from pneumoscan.dicom.report import build_report, encode
 from pneumoscan.dicom.report_templates import ReportTemplates
 from pneumoscan.runtime.model import OnnxModel
 from pneumoscan.runtime.predict import ERROR, Result, predict_batch, predict_one
@@ -100,6 +99,23 @@ def result_objects(
     return objects
 
 
+def encoded_result_objects(
+    header: Dataset,
+    result: Result,
+    producer: Producer,
+    reports: ReportTemplates,
+    when: datetime.datetime | None = None,
+) -> list[bytes]:
+    """`result_objects` as DICOM Part 10 bytes, the SR spliced from its shape's encoded template
+    (`ReportTemplates.build_encoded`): the node's path."""
+    when = when or datetime.datetime.now().astimezone()
+    objects = [reports.build_encoded(header, result, when)]
+    capture = build_capture(header, result, producer, when)
+    if capture is not None:
+        objects.append(encode(capture))
+    return objects
+
+
 def check_header(header: Dataset, label: str) -> None:
     """An InputError unless the film can have results filed with it."""
     missing = [keyword for keyword in REQUIRED_UIDS if not str(header.get(keyword, "") or "")]
@@ -132,10 +148,3 @@ def read_header(path: Path, label: str) -> Dataset | None:
         ) from None
     check_header(header, label)
     return header
-
-
-def encode(dataset: Dataset) -> bytes:
-    """A result object as DICOM Part 10 bytes."""
-    buffer = io.BytesIO()
-    dataset.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
