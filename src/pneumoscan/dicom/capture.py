@@ -9,6 +9,7 @@ with text in its pixels (the text holds no patient field).
 from __future__ import annotations
 
 import datetime
+import functools
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -40,27 +41,45 @@ def answer_line(result: Result, producer: Producer) -> str:
 
 
 def burn_in(overlay: Image.Image, result: Result, producer: Producer) -> np.ndarray:
-    """The overlay between two text bands, as an (H, W, 3) uint8 array."""
+    """The overlay between two text bands, as an (H, W, 3) uint8 array. The top band and the
+    bottom band's notice are the same for every film of a model: drawn once (`_bands`), so each
+    film draws only its answer line."""
     overlay = overlay.convert("RGB")
     width, height = overlay.size
-    canvas = Image.new("RGB", (width, height + 2 * BAND_HEIGHT), (0, 0, 0))
-    canvas.paste(overlay, (0, BAND_HEIGHT))
-    draw = ImageDraw.Draw(canvas)
-    font = _font(FONT_SIZE)
-    draw.text((8, 4), BURNED_IN_NOTICE, fill=NOTICE_COLOUR, font=font)
-    draw.text(
-        (8, 4 + FONT_SIZE + 6),
-        f"{producer.model_title} (model {producer.model_version}): heatmap of the evidence",
-        fill=TEXT_COLOUR,
-        font=font,
-    )
-    bottom = height + BAND_HEIGHT
+    top, bottom_notice = _bands(width, producer.model_title, producer.model_version)
+    bottom = bottom_notice.copy()
     colour = NOTICE_COLOUR if result.status == INDETERMINATE else TEXT_COLOUR
-    draw.text((8, bottom + 4), answer_line(result, producer), fill=colour, font=font)
-    draw.text((8, bottom + 4 + FONT_SIZE + 6), BURNED_IN_NOTICE, fill=NOTICE_COLOUR, font=font)
+    ImageDraw.Draw(bottom).text(
+        (8, 4), answer_line(result, producer), fill=colour, font=_font(FONT_SIZE)
+    )
+    canvas = Image.new("RGB", (width, height + 2 * BAND_HEIGHT), (0, 0, 0))
+    canvas.paste(top, (0, 0))
+    canvas.paste(overlay, (0, BAND_HEIGHT))
+    canvas.paste(bottom, (0, height + BAND_HEIGHT))
     return np.asarray(canvas, dtype=np.uint8)
 
 
+@functools.lru_cache(maxsize=8)
+def _bands(width: int, model_title: str, model_version: str) -> tuple[Image.Image, Image.Image]:
+    """(the top band: notice and model line; the bottom band with its notice line only)."""
+    font = _font(FONT_SIZE)
+    top = Image.new("RGB", (width, BAND_HEIGHT), (0, 0, 0))
+    draw = ImageDraw.Draw(top)
+    draw.text((8, 4), BURNED_IN_NOTICE, fill=NOTICE_COLOUR, font=font)
+    draw.text(
+        (8, 4 + FONT_SIZE + 6),
+        f"{model_title} (model {model_version}): heatmap of the evidence",
+        fill=TEXT_COLOUR,
+        font=font,
+    )
+    bottom = Image.new("RGB", (width, BAND_HEIGHT), (0, 0, 0))
+    ImageDraw.Draw(bottom).text(
+        (8, 4 + FONT_SIZE + 6), BURNED_IN_NOTICE, fill=NOTICE_COLOUR, font=font
+    )
+    return top, bottom
+
+
+@functools.lru_cache(maxsize=4)
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     try:
         return ImageFont.load_default(size=size)  # Pillow's bundled font, when FreeType is there
