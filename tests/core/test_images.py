@@ -210,3 +210,43 @@ def test_workers_are_sized_from_the_cpus_this_process_may_use(monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     assert hardware.usable_cpus() == 3
+
+
+@pytest.mark.parametrize(
+    "bits, stored, window, slope",
+    [
+        (16, 12, None, 1.0),
+        (16, 16, None, 1.0),
+        (8, 8, None, 1.0),
+        (16, 12, (2000.0, 1000.0), 1.0),
+        (16, 10, None, 2.0),
+    ],
+)
+def test_dicom_read_without_pydicoms_pixel_copy_matches_pydicoms_pixels(
+    tmp_path, bits, stored, window, slope
+):
+    """Uncompressed films are read from a view of their pixel data, masked to their stored bits
+    in the block-mean pass (pydicom's `pixel_array` copies and masks the whole frame first): the
+    same image, at full size and reduced, with garbage in the unused high bits too."""
+    import pydicom
+    from dicom_fixtures import film_dataset
+
+    from pneumoscan.core.images import _dicom_unit, decode_input, reduction_factor
+
+    rng = np.random.default_rng(bits + stored)
+    top = (1 << stored) - 1
+    pixels = rng.integers(0, top + 1, size=(203, 170)).astype(np.uint16)
+    if stored < bits:
+        pixels |= rng.integers(0, 2, size=pixels.shape).astype(np.uint16) << stored  # garbage
+    dataset = film_dataset(pixels, bits=bits, bits_stored=stored)
+    dataset.RescaleSlope, dataset.RescaleIntercept = slope, 0.0
+    if window:
+        dataset.WindowCenter, dataset.WindowWidth = window
+    path = tmp_path / "film.dcm"
+    dataset.save_as(path, enforce_file_format=True)
+    stored_pixels = pydicom.dcmread(path).pixel_array  # pydicom's own decode and mask
+    for min_side in (None, 60):
+        ours = decode_input(path, "film", MAX_IMAGE_PIXELS, False, min_side=min_side)
+        factor = reduction_factor(170, 203, min_side)
+        theirs = _dicom_unit(stored_pixels, pydicom.dcmread(path), "film", factor)
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)

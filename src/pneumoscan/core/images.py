@@ -268,13 +268,14 @@ def reduction_factor(width: int, height: int, min_side: int | None) -> int:
     return max(1, min(width, height) // min_side)
 
 
-def area_reduce(pixels: np.ndarray, factor: int) -> np.ndarray:
+def area_reduce(pixels: np.ndarray, factor: int, mask: int | None = None) -> np.ndarray:
     """The mean of each `factor` x `factor` block of a 2-D array, as float64 (the array itself
     when `factor` < 2). Integer pixels are summed as integers, strided slice by slice (a few ms
     for a 2,000 px film); the rows and columns past the last whole block, fewer than `factor`,
-    are dropped evenly from both edges, so the film stays centred."""
+    are dropped evenly from both edges, so the film stays centred. `mask`: integer pixels are
+    ANDed with it first, slice by slice in the same pass (a DICOM film's unused high bits)."""
     if factor < 2:
-        return pixels
+        return pixels if mask is None else pixels & mask
     height, width = pixels.shape
     top, left = (height % factor) // 2, (width % factor) // 2
     whole = pixels[top : top + height - height % factor, left : left + width - width % factor]
@@ -284,9 +285,14 @@ def area_reduce(pixels: np.ndarray, factor: int) -> np.ndarray:
         accumulator = np.uint32  # 65535 x 256 x 256 still fits
     else:
         accumulator = np.int64
-    rows = whole[0::factor].astype(accumulator)
+
+    def row_slice(offset: int) -> np.ndarray:
+        rows = whole[offset::factor]
+        return rows if mask is None else rows & mask
+
+    rows = row_slice(0).astype(accumulator)
     for offset in range(1, factor):
-        rows += whole[offset::factor]
+        rows += row_slice(offset)
     total = rows[:, 0::factor].copy()
     for offset in range(1, factor):
         total += rows[:, offset::factor]
@@ -506,8 +512,9 @@ def _dicom_pixels(
     if rows <= 0 or columns <= 0:
         raise InputError(f"{label}: DICOM has {rows}x{columns} pixels; re-export the study.")
     _too_large(label, columns, rows, max_pixels, frames)
+    native = _native_pixels(dataset, rows, columns)
     try:
-        pixels = dataset.pixel_array
+        pixels = dataset.pixel_array if native is None else native[0]
     except Exception as error:  # missing decoders and damaged pixel data both land here
         syntax = getattr(getattr(dataset, "file_meta", None), "TransferSyntaxUID", None)
         syntax_name = getattr(syntax, "name", syntax) or "unknown"
@@ -524,7 +531,8 @@ def _dicom_pixels(
             f"{label}: DICOM pixel data has shape {pixels.shape}, not one grayscale frame; "
             "export a single-frame MONOCHROME2 study."
         )
-    image = _dicom_unit(pixels, dataset, label, reduction_factor(*pixels.shape[::-1], min_side))
+    factor = reduction_factor(*pixels.shape[::-1], min_side)
+    image = _dicom_unit(pixels, dataset, label, factor, None if native is None else native[1])
     if photometric == "MONOCHROME1":
         image = 1.0 - image
     return image
@@ -534,15 +542,45 @@ def _dicom_pixels(
 _NONLINEAR_DICOM = ("ModalityLUTSequence", "VOILUTSequence", "WindowCenter")
 
 
-def _dicom_unit(pixels: np.ndarray, dataset, label: str, factor: int) -> np.ndarray:
+def _native_pixels(dataset, rows: int, columns: int) -> tuple[np.ndarray, int | None] | None:
+    """(a read-only view of the stored pixels, the mask of their used bits or None) for an
+    uncompressed little-endian single-frame film of unsigned 8- or 16-bit samples; None for
+    anything else, which pydicom decodes. pydicom's `pixel_array` copies and masks the whole
+    frame first: a third of the time of reading a 2,000 px 16-bit film."""
+    try:
+        syntax = dataset.file_meta.TransferSyntaxUID
+        allocated = int(dataset.BitsAllocated)
+        stored = int(dataset.get("BitsStored") or allocated)
+        unsigned = int(dataset.get("PixelRepresentation") or 0) == 0
+        samples = int(dataset.get("SamplesPerPixel") or 1)
+        data = dataset.PixelData
+    except (AttributeError, TypeError, ValueError, KeyError):
+        return None
+    if syntax.is_compressed or not syntax.is_little_endian or not unsigned or samples != 1:
+        return None
+    if allocated not in (8, 16) or not 1 <= stored <= allocated or not isinstance(data, bytes):
+        return None
+    count = rows * columns
+    if len(data) < count * allocated // 8:
+        return None  # pydicom says what is wrong with it
+    pixels = np.frombuffer(data, dtype="<u2" if allocated == 16 else "u1", count=count)
+    mask = None if stored == allocated else (1 << stored) - 1
+    return pixels.reshape(rows, columns), mask
+
+
+def _dicom_unit(
+    pixels: np.ndarray, dataset, label: str, factor: int, mask: int | None = None
+) -> np.ndarray:
     """Stored pixels -> [0, 1] through the modality and VOI transforms, reduced by `factor`: on the
     stored integers when every transform is linear (rescale slope and intercept only), else after
-    the transforms."""
+    the transforms. `mask`: the stored bits of raw `pixels` (see `_native_pixels`)."""
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     linear = not any(keyword in dataset for keyword in _NONLINEAR_DICOM)
+    if mask is not None and not linear:
+        pixels, mask = pixels & mask, None
     if linear:
-        pixels = area_reduce(pixels, factor)
+        pixels = area_reduce(pixels, factor, mask)
     values = apply_modality_lut(pixels, dataset).astype(np.float64)
     if "VOILUTSequence" in dataset:
         image = _min_max(apply_voi_lut(values, dataset))
