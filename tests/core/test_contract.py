@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,3 +87,31 @@ def test_predict_with_a_nan_temperature_writes_no_ok_rows(tmp_path):
     assert result.returncode != 0
     assert "Traceback" not in result.stderr and "'temperature'" in result.stderr
     assert not out.exists() or ",ok," not in out.read_text()
+
+
+def test_a_validated_metadata_text_skips_pydantic_next_time_and_a_poisoned_one_never_does(
+    tmp_path, monkeypatch
+):
+    """Once a model's metadata text has passed the contract, later processes that load it skip
+    pydantic (a fifth of a cold predict); a poisoned text has other digests and is still checked
+    in full, whatever the cache holds."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PNEUMOSCAN_ONNX_CACHE", str(cache))
+    good = tmp_path / "good.onnx"
+    good.write_bytes((REPO / "models" / "binary.onnx").read_bytes())
+    load = (
+        "import sys\n"
+        "from pneumoscan.runtime.model import OnnxModel\n"
+        f"OnnxModel({str(good)!r})\n"
+        "print('pydantic' in sys.modules)\n"
+    )
+    runs = [
+        subprocess.run([sys.executable, "-c", load], capture_output=True, text=True)
+        for _ in range(2)
+    ]
+    assert [run.stdout.split()[-1] for run in runs] == ["True", "False"], runs[1].stderr[-1000:]
+    assert len(list((cache / "contracts").iterdir())) == 1
+    for change, field in POISONS.values():
+        with pytest.raises(ModelFileError, match=re.escape(field)):
+            OnnxModel(_poisoned(tmp_path, change))
+    assert len(list((cache / "contracts").iterdir())) == 1  # no marker for what failed

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.conformal import ConformalCalibration
-from pneumoscan.core.contract import validate_metadata
 from pneumoscan.core.decision import (
     METADATA_KEY,
     ONNX_METADATA_FORMAT,
@@ -33,14 +32,12 @@ def optimized_cache_path(path: Path) -> Path | None:
     """Where the graph ONNX Runtime optimised from `path` is kept between processes, keyed by
     the file (path, size, modification time) and the onnxruntime version; None when off."""
     import hashlib
-    import os
 
     import onnxruntime as ort
 
-    setting = os.environ.get(OPTIMIZED_CACHE_ENV, "")
-    if setting == "0":
+    folder = _cache_folder()
+    if folder is None:
         return None
-    folder = Path(setting) if setting else user_cache_dir() / "onnx"
     try:
         stat = path.stat()
     except OSError:
@@ -86,6 +83,48 @@ def optimized_session(path: Path, options):
     return sessions[0]
 
 
+def _cache_folder() -> Path | None:
+    """The runtime's cache folder (`OPTIMIZED_CACHE_ENV`, else the user cache), None when off."""
+    import os
+
+    setting = os.environ.get(OPTIMIZED_CACHE_ENV, "")
+    if setting == "0":
+        return None
+    return Path(setting) if setting else user_cache_dir() / "onnx"
+
+
+def check_contract(raw: str, metadata: dict, path: Path) -> None:
+    """`core.contract.validate_metadata`, once per metadata text and contract: a text that
+    passed leaves a marker in the cache, named by the digests of the text and of the contract's
+    source, and later loads of it skip pydantic (about a fifth of a cold `predict`). Any other
+    text, a changed contract or no cache: validated in full."""
+    import hashlib
+    import importlib.util
+
+    folder = _cache_folder()
+    marker = None
+    if folder is not None:
+        try:
+            origin = importlib.util.find_spec("pneumoscan.core.contract").origin
+            contract = hashlib.sha256(Path(origin).read_bytes()).hexdigest()[:16]
+        except (AttributeError, OSError, TypeError):
+            contract = None
+        if contract is not None:
+            text = hashlib.sha256(raw.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+            marker = folder / "contracts" / f"{text}-{contract}"
+            if marker.is_file():
+                return
+    from pneumoscan.core.contract import validate_metadata
+
+    validate_metadata(metadata, path)
+    if marker is not None:
+        try:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        except OSError:  # a cache that cannot be written: validated again next time
+            pass
+
+
 class OnnxModel:
     """An ONNX Runtime session plus the pneumoscan metadata stored in the file."""
 
@@ -129,7 +168,7 @@ class OnnxModel:
                 f"{path}: metadata format {version!r} (missing {', '.join(missing) or 'nothing'}); "
                 f"this pneumoscan reads {ONNX_METADATA_FORMAT}. Re-export it with `pneumoscan export`."
             )
-        validate_metadata(self.metadata, path)
+        check_contract(raw, self.metadata, path)
         self.path = path
         self.class_names: tuple[str, ...] = tuple(self.metadata["class_names"])
         self.threshold: float | None = self.metadata.get("threshold")
