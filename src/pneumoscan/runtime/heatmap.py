@@ -25,9 +25,10 @@ def heatmap_file_name(index: int, source: str) -> str:
     return f"{index:05d}_{safe or 'input'}.png"
 
 
-def save_png(image: Image.Image, path: Path) -> None:
-    """Write a heatmap PNG atomically (whole or not at all); not fsynced, since rerunning the
-    command makes it again, and an fsync per film cost more than compressing it."""
+def save_png(image: Image.Image | np.ndarray, path: Path) -> None:
+    """Write a heatmap PNG (a PIL image or an (H, W, 3) uint8 array) atomically (whole or not at
+    all); not fsynced, since rerunning the command makes it again, and an fsync per film cost
+    more than compressing it."""
     data = png_bytes(np.asarray(image))
     atomic_write(path, lambda tmp: tmp.write_bytes(data), durable=False)
 

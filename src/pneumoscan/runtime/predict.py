@@ -468,15 +468,13 @@ def predict_many(
             results, maps = _infer(model, batch, indeterminate_margin, set_coverage)
             written: dict[int, Future] = {}
             if heatmap_dir is not None:
-                # Drawn here in one vectorised pass; each PNG is compressed and written on a
-                # worker while the model runs the next batch.
-                for offset, (result, overlay) in enumerate(
-                    zip(results, _render_batch(batch, maps))
-                ):
-                    if overlay is not None:
+                # Each overlay is drawn, compressed and written on a worker while this thread
+                # runs the model on the next batch.
+                for offset, (item, class_map, result) in enumerate(zip(batch, maps, results)):
+                    if class_map is not None and item.base is not None:
                         path = Path(heatmap_dir) / heatmap_file_name(done + offset, result.source)
                         result.heatmap_path = str(path)
-                        written[offset] = pool.submit(_write_heatmap, overlay, path)
+                        written[offset] = pool.submit(_draw_heatmap, item.base, class_map, path)
             elif draw:
                 for result, overlay in zip(results, _render_batch(batch, maps)):
                     result.heatmap = overlay
@@ -503,7 +501,9 @@ def _when_written(results: list[Result], written: dict[int, Future]) -> list[Res
     return results
 
 
-def _write_heatmap(overlay: Image.Image, path: Path) -> str | None:
+def _draw_heatmap(base: np.ndarray, class_map: np.ndarray, path: Path) -> str | None:
+    """One overlay drawn and saved as a PNG; what went wrong, or None."""
+    overlay = render_heatmaps(base[None], class_map[None])[0]
     try:
         save_png(overlay, path)
     except OSError as error:
