@@ -255,3 +255,31 @@ def test_int8_keeps_the_gates_own_arithmetic_in_fp32():
     graph = helper.make_graph(nodes, "g", [image], outputs, initializer=[weight])
     assert gate_only_nodes(graph) == ["distance", "square"]
     assert sorted(kept_in_fp32(graph)) == ["distance", "square", "stem"]
+
+
+def test_int8_keeps_the_early_stages_the_gates_texture_part_reads_in_fp32():
+    """Quantized, the first member's early stages moved a framed film's texture enough that the
+    int8 gate refused 43% of films with a 20% black border: the stages up to the texture tap stay
+    fp32, the rest of the network (what only the class maps and logits read) is quantized."""
+    from pathlib import Path
+
+    import onnx
+
+    from pneumoscan.training.quantize import gate_texture_stages, kept_in_fp32
+
+    graph = onnx.load(
+        str(Path(__file__).resolve().parents[2] / "models" / "binary-fast.onnx")
+    ).graph
+    kept = set(gate_texture_stages(graph))
+    convolutions = {node.name for node in graph.node if node.op_type == "Conv"}
+    early = {
+        name
+        for name in convolutions
+        if "_blocks." not in name
+        or "_blocks.0/" in name
+        or "_blocks.1/" in name
+        or "_blocks.2/" in name
+    }
+    assert "/backbone/_conv_stem/Conv" in kept
+    assert convolutions & kept == early - {"/backbone/_conv_head/Conv"}
+    assert "/backbone/_conv_head/Conv" not in kept_in_fp32(graph)

@@ -289,6 +289,20 @@ def refit_gate(run_dir: Path, model, info: ModelInfo, cache: Path) -> None:
     if cache.is_file():
         info.ood = _gate_from_file(cache)
         return
+    sets = gate_film_sets(run_dir, info)
+    taps, width = member_gate(
+        model, texture_taps(model, info.preprocess.size, info.preprocess.channels)
+    )
+    device = next(model.parameters()).device  # score_run's: the run's training device
+    parts = [gate_features(model, scoring_batches(images, device), taps, width) for images in sets]
+    features = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+    info.ood = fit_gate(features, taps, width=width)
+    atomic_write(cache, lambda tmp: torch.save(info.ood.to_tensors(), tmp))
+
+
+def gate_film_sets(run_dir: Path, info: ModelInfo) -> list[ImageTensorDataset]:
+    """The films the gate is fitted on: the run's training films as stored, and `GATE_VARIANTS`
+    copies through the run's augmentation (`GATE_POLICY`), drawn from seed 0."""
     samples, targets = ds.read_split(run_dir, "train")
     decoded = decode_images(samples, info.preprocess.size, cache_dir=default_cache_dir())
     train = (info.config or {}).get("train", {})
@@ -300,14 +314,14 @@ def refit_gate(run_dir: Path, model, info: ModelInfo, cache: Path) -> None:
         ImageTensorDataset(decoded.pixels, targets[decoded.kept], info.preprocess, augment=policy)
         for _ in range(GATE_VARIANTS if policy else 0)
     ]
-    taps, width = member_gate(
-        model, texture_taps(model, info.preprocess.size, info.preprocess.channels)
-    )
-    device = next(model.parameters()).device  # score_run's: the run's training device
-    parts = [gate_features(model, scoring_batches(images, device), taps, width) for images in sets]
-    features = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-    info.ood = fit_gate(features, taps, width=width)
-    atomic_write(cache, lambda tmp: torch.save(info.ood.to_tensors(), tmp))
+    return sets
+
+
+def gate_film_batches(run_dir: Path, info: ModelInfo):
+    """`gate_film_sets` as model-input batches (numpy), for the int8 graph's gate threshold."""
+    for images in gate_film_sets(run_dir, info):
+        for batch, _ in scoring_batches(images, torch.device("cpu")):
+            yield batch.numpy()
 
 
 def _gate_from_file(path: Path):
@@ -377,7 +391,14 @@ def ship_model(
         onnx_path = models_dir / f"{name}.onnx"
         binary = info.task == Task.BINARY.value
         runs = [Path(m) for m in ensemble] or [Path(run_dir)]
-        info.record["int8"] = quantize_shipped(fp32_onnx, onnx_path, info.preprocess, runs, binary)
+        info.record["int8"] = quantize_shipped(
+            fp32_onnx,
+            onnx_path,
+            info.preprocess,
+            runs,
+            binary,
+            gate_films=lambda: gate_film_batches(run_dir, info),
+        )
         set_metadata_value(onnx_path, "record", info.record)
     save_model_file(shipped_pt, model, info, half=True)
     stress = None
