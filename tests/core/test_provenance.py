@@ -46,3 +46,19 @@ def test_a_folder_without_sha256sums_is_not_checked(tmp_path, monkeypatch):
     shutil.copy(MODELS / "binary.onnx", tmp_path / "binary.onnx")
     monkeypatch.setenv("PNEUMOSCAN_MODELS_DIR", str(tmp_path))
     assert load_model("binary").name == "binary"
+
+
+def test_shipped_names_say_which_are_onnx_only_and_where_torch_work_starts(tmp_path, monkeypatch):
+    """`binary` and `three-class` ship as int8 ONNX graphs alone: evaluate reads them through
+    ONNX Runtime, and asking for their torch file names the single network that has one."""
+    from pneumoscan.core.shipped import onnx_only, resolve_model
+
+    for name in ("binary.onnx", "binary-fast.onnx", "binary-fast.pt"):
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.setenv("PNEUMOSCAN_MODELS_DIR", str(tmp_path))
+    assert onnx_only("binary") and not onnx_only("binary-fast")
+    assert not onnx_only("some/file.onnx")
+    assert resolve_model("binary-fast") == tmp_path / "binary-fast.pt"
+    with pytest.raises(ModelFileError, match="ONNX graph only.*'binary-fast'"):
+        resolve_model("binary")
+    assert resolve_model("binary", suffix=".onnx") == tmp_path / "binary.onnx"

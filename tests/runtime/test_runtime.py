@@ -202,10 +202,10 @@ def test_shipped_gate_accepts_films_it_never_saw(real_data, tmp_path):
     from pneumoscan.runtime.model import load_runtime_model
     from pneumoscan.training.fit import restore_run
 
-    run = restore_run(resolve_model("three-class"), tmp_path / "run")
+    run = restore_run(resolve_model("binary-fast"), tmp_path / "run")
     films, _ = read_split(run, "val")
     assert len(films) > 500
-    model = load_runtime_model("binary")
+    model = load_runtime_model("binary-fast")
     scores = model.ood_scores([read_image(film.path) for film in films])
     assert (scores > model.ood_threshold).mean() <= 0.005
 

@@ -315,6 +315,10 @@ def test_golden_the_adapted_binary_model_calls_known_films(real_data, tmp_path, 
     out = tmp_path / "adapted"
     result = _adapt(site, "binary", out, cache=tmp_path / "cache")
     assert result.exit_code == 0, result.output
+    # `binary` ships as an int8 ensemble (ONNX only): its folds start from binary-fast
+    start = json.loads((out / "adapt.json").read_text())["fine_tune"]
+    assert start["start"].endswith("binary-fast.pt") and start["twin"] is True
+    assert "the single network shipped beside" in (out / "report.md").read_text()
     table = tmp_path / "predictions.csv"
     # --no-gate: a gate refitted on a dozen zoomed films refuses unzoomed ones, as it should
     # (a real run keeps a fine-tune only if its gate passes the non-radiograph check).

@@ -208,7 +208,7 @@ def test_site_input_errors_name_the_file_and_the_fix(site, tmp_path):
 
 
 def test_train_init_fine_tunes_the_shipped_network_on_site_films(site, tmp_path):
-    """`train --init binary` on the site's films: a short run that starts from the shipped
+    """`train --init binary-fast` on the site's films: a short run that starts from the shipped
     network (its weights move a little, not from ImageNet) and writes a usable binary model."""
     import torch
 
@@ -217,12 +217,12 @@ def test_train_init_fine_tunes_the_shipped_network_on_site_films(site, tmp_path)
 
     out = tmp_path / "finetuned"
     _invoke(
-        "train", "--init", "binary", "--data", site, "--out", out,
+        "train", "--init", "binary-fast", "--data", site, "--out", out,
         "train.epochs=1", "data.max_patients=60",
     )  # fmt: skip
     tuned, info = load_model_file(out / "model.pt")
-    start, start_info = load_model_file(resolve_model("binary"))
-    assert info.task == "binary" and info.config["model"]["init"] == "binary"
+    start, start_info = load_model_file(resolve_model("binary-fast"))
+    assert info.task == "binary" and info.config["model"]["init"] == "binary-fast"
     assert info.derived_from["class_names"] == ["normal", "bacteria", "virus"]
     assert info.preprocess == start_info.preprocess
     before = torch.cat([p.flatten() for p in start.source.parameters()])
@@ -233,6 +233,18 @@ def test_train_init_fine_tunes_the_shipped_network_on_site_films(site, tmp_path)
     film = next((site / "PNEUMONIA").glob("*.png"))
     result = _invoke("predict", film, "--model", out / "model.onnx")
     assert "1 predicted" in result.output
+
+
+def test_train_init_from_an_onnx_only_shipped_model_names_the_torch_twin(site, tmp_path):
+    """`binary` ships as an int8 ONNX graph only: `train --init binary` says to start from
+    binary-fast (or a .pt) in one line, with no traceback and nothing written."""
+    out = tmp_path / "finetuned"
+    result = runner.invoke(
+        app, ["train", "--init", "binary", "--data", str(site), "--out", str(out)]
+    )
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "'binary-fast'" in result.output and "ONNX graph only" in result.output
+    assert not (out / "model.pt").exists()
 
 
 def test_refit_gate_widening_is_capped_and_leaves_penalised_films_out():

@@ -84,7 +84,7 @@ def test_select_best_ships_the_best_epoch_and_says_which(tiny_data, tmp_path):
 
 
 def test_model_files_written_before_the_epoch_was_recorded_still_load():
-    _, info = load_model_file(REPO / "models" / "binary.pt")
+    _, info = load_model_file(REPO / "models" / "binary-fast.pt")
     assert (info.phase, info.epoch, info.global_step) == (None, None, None)
     old = info.to_dict()
     for key in ("phase", "epoch", "global_step"):
@@ -97,7 +97,7 @@ def test_model_files_written_before_the_epoch_was_recorded_still_load():
 def test_card_says_which_epoch_was_shipped():
     from pneumoscan.training.ship import render_card
 
-    _, info = load_model_file(REPO / "models" / "three-class.pt")
+    _, info = load_model_file(REPO / "models" / "binary-fast.pt")
     info.phase, info.epoch, info.global_step = "phase-2", 4, 1234
-    card = render_card("three-class", info, None, None)
+    card = render_card("binary-fast", info, None, None)
     assert "the weights after epoch 4 of the full-resolution finish (global step 1234)." in card

@@ -89,12 +89,15 @@ DataDir = Annotated[
 # Options the commands that run an exported model share (`predict`, `dicom-node`; `serve` too for
 # the margin and the gate).
 RuntimeModel = Annotated[
-    str, typer.Option("--model", "-m", help="binary, three-class, or an exported .onnx file")
+    str,
+    typer.Option(
+        "--model", "-m", help="binary, three-class, binary-fast, or an exported .onnx file"
+    ),
 ]
 OnnxThreads = Annotated[int | None, typer.Option(help="CPU threads for ONNX Runtime")]
 # The same choice as the benchmarks and `stress` word it.
 ModelOrOnnx = Annotated[
-    str, typer.Option("--model", "-m", help="binary, three-class or an .onnx file")
+    str, typer.Option("--model", "-m", help="binary, three-class, binary-fast or an .onnx file")
 ]
 IndeterminateMargin = Annotated[
     float,

@@ -29,7 +29,7 @@ def evaluate(
             "--model",
             "-m",
             help="model file (.pt), an exported .onnx (evaluated without torch), or a shipped "
-            "model name: binary, three-class",
+            "model name: binary, three-class (both ONNX only), binary-fast",
         ),
     ],
     split: Annotated[str, typer.Option("--split", help="test, val or train")] = "test",
@@ -48,7 +48,10 @@ def evaluate(
 
     if split not in ("train", "val", "test"):
         fail(f"--split {split!r}: choose test, val or train")
-    if Path(model).suffix.lower() == ".onnx":  # ONNX Runtime: the [eval] extra, no torch
+    from pneumoscan.core.shipped import onnx_only
+
+    # ONNX Runtime (the [eval] extra, no torch) for an .onnx file or a shipped ONNX-only name
+    if Path(model).suffix.lower() == ".onnx" or onnx_only(model):
         from pneumoscan.evaluation.evaluate import evaluate_onnx as evaluate_model
     else:
         from pneumoscan.training.evaluate import evaluate_model

@@ -40,7 +40,7 @@ SiteModel = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="binary, three-class, or a model's .onnx/.pt file (e.g. DIR/model.onnx)",
+        help="binary, three-class, binary-fast, or a model's .onnx/.pt file (e.g. DIR/model.onnx)",
     ),
 ]
 

@@ -76,7 +76,7 @@ def train(
         str | None,
         typer.Option(
             "--init",
-            help="fine-tune from this model: binary, three-class or a .pt file (a calibrated "
+            help="fine-tune from this model: binary-fast (the shipped network with a torch file) or a .pt file (a calibrated "
             "DIR/model.pt too); without --config, a short recipe (3 epochs, lr 1e-4)",
         ),
     ] = None,

@@ -123,7 +123,7 @@ class ModelConfig:
         None  # final (evaluation) resolution; None: the architecture's
     )
     intensity: Text = "none"  # none | equalize: grey-level standardisation in preprocess.py
-    # Start from a trained model's network (binary, three-class or a .pt file) instead of
+    # Start from a trained model's network (binary-fast or a .pt file) instead of
     # ImageNet weights; its architecture, head and preprocessing replace the keys above.
     init: Text | None = None
 

@@ -14,7 +14,11 @@ from pathlib import Path
 
 from pneumoscan.core.errors import ModelFileError
 
-SHIPPED_MODELS = ("binary", "three-class")
+SHIPPED_MODELS = ("binary", "three-class", "binary-fast")
+# Shipped as an ONNX graph only (int8 ensembles: their fp16 model files are too large for the
+# size budget); torch-side work (`train --init`, adapt's fine-tuning) starts from the single
+# network shipped beside them with its model file, where there is one.
+TORCH_TWIN = {"binary": "binary-fast"}
 DIGESTS_FILE = "SHA256SUMS"  # `sha256sum -c` reads it too
 PROVENANCE_BEGIN, PROVENANCE_END = "<!-- provenance:begin -->", "<!-- provenance:end -->"
 
@@ -32,10 +36,19 @@ def models_dir() -> Path:
 
 
 def resolve_model(reference: str | Path, suffix: str = ".pt") -> Path:
-    """A path as given, or a shipped model name (`binary`, `three-class`) resolved to its file."""
+    """A path as given, or a shipped model name (`binary`, `three-class`, `binary-fast`)
+    resolved to its file."""
     text = str(reference)
-    if text.replace("_", "-") in SHIPPED_MODELS and not Path(text).exists():
-        path = models_dir() / f"{text.replace('_', '-')}{suffix}"
+    name = text.replace("_", "-")
+    if name in SHIPPED_MODELS and not Path(text).exists():
+        path = models_dir() / f"{name}{suffix}"
+        if not path.is_file() and suffix == ".pt" and (path.with_suffix(".onnx")).is_file():
+            twin = f"{TORCH_TWIN[name]!r} or " if name in TORCH_TWIN else ""
+            raise ModelFileError(
+                f"shipped model {name!r} is an ONNX graph only (an int8 ensemble), with no torch "
+                f"model file; for torch-side work (train --init, fine-tuning) use {twin}a "
+                "model file (.pt) such as a training run's model.pt."
+            )
         if not path.is_file():
             raise ModelFileError(
                 f"shipped model {text!r} not found at {path}; install pneumoscan from a full "
@@ -49,6 +62,15 @@ def resolve_model(reference: str | Path, suffix: str = ".pt") -> Path:
             f"{path}: model file not found; give a model file path or one of {', '.join(SHIPPED_MODELS)}."
         )
     return path
+
+
+def onnx_only(reference: str | Path) -> bool:
+    """Whether `reference` is a shipped name shipped as an ONNX graph alone (no torch model
+    file beside it): it is evaluated, stressed and recalibrated through ONNX Runtime."""
+    name = str(reference).replace("_", "-")
+    if name not in SHIPPED_MODELS or Path(str(reference)).exists():
+        return False
+    return not (models_dir() / f"{name}.pt").is_file()
 
 
 def file_sha256(path: Path) -> str:

@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumoscan.core.decision import calibrated_probabilities, decide
-from pneumoscan.core.errors import DatasetError
+from pneumoscan.core.errors import DatasetError, ModelFileError
 from pneumoscan.core.fileio import atomic_write_json, atomic_write_text, fsync_dir, shown_path
 from pneumoscan.core.labels import NOT_DIAGNOSTIC_NOTICE
 from pneumoscan.evaluation import calibration as cal
@@ -366,6 +366,12 @@ def adapt(
             'model files: pip install "pneumoscan[train]"; `pneumoscan validate` runs without it.'
         )
     pt_path, onnx_path = source_files(model_ref)
+    start = (pt_path or fine_tune_start(model_ref)) if request.fine_tune else None
+    if request.fine_tune and start is None:
+        raise ModelFileError(
+            f"{model_ref}: no torch model file to fine-tune (an ONNX-only model); give its .pt, "
+            "or compare calibration alone with --no-fine-tune."
+        )
     model, scores = load_scored(data, onnx_path, allow_outside)
     class_names = model.class_names
     if len(np.unique(scores.targets)) < len(class_names):
@@ -377,7 +383,7 @@ def adapt(
     runs = None
     if request.fine_tune:
         runs = fine_tune_folds(
-            data, pt_path, work, scores, _task(class_names), request, allow_outside
+            data, start, work, scores, _task(class_names), request, allow_outside
         )
         fold_of = runs.fold_of
     else:
@@ -388,12 +394,25 @@ def adapt(
         ):
             fold_of[held] = fold
     report = compare_arms(data, model, scores, fold_of, runs, request, bootstrap)
+    if runs is not None:
+        # the network the folds started from: the model's own, or its single-network twin
+        report["fine_tune"]["start"] = shown_path(start)
+        report["fine_tune"]["twin"] = start != pt_path
     if report["choice"]["arm"] == FINE_TUNE:
         guard_gate(report, model, kept_network(runs))
     _write_adapted(out, report, model, scores, runs, fold_of, pt_path, onnx_path, request)
     if runs is not None and not request.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def fine_tune_start(model_ref: str | Path) -> Path | None:
+    """Where the fine-tune arm starts when the model has no torch file: a shipped ensemble's
+    single-network twin (`binary` -> `binary-fast`), else None."""
+    from pneumoscan.core.shipped import TORCH_TWIN, resolve_model
+
+    twin = TORCH_TWIN.get(str(model_ref).replace("_", "-"))
+    return resolve_model(twin, suffix=".pt") if twin and not Path(model_ref).exists() else None
 
 
 def kept_network(runs: FoldRuns) -> tuple[Path, Path, Operating]:
