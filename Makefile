@@ -21,8 +21,9 @@ docs:  ## rewrite the CLI reference (docs/cli.md) and build the docs site, stric
 	$(dir $(PY))mkdocs build --strict
 fuzz:  ## 10,000 fuzz cases over read_image and predict; prints the counts
 	PNEUMOSCAN_FUZZ_CASES=10000 $(PY) -m pytest -q -s -m slow tests/core/test_fuzz.py
-bench:  ## prediction speed, whole processes -> docs/benchmarks.md and the Speed section of each model card
-	.venv/bin/pneumoscan bench --model binary --images ../shared/data/chest_xray/train
+bench:  ## prediction speed, whole processes -> docs/benchmarks.md (binary-fast, full table) and the Speed section of each model card
+	.venv/bin/pneumoscan bench --model binary-fast --images ../shared/data/chest_xray/train
+	.venv/bin/pneumoscan bench --model binary --images ../shared/data/chest_xray/train --full-size-films 0 --out build/bench-binary.md
 	.venv/bin/pneumoscan bench --model three-class --images ../shared/data/chest_xray/train --full-size-films 0 --out build/bench-three-class.md
 bench-workers:  ## predict --workers 1 vs 2 on full-size (2,000 px) JPEG and 16-bit DICOM films -> docs/benchmarks.md
 	$(dir $(PY))pneumoscan bench-workers --model binary --images $(DATA)/train --films $(FILMS) --repeats $(REPEATS)
@@ -35,8 +36,8 @@ bench-serve:  ## serving under load: CLIENTS upload the same films at 256 px, th
 	  --films-note "validation films as stored (256 px), then the same films upscaled (bicubic) to a 2,000 px shorter side, JPEG quality 95" --out docs/benchmarks.md
 bench-train:  ## training speed: loader vs model step at 160 and 224 px, 1 vs 2 DDP processes -> docs/benchmarks.md
 	$(PY) -m pneumoscan.research.bench_train --config configs/three_class_robust.yaml --out docs/benchmarks.md
-bench-dicom:  ## DICOM node throughput and latency into a real Orthanc (needs the orthanc package) -> docs/dicom.md
-	$(PY) -m pneumoscan.devtools.dicom_bench --images $(DATA)/train --films 80 --shorter-side 0 --shorter-side 2000 --out docs/dicom.md
+bench-dicom:  ## DICOM node throughput and latency into a real Orthanc (needs the orthanc package), single network -> docs/dicom.md
+	$(PY) -m pneumoscan.devtools.dicom_bench --images $(DATA)/train --films 80 --shorter-side 0 --shorter-side 2000 --model binary-fast --out docs/dicom.md
 site-demo:  ## a simulated new site: validate, calibrate and conformal sets -> docs/site/
 	$(PY) -m pneumoscan.site.simulate $(DATA) --model binary --out build/site --films 400 --shift zoomed
 	.venv/bin/pneumoscan validate build/site --model binary --out docs/site/validate

@@ -177,7 +177,7 @@ def describe(films: list[Path]) -> str:
     return f"films of median {width:.0f}x{height:.0f} px ({megabytes:.2f} MB)"
 
 
-def markdown(summaries: list[dict], command: str, images: str) -> str:
+def markdown(summaries: list[dict], command: str, images: str, model: str = "binary") -> str:
     header = "| measure | " + " | ".join(s["described"] for s in summaries) + " |"
     rows = [header, "|---|" + "---|" * len(summaries)]
 
@@ -211,7 +211,8 @@ def markdown(summaries: list[dict], command: str, images: str) -> str:
             "",
             f"`{command}`: films from `{images}` wrapped into 8-bit DX objects (one study each, "
             "made-up patients), C-STOREd over loopback to `pneumoscan dicom-node --send-to` a "
-            "real Orthanc 1.10 on the same machine; binary model, the node's default prediction "
+            "real Orthanc 1.10 on the same machine (started with TCP_NODELAY=1, see above); "
+            f"model `{model}`, the node's default prediction "
             f"workers ({default_workers()} here), batch and queue. Hardware: {hardware()}; "
             f"{sharing_note()}. Orthanc, the node and the sender "
             "all run on these cores.",
@@ -253,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
         summaries.append(summary)
     if args.out:
         command = "python -m pneumoscan.devtools.dicom_bench " + " ".join(argv or sys.argv[1:])
-        write_section(args.out, SECTION, markdown(summaries, command, str(args.images)))
+        text = markdown(summaries, command, str(args.images), args.model)
+        write_section(args.out, SECTION, text)
         print(f"wrote {args.out}")
     return 0
 
