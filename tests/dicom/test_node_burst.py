@@ -18,7 +18,7 @@ from pneumoscan.dicom.delivery import CStoreDestination
 from pneumoscan.dicom.node import SUCCESS, DicomNode, NodeSettings
 from pneumoscan.dicom.producer import Producer
 from pneumoscan.dicom.report import build_report, encode
-from pneumoscan.dicom.report_templates import ReportTemplates
+from pneumoscan.dicom.report_templates import ReportTemplates, sequence_lengths
 from pneumoscan.dicom.results import predict_film, predict_films
 
 
@@ -39,7 +39,7 @@ def _canonical(report) -> bytes:
     clock stamps blanked and every sequence and item of defined length."""
     data = report if isinstance(report, bytes) else encode(report)
     dataset = pydicom.dcmread(io.BytesIO(data))
-    _defined_lengths(dataset)
+    sequence_lengths(dataset, undefined=False)
     dataset.InstanceCreationDate = dataset.InstanceCreationTime = ""
     for item in dataset.ContributingEquipmentSequence:
         if (
@@ -48,15 +48,6 @@ def _canonical(report) -> bytes:
         ):
             item.ContributionDateTime = ""
     return encode(dataset)
-
-
-def _defined_lengths(dataset) -> None:
-    for element in dataset:
-        if element.VR == "SQ":
-            element.is_undefined_length = False
-            for item in element.value:
-                item.is_undefined_length_sequence_item = False
-                _defined_lengths(item)
 
 
 def _films(case, tmp_path):

@@ -158,11 +158,7 @@ class ReportTemplates:
         self, source: Dataset, result: Result, when: datetime.datetime | None = None
     ) -> Dataset:
         when = when or datetime.datetime.now().astimezone()
-        shape = _shape(source, result, self.producer)
-        with self._lock:
-            if shape not in self._templates and len(self._templates) < MAX_SHAPES:
-                self._templates[shape] = self._template(source, result, when)
-            template = self._templates.get(shape)
+        template = self._template_for(source, result, when)
         if template is None:
             self.built += 1
             return build_report(source, result, self.producer, when)
@@ -182,11 +178,7 @@ class ReportTemplates:
         `encode`'s only in giving sequences and items undefined lengths; they read back as the
         same data set (tests/dicom/test_node_burst.py)."""
         when = when or datetime.datetime.now().astimezone()
-        shape = _shape(source, result, self.producer)
-        with self._lock:
-            if shape not in self._templates and len(self._templates) < MAX_SHAPES:
-                self._templates[shape] = self._template(source, result, when)
-            template = self._templates.get(shape)
+        template = self._template_for(source, result, when)
         if template is None or template.encoded is None:
             return encode(self.build(source, result, when))
         values = self._film_values(source, result, when)
@@ -198,6 +190,15 @@ class ReportTemplates:
         meta.MediaStorageSOPInstanceUID = values["report"]
         self.filled += 1
         return b"".join([PREAMBLE, _meta_bytes(meta), *parts])
+
+    def _template_for(self, source: Dataset, result: Result, when: datetime.datetime):
+        """The template of this report's shape, made at its first film; None when the shape
+        keeps highdicom's path (the probes disagreed, or `MAX_SHAPES` are kept already)."""
+        shape = _shape(source, result, self.producer)
+        with self._lock:
+            if shape not in self._templates and len(self._templates) < MAX_SHAPES:
+                self._templates[shape] = self._template(source, result, when)
+            return self._templates.get(shape)
 
     def _film_values(self, source: Dataset, result: Result, when: datetime.datetime) -> dict:
         values = _values(source, result, self.producer, when)
@@ -395,7 +396,7 @@ def _encoded(report: Dataset, slots: list[tuple[tuple, str]]) -> _Encoded | None
     """The report's bytes cut at its slot elements, or None when a slot's element cannot be
     found exactly once per slot in them (that shape then encodes each filled copy)."""
     undefined = _copy(report)
-    _undefined_lengths(undefined)
+    sequence_lengths(undefined, undefined=True)
     data = encode(undefined)
     body_start = (
         len(PREAMBLE) + 12 + int.from_bytes(data[len(PREAMBLE) + 8 : len(PREAMBLE) + 12], "little")
@@ -424,25 +425,31 @@ def _encoded(report: Dataset, slots: list[tuple[tuple, str]]) -> _Encoded | None
     return _Encoded(meta, pieces, elements)
 
 
-def _undefined_lengths(dataset: Dataset) -> None:
+def sequence_lengths(dataset: Dataset, undefined: bool) -> None:
+    """Mark every sequence and item of `dataset`, all the way down, to be written with undefined
+    lengths (delimiters) or with defined ones."""
     for element in dataset:
         if element.VR == "SQ":
-            element.is_undefined_length = True
+            element.is_undefined_length = undefined
             for item in element.value:
-                item.is_undefined_length_sequence_item = True
-                _undefined_lengths(item)
+                item.is_undefined_length_sequence_item = undefined
+                sequence_lengths(item, undefined)
+
+
+def _explicit_little_endian() -> DicomBytesIO:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    return buffer
 
 
 def _element_bytes(element: DataElement) -> bytes:
     """One element as explicit VR little endian bytes, as pydicom writes it in a data set."""
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    buffer = _explicit_little_endian()
     write_data_element(buffer, element)
     return buffer.getvalue()
 
 
 def _meta_bytes(meta: Dataset) -> bytes:
-    buffer = DicomBytesIO()
-    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    buffer = _explicit_little_endian()
     write_file_meta_info(buffer, meta, enforce_standard=False)
     return buffer.getvalue()
