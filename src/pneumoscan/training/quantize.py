@@ -9,8 +9,10 @@ the gate's own arithmetic (`gate_only_nodes`). On the shipped Lite0 graph this o
 batch of 128 films from 6.9 to 4.2 ms a film; convolutions alone gained less (6.0 ms) and moved
 the logits and gate scores more. `int8_parity` then runs both graphs on every member's
 validation films and reports, per fold, how often the decisions agree and how much the ROC AUC
-moves. The gate threshold is carried to the int8 graph's scale by rank: it refuses the same
-share of in-distribution films as before.
+moves. The gate member's early stages, which the gate's texture part reads, stay fp32 too
+(`gate_texture_stages`), and the int8 gate threshold is set on the films the gate was fitted
+on, as the fp32 one was (`gate_threshold`; by rank on validation films where those are not
+given).
 """
 
 from __future__ import annotations
