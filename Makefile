@@ -6,8 +6,9 @@ FILMS ?= 200
 REPEATS ?= 3
 CLIENTS ?= 16
 DURATION ?= 60
+SERVE_MODEL ?= binary-fast
 
-.PHONY: help setup test test-slow docs fuzz bench bench-workers bench-serve bench-train bench-dicom site-demo adapt-demo lint format train serve
+.PHONY: help setup test test-slow docs fuzz bench bench-all bench-workers bench-serve bench-train bench-dicom site-demo adapt-demo lint format train serve
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
 setup:  ## create .venv and install pneumoscan with training, serving, DICOM and test extras
@@ -27,11 +28,12 @@ bench:  ## prediction speed, whole processes -> docs/benchmarks.md (binary-fast,
 	.venv/bin/pneumoscan bench --model three-class --images ../shared/data/chest_xray/train --full-size-films 0 --out build/bench-three-class.md
 bench-workers:  ## predict --workers 1 vs 2 on full-size (2,000 px) JPEG and 16-bit DICOM films -> docs/benchmarks.md
 	$(dir $(PY))pneumoscan bench-workers --model binary --images $(DATA)/train --films $(FILMS) --repeats $(REPEATS)
-bench-serve:  ## serving under load: CLIENTS upload the same films at 256 px, then at 2,000 px, to a real `pneumoscan serve` for DURATION s each -> docs/benchmarks.md
+bench-all: bench bench-serve bench-dicom  ## every speed figure of docs/benchmarks.md and docs/dicom.md in one run (about 20 min on 2 idle cores)
+bench-serve:  ## serving under load: CLIENTS upload the same films at 256 px, then at 2,000 px, to a real `pneumoscan serve --model SERVE_MODEL` for DURATION s each -> docs/benchmarks.md
 	rm -rf build/serve-films-256 build/full-size-films
 	$(PY) -m pneumoscan.research.bench $(DATA)/val build/serve-films-256 --films 64 --shorter-side 0
 	$(PY) -m pneumoscan.research.bench $(DATA)/val build/full-size-films --films 64
-	$(PY) -m pneumoscan.devtools.loadtest --clients $(CLIENTS) --duration $(DURATION) \
+	$(PY) -m pneumoscan.devtools.loadtest --clients $(CLIENTS) --duration $(DURATION) --model $(SERVE_MODEL) \
 	  --images build/serve-films-256 --images build/full-size-films \
 	  --films-note "validation films as stored (256 px), then the same films upscaled (bicubic) to a 2,000 px shorter side, JPEG quality 95" --out docs/benchmarks.md
 bench-train:  ## training speed: loader vs model step at 160 and 224 px, 1 vs 2 DDP processes -> docs/benchmarks.md

@@ -3,6 +3,7 @@ delivered over one association, and SRs filled from a template equal highdicom's
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import io
 import time
@@ -14,11 +15,16 @@ import pytest
 from dicom import sr_reading as sr
 from dicom.films import NORMAL_JPEG, PNEUMONIA_JPEG, chest_film, jpeg_pixels, write_film
 from pneumoscan.devtools.dicom_harness import free_port, send_films
+from pneumoscan.dicom.capture import build_capture
 from pneumoscan.dicom.delivery import CStoreDestination
 from pneumoscan.dicom.node import SUCCESS, DicomNode, NodeSettings
 from pneumoscan.dicom.producer import Producer
 from pneumoscan.dicom.report import build_report, encode
-from pneumoscan.dicom.report_templates import ReportTemplates, sequence_lengths
+from pneumoscan.dicom.report_templates import (
+    CaptureTemplates,
+    ReportTemplates,
+    sequence_lengths,
+)
 from pneumoscan.dicom.results import predict_film, predict_films
 
 
@@ -41,6 +47,8 @@ def _canonical(report) -> bytes:
     dataset = pydicom.dcmread(io.BytesIO(data))
     sequence_lengths(dataset, undefined=False)
     dataset.InstanceCreationDate = dataset.InstanceCreationTime = ""
+    if "TimeOfSecondaryCapture" in dataset:
+        dataset.DateOfSecondaryCapture = dataset.TimeOfSecondaryCapture = ""
     for item in dataset.ContributingEquipmentSequence:
         if (
             item.get("ContributionDateTime")
@@ -100,6 +108,32 @@ def test_template_reports_equal_highdicom_reports(case, binary_model, three_clas
     assert all(template.encoded for template in templates._templates.values())  # and spliced
     # filling the second report changed nothing in the first (they share no mutable part)
     assert all(_canonical(filled) == expected for filled, expected in reports)
+
+
+@pytest.mark.parametrize("case", ["pneumonia", "normal", "three-class"])
+def test_template_captures_equal_highdicom_captures(
+    case, binary_model, three_class_model, tmp_path
+):
+    model = three_class_model if case == "three-class" else binary_model
+    producer = Producer.from_runtime(model)
+    templates = CaptureTemplates(producer)
+    when = datetime.datetime(2026, 5, 6, 7, 8, 9, 123456).astimezone()
+    for index, path in enumerate(_films(case, tmp_path)):
+        result = predict_film(model, pydicom.dcmread(path), "film")
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        expected = _canonical(build_capture(header, result, producer, when))
+        spliced = templates.build_encoded(header, result, when)
+        assert _canonical(spliced) == expected  # the burned-in answer line included
+        assert pydicom.dcmread(io.BytesIO(spliced)).SOPInstanceUID == producer.uid(
+            header.SOPInstanceUID, "capture"
+        )
+        (tmp_path / f"capture-{index}.dcm").write_bytes(spliced)
+        errors, warnings = sr.dciodvfy(tmp_path / f"capture-{index}.dcm")
+        assert errors == [], "\n".join(errors)
+    assert templates.filled == 2  # both from the template, not from highdicom
+    assert all(template.encoded for template in templates._templates.values())
+    no_heatmap = dataclasses.replace(result, heatmap=None, heatmap_path=None)
+    assert templates.build_encoded(header, no_heatmap, when) is None
 
 
 def test_a_burst_is_delivered_over_one_association(orthanc_factory, binary_model, films, tmp_path):

@@ -210,7 +210,8 @@ def run_load(
     loaded = [(f"film{index}{path.suffix}", path.read_bytes()) for index, path in enumerate(films)]
     form = {"model": model, "heatmap": "true" if heatmap else "false"}
     admission = [f"--max-per-client={clients}", f"--max-in-flight={max(clients, 32)}"]
-    with ServerProcess([*admission, *(server_args or [])]) as server:
+    # The server loads the model the uploads ask for, and only that one.
+    with ServerProcess([*admission, f"--model={model}", *(server_args or [])]) as server:
         warm = LoadResult(clients=1, duration_s=1.0)
         asyncio.run(_drive(server.url, loaded[:warmup_requests], 1, 2.0, form, warm))
         result = LoadResult(clients=clients, duration_s=duration)
@@ -371,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--limit", type=int, default=64, help="at most this many films a folder")
     parser.add_argument("--films-note", default="", help="what the films are, for the report")
-    parser.add_argument("--model", default="binary")
+    parser.add_argument("--model", default="binary", help="the model served and asked for")
     parser.add_argument("--heatmap", action="store_true", help="ask for heatmaps too")
     parser.add_argument("--out", type=Path, help="Markdown file whose serve-load section to write")
     parser.add_argument(

@@ -87,14 +87,20 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def overlay_of(result: Result) -> Image.Image | None:
+    """The result's heatmap overlay (in memory, or read from its file), or None."""
+    if result.heatmap is not None or result.heatmap_path is None:
+        return result.heatmap
+    with Image.open(result.heatmap_path) as image:
+        return image.convert("RGB")
+
+
 def build_capture(
     source: Dataset, result: Result, producer: Producer, when: datetime.datetime | None = None
 ) -> Dataset | None:
-    """The Secondary Capture of `result`'s heatmap, or None when the result has none."""
-    overlay = result.heatmap
-    if overlay is None and result.heatmap_path is not None:
-        with Image.open(result.heatmap_path) as image:
-            overlay = image.convert("RGB")
+    """The Secondary Capture of `result`'s heatmap, or None when the result has none
+    (`report_templates.CaptureTemplates` makes the same object for less)."""
+    overlay = overlay_of(result)
     if overlay is None:
         return None
     import highdicom as hd

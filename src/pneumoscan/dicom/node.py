@@ -53,7 +53,7 @@ from pathlib import Path
 from pneumoscan.core.errors import PneumoscanError
 from pneumoscan.dicom.delivery import SENT_META, DeliveryError, no_delay
 from pneumoscan.dicom.producer import Producer
-from pneumoscan.dicom.report_templates import ReportTemplates
+from pneumoscan.dicom.report_templates import CaptureTemplates, ReportTemplates
 from pneumoscan.dicom.results import REQUIRED_UIDS, encoded_result_objects, predict_films
 from pneumoscan.dicom.settings import BATCH_BYTES, NodeSettings
 from pneumoscan.dicom.spool import FILM_SUFFIX, Spool
@@ -206,7 +206,9 @@ class DicomNode:
         self.destinations = destinations
         self.settings = settings
         self.producer = Producer.from_runtime(runtime, settings.indeterminate_margin)
-        self.reports = ReportTemplates(self.producer)  # SRs filled from a template per shape
+        # SRs and heatmap captures filled from a template per shape
+        self.reports = ReportTemplates(self.producer)
+        self.captures = CaptureTemplates(self.producer)
         self.spool = Spool(settings.spool, settings.group_readable)
         self.counts = Counts()
         self._films: deque[Path] = deque()
@@ -658,7 +660,7 @@ class DicomNode:
 
     def objects(self, header, result: Result) -> list[bytes]:
         """The film's SR (and SC) as Part 10 bytes: see `results.encoded_result_objects`."""
-        return encoded_result_objects(header, result, self.producer, self.reports)
+        return encoded_result_objects(header, result, self.reports, self.captures)
 
 
 def _label(film: Path) -> str:

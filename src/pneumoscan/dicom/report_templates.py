@@ -27,7 +27,6 @@ import copy
 import dataclasses
 import datetime
 import io
-import re
 import threading
 import uuid
 
@@ -39,6 +38,7 @@ from pydicom.filewriter import write_data_element, write_file_meta_info
 from pydicom.tag import Tag
 from pydicom.valuerep import DA, DS, DT, TM
 
+from pneumoscan.dicom.capture import build_capture, burn_in, overlay_of
 from pneumoscan.dicom.producer import Producer, instance_number
 from pneumoscan.dicom.report import build_report, encode, no_result_reason
 from pneumoscan.runtime.predict import ERROR, Result
@@ -117,11 +117,13 @@ UNREAD = frozenset(
         "DistanceSourceToPatient",
     }
 )
-# What highdicom stamps with its own clock (its creation time, its own contributing-equipment
-# item): filled with the time the report is made.
+# What highdicom stamps with its own clock (its creation time, a capture's time, its own
+# contributing-equipment item): filled with the time the object is made.
 NOW = {
     Tag("InstanceCreationDate"): "now date",
     Tag("InstanceCreationTime"): "now time",
+    Tag("DateOfSecondaryCapture"): "now date",
+    Tag("TimeOfSecondaryCapture"): "now time",
     Tag("ContributionDateTime"): "now datetime",
 }
 MAX_SHAPES = 64  # templates kept; later shapes take highdicom's path
@@ -144,35 +146,46 @@ class _Encoded:
     elements: list[tuple[int, str, str]]  # (tag, VR, the value's name), in byte order
 
 
-class ReportTemplates:
-    """`build_report` for one producer, with a template per shape of report (thread-safe)."""
+class Templates:
+    """A kind of result object (`_build`) for one producer, with a template per shape (thread-safe).
+    `ReportTemplates` and `CaptureTemplates` say what is built, what a film's header may hold
+    that the object never reads (`unread`), and which values each film fills (`_values`)."""
+
+    unread: frozenset = UNREAD
 
     def __init__(self, producer: Producer) -> None:
         self.producer = producer
         self._templates: dict[tuple, _Template | None] = {}
         self._lock = threading.Lock()
-        self.filled = 0  # reports made from a template (the tests read these)
-        self.built = 0  # reports highdicom built (probes included)
+        self.filled = 0  # objects made from a template (the tests read these)
+        self.built = 0  # objects highdicom built (probes included)
 
-    def build(
-        self, source: Dataset, result: Result, when: datetime.datetime | None = None
-    ) -> Dataset:
+    def _build(self, source: Dataset, result: Result, when: datetime.datetime) -> Dataset:
+        raise NotImplementedError
+
+    def _values(self, source: Dataset, result: Result, when: datetime.datetime) -> dict:
+        return _values(source, result, self.producer, when)
+
+    def _shape(self, source: Dataset, result: Result) -> tuple:
+        return _shape(source, result, self.producer, self.unread)
+
+    def build(self, source: Dataset, result: Result, when: datetime.datetime | None = None):
         when = when or datetime.datetime.now().astimezone()
         template = self._template_for(source, result, when)
         if template is None:
             self.built += 1
-            return build_report(source, result, self.producer, when)
+            return self._build(source, result, when)
         values = self._film_values(source, result, when)
-        report = _copy(template.report)
+        made = _copy(template.report)
         for path, name in template.slots:
-            _element(report, path).value = values[name]
+            _element(made, path).value = values[name]
         self.filled += 1
-        return report
+        return made
 
     def build_encoded(
         self, source: Dataset, result: Result, when: datetime.datetime | None = None
     ) -> bytes:
-        """`encode(self.build(...))`, for less: a shape's report is encoded once, and each
+        """`encode(self.build(...))`, for less: a shape's object is encoded once, and each
         film's bytes are that encoding with its own slot elements spliced in (encoding a filled
         copy took most of the node's time per film after the copy itself). The bytes differ from
         `encode`'s only in giving sequences and items undefined lengths; they read back as the
@@ -187,21 +200,23 @@ class ReportTemplates:
         for (tag, vr, name), piece in zip(encoded.elements, encoded.pieces[1:]):
             parts += [_element_bytes(DataElement(tag, vr, values[name])), piece]
         meta = copy.copy(encoded.file_meta)
-        meta.MediaStorageSOPInstanceUID = values["report"]
+        meta.MediaStorageSOPInstanceUID = values[self.instance_value]
         self.filled += 1
         return b"".join([PREAMBLE, _meta_bytes(meta), *parts])
 
+    instance_value = "report"  # the value that is the object's SOP Instance UID
+
     def _template_for(self, source: Dataset, result: Result, when: datetime.datetime):
-        """The template of this report's shape, made at its first film; None when the shape
+        """The template of this object's shape, made at its first film; None when the shape
         keeps highdicom's path (the probes disagreed, or `MAX_SHAPES` are kept already)."""
-        shape = _shape(source, result, self.producer)
+        shape = self._shape(source, result)
         with self._lock:
             if shape not in self._templates and len(self._templates) < MAX_SHAPES:
                 self._templates[shape] = self._template(source, result, when)
             return self._templates.get(shape)
 
     def _film_values(self, source: Dataset, result: Result, when: datetime.datetime) -> dict:
-        values = _values(source, result, self.producer, when)
+        values = self._values(source, result, when)
         now = datetime.datetime.now()
         values.update(
             {"now date": DA(now.date()), "now time": TM(now.time()), "now datetime": DT(now)}
@@ -209,21 +224,21 @@ class ReportTemplates:
         return values
 
     def _template(self, source: Dataset, result: Result, when: datetime.datetime):
-        """Probe A's report and its slots, or None when the probes disagree (or fail)."""
+        """Probe A's object and its slots, or None when the probes disagree (or fail)."""
         probes = []
         for probe in ("a", "b"):
-            header, probe_result, probe_when = _probe(source, result, when, probe)
+            header, probe_result, probe_when = _probe(source, result, when, probe, self.unread)
             try:
-                report = build_report(header, probe_result, self.producer, probe_when)
+                made = self._build(header, probe_result, probe_when)
             except Exception:  # a probe highdicom refuses: this shape keeps the plain path
                 return None
             self.built += 1
-            values = _values(header, probe_result, self.producer, probe_when)
+            values = self._values(header, probe_result, probe_when)
             index = {_text(name, value): name for name, value in values.items()}
             if len(index) != len(values):  # two made-up values alike: slots would be ambiguous
                 return None
-            probes.append((report, _leaves(report), index))
-        (report_a, leaves_a, index_a), (_, leaves_b, index_b) = probes
+            probes.append((made, _leaves(made), index))
+        (made_a, leaves_a, index_a), (_, leaves_b, index_b) = probes
         if [path for path, _ in leaves_a] != [path for path, _ in leaves_b]:
             return None
         slots = []
@@ -237,10 +252,54 @@ class ReportTemplates:
                 if path[-1] not in NOW:
                     return None  # a per-film value the slots do not cover
                 slots.append((path, NOW[path[-1]]))
-        return _Template(report_a, slots, _encoded(report_a, slots))
+        return _Template(made_a, slots, _encoded(made_a, slots))
 
 
-def _shape(source: Dataset, result: Result, producer: Producer) -> tuple:
+class ReportTemplates(Templates):
+    """`build_report` for one producer, with a template per shape of report."""
+
+    def _build(self, source: Dataset, result: Result, when: datetime.datetime) -> Dataset:
+        return build_report(source, result, self.producer, when)
+
+
+class CaptureTemplates(Templates):
+    """`capture.build_capture` for one producer, with a template per shape of Secondary Capture:
+    the film's patient orientation and the heatmap's size are part of the shape, and the burned-in
+    pixels are filled per film. `build` and `build_encoded` return None for a result without a
+    heatmap, as `build_capture` does."""
+
+    unread = UNREAD - {"PatientOrientation"}  # the capture states the film's orientation
+    instance_value = "capture"
+
+    def _build(self, source: Dataset, result: Result, when: datetime.datetime) -> Dataset:
+        return build_capture(source, result, self.producer, when)
+
+    def _values(self, source: Dataset, result: Result, when: datetime.datetime) -> dict:
+        values = _values(source, result, self.producer, when)
+        values["capture series"] = self.producer.uid(source.StudyInstanceUID, "capture series")
+        values["capture"] = self.producer.uid(source.SOPInstanceUID, "capture")
+        values["pixels"] = burn_in(overlay_of(result), result, self.producer).tobytes()
+        return values
+
+    def _shape(self, source: Dataset, result: Result) -> tuple:
+        return (*super()._shape(source, result), overlay_of(result).size)
+
+    def build(self, source: Dataset, result: Result, when: datetime.datetime | None = None):
+        if overlay_of(result) is None:
+            return None
+        return super().build(source, result, when)
+
+    def build_encoded(
+        self, source: Dataset, result: Result, when: datetime.datetime | None = None
+    ) -> bytes | None:
+        if overlay_of(result) is None:
+            return None
+        return super().build_encoded(source, result, when)
+
+
+def _shape(
+    source: Dataset, result: Result, producer: Producer, unread: frozenset = UNREAD
+) -> tuple:
     parts: list = [
         result.status,
         result.label,
@@ -249,7 +308,7 @@ def _shape(source: Dataset, result: Result, producer: Producer) -> tuple:
     ]
     for element in source:
         keyword = element.keyword
-        if keyword in UNREAD:
+        if keyword in unread:
             continue
         if keyword in FILLED:
             parts.append((keyword, _fillable(source, keyword)))
@@ -298,8 +357,15 @@ def _values(
     return values
 
 
-def _probe(source: Dataset, result: Result, when: datetime.datetime, probe: str):
-    """The film, its result and the time, with unique made-up values in every slot."""
+def _probe(
+    source: Dataset,
+    result: Result,
+    when: datetime.datetime,
+    probe: str,
+    unread: frozenset = UNREAD,
+):
+    """The film, its result and the time, with unique made-up values in every slot (probe B
+    without the `unread` attributes)."""
     tag = uuid.uuid4().hex
     b = probe == "b"
     made_up = {
@@ -318,7 +384,7 @@ def _probe(source: Dataset, result: Result, when: datetime.datetime, probe: str)
     }
     header = copy.deepcopy(source)
     if b:
-        for keyword in UNREAD:
+        for keyword in unread:
             if keyword in header:
                 del header[keyword]
     for keyword in FILLED:
@@ -408,7 +474,7 @@ def _encoded(report: Dataset, slots: list[tuple[tuple, str]]) -> _Encoded | None
         wanted.setdefault(_element_bytes(element), []).append((element.tag, element.VR, name))
     found = []
     for element_bytes, elements in wanted.items():
-        starts = [m.start() for m in re.finditer(re.escape(element_bytes), body)]
+        starts = _occurrences(body, element_bytes)
         if len(starts) != len(elements) or len({name for *_, name in elements}) != 1:
             return None
         found += [(start, len(element_bytes), elements[0]) for start in starts]
@@ -423,6 +489,15 @@ def _encoded(report: Dataset, slots: list[tuple[tuple, str]]) -> _Encoded | None
     pieces.append(body[position:])
     meta = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).file_meta
     return _Encoded(meta, pieces, elements)
+
+
+def _occurrences(data: bytes, part: bytes) -> list[int]:
+    """Where `part` starts in `data`, without overlaps (a pixel element is a megabyte: no regex)."""
+    starts, at = [], data.find(part)
+    while at >= 0:
+        starts.append(at)
+        at = data.find(part, at + len(part))
+    return starts
 
 
 def sequence_lengths(dataset: Dataset, undefined: bool) -> None:

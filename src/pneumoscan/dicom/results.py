@@ -14,8 +14,8 @@ from pneumoscan.core.errors import InputError
 from pneumoscan.core.images import MAX_IMAGE_PIXELS, check_inflated_size, is_dicom
 from pneumoscan.dicom.capture import build_capture
 from pneumoscan.dicom.producer import Producer
-from pneumoscan.dicom.report import build_report, encode
-from pneumoscan.dicom.report_templates import ReportTemplates
+from pneumoscan.dicom.report import build_report
+from pneumoscan.dicom.report_templates import CaptureTemplates, ReportTemplates
 from pneumoscan.runtime.model import OnnxModel
 from pneumoscan.runtime.predict import ERROR, Result, predict_batch, predict_one
 
@@ -102,17 +102,17 @@ def result_objects(
 def encoded_result_objects(
     header: Dataset,
     result: Result,
-    producer: Producer,
     reports: ReportTemplates,
+    captures: CaptureTemplates,
     when: datetime.datetime | None = None,
 ) -> list[bytes]:
-    """`result_objects` as DICOM Part 10 bytes, the SR spliced from its shape's encoded template
-    (`ReportTemplates.build_encoded`): the node's path."""
+    """`result_objects` as DICOM Part 10 bytes, each spliced from its shape's encoded template
+    (`Templates.build_encoded`): the node's path."""
     when = when or datetime.datetime.now().astimezone()
     objects = [reports.build_encoded(header, result, when)]
-    capture = build_capture(header, result, producer, when)
+    capture = captures.build_encoded(header, result, when)
     if capture is not None:
-        objects.append(encode(capture))
+        objects.append(capture)
     return objects
 
 

@@ -31,7 +31,8 @@ def _none(graph) -> list[str]:
     return []
 
 
-# key -> (what it is, operation types, nodes kept fp32, calibration films)
+# key -> (what it is, operation types, nodes kept fp32, calibration films[, range method,
+# noisiest activations also kept fp32 (`quantize.noisiest_nodes`)])
 SETTINGS = {
     "all-int8": ("op set, every convolution int8", q.QUANTIZED_OPS, _none, 256),
     "films-1024": ("the same, 1,024 calibration films", q.QUANTIZED_OPS, _none, 1024),
@@ -67,7 +68,33 @@ SETTINGS = {
         q.kept_in_fp32,
         1024,
     ),
+    "percentile": (
+        f"stems (and the gate) fp32, ranges at the {q.PERCENTILE}th percentile",
+        q.QUANTIZED_OPS,
+        q.kept_in_fp32,
+        256,
+        "percentile",
+    ),
+    "entropy": (
+        "stems (and the gate) fp32, ranges by entropy",
+        q.QUANTIZED_OPS,
+        q.kept_in_fp32,
+        256,
+        "entropy",
+    ),
+    **{
+        f"noisiest-{count}": (
+            f"stems (and the gate) fp32, and the {count} noisiest activations",
+            q.QUANTIZED_OPS,
+            q.kept_in_fp32,
+            256,
+            "minmax",
+            count,
+        )
+        for count in (8, 24, 64)
+    },
 }
+SENSITIVITY_FILMS = 32  # calibration films the noisiest activations are ranked on
 
 
 def study(fp32: Path, runs: list[Path], out: Path, names: list[str]) -> list[dict]:
@@ -81,10 +108,19 @@ def study(fp32: Path, runs: list[Path], out: Path, names: list[str]) -> list[dic
     rows = []
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
-        described, ops, keep, films = SETTINGS[name]
+        entry = SETTINGS[name]
+        described, ops, keep, films, method, noisiest = (*entry, *("minmax", 0)[len(entry) - 4 :])
         path = out / f"{len(rows)}.onnx"
         started = time.perf_counter()
-        q.quantize_onnx(fp32, path, prepared[films], ops=ops, keep_fp32=keep)
+        q.quantize_onnx(fp32, path, prepared[films], ops=ops, keep_fp32=keep, method=method)
+        if noisiest:
+            extra = q.noisiest_nodes(path, prepared[films][:SENSITIVITY_FILMS], noisiest)
+            print(f"{name}: {len(extra)} more nodes fp32", flush=True)
+
+            def keep(graph, first=keep, extra=extra):
+                return sorted(set(first(graph)) | set(extra))
+
+            q.quantize_onnx(fp32, path, prepared[films], ops=ops, keep_fp32=keep, method=method)
         seconds = time.perf_counter() - started
         facts = q.int8_parity(fp32, path, images, targets, folds)
         rows.append(

@@ -136,25 +136,9 @@ def gate_threshold(path: Path, films: Iterable[np.ndarray], quantile: float) -> 
     return float(np.quantile(scores, quantile)), len(scores)
 
 
-def quantize_onnx(
-    fp32: Path,
-    out: Path,
-    calibration: np.ndarray,
-    ops: list[str] = QUANTIZED_OPS,
-    keep_fp32: Callable[[Any], list[str]] | None = None,
-) -> Path:
-    """Write `out` (atomically): `fp32` with int8 convolutions, its metadata unchanged.
-    `calibration` is a batch of prepared training films (N, C, H, W) for activation ranges; `ops`
-    the operation types quantized, `keep_fp32(graph)` the nodes among them left in fp32 (the
-    defaults are what ships; `research.int8_study` compares others)."""
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+def _films_reader(calibration: np.ndarray):
+    """onnxruntime's calibration reader over a batch of prepared films."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Films(CalibrationDataReader):
         def __init__(self) -> None:
@@ -165,6 +149,43 @@ def quantize_onnx(
             if start is None:
                 return None
             return {"image": calibration[start : start + CALIBRATION_BATCH].astype(np.float32)}
+
+    return Films()
+
+
+# Activation-range methods (`quantize_onnx(method=...)`): onnxruntime's calibrators.
+RANGE_METHODS = ("minmax", "percentile", "entropy")
+PERCENTILE = 99.999
+
+
+def quantize_onnx(
+    fp32: Path,
+    out: Path,
+    calibration: np.ndarray,
+    ops: list[str] = QUANTIZED_OPS,
+    keep_fp32: Callable[[Any], list[str]] | None = None,
+    method: str = "minmax",
+) -> Path:
+    """Write `out` (atomically): `fp32` with int8 convolutions, its metadata unchanged.
+    `calibration` is a batch of prepared training films (N, C, H, W) for activation ranges; `ops`
+    the operation types quantized, `keep_fp32(graph)` the nodes among them left in fp32, `method`
+    how the activation ranges are set (`RANGE_METHODS`; the defaults are what ships;
+    `research.int8_study` compares others)."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calibrate_method = {
+        "minmax": CalibrationMethod.MinMax,
+        "percentile": CalibrationMethod.Percentile,
+        "entropy": CalibrationMethod.Entropy,
+    }[method]
+    extra = {"CalibPercentile": PERCENTILE} if method == "percentile" else {}
 
     metadata = {p.key: p.value for p in onnx.load(str(fp32)).metadata_props}
     with tempfile.TemporaryDirectory() as folder:
@@ -178,8 +199,10 @@ def quantize_onnx(
             quantize_static(
                 str(prepared),
                 str(tmp),
-                Films(),
+                _films_reader(calibration),
                 quant_format=QuantFormat.QDQ,
+                calibrate_method=calibrate_method,
+                extra_options=extra,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 per_channel=True,
@@ -195,6 +218,39 @@ def quantize_onnx(
 
         atomic_write(Path(out), write)
     return Path(out)
+
+
+def noisiest_nodes(int8: Path, calibration: np.ndarray, count: int) -> list[str]:
+    """A per-layer sensitivity measure: the nodes around the `count` quantized activations whose
+    own int8 rounding is noisiest (lowest signal-to-quantization-noise ratio between each
+    tensor before its QuantizeLinear and after its DequantizeLinear, over `calibration`): each
+    such tensor's producer and consumers, by name, for `quantize_onnx(keep_fp32=...)`."""
+    import onnx
+    from onnxruntime.quantization import qdq_loss_debug as debug
+
+    with tempfile.TemporaryDirectory() as folder:
+        augmented = Path(folder) / "augmented.onnx"
+        debug.modify_model_output_intermediate_tensors(str(int8), str(augmented))
+        activations = debug.collect_activations(str(augmented), _films_reader(calibration))
+    noise = {
+        tensor: debug.compute_signal_to_quantization_noice_ratio(
+            match["pre_qdq"], match["post_qdq"]
+        )
+        for tensor, match in debug.create_activation_matching(activations).items()
+    }
+    ranked = sorted(noise, key=noise.get)[:count]
+    noisy = set(ranked)
+
+    def original(name: str) -> str:
+        return name.removesuffix(debug.DEQUANT_OUTPUT_SUFFIX).removesuffix(debug.QUANT_INPUT_SUFFIX)
+
+    nodes = set()
+    for node in onnx.load(str(int8)).graph.node:
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if {original(name) for name in [*node.input, *node.output]} & noisy:
+            nodes.add(node.name)
+    return sorted(nodes)
 
 
 def set_metadata_value(path: Path, key: str, value) -> None:
