@@ -34,7 +34,7 @@ import pydicom
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_data_element, write_file_meta_info
+from pydicom.filewriter import write_data_element
 from pydicom.tag import Tag
 from pydicom.valuerep import DA, DS, DT, TM
 
@@ -141,7 +141,7 @@ class _Encoded:
     """A template report as Part 10 bytes: its data set cut at each slot element (sequences and
     items of undefined length, so a value of another length changes no enclosing length)."""
 
-    file_meta: Dataset
+    meta_pieces: tuple[bytes, bytes]  # the file meta after its group length, cut at the UID
     pieces: list[bytes]  # the bytes around the slot elements: one more than `elements`
     elements: list[tuple[int, str, str]]  # (tag, VR, the value's name), in byte order
 
@@ -199,10 +199,8 @@ class Templates:
         parts = [encoded.pieces[0]]
         for (tag, vr, name), piece in zip(encoded.elements, encoded.pieces[1:]):
             parts += [_element_bytes(DataElement(tag, vr, values[name])), piece]
-        meta = copy.copy(encoded.file_meta)
-        meta.MediaStorageSOPInstanceUID = values[self.instance_value]
         self.filled += 1
-        return b"".join([PREAMBLE, _meta_bytes(meta), *parts])
+        return b"".join([PREAMBLE, _meta_with(encoded, values[self.instance_value]), *parts])
 
     instance_value = "report"  # the value that is the object's SOP Instance UID
 
@@ -488,7 +486,25 @@ def _encoded(report: Dataset, slots: list[tuple[tuple, str]]) -> _Encoded | None
         position = start + length
     pieces.append(body[position:])
     meta = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True).file_meta
-    return _Encoded(meta, pieces, elements)
+    after_length = data[len(PREAMBLE) + len(_group_length(0)) : body_start]
+    uid = _element_bytes(meta["MediaStorageSOPInstanceUID"])
+    starts = _occurrences(after_length, uid)
+    if len(starts) != 1:
+        return None
+    meta_pieces = (after_length[: starts[0]], after_length[starts[0] + len(uid) :])
+    return _Encoded(meta_pieces, pieces, elements)
+
+
+def _group_length(length: int) -> bytes:
+    return _element_bytes(DataElement(0x00020000, "UL", length))
+
+
+def _meta_with(encoded: _Encoded, uid: str) -> bytes:
+    """The template's file meta information with the object's own instance UID (and the group
+    length that UID gives; writing the meta with pydicom took a millisecond an object)."""
+    before, after = encoded.meta_pieces
+    rest = before + _element_bytes(DataElement(0x00020003, "UI", uid)) + after
+    return _group_length(len(rest)) + rest
 
 
 def _occurrences(data: bytes, part: bytes) -> list[int]:
@@ -521,10 +537,4 @@ def _element_bytes(element: DataElement) -> bytes:
     """One element as explicit VR little endian bytes, as pydicom writes it in a data set."""
     buffer = _explicit_little_endian()
     write_data_element(buffer, element)
-    return buffer.getvalue()
-
-
-def _meta_bytes(meta: Dataset) -> bytes:
-    buffer = _explicit_little_endian()
-    write_file_meta_info(buffer, meta, enforce_standard=False)
     return buffer.getvalue()
