@@ -219,12 +219,12 @@ def test_a_failure_inside_the_pipeline_is_one_items_error(model, monkeypatch):
 
     real_run = model.runtime.run
 
-    def failing_run(batch):
+    def failing_run(batch, **options):
         # the flat films prepare to a constant input (whatever the intensity standardisation);
         # the ramp does not, and the model "fails" on it
         if len(batch) > 1 or batch[0].std() > 0.1:
             raise RuntimeError("onnxruntime says no")
-        return real_run(batch)
+        return real_run(batch, **options)
 
     monkeypatch.setattr(model.runtime, "run", failing_run)
     ramp = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (64, 1))

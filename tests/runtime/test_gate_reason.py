@@ -83,7 +83,9 @@ def test_python_api_refuses_with_a_reason_before_the_network_runs(films, monkeyp
     calls = []
     real_run = model.runtime.run
     monkeypatch.setattr(
-        model.runtime, "run", lambda batch: calls.append(len(batch)) or real_run(batch)
+        model.runtime,
+        "run",
+        lambda batch, **options: calls.append(len(batch)) or real_run(batch, **options),
     )
     for name, reason in EXPECTED.items():
         result = model.predict(films / name)

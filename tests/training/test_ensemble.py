@@ -283,3 +283,41 @@ def test_int8_keeps_the_early_stages_the_gates_texture_part_reads_in_fp32():
     assert "/backbone/_conv_stem/Conv" in kept
     assert convolutions & kept == early - {"/backbone/_conv_head/Conv"}
     assert "/backbone/_conv_head/Conv" not in kept_in_fp32(graph)
+
+
+def test_the_int8_logit_shift_is_taken_out_of_the_logits_only(tmp_path):
+    """Bias correction at the output: the int8 graph's logits lose the mean shift measured
+    against fp32 on calibration films, and the class maps and the gate score stay as they were."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from pneumoscan.training.quantize import correct_logit_shift
+
+    nodes = [
+        helper.make_node("Flatten", ["image"], ["flat"], name="flatten"),
+        helper.make_node("Identity", ["flat"], ["logits"], name="head"),
+        helper.make_node("Identity", ["image"], ["cam"], name="maps"),
+        helper.make_node("ReduceSum", ["logits"], ["ood_score"], name="distance"),
+    ]
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, [2, 3])
+    outputs = [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+        for name in ("logits", "cam", "ood_score")
+    ]
+    graph = helper.make_graph(nodes, "g", [image], outputs)
+    path = tmp_path / "int8.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    films = np.array([[1.0, 2.0, 3.0], [-1.0, 0.5, 4.0]], dtype=np.float32)
+
+    def run():
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return dict(zip(["logits", "cam", "ood_score"], session.run(None, {"image": films})))
+
+    before = run()
+    correct_logit_shift(path, np.array([0.5, -0.25, 1.0]))
+    after = run()
+    np.testing.assert_allclose(after["logits"], films - [0.5, -0.25, 1.0], rtol=1e-6)
+    np.testing.assert_array_equal(after["cam"], before["cam"])
+    np.testing.assert_array_equal(after["ood_score"], before["ood_score"])  # read the raw logits

@@ -73,7 +73,7 @@ def score_films(
             failed += [error for _, error in loaded if error is not None]
             if not ready:
                 continue
-            outputs = model.run(np.stack([tensor for _, tensor in ready]))
+            outputs = model.run(np.stack([tensor for _, tensor in ready]), cam=False)
             kept += [i for i, _ in ready]
             logits.append(outputs["logits"])
             if "ood_score" in outputs:

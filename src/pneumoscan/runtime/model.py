@@ -201,13 +201,12 @@ class OnnxModel:
                 "prediction sets; calibrate it with `pneumoscan calibrate` (or ship it again)."
             )
 
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """All outputs by name (raw `logits` among them), plus `probabilities`: temperature-calibrated."""
+    def run(self, batch: np.ndarray, cam: bool = True) -> dict[str, np.ndarray]:
+        """All outputs by name (raw `logits` among them; the class maps only with `cam`, which
+        ONNX Runtime then skips computing), plus `probabilities`: temperature-calibrated."""
+        names = self.output_names if cam else [n for n in self.output_names if n != "cam"]
         outputs = dict(
-            zip(
-                self.output_names,
-                self.session.run(None, {"image": batch.astype(np.float32, copy=False)}),
-            )
+            zip(names, self.session.run(names, {"image": batch.astype(np.float32, copy=False)}))
         )
         outputs["probabilities"] = calibrated_probabilities(
             outputs["logits"], self.temperature, self.class_bias

@@ -221,7 +221,10 @@ def _infer(
     outputs = None
     if ready:
         try:
-            outputs = model.run(np.stack([prepared[i].tensor for i in ready]))
+            outputs = model.run(
+                np.stack([prepared[i].tensor for i in ready]),
+                cam=any(prepared[i].base is not None for i in ready),  # a heatmap to draw
+            )
         except Exception as error:  # one odd input must not sink its batch: retry one by one
             if len(ready) > 1:
                 partial = [_infer(model, [prepared[i]], margin, coverage) for i in ready]
