@@ -1,24 +1,29 @@
-"""Cheaper SRs: highdicom builds a report once per shape of report, and each film fills a copy.
+"""Cheaper result objects: highdicom builds an SR (or a heatmap Secondary Capture) once per shape,
+and each film fills a copy.
 
-highdicom takes about 100 ms to build one TID 1500 SR (checks and copies of the content tree),
-and the films of a burst get the same tree but for a few values: their UIDs, patient and study
-fields, size, probabilities, the time, and the reason when there is no result.
-`ReportTemplates.build` gives the dataset `report.build_report` gives, for less:
+highdicom takes about 100 ms to build one TID 1500 SR (checks and copies of the content tree)
+and several to build a Secondary Capture, and the films of a burst get the same objects but for
+a few values: their UIDs, patient and study fields, size, probabilities, the time, the reason
+when there is no result, and (a capture) the burned-in pixels. `ReportTemplates.build` gives the
+dataset `report.build_report` gives, and `CaptureTemplates.build` the one
+`capture.build_capture` gives, for less:
 
-- a report's *shape*: the result's status, label and classes, whether it has a reason, and every
-  header attribute of the film except those filled per film (`FILLED`) and per-image attributes
-  no part of the report reads (`UNREAD`); for each filled one, only whether it has a value;
-- the first film of a shape: highdicom builds the reports of two *probes*, the film with each
-  filled attribute set to a made-up value, unique to the probe (probe B also drops every
-  `UNREAD` attribute), and the result with made-up probabilities, gate score and message. An
-  element holding one of the made-up values (or a UID derived from one) is a *slot*. The two
-  reports must agree everywhere else, slot for slot; otherwise something per film reaches the
-  report in a way the slots do not cover, and that shape keeps highdicom's path;
-- every other film of that shape: a deep copy of probe A's report with each slot set to the
-  film's own value, made as highdicom makes it (`DA`, `TM`, `DT`, `DS` with auto-format, FD).
+- an object's *shape*: the result's status, label and classes, whether it has a reason, and
+  every header attribute of the film except those filled per film (`FILLED`) and per-image
+  attributes no part of the object reads (`Templates.unread`); for each filled one, only whether
+  it has a value (a capture adds the heatmap's size);
+- the first film of a shape: highdicom builds the objects of two *probes*, the film with each
+  filled attribute set to a made-up value, unique to the probe (probe B also drops every unread
+  attribute), and the result with made-up probabilities, gate score and message. An element
+  holding one of the made-up values (or a UID, or pixels, derived from one) is a *slot*. The two
+  objects must agree everywhere else, slot for slot; otherwise something per film reaches the
+  object in a way the slots do not cover, and that shape keeps highdicom's path;
+- every other film of that shape: a deep copy of probe A's object with each slot set to the
+  film's own value, made as highdicom makes it (`DA`, `TM`, `DT`, `DS` with auto-format, FD),
+  or (the node's path, `build_encoded`) probe A's encoding with the film's elements spliced in.
 
-tests/dicom/test_report_templates.py compares the two paths on films that differ in every
-filled and unread attribute, for each kind of result.
+tests/dicom/test_node_burst.py compares the paths on films that differ in every filled and
+unread attribute, for each kind of result.
 """
 
 from __future__ import annotations
@@ -152,6 +157,7 @@ class Templates:
     that the object never reads (`unread`), and which values each film fills (`_values`)."""
 
     unread: frozenset = UNREAD
+    instance_value = "report"  # the value (`_values`) that is the object's SOP Instance UID
 
     def __init__(self, producer: Producer) -> None:
         self.producer = producer
@@ -201,8 +207,6 @@ class Templates:
             parts += [_element_bytes(DataElement(tag, vr, values[name])), piece]
         self.filled += 1
         return b"".join([PREAMBLE, _meta_with(encoded, values[self.instance_value]), *parts])
-
-    instance_value = "report"  # the value that is the object's SOP Instance UID
 
     def _template_for(self, source: Dataset, result: Result, when: datetime.datetime):
         """The template of this object's shape, made at its first film; None when the shape
