@@ -185,6 +185,9 @@ def test_adapt_writes_the_kept_arm_as_a_usable_model(tiny_model, tmp_path):
     assert set(report["arms"]) == {CALIBRATE_ONLY} and report["fine_tune"] is None
     assert report["compared_films"] == 24 and report["folds"] == 2
     assert report["written"]["arm"] == report["choice"]["arm"] == CALIBRATE_ONLY
+    # the report names the files that are there: the tiny model has its .pt beside its ONNX
+    assert report["written"]["files"] == sorted(p.name for p in out.glob("model.*"))
+    assert report["written"]["files"] == ["model.onnx", "model.pt"]
     assert "--no-fine-tune" in report["choice"]["reason"]
     for metrics in (report["shipped"], report["arms"][CALIBRATE_ONLY]):
         assert metrics["roc_auc_ci"][0] <= metrics["roc_auc"] <= metrics["roc_auc_ci"][1]

@@ -599,6 +599,8 @@ def _write_adapted(out, report, model, scores, runs, fold_of, pt_path, onnx_path
         "cross_validated": {k: _headline(v) for k, v in report["arms"].items()},
     }
     write_site_model(pt_path, onnx_path, staging, final, name, version, "site_adaptation", record)
+    # model.pt only where there is a network file to carry (not for an ONNX-only ensemble)
+    report["written"]["files"] = sorted(path.name for path in staging.glob("model.*"))
     report["version"] = version
     atomic_write_json(staging / "adapt.json", report)
     atomic_write_text(staging / "report.md", render_adapt_report(report))
