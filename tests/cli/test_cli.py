@@ -121,3 +121,21 @@ def test_train_prints_no_library_notes_between_its_own_lines(tmp_path):
         assert noise not in result.stderr, result.stderr
     assert "patient-grouped split" in result.stderr
     assert list(run.glob("phase-*/logs/**/metrics.csv"))
+
+
+def test_log_lines_off_a_terminal_are_plain_and_whole(monkeypatch, capsys):
+    """A service's log (a journal, a file, a pipe) gets `LEVEL     message`, one line per record
+    however long: Rich's handler would wrap it at the console width (and cost a dicom-node about
+    5 ms of CPU per film)."""
+    import logging
+
+    from pneumoscan.cli.common import setup_logging
+
+    setup_logging()
+    message = "film 20261206T120000.000000-1-000001: pneumonia (P(pneumonia) 0.97) " + "x" * 200
+    logging.getLogger("pneumoscan.dicom.node").info(message)
+    logging.getLogger("pneumoscan.dicom.node").warning("archive down")
+    assert capsys.readouterr().err.splitlines() == [
+        f"INFO     {message}",
+        "WARNING  archive down",
+    ]

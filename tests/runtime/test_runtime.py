@@ -253,3 +253,29 @@ def test_corrupt_onnx_metadata_is_a_model_file_error_naming_the_file(tiny_onnx, 
     onnx.save(graph, str(broken))
     with pytest.raises(ModelFileError, match="broken-metadata.onnx: the pneumoscan metadata"):
         OnnxModel(broken)
+
+
+def test_class_maps_are_computed_only_for_a_heatmap(monkeypatch):
+    """Without heatmaps, ONNX Runtime is asked for the logits and the gate score only (it then
+    skips the class maps); with one, the map comes back and is drawn. Same answer either way."""
+    from pneumoscan.api import load_model
+
+    model = load_model("binary")
+    asked = []
+    real_run = model.runtime.session.run
+
+    def run(names, feeds):
+        asked.append(list(names) if names is not None else None)
+        return real_run(names, feeds)
+
+    monkeypatch.setattr(model.runtime.session, "run", run)
+    film = (
+        Path(__file__).resolve().parents[2] / "examples" / "pneumonia_person1946_bacteria_4874.jpeg"
+    )
+    plain = model.predict(film)
+    drawn = model.predict(film, heatmap=True)
+    assert asked[0] is not None and "cam" not in asked[0] and "logits" in asked[0]
+    assert "cam" in asked[-1]
+    assert plain.label == drawn.label == "pneumonia"  # the example film's true label
+    assert plain.probabilities["pneumonia"] == pytest.approx(drawn.probabilities["pneumonia"])
+    assert plain.heatmap is None and drawn.heatmap is not None
