@@ -35,12 +35,19 @@ def models_dir() -> Path:
     return Path(sys.prefix) / "share" / "pneumoscan" / "models"
 
 
+def shipped_name(reference: str | Path) -> str | None:
+    """The shipped model `reference` names (`three_class` reads as `three-class`), or None for
+    anything else, a file of that name included."""
+    name = str(reference).replace("_", "-")
+    return name if name in SHIPPED_MODELS and not Path(str(reference)).exists() else None
+
+
 def resolve_model(reference: str | Path, suffix: str = ".pt") -> Path:
     """A path as given, or a shipped model name (`binary`, `three-class`, `binary-fast`)
     resolved to its file."""
     text = str(reference)
-    name = text.replace("_", "-")
-    if name in SHIPPED_MODELS and not Path(text).exists():
+    name = shipped_name(reference)
+    if name is not None:
         path = models_dir() / f"{name}{suffix}"
         if not path.is_file() and suffix == ".pt" and (path.with_suffix(".onnx")).is_file():
             twin = f"{TORCH_TWIN[name]!r} or " if name in TORCH_TWIN else ""
@@ -67,10 +74,8 @@ def resolve_model(reference: str | Path, suffix: str = ".pt") -> Path:
 def onnx_only(reference: str | Path) -> bool:
     """Whether `reference` is a shipped name shipped as an ONNX graph alone (no torch model
     file beside it): it is evaluated, stressed and recalibrated through ONNX Runtime."""
-    name = str(reference).replace("_", "-")
-    if name not in SHIPPED_MODELS or Path(str(reference)).exists():
-        return False
-    return not (models_dir() / f"{name}.pt").is_file()
+    name = shipped_name(reference)
+    return name is not None and not (models_dir() / f"{name}.pt").is_file()
 
 
 def file_sha256(path: Path) -> str:

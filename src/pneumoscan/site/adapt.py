@@ -409,10 +409,10 @@ def adapt(
 def fine_tune_start(model_ref: str | Path) -> Path | None:
     """Where the fine-tune arm starts when the model has no torch file: a shipped ensemble's
     single-network twin (`binary` -> `binary-fast`), else None."""
-    from pneumoscan.core.shipped import TORCH_TWIN, resolve_model
+    from pneumoscan.core.shipped import TORCH_TWIN, resolve_model, shipped_name
 
-    twin = TORCH_TWIN.get(str(model_ref).replace("_", "-"))
-    return resolve_model(twin, suffix=".pt") if twin and not Path(model_ref).exists() else None
+    twin = TORCH_TWIN.get(shipped_name(model_ref) or "")
+    return resolve_model(twin, suffix=".pt") if twin else None
 
 
 def kept_network(runs: FoldRuns) -> tuple[Path, Path, Operating]:
