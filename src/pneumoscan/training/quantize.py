@@ -154,8 +154,9 @@ def _films_reader(calibration: np.ndarray):
     return Films()
 
 
-# Activation-range methods (`quantize_onnx(method=...)`): onnxruntime's calibrators.
-RANGE_METHODS = ("minmax", "percentile", "entropy")
+# Activation-range methods (`quantize_onnx(method=...)`): onnxruntime's calibrators, by the
+# name of their `CalibrationMethod` member.
+RANGE_METHODS = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 PERCENTILE = 99.999
 
 
@@ -181,11 +182,7 @@ def quantize_onnx(
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    calibrate_method = {
-        "minmax": CalibrationMethod.MinMax,
-        "percentile": CalibrationMethod.Percentile,
-        "entropy": CalibrationMethod.Entropy,
-    }[method]
+    calibrate_method = getattr(CalibrationMethod, RANGE_METHODS[method])
     extra = {}
     if method != "minmax":  # histograms: merged every few batches, or 256 films fill 24 GB
         extra["CalibMaxIntermediateOutputs"] = 4
@@ -243,8 +240,7 @@ def noisiest_nodes(int8: Path, calibration: np.ndarray, count: int) -> list[str]
         )
         for tensor, match in debug.create_activation_matching(activations).items()
     }
-    ranked = sorted(noise, key=noise.get)[:count]
-    noisy = set(ranked)
+    noisy = set(sorted(noise, key=noise.get)[:count])
 
     def original(name: str) -> str:
         return name.removesuffix(debug.DEQUANT_OUTPUT_SUFFIX).removesuffix(debug.QUANT_INPUT_SUFFIX)
