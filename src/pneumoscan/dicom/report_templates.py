@@ -280,23 +280,30 @@ class CaptureTemplates(Templates):
         values = _values(source, result, self.producer, when)
         values["capture series"] = self.producer.uid(source.StudyInstanceUID, "capture series")
         values["capture"] = self.producer.uid(source.SOPInstanceUID, "capture")
-        values["pixels"] = burn_in(overlay_of(result), result, self.producer).tobytes()
+        values["pixels"] = burn_in(result.heatmap, result, self.producer).tobytes()
         return values
 
     def _shape(self, source: Dataset, result: Result) -> tuple:
-        return (*super()._shape(source, result), overlay_of(result).size)
+        return (*super()._shape(source, result), result.heatmap.size)
 
     def build(self, source: Dataset, result: Result, when: datetime.datetime | None = None):
-        if overlay_of(result) is None:
-            return None
-        return super().build(source, result, when)
+        result = _in_memory(result)
+        return None if result is None else super().build(source, result, when)
 
     def build_encoded(
         self, source: Dataset, result: Result, when: datetime.datetime | None = None
     ) -> bytes | None:
-        if overlay_of(result) is None:
-            return None
-        return super().build_encoded(source, result, when)
+        result = _in_memory(result)
+        return None if result is None else super().build_encoded(source, result, when)
+
+
+def _in_memory(result: Result) -> Result | None:
+    """`result` with its overlay in memory (read once from its file if it was written to one),
+    or None when it has no heatmap."""
+    overlay = overlay_of(result)
+    if overlay is None:
+        return None
+    return result if overlay is result.heatmap else dataclasses.replace(result, heatmap=overlay)
 
 
 def _shape(
