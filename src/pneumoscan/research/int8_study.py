@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from pneumoscan.core.fileio import atomic_write_text
 from pneumoscan.runtime.model import OnnxModel
@@ -31,92 +33,90 @@ def _none(graph) -> list[str]:
     return []
 
 
-# key -> (what it is, operation types, nodes kept fp32, calibration films[, range method,
-# noisiest activations also kept fp32 (`quantize.noisiest_nodes`)])
+class Setting(NamedTuple):
+    described: str
+    ops: list[str]  # operation types quantized
+    keep: Callable[[Any], list[str]]  # nodes among them kept fp32
+    films: int = 256  # calibration films
+    method: str = "minmax"  # activation ranges (`quantize.RANGE_METHODS`)
+    noisiest: int = 0  # the noisiest activations also kept fp32 (`quantize.noisiest_nodes`)
+    storage: str | None = None  # how those nodes' weights are stored (`store_weights_smaller`)
+    shift_corrected: bool = False  # the int8 logits' mean shift taken out (`correct_logit_shift`)
+    gptq: bool = False  # 1x1 convolution weights rounded by GPTQ (`round_weights_gptq`)
+
+
+KEPT = "stems (and the gate) fp32"
 SETTINGS = {
-    "all-int8": ("op set, every convolution int8", q.QUANTIZED_OPS, _none, 256),
-    "films-1024": ("the same, 1,024 calibration films", q.QUANTIZED_OPS, _none, 1024),
-    "gap-fp32": (
-        "pooled features fp32",
-        [o for o in q.QUANTIZED_OPS if o != "GlobalAveragePool"],
-        _none,
-        256,
+    "all-int8": Setting("op set, every convolution int8", q.QUANTIZED_OPS, _none),
+    "films-1024": Setting("the same, 1,024 calibration films", q.QUANTIZED_OPS, _none, 1024),
+    "gap-fp32": Setting(
+        "pooled features fp32", [o for o in q.QUANTIZED_OPS if o != "GlobalAveragePool"], _none
     ),
-    "head-fp32": (
-        "head convolutions fp32",
-        q.QUANTIZED_OPS,
-        lambda g: _convs(g, "_conv_head"),
-        256,
+    "head-fp32": Setting(
+        "head convolutions fp32", q.QUANTIZED_OPS, lambda g: _convs(g, "_conv_head")
     ),
-    "last-block-fp32": (
-        "last block fp32",
-        q.QUANTIZED_OPS,
-        lambda g: _convs(g, "_blocks.15/"),
-        256,
+    "last-block-fp32": Setting(
+        "last block fp32", q.QUANTIZED_OPS, lambda g: _convs(g, "_blocks.15/")
     ),
-    "depthwise-fp32": (
-        "depthwise convolutions fp32",
-        q.QUANTIZED_OPS,
-        lambda g: _convs(g, "_depthwise"),
-        256,
+    "depthwise-fp32": Setting(
+        "depthwise convolutions fp32", q.QUANTIZED_OPS, lambda g: _convs(g, "_depthwise")
     ),
-    "conv-only": ("convolutions alone", ["Conv"], _none, 256),
-    "stems-fp32": ("stems (and the gate) fp32", q.QUANTIZED_OPS, q.kept_in_fp32, 256),
-    "shipped": (
-        "stems (and the gate) fp32, the logit shift corrected: what ships",
+    "conv-only": Setting("convolutions alone", ["Conv"], _none),
+    "stems-fp32": Setting(KEPT, q.QUANTIZED_OPS, q.kept_in_fp32),
+    "shipped": Setting(
+        f"{KEPT}, the logit shift corrected: what ships",
         q.QUANTIZED_OPS,
         q.kept_in_fp32,
-        256,
+        shift_corrected=True,
     ),
-    "stems-fp32-films-1024": (
-        "stems (and the gate) fp32, 1,024 calibration films",
+    "stems-fp32-films-1024": Setting(
+        f"{KEPT}, 1,024 calibration films", q.QUANTIZED_OPS, q.kept_in_fp32, 1024
+    ),
+    "percentile": Setting(
+        f"{KEPT}, ranges at the {q.PERCENTILE}th percentile",
         q.QUANTIZED_OPS,
         q.kept_in_fp32,
-        1024,
+        method="percentile",
     ),
-    "percentile": (
-        f"stems (and the gate) fp32, ranges at the {q.PERCENTILE}th percentile",
+    "entropy": Setting(
+        f"{KEPT}, ranges by entropy", q.QUANTIZED_OPS, q.kept_in_fp32, method="entropy"
+    ),
+    "gptq": Setting(
+        f"{KEPT}, pointwise and depthwise weights rounded by GPTQ, shift corrected",
         q.QUANTIZED_OPS,
         q.kept_in_fp32,
-        256,
-        "percentile",
-    ),
-    "entropy": (
-        "stems (and the gate) fp32, ranges by entropy",
-        q.QUANTIZED_OPS,
-        q.kept_in_fp32,
-        256,
-        "entropy",
+        shift_corrected=True,
+        gptq=True,
     ),
     **{
-        f"noisiest-{count}": (
-            f"stems (and the gate) fp32, and the {count} noisiest activations",
+        f"noisiest-{count}{'' if storage is None else '-' + storage}": Setting(
+            f"{KEPT}, and the {count} noisiest activations"
+            + ("" if storage is None else f", their weights stored {storage}, shift corrected"),
             q.QUANTIZED_OPS,
             q.kept_in_fp32,
-            256,
-            "minmax",
-            count,
+            noisiest=count,
+            storage=storage,
+            shift_corrected=storage is not None,
         )
-        for count in (8, 24, 64)
+        for count in (8, 24, 64, 128)
+        for storage in (None, *q.WEIGHT_STORAGE)
     },
 }
 SENSITIVITY_FILMS = 32  # calibration films the noisiest activations are ranked on
-SHIFT_CORRECTED = {"shipped"}  # settings whose int8 logits get `quantize.correct_logit_shift`
 
 
 def study(fp32: Path, runs: list[Path], out: Path, names: list[str]) -> list[dict]:
     model = OnnxModel(fp32)
     prepared = {
         films: q.calibration_batch(runs[0], model.spec, films)
-        for films in {SETTINGS[name][3] for name in names}
+        for films in {SETTINGS[name].films for name in names}
     }
     binary = model.class_names == ("normal", "pneumonia")
     images, targets, folds, _ = q.validation_films(runs, model.spec, binary)
     rows = []
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
-        entry = SETTINGS[name]
-        described, ops, keep, films, method, noisiest = (*entry, *("minmax", 0)[len(entry) - 4 :])
+        described, ops, keep, films, method, noisiest, storage, shift, gptq = SETTINGS[name]
         path = out / f"{len(rows)}.onnx"
         started = time.perf_counter()
         q.quantize_onnx(fp32, path, prepared[films], ops=ops, keep_fp32=keep, method=method)
@@ -128,7 +128,12 @@ def study(fp32: Path, runs: list[Path], out: Path, names: list[str]) -> list[dic
                 return sorted(set(first(graph)) | set(extra))
 
             q.quantize_onnx(fp32, path, prepared[films], ops=ops, keep_fp32=keep, method=method)
-        if name in SHIFT_CORRECTED:
+            if storage:
+                stored = q.store_weights_smaller(path, extra, storage)
+                print(f"{name}: {stored} weights stored {storage}", flush=True)
+        if gptq:
+            print(f"{name}: {q.round_weights_gptq(path, fp32, prepared[films])}", flush=True)
+        if shift:
             q.correct_logit_shift(path, q.logit_shift(fp32, path, prepared[films]))
         seconds = time.perf_counter() - started
         facts = q.int8_parity(fp32, path, images, targets, folds)
