@@ -33,6 +33,40 @@ def _none(graph) -> list[str]:
     return []
 
 
+ROUNDED_KINDS = ("pointwise", "depthwise", "all")
+
+
+def _weights_rounded(fp32: Path, out: Path, kind: str) -> None:
+    """`fp32` with only the weights of one kind of convolution (`ROUNDED_KINDS`; never the
+    stems, the gate's or its early stages, which ship fp32) rounded to int8 per output channel,
+    to nearest, and read back as fp32: nothing else quantized, so the decisions that move are
+    that rounding's alone."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    proto = onnx.load(str(fp32))
+    kept = set(q.kept_in_fp32(proto.graph))
+    weights = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        if node.op_type != "Conv" or node.name in kept or node.input[1] not in weights:
+            continue
+        values = numpy_helper.to_array(weights[node.input[1]])
+        depthwise = values.shape[1] == 1 and values.shape[0] > 1
+        pointwise = not depthwise and values.shape[2:] == (1, 1)
+        if (
+            kind == "all"
+            or (kind == "depthwise" and depthwise)
+            or (kind == "pointwise" and pointwise)
+        ):
+            rows = values.reshape(len(values), -1)
+            scale = np.abs(rows).max(axis=1, keepdims=True) / 127
+            scale[scale == 0] = 1
+            rounded = (np.round(rows / scale) * scale).reshape(values.shape).astype(np.float32)
+            weights[node.input[1]].CopyFrom(numpy_helper.from_array(rounded, node.input[1]))
+    onnx.save(proto, str(out))
+
+
 class Setting(NamedTuple):
     described: str
     ops: list[str]  # operation types quantized
@@ -42,7 +76,8 @@ class Setting(NamedTuple):
     noisiest: int = 0  # the noisiest activations also kept fp32 (`quantize.noisiest_nodes`)
     storage: str | None = None  # how those nodes' weights are stored (`store_weights_smaller`)
     shift_corrected: bool = False  # the int8 logits' mean shift taken out (`correct_logit_shift`)
-    gptq: bool = False  # 1x1 convolution weights rounded by GPTQ (`round_weights_gptq`)
+    gptq: bool = False  # pointwise and depthwise weights rounded by GPTQ (`round_weights_gptq`)
+    rounded: str | None = None  # instead of quantizing: only these weights rounded to int8
 
 
 KEPT = "stems (and the gate) fp32"
@@ -63,8 +98,8 @@ SETTINGS = {
     ),
     "conv-only": Setting("convolutions alone", ["Conv"], _none),
     "stems-fp32": Setting(KEPT, q.QUANTIZED_OPS, q.kept_in_fp32),
-    "shipped": Setting(
-        f"{KEPT}, the logit shift corrected: what ships",
+    "shift-corrected": Setting(
+        f"{KEPT}, the logit shift corrected (release 6)",
         q.QUANTIZED_OPS,
         q.kept_in_fp32,
         shift_corrected=True,
@@ -81,8 +116,20 @@ SETTINGS = {
     "entropy": Setting(
         f"{KEPT}, ranges by entropy", q.QUANTIZED_OPS, q.kept_in_fp32, method="entropy"
     ),
-    "gptq": Setting(
-        f"{KEPT}, pointwise and depthwise weights rounded by GPTQ, shift corrected",
+    **{
+        f"rounded-{kind}": Setting(
+            "nothing quantized but "
+            + ("every convolution's" if kind == "all" else f"the {kind} convolutions'")
+            + " weights, rounded to nearest",
+            [],
+            q.kept_in_fp32,
+            rounded=kind,
+        )
+        for kind in ROUNDED_KINDS
+    },
+    "shipped": Setting(
+        f"{KEPT}, pointwise and depthwise weights rounded by GPTQ, the logit shift corrected: "
+        "what ships",
         q.QUANTIZED_OPS,
         q.kept_in_fp32,
         shift_corrected=True,
@@ -116,10 +163,15 @@ def study(fp32: Path, runs: list[Path], out: Path, names: list[str]) -> list[dic
     rows = []
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
-        described, ops, keep, films, method, noisiest, storage, shift, gptq = SETTINGS[name]
+        described, ops, keep, films, method, noisiest, storage, shift, gptq, rounded = SETTINGS[
+            name
+        ]
         path = out / f"{len(rows)}.onnx"
         started = time.perf_counter()
-        q.quantize_onnx(fp32, path, prepared[films], ops=ops, keep_fp32=keep, method=method)
+        if rounded:
+            _weights_rounded(fp32, path, rounded)
+        else:
+            q.quantize_onnx(fp32, path, prepared[films], ops=ops, keep_fp32=keep, method=method)
         if noisiest:
             extra = q.noisiest_nodes(path, prepared[films][:SENSITIVITY_FILMS], noisiest)
             print(f"{name}: {len(extra)} more nodes fp32", flush=True)
