@@ -177,3 +177,26 @@ def test_onnx_only_cards_state_what_their_graph_records(name):
     for row in record["int8"]["folds"]:
         assert f"| {100 * row['agreement']:.2f}% |" in card
     assert "not a diagnostic device" in card
+
+
+def test_shipped_files_keep_the_size_budget_and_the_int8_parity_goals():
+    """What the shipped models promise: models/ holds at most 60 MB of model files, and each
+    int8 name's recorded check against its fp32 graph met the goals on every member's held-out
+    fold (decisions agree on at least 99.5% of films, ROC AUC drops by at most 0.002)."""
+    from pneumoscan.core.shipped import SHIPPED_MODELS, models_dir
+    from pneumoscan.runtime.model import OnnxModel
+    from pneumoscan.training.quantize import AGREEMENT_GOAL, AUC_DROP_LIMIT
+
+    files = [p for p in models_dir().iterdir() if p.suffix in (".onnx", ".pt")]
+    assert sum(p.stat().st_size for p in files) <= 60e6
+    quantized = 0
+    for name in SHIPPED_MODELS:
+        record = OnnxModel(models_dir() / f"{name}.onnx").metadata["record"].get("int8")
+        if record is None:
+            continue
+        quantized += 1
+        assert len(record["folds"]) >= 2 and record["within_goals"], name
+        for fold in record["folds"]:
+            assert fold["agreement"] >= AGREEMENT_GOAL, (name, fold["run"], fold["agreement"])
+            assert fold["auc_drop"] <= AUC_DROP_LIMIT, (name, fold["run"], fold["auc_drop"])
+    assert quantized == 2  # binary and three-class
