@@ -198,8 +198,10 @@ CLIENTS = 64
 WAVES = 7
 WARM_UP = 3
 # Leaking each request's upload (about 0.4 MB, and its copy) would add over 25 MB a wave, about
-# 100 MB over the four measured waves; the bound leaves room for allocator noise only.
-RSS_GROWTH_LIMIT_MB = 32
+# 100 MB over the four measured waves; the bound leaves room for allocator noise only. That noise
+# reached 39 MB once with no leak (222, 242, 226, 226, 253, 254, 265 MB, while the suite's other
+# slow files had just run; five reruns stayed under 32), so the bound is 50 MB, half a leak.
+RSS_GROWTH_LIMIT_MB = 50
 # Timed out waiting for the model (503), or, on busy cores, while the upload still arrived (408).
 TIMED_OUT = {(503, "timeout"), (408, "request_timeout")}
 
