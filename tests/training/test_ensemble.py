@@ -208,6 +208,16 @@ def test_int8_ship_keeps_torch_files_out_of_models_and_reports_parity(member_run
     rewritten = write_card("binary", models, stress_dir=root / "no-stress").read_text()
     section = text.split("## int8 against fp32")[1].split("## ")[0]
     assert section in rewritten and len(section) > 300
+    # `bench --int8-run` quantizes as the ship does: same graph, same first fold's figures
+    from pneumoscan.core.errors import ConfigError
+    from pneumoscan.research.bench import quantization_report
+
+    report = quantization_report(str(first / "shipped" / "binary-fp32.onnx"), first)
+    fold = record["folds"][0]
+    assert f"Decisions agree on {100 * fold['agreement']:.2f}% of films" in report
+    assert f"| int8 | {fold['int8_accuracy']:.4f} | {fold['int8_auc']:.4f} |" in report
+    with pytest.raises(ConfigError, match="already int8"):
+        quantization_report(str(models / "binary.onnx"), first)
 
 
 def test_int8_keeps_the_convolutions_that_read_the_image_in_fp32():

@@ -9,7 +9,6 @@ Every figure is measured in one run on the machine named in the report.
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -478,83 +477,58 @@ def write_report(text: str, out: Path, section: str | None = None) -> Path:
 # --- int8 ----------------------------------------------------------------------------------
 
 
-def quantization_report(model_ref: str, run_dir: Path, calibration_images: int = 200) -> str:
-    """Static int8 quantization (QDQ, onnxruntime) calibrated on training films: validation
-    accuracy and batch-1 latency against fp32, on the run's own validation split."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
+def quantization_report(model_ref: str, run_dir: Path) -> str:
+    """The model quantized to int8 as `ship --int8` quantizes (`quantize.quantize_as_shipped`:
+    calibrated on the run's training films, GPTQ rounding, the logit shift taken out), against
+    fp32 on the run's validation films: decision agreement, ROC AUC and accuracy (the ship's
+    goals), batch-1 latency and file size."""
+    from pneumoscan.core.errors import ConfigError
     from pneumoscan.core.shipped import resolve_model
     from pneumoscan.runtime.model import OnnxModel
+    from pneumoscan.training import quantize as q
 
     fp32_path = resolve_model(model_ref, suffix=".onnx")
     fp32 = OnnxModel(fp32_path)
-    train, _ = read_split(Path(run_dir), "train")
-    chosen = np.random.default_rng(0).choice(
-        len(train), size=min(calibration_images, len(train)), replace=False
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self.items = iter(chosen.tolist())
-
-        def get_next(self):
-            index = next(self.items, None)
-            if index is None:
-                return None
-            return {"image": prepare(read_image(train[index].path), fp32.spec)[None]}
-
-    with tempfile.TemporaryDirectory() as folder:
-        prepared = Path(folder) / "prepared.onnx"
-        int8_path = Path(folder) / "int8.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))
-        quantize_static(
-            str(prepared),
-            str(int8_path),
-            Reader(),
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            per_channel=True,
+    if fp32.metadata.get("record", {}).get("int8"):
+        raise ConfigError(
+            f"--int8-run: {fp32_path} is already int8; give its fp32 graph "
+            "(RUN/shipped/NAME-fp32.onnx after `ship --int8`) or a single network (binary-fast)."
         )
-        import onnx
-
-        proto = onnx.load(str(int8_path))
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = "pneumoscan", json.dumps(fp32.metadata)
-        onnx.save(proto, str(int8_path))
+    binary = fp32.class_names == ("normal", "pneumonia")
+    with tempfile.TemporaryDirectory() as folder:
+        int8_path = Path(folder) / "int8.onnx"
+        steps = q.quantize_as_shipped(fp32_path, int8_path, Path(run_dir), fp32.spec)
+        images, targets, folds, _ = q.validation_films([Path(run_dir)], fp32.spec, binary)
+        facts = q.int8_parity(fp32_path, int8_path, images, targets, folds)
         int8 = OnnxModel(int8_path)
-        size_mb = int8_path.stat().st_size / 1e6
-        validation, targets = read_split(Path(run_dir), "val")
-        correct = {"fp32": 0, "int8": 0}
-        for start in range(0, len(validation), 64):
-            batch = np.stack(
-                [prepare(read_image(s.path), fp32.spec) for s in validation[start : start + 64]]
-            )
-            for name, model in (("fp32", fp32), ("int8", int8)):
-                probabilities = model.run(batch)["probabilities"]
-                labels = np.array([model.label_index(p) for p in probabilities])
-                correct[name] += int((labels == targets[start : start + 64]).sum())
-        image = prepare(read_image(validation[0].path), fp32.spec)[None]
         latency = {
-            name: statistics.median(_timeit(lambda m=m: m.run(image), 30))
+            name: statistics.median(_timeit(lambda m=m: m.run(images[:1], cam=False), 30))
             for name, m in (("fp32", fp32), ("int8", int8))
         }
-    accuracy = {name: value / len(validation) for name, value in correct.items()}
-    drop = 100 * (accuracy["fp32"] - accuracy["int8"])
-    verdict = "within" if drop <= 0.5 else "over"
+        size = {"fp32": fp32_path.stat().st_size / 1e6, "int8": int8_path.stat().st_size / 1e6}
+    fold = facts["folds"][0]
+    verdict = "meets" if facts["within_goals"] else "misses"
     return "\n".join(
         [
             f"## int8 quantization: `{model_ref}`",
             "",
-            f"`pneumoscan bench --model {model_ref} --int8-run {run_dir} ...`: static QDQ quantization "
-            f"(per-channel int8 weights, uint8 activations) calibrated on {len(chosen)} training films.",
+            f"`pneumoscan bench --model {model_ref} --int8-run {run_dir} ...`: the model quantized "
+            "as `ship --int8` quantizes it (static QDQ, per-channel int8 weights rounded by GPTQ, "
+            f"uint8 activations, the stems and the gate fp32, calibrated on "
+            f"{steps['calibration_films']} training films, the logit shift taken out), against "
+            f"fp32 on the run's {fold['films']} validation films.",
             "",
-            "| | validation accuracy | batch-1 latency | file size |",
-            "|---|---|---|---|",
-            f"| fp32 | {accuracy['fp32']:.4f} | {latency['fp32'] * 1000:.1f} ms | {fp32_path.stat().st_size / 1e6:.1f} MB |",
-            f"| int8 | {accuracy['int8']:.4f} | {latency['int8'] * 1000:.1f} ms | {size_mb:.1f} MB |",
+            "| | validation accuracy | ROC AUC | batch-1 latency | file size |",
+            "|---|---|---|---|---|",
+            *(
+                f"| {name} | {fold[f'{name}_accuracy']:.4f} | {fold[f'{name}_auc']:.4f} | "
+                f"{latency[name] * 1000:.1f} ms | {size[name]:.1f} MB |"
+                for name in ("fp32", "int8")
+            ),
             "",
-            f"Accuracy drop {drop:.2f} points ({verdict} the 0.5-point limit for shipping int8).",
+            f"Decisions agree on {100 * fold['agreement']:.2f}% of films and the ROC AUC moves by "
+            f"{-fold['auc_drop']:+.4f}: the int8 graph {verdict} the ship's goals (agreement at "
+            f"least {100 * q.AGREEMENT_GOAL:.1f}%, a drop of at most {q.AUC_DROP_LIMIT}).",
             "",
         ]
     )

@@ -637,6 +637,22 @@ def validation_films(
     return _prepared(paths, spec), targets, np.array(folds), names
 
 
+def quantize_as_shipped(fp32: Path, out: Path, run: Path, spec) -> dict:
+    """Quantize `fp32` into `out` as `ship --int8` does: calibrated on `CALIBRATION_FILMS` of
+    `run`'s training films, weights re-rounded by GPTQ, the logit shift taken out. Returns what
+    each step did (calibration films, GPTQ's facts, the shift per class)."""
+    calibration = calibration_batch(run, spec)
+    quantize_onnx(fp32, out, calibration)
+    rounding = round_weights_gptq(out, fp32, calibration)
+    shift = logit_shift(fp32, out, calibration)
+    correct_logit_shift(out, shift)
+    return {
+        "calibration_films": len(calibration),
+        "gptq": rounding,
+        "logit_shift": [float(value) for value in shift],
+    }
+
+
 def quantize_shipped(
     fp32: Path,
     out: Path,
@@ -652,18 +668,12 @@ def quantize_shipped(
     the fp32 threshold's rank among the validation films."""
     import onnx
 
-    calibration = calibration_batch(runs[0], spec)
-    quantize_onnx(fp32, out, calibration)
-    rounding = round_weights_gptq(out, fp32, calibration)
-    shift = logit_shift(fp32, out, calibration)
-    correct_logit_shift(out, shift)
+    steps = quantize_as_shipped(fp32, out, runs[0], spec)
     images, targets, folds, names = validation_films(runs, spec, binary)
     facts = int8_parity(fp32, out, images, targets, folds)
     for row in facts["folds"]:
         row["run"] = names[row["fold"]]  # whose validation films
-    facts["calibration_films"] = len(calibration)
-    facts["gptq"] = rounding
-    facts["logit_shift"] = [float(value) for value in shift]
+    facts.update(steps)
     graph = onnx.load(str(fp32)).graph
     facts["fp32_convolutions"] = first_convolutions(graph)
     facts["fp32_gate_nodes"] = len(gate_only_nodes(graph))
