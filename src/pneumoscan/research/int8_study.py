@@ -16,9 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
+
+import numpy as np
 
 from pneumoscan.core.fileio import atomic_write_text
 from pneumoscan.runtime.model import OnnxModel
@@ -36,12 +39,20 @@ def _none(graph) -> list[str]:
 ROUNDED_KINDS = ("pointwise", "depthwise", "all")
 
 
+def _int8_per_channel(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 values, fp32 scale per output channel): `values` rounded to nearest on a symmetric
+    scale per output channel, as `quantize_static` scales int8 weights."""
+    scale = np.abs(values).reshape(len(values), -1).max(axis=1) / 127
+    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
+    shape = (-1,) + (1,) * (values.ndim - 1)
+    return np.clip(np.round(values / scale.reshape(shape)), -127, 127).astype(np.int8), scale
+
+
 def _weights_rounded(fp32: Path, out: Path, kind: str) -> None:
     """`fp32` with only the weights of one kind of convolution (`ROUNDED_KINDS`; never the
     stems, the gate's or its early stages, which ship fp32) rounded to int8 per output channel,
     to nearest, and read back as fp32: nothing else quantized, so the decisions that move are
     that rounding's alone."""
-    import numpy as np
     import onnx
     from onnx import numpy_helper
 
@@ -59,12 +70,62 @@ def _weights_rounded(fp32: Path, out: Path, kind: str) -> None:
             or (kind == "depthwise" and depthwise)
             or (kind == "pointwise" and pointwise)
         ):
-            rows = values.reshape(len(values), -1)
-            scale = np.abs(rows).max(axis=1, keepdims=True) / 127
-            scale[scale == 0] = 1
-            rounded = (np.round(rows / scale) * scale).reshape(values.shape).astype(np.float32)
-            weights[node.input[1]].CopyFrom(numpy_helper.from_array(rounded, node.input[1]))
+            rounded, scale = _int8_per_channel(values)
+            back = rounded * scale.reshape((-1,) + (1,) * (values.ndim - 1))
+            weights[node.input[1]].CopyFrom(numpy_helper.from_array(back, node.input[1]))
     onnx.save(proto, str(out))
+
+
+WEIGHT_STORAGE = ("int8", "fp16")
+
+
+def _store_weights_smaller(path: Path, nodes: Iterable[str], storage: str) -> int:
+    """Store the fp32 weights of the convolutions among `nodes` (ones left out of int8, so
+    their activations stay fp32) in `storage`: "int8", per output channel, symmetric, read
+    back through a DequantizeLinear; or "fp16", read back through a Cast, which ONNX Runtime
+    folds into an fp32 constant when the session starts. The arithmetic stays fp32 either way;
+    only the file shrinks. Rewrites `path`; returns how many weights it stored."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    proto = onnx.load(str(path))
+    graph = proto.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    uses = Counter(name for node in graph.node for name in node.input)
+    wanted, readers, stored = set(nodes), [], 0
+    for node in graph.node:
+        weight = initializers.get(node.input[1]) if node.op_type == "Conv" else None
+        if (
+            node.name not in wanted
+            or weight is None
+            or weight.data_type != TensorProto.FLOAT
+            or uses[weight.name] > 1
+        ):
+            continue
+        values = numpy_helper.to_array(weight)
+        read = f"{weight.name}_{storage}_read"
+        if storage == "fp16":
+            small = numpy_helper.from_array(values.astype(np.float16), f"{weight.name}_fp16")
+            readers.append(helper.make_node("Cast", [small.name], [read], to=TensorProto.FLOAT))
+            graph.initializer.append(small)
+        else:
+            rounded, scale = _int8_per_channel(values)
+            tensors = [
+                numpy_helper.from_array(rounded, f"{weight.name}_int8"),
+                numpy_helper.from_array(scale, f"{weight.name}_int8_scale"),
+                numpy_helper.from_array(np.zeros(len(values), np.int8), f"{weight.name}_int8_zero"),
+            ]
+            graph.initializer.extend(tensors)
+            readers.append(
+                helper.make_node("DequantizeLinear", [t.name for t in tensors], [read], axis=0)
+            )
+        node.input[1] = read
+        graph.initializer.remove(weight)
+        stored += 1
+    for position, reader in enumerate(readers):
+        graph.node.insert(position, reader)
+    onnx.save(proto, str(path))
+    return stored
 
 
 class Setting(NamedTuple):
@@ -74,7 +135,7 @@ class Setting(NamedTuple):
     films: int = 256  # calibration films
     method: str = "minmax"  # activation ranges (`quantize.RANGE_METHODS`)
     noisiest: int = 0  # the noisiest activations also kept fp32 (`quantize.noisiest_nodes`)
-    storage: str | None = None  # how those nodes' weights are stored (`store_weights_smaller`)
+    storage: str | None = None  # how those nodes' weights are stored (`_store_weights_smaller`)
     shift_corrected: bool = False  # the int8 logits' mean shift taken out (`correct_logit_shift`)
     gptq: bool = False  # pointwise and depthwise weights rounded by GPTQ (`round_weights_gptq`)
     rounded: str | None = None  # instead of quantizing: only these weights rounded to int8
@@ -146,7 +207,7 @@ SETTINGS = {
             shift_corrected=storage is not None,
         )
         for count in (8, 24, 64, 128)
-        for storage in (None, *q.WEIGHT_STORAGE)
+        for storage in (None, *WEIGHT_STORAGE)
     },
 }
 SENSITIVITY_FILMS = 32  # calibration films the noisiest activations are ranked on
@@ -181,7 +242,7 @@ def study(fp32: Path, runs: list[Path], out: Path, names: list[str]) -> list[dic
 
             q.quantize_onnx(fp32, path, prepared[films], ops=ops, keep_fp32=keep, method=method)
             if storage:
-                stored = q.store_weights_smaller(path, extra, storage)
+                stored = _store_weights_smaller(path, extra, storage)
                 print(f"{name}: {stored} weights stored {storage}", flush=True)
         if gptq:
             print(f"{name}: {q.round_weights_gptq(path, fp32, prepared[films])}", flush=True)

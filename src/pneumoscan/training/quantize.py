@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -256,61 +255,6 @@ def noisiest_nodes(int8: Path, calibration: np.ndarray, count: int) -> list[str]
         if {original(name) for name in [*node.input, *node.output]} & noisy:
             nodes.add(node.name)
     return sorted(nodes)
-
-
-WEIGHT_STORAGE = ("int8", "fp16")
-
-
-def store_weights_smaller(path: Path, nodes: Iterable[str], storage: str) -> int:
-    """Store the fp32 weights of the convolutions among `nodes` (ones left out of int8, so
-    their activations stay fp32) in `storage`: "int8", per output channel, symmetric, read
-    back through a DequantizeLinear; or "fp16", read back through a Cast, which ONNX Runtime
-    folds into an fp32 constant when the session starts. The arithmetic stays fp32 either way;
-    only the file shrinks. Rewrites `path` atomically; returns how many weights it stored."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    proto = onnx.load(str(path))
-    graph = proto.graph
-    initializers = {tensor.name: tensor for tensor in graph.initializer}
-    uses = Counter(name for node in graph.node for name in node.input)
-    wanted, readers, stored = set(nodes), [], 0
-    for node in graph.node:
-        weight = initializers.get(node.input[1]) if node.op_type == "Conv" else None
-        if (
-            node.name not in wanted
-            or weight is None
-            or weight.data_type != TensorProto.FLOAT
-            or uses[weight.name] > 1
-        ):
-            continue
-        values = numpy_helper.to_array(weight)
-        read = f"{weight.name}_{storage}_read"
-        if storage == "fp16":
-            small = numpy_helper.from_array(values.astype(np.float16), f"{weight.name}_fp16")
-            readers.append(helper.make_node("Cast", [small.name], [read], to=TensorProto.FLOAT))
-            graph.initializer.append(small)
-        else:
-            scale = np.abs(values).reshape(len(values), -1).max(axis=1) / 127
-            scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-            shape = (-1,) + (1,) * (values.ndim - 1)
-            rounded = np.clip(np.round(values / scale.reshape(shape)), -127, 127)
-            tensors = [
-                numpy_helper.from_array(rounded.astype(np.int8), f"{weight.name}_int8"),
-                numpy_helper.from_array(scale, f"{weight.name}_int8_scale"),
-                numpy_helper.from_array(np.zeros(len(values), np.int8), f"{weight.name}_int8_zero"),
-            ]
-            graph.initializer.extend(tensors)
-            readers.append(
-                helper.make_node("DequantizeLinear", [t.name for t in tensors], [read], axis=0)
-            )
-        node.input[1] = read
-        graph.initializer.remove(weight)
-        stored += 1
-    for position, reader in enumerate(readers):
-        graph.node.insert(position, reader)
-    atomic_write(Path(path), lambda tmp: onnx.save(proto, str(tmp)))
-    return stored
 
 
 GPTQ_DAMPING = 0.01  # of the mean diagonal, added to each layer's input second moments
