@@ -218,6 +218,15 @@ def test_int8_ship_keeps_torch_files_out_of_models_and_reports_parity(member_run
     assert f"| int8 | {fold['int8_accuracy']:.4f} | {fold['int8_auc']:.4f} |" in report
     with pytest.raises(ConfigError, match="already int8"):
         quantization_report(str(models / "binary.onnx"), first)
+    # an exported model file has no ship record: it is fp32 and quantized all the same
+    import shutil
+
+    from pneumoscan.training.quantize import set_metadata_value
+
+    exported = root / "exported-binary.onnx"
+    shutil.copy(first / "shipped" / "binary-fp32.onnx", exported)
+    set_metadata_value(exported, "record", None)
+    assert "Decisions agree on" in quantization_report(str(exported), first)
 
 
 def test_int8_keeps_the_convolutions_that_read_the_image_in_fp32():

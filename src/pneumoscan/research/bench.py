@@ -489,7 +489,7 @@ def quantization_report(model_ref: str, run_dir: Path) -> str:
 
     fp32_path = resolve_model(model_ref, suffix=".onnx")
     fp32 = OnnxModel(fp32_path)
-    if fp32.metadata.get("record", {}).get("int8"):
+    if (fp32.metadata.get("record") or {}).get("int8"):
         raise ConfigError(
             f"--int8-run: {fp32_path} is already int8; give its fp32 graph "
             "(RUN/shipped/NAME-fp32.onnx after `ship --int8`) or a single network (binary-fast)."
