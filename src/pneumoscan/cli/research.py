@@ -61,7 +61,9 @@ def bench(
     int8_run: Annotated[
         Path | None,
         typer.Option(
-            "--int8-run", help="also try int8 quantization, judged on this run's validation split"
+            "--int8-run",
+            help="also quantize to int8 as `ship --int8` does and compare with fp32 on this "
+            "run's validation split",
         ),
     ] = None,
     films: Annotated[
