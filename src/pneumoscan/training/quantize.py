@@ -405,11 +405,12 @@ def round_weights_gptq(int8: Path, fp32: Path, calibration: np.ndarray) -> dict:
     layers = _gptq_layers(proto.graph)
     originals = {t.name: t for t in onnx.load(str(fp32)).graph.initializer}
     initializers = {t.name: t for t in proto.graph.initializer}
-    errors = {"nearest": 0.0, "gptq": 0.0}
+    errors, done = {"nearest": 0.0, "gptq": 0.0}, []
     for layer, moments in zip(layers, _input_moments(int8, layers, calibration), strict=True):
         stored = initializers[layer.reader.input[0]]
         original = originals.get(layer.reader.input[0].removesuffix("_quantized"))
-        if original is None:
+        if original is None:  # a weight name this version of the quantizer did not derive
+            logger.warning("GPTQ: no fp32 weight for %s; left rounded to nearest", layer.node.name)
             continue
         weight = numpy_helper.to_array(original).reshape(stored.dims[0], -1).astype(np.float64)
         scale = numpy_helper.to_array(initializers[layer.reader.input[1]]).astype(np.float64)
@@ -418,10 +419,11 @@ def round_weights_gptq(int8: Path, fp32: Path, calibration: np.ndarray) -> dict:
         for kind, values in (("nearest", nearest), ("gptq", rounded)):
             errors[kind] += _output_error(weight - values * scale[:, None], moments)
         stored.CopyFrom(numpy_helper.from_array(rounded.reshape(stored.dims), stored.name))
+        done.append(layer)
     atomic_write(Path(int8), lambda tmp: onnx.save(proto, str(tmp)))
     return {
-        "layers": len(layers),
-        "depthwise": sum(layer.depthwise for layer in layers),
+        "layers": len(done),
+        "depthwise": sum(layer.depthwise for layer in done),
         "output_error_ratio": errors["gptq"] / errors["nearest"] if errors["nearest"] else 1.0,
     }
 
