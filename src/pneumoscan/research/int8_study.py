@@ -63,13 +63,7 @@ def _weights_rounded(fp32: Path, out: Path, kind: str) -> None:
         if node.op_type != "Conv" or node.name in kept or node.input[1] not in weights:
             continue
         values = numpy_helper.to_array(weights[node.input[1]])
-        depthwise = values.shape[1] == 1 and values.shape[0] > 1
-        pointwise = not depthwise and values.shape[2:] == (1, 1)
-        if (
-            kind == "all"
-            or (kind == "depthwise" and depthwise)
-            or (kind == "pointwise" and pointwise)
-        ):
+        if kind == "all" or q.convolution_kind(node, values.shape) == kind:
             rounded, scale = _int8_per_channel(values)
             back = rounded * scale.reshape((-1,) + (1,) * (values.ndim - 1))
             weights[node.input[1]].CopyFrom(numpy_helper.from_array(back, node.input[1]))
@@ -224,35 +218,36 @@ def study(fp32: Path, runs: list[Path], out: Path, names: list[str]) -> list[dic
     rows = []
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
-        described, ops, keep, films, method, noisiest, storage, shift, gptq, rounded = SETTINGS[
-            name
-        ]
+        setting = SETTINGS[name]
+        films = prepared[setting.films]
         path = out / f"{len(rows)}.onnx"
         started = time.perf_counter()
-        if rounded:
-            _weights_rounded(fp32, path, rounded)
+        if setting.rounded:
+            _weights_rounded(fp32, path, setting.rounded)
         else:
-            q.quantize_onnx(fp32, path, prepared[films], ops=ops, keep_fp32=keep, method=method)
-        if noisiest:
-            extra = q.noisiest_nodes(path, prepared[films][:SENSITIVITY_FILMS], noisiest)
+            q.quantize_onnx(
+                fp32, path, films, setting.ops, keep_fp32=setting.keep, method=setting.method
+            )
+        if setting.noisiest:
+            extra = q.noisiest_nodes(path, films[:SENSITIVITY_FILMS], setting.noisiest)
             print(f"{name}: {len(extra)} more nodes fp32", flush=True)
 
-            def keep(graph, first=keep, extra=extra):
+            def keep(graph, first=setting.keep, extra=extra):
                 return sorted(set(first(graph)) | set(extra))
 
-            q.quantize_onnx(fp32, path, prepared[films], ops=ops, keep_fp32=keep, method=method)
-            if storage:
-                stored = _store_weights_smaller(path, extra, storage)
-                print(f"{name}: {stored} weights stored {storage}", flush=True)
-        if gptq:
-            print(f"{name}: {q.round_weights_gptq(path, fp32, prepared[films])}", flush=True)
-        if shift:
-            q.correct_logit_shift(path, q.logit_shift(fp32, path, prepared[films]))
+            q.quantize_onnx(fp32, path, films, setting.ops, keep_fp32=keep, method=setting.method)
+            if setting.storage:
+                stored = _store_weights_smaller(path, extra, setting.storage)
+                print(f"{name}: {stored} weights stored {setting.storage}", flush=True)
+        if setting.gptq:
+            print(f"{name}: {q.round_weights_gptq(path, fp32, films)}", flush=True)
+        if setting.shift_corrected:
+            q.correct_logit_shift(path, q.logit_shift(fp32, path, films))
         seconds = time.perf_counter() - started
         facts = q.int8_parity(fp32, path, images, targets, folds)
         rows.append(
             {
-                "setting": described,
+                "setting": setting.described,
                 "agreement": [r["agreement"] for r in facts["folds"]],
                 "auc_drop": [r["auc_drop"] for r in facts["folds"]],
                 "max_probability_difference": facts["max_probability_difference"],

@@ -272,6 +272,18 @@ class _Layer(NamedTuple):
     pads: tuple[int, ...]
 
 
+def convolution_kind(node, weight_shape) -> str | None:
+    """ "depthwise" (one k x k kernel per channel), "pointwise" (1x1, not grouped) or None for
+    any other convolution, from its group and its weight's shape."""
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    shape = list(weight_shape)
+    if group > 1 and group == shape[0] and shape[1] == 1:
+        return "depthwise"
+    if group == 1 and shape[2:] == [1, 1]:
+        return "pointwise"
+    return None
+
+
 def _gptq_layers(graph) -> list[_Layer]:
     """The int8 convolutions, pointwise or depthwise, whose input activation is int8 too: every
     convolution but the fp32 stems."""
@@ -287,10 +299,10 @@ def _gptq_layers(graph) -> list[_Layer]:
         ):
             continue
         shape = shapes.get(reader.input[0], [])
-        attributes = {a.name: list(a.ints) or a.s or a.i for a in node.attribute}
-        depthwise = attributes.get("group", 1) == shape[0] and shape[1] == 1
-        if not depthwise and (shape[2:] != [1, 1] or attributes.get("group", 1) != 1):
+        kind = convolution_kind(node, shape)
+        if kind is None:
             continue
+        attributes = {a.name: list(a.ints) or a.s or a.i for a in node.attribute}
         padded_by_rule = attributes.get("auto_pad", b"NOTSET") not in (b"NOTSET", 0)
         if padded_by_rule or any(d != 1 for d in attributes.get("dilations", [1, 1])):
             continue
@@ -298,7 +310,7 @@ def _gptq_layers(graph) -> list[_Layer]:
             _Layer(
                 node,
                 reader,
-                depthwise,
+                kind == "depthwise",
                 tuple(shape[2:]),
                 tuple(attributes.get("strides", [1, 1])),
                 tuple(attributes.get("pads", [0, 0, 0, 0])),
@@ -307,13 +319,13 @@ def _gptq_layers(graph) -> list[_Layer]:
     return found
 
 
-def _moments_of(layer: _Layer, value: np.ndarray) -> np.ndarray:
-    """The second moments of what `layer` reads in `value` (N, C, H, W), summed: C x C across
-    channels for a pointwise layer; C x K x K within each channel's K = k*k window for a
-    depthwise one (its padding and strides applied)."""
+def _moments_of(layer: _Layer, value: np.ndarray) -> tuple[np.ndarray, int]:
+    """(the second moments of what `layer` reads in `value` (N, C, H, W), summed; how many
+    positions they sum over): C x C across channels for a pointwise layer; C x K x K within each
+    channel's K = k*k window for a depthwise one (its padding and strides applied)."""
     if not layer.depthwise:
         rows = value.transpose(0, 2, 3, 1).reshape(-1, value.shape[1]).astype(np.float64)
-        return rows.T @ rows
+        return rows.T @ rows, len(rows)
     top, left, bottom, right = layer.pads
     padded = np.pad(value, ((0, 0), (0, 0), (top, bottom), (left, right)))
     windows = np.lib.stride_tricks.sliding_window_view(padded, layer.kernel, axis=(2, 3))
@@ -321,17 +333,19 @@ def _moments_of(layer: _Layer, value: np.ndarray) -> np.ndarray:
     channels = value.shape[1]
     patches = windows.transpose(1, 0, 2, 3, 4, 5).reshape(channels, -1, int(np.prod(layer.kernel)))
     patches = patches.astype(np.float64)
-    return patches.transpose(0, 2, 1) @ patches
+    return patches.transpose(0, 2, 1) @ patches, patches.shape[1]
 
 
-def _input_moments(int8: Path, layers: list[_Layer], calibration: np.ndarray) -> list:
+def _input_moments(int8, layers: list[_Layer], calibration: np.ndarray) -> list:
     """Each layer's input moments (`_moments_of`) divided by the positions they sum over, from
-    the int8 graph run on `calibration`: what each layer really reads."""
+    the int8 graph (`int8`, a ModelProto, left as it is) run on `calibration`: what each layer
+    really reads."""
     import onnx
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    proto = onnx.load(str(int8))
+    proto = onnx.ModelProto()
+    proto.CopyFrom(int8)
     wanted = list(dict.fromkeys(layer.node.input[0] for layer in layers))
     have = {tensor.name for tensor in proto.graph.output}
     proto.graph.output.extend(
@@ -345,15 +359,9 @@ def _input_moments(int8: Path, layers: list[_Layer], calibration: np.ndarray) ->
         batch = calibration[start : start + CALIBRATION_BATCH].astype(np.float32)
         values = dict(zip(wanted, session.run(wanted, {"image": batch}), strict=True))
         for index, layer in enumerate(layers):
-            value = values[layer.node.input[0]]
-            sums[index] = sums[index] + _moments_of(layer, value)
-            out = [
-                (size + layer.pads[axis] + layer.pads[axis + 2] - kernel) // stride + 1
-                for axis, (size, kernel, stride) in enumerate(
-                    zip(value.shape[2:], layer.kernel, layer.strides, strict=True)
-                )
-            ]
-            positions[index] += len(value) * int(np.prod(out))
+            moments, count = _moments_of(layer, values[layer.node.input[0]])
+            sums[index] = sums[index] + moments
+            positions[index] += count
     return [total / count for total, count in zip(sums, positions, strict=True)]
 
 
@@ -406,7 +414,7 @@ def round_weights_gptq(int8: Path, fp32: Path, calibration: np.ndarray) -> dict:
     originals = {t.name: t for t in onnx.load(str(fp32)).graph.initializer}
     initializers = {t.name: t for t in proto.graph.initializer}
     errors, done = {"nearest": 0.0, "gptq": 0.0}, []
-    for layer, moments in zip(layers, _input_moments(int8, layers, calibration), strict=True):
+    for layer, moments in zip(layers, _input_moments(proto, layers, calibration), strict=True):
         stored = initializers[layer.reader.input[0]]
         original = originals.get(layer.reader.input[0].removesuffix("_quantized"))
         if original is None:  # a weight name this version of the quantizer did not derive
